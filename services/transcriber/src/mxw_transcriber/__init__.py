@@ -1,0 +1,1 @@
+"""mxw_transcriber."""
