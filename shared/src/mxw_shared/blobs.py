@@ -1,0 +1,89 @@
+"""Blob storage for audio. Local directory here; the URI scheme keeps the door open for
+s3:// and http(s):// sources (read by the transcriber)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class BlobTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class UnsupportedUri(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    uri: str
+    sha256: str
+    size_bytes: int
+    path: Path
+
+
+class LocalBlobStore:
+    """Content-addressed files under one root: `<root>/<sha[:2]>/<sha>`.
+
+    Writes stream to a temporary file while hashing, then rename into place, so a reader
+    never sees a partial blob and identical content is stored once.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredBlob:
+        tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size = 0
+        fh = await asyncio.to_thread(tmp.open, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BlobTooLarge(max_bytes)
+                digest.update(chunk)
+                await asyncio.to_thread(fh.write, chunk)
+            await asyncio.to_thread(fh.flush)
+            await asyncio.to_thread(os.fsync, fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
+        sha = digest.hexdigest()
+        final = self.root / sha[:2] / sha
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final)
+
+    async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
+
+    def delete(self, uri: str) -> None:
+        path = local_path(uri)
+        if path.is_relative_to(self.root):
+            path.unlink(missing_ok=True)
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a file:// URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise UnsupportedUri(f"not a file:// URI: {uri!r}")
+    if parsed.netloc not in ("", "localhost"):
+        raise UnsupportedUri(f"file:// URI names a remote host: {uri!r}")
+    return Path(unquote(parsed.path))

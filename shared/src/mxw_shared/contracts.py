@@ -1,0 +1,232 @@
+"""Event contracts: the payloads on every topic, and the CloudEvents binary-mode envelope.
+
+Payloads are small (ids, URIs, counts): the database is the source of truth and an event
+says "this is ready, go read it". Each payload carries `schema_version`; a consumer accepts
+the major version it knows and ignores unknown fields, so producers may add fields.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mxw_shared import topics
+
+SPEC_VERSION = "1.0"
+CE_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")
+
+
+class Task(StrEnum):
+    transcribe = "transcribe"
+    translate = "translate"  # type: ignore[assignment]  # str.translate, shadowed on purpose
+
+
+class ChunkingMethod(StrEnum):
+    auto = "auto"  # the LLM when one is configured, else local
+    local = "local"
+    llm = "llm"
+
+
+class Stage(StrEnum):
+    transcribe = "transcribe"
+    chunk = "chunk"
+    embed = "embed"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class EventData(BaseModel):
+    """Base of every event payload."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    topic: ClassVar[str]
+    ce_type: ClassVar[str]
+
+    schema_version: Literal[1] = 1
+    job_id: uuid.UUID
+    owner_id: str = Field(min_length=1, max_length=255, description="Subject (`sub`) of the owner.")
+
+
+class JobOptions(BaseModel):
+    """Per-job options; every one is honoured by the stage it concerns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Whisper model (tiny.en, base, small, …); unset: the transcriber's default.",
+    )
+    language: str | None = Field(
+        default=None,
+        max_length=16,
+        description="ISO 639-1 code; unset or 'auto' means detect.",
+    )
+    task: Task = Task.transcribe
+    word_timestamps: bool = False
+    initial_prompt: str | None = Field(default=None, max_length=2000)
+    chunking: ChunkingMethod = ChunkingMethod.auto
+
+    @field_validator("language")
+    @classmethod
+    def _auto_is_none(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "auto"):
+            return None
+        code = value.strip().lower()
+        if not code.isalpha() or not 2 <= len(code) <= 3:
+            raise ValueError("language must be an ISO 639 code such as 'en' or 'de', or 'auto'")
+        return code
+
+
+class AudioUploaded(EventData):
+    """Audio is stored and waits for transcription. Other systems may publish this too."""
+
+    topic: ClassVar[str] = topics.AUDIO_UPLOADED
+    ce_type: ClassVar[str] = "io.mxwhisper.audio.uploaded.v1"
+
+    audio_uri: Annotated[str, Field(min_length=1, max_length=4096)] = Field(
+        description="file://, s3:// or http(s):// location of the audio."
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int | None = Field(default=None, ge=0)
+    filename: str | None = Field(default=None, max_length=255)
+    content_type: str | None = Field(default=None, max_length=255)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class TranscriptReady(EventData):
+    topic: ClassVar[str] = topics.TRANSCRIPT_READY
+    ce_type: ClassVar[str] = "io.mxwhisper.transcript.ready.v1"
+
+    segment_count: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    language: str | None = None
+    model: str
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class ChunksReady(EventData):
+    topic: ClassVar[str] = topics.CHUNKS_READY
+    ce_type: ClassVar[str] = "io.mxwhisper.chunks.ready.v1"
+
+    chunk_count: int = Field(ge=0)
+    method: str
+
+
+class EmbeddingsReady(EventData):
+    topic: ClassVar[str] = topics.EMBEDDINGS_READY
+    ce_type: ClassVar[str] = "io.mxwhisper.embeddings.ready.v1"
+
+    chunk_count: int = Field(ge=0)
+    model: str
+    dimensions: int = Field(gt=0)
+
+
+class JobStatus(EventData):
+    """Progress and state of one stage of a job, fanned out to WebSocket clients."""
+
+    topic: ClassVar[str] = topics.JOB_STATUS
+    ce_type: ClassVar[str] = "io.mxwhisper.job.status.v1"
+
+    stage: Stage
+    state: JobState
+    progress: float = Field(ge=0, le=1, description="Overall job progress, 0..1.")
+    message: str | None = Field(default=None, max_length=2000)
+    error: str | None = Field(default=None, max_length=4000)
+
+
+EVENT_TYPES: tuple[type[EventData], ...] = (
+    AudioUploaded,
+    TranscriptReady,
+    ChunksReady,
+    EmbeddingsReady,
+    JobStatus,
+)
+BY_TOPIC: dict[str, type[EventData]] = {t.topic: t for t in EVENT_TYPES}
+
+
+class Envelope(BaseModel):
+    """CloudEvents 1.0 attributes, carried as Kafka headers (binary content mode)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    source: str
+    specversion: str = SPEC_VERSION
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    traceparent: str | None = None
+
+    @classmethod
+    def for_event(cls, data: EventData, source: str, traceparent: str | None = None) -> Envelope:
+        return cls(type=data.ce_type, source=source, traceparent=traceparent)
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            "ce_id": self.id,
+            "ce_type": self.type,
+            "ce_source": self.source,
+            "ce_specversion": self.specversion,
+            "ce_time": self.time.isoformat(),
+            "content-type": "application/json",
+        }
+        if self.traceparent:
+            headers["traceparent"] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> Envelope:
+        missing = [
+            h for h in ("ce_id", "ce_type", "ce_source", "ce_specversion") if not headers.get(h)
+        ]
+        if missing:
+            raise ValueError(f"not a CloudEvent: missing headers {', '.join(missing)}")
+        if headers["ce_specversion"] != SPEC_VERSION:
+            raise ValueError(f"unsupported CloudEvents specversion {headers['ce_specversion']!r}")
+        return cls(
+            id=headers["ce_id"],
+            type=headers["ce_type"],
+            source=headers["ce_source"],
+            specversion=headers["ce_specversion"],
+            time=datetime.fromisoformat(headers["ce_time"])
+            if headers.get("ce_time")
+            else datetime.now(UTC),
+            traceparent=headers.get("traceparent"),
+        )
+
+
+def decode_headers(raw: object) -> dict[str, str]:
+    """Kafka headers as a str→str dict, whatever shape the client library hands them in."""
+    items: list[tuple[str, object]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif raw is None:
+        items = []
+    else:
+        items = list(raw)  # type: ignore[call-overload]
+    out: dict[str, str] = {}
+    for key, value in items:
+        out[str(key)] = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+    return out
+
+
+def parse_event(topic: str, headers: dict[str, str], body: bytes) -> tuple[Envelope, EventData]:
+    """Validate an incoming record against the contract of its topic. Raises ValueError."""
+    model = BY_TOPIC.get(topic)
+    if model is None:
+        raise ValueError(f"no contract for topic {topic!r}")
+    envelope = Envelope.from_headers(headers)
+    if envelope.type != model.ce_type:
+        raise ValueError(f"event type {envelope.type!r} does not belong on {topic!r}")
+    return envelope, model.model_validate_json(body)

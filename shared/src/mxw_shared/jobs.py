@@ -1,0 +1,172 @@
+"""Job and stage state in the database, and the job.status events that announce it.
+
+A job's overall state is derived from its stage rows (each written by that stage's service)
+and the job row (written by the gateway): there is one source of truth, so the job status a
+client reads and the events it was sent cannot disagree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
+from mxw_shared.db import Connection
+from mxw_shared.outbox import enqueue
+
+# Share of overall progress each stage covers: transcription is most of the work.
+STAGE_SPAN: dict[Stage, tuple[float, float]] = {
+    Stage.transcribe: (0.0, 0.8),
+    Stage.chunk: (0.8, 0.9),
+    Stage.embed: (0.9, 1.0),
+}
+STAGE_ORDER = (Stage.transcribe, Stage.chunk, Stage.embed)
+
+
+def overall_progress(stage: Stage, stage_fraction: float) -> float:
+    lo, hi = STAGE_SPAN[stage]
+    return round(lo + (hi - lo) * min(max(stage_fraction, 0.0), 1.0), 4)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: uuid.UUID
+    owner_id: str
+    cancelled: bool
+    options: dict[str, Any]
+
+
+async def get_job(conn: Connection, job_id: uuid.UUID) -> JobRow | None:
+    row = await conn.fetchrow(
+        "SELECT id, owner_id, cancelled_at IS NOT NULL AS cancelled, options "
+        "FROM jobs WHERE id = $1",
+        job_id,
+    )
+    if row is None:
+        return None
+    return JobRow(row["id"], row["owner_id"], row["cancelled"], row["options"])
+
+
+async def record_status(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    owner_id: str,
+    stage: Stage,
+    state: JobState,
+    progress: float,
+    source: str,
+    message: str | None = None,
+    error: str | None = None,
+) -> Envelope:
+    """Append to the job's history and enqueue the matching job.status event, atomically
+    with whatever else the caller's transaction does."""
+    event = JobStatus(
+        job_id=job_id,
+        owner_id=owner_id,
+        stage=stage,
+        state=state,
+        progress=progress,
+        message=message,
+        error=error[:4000] if error else None,
+    )
+    envelope = await enqueue(conn, event, source=source)
+    await conn.execute(
+        "INSERT INTO job_events (job_id, event_id, stage, state, progress, message, error) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        job_id,
+        envelope.id,
+        stage.value,
+        state.value,
+        progress,
+        message,
+        event.error,
+    )
+    return envelope
+
+
+async def start_stage(
+    conn: Connection, job_id: uuid.UUID, stage: Stage, worker: str, lease_s: float
+) -> int:
+    """Mark the stage running under this worker's lease; returns the attempt number."""
+    attempts = await conn.fetchval(
+        """INSERT INTO job_stages (job_id, stage, state, attempts, lease_owner, lease_expires_at,
+                                   started_at, error, progress)
+           VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), now(), NULL, 0)
+           ON CONFLICT (job_id, stage) DO UPDATE SET
+               state = 'running', attempts = job_stages.attempts + 1, lease_owner = $3,
+               lease_expires_at = now() + make_interval(secs => $4),
+               started_at = coalesce(job_stages.started_at, now()), error = NULL
+           RETURNING attempts""",
+        job_id,
+        stage.value,
+        worker,
+        lease_s,
+    )
+    return int(attempts)
+
+
+async def extend_lease(
+    conn: Connection, job_id: uuid.UUID, stage: Stage, worker: str, lease_s: float
+) -> bool:
+    result: str = await conn.execute(
+        "UPDATE job_stages SET lease_expires_at = now() + make_interval(secs => $4) "
+        "WHERE job_id = $1 AND stage = $2 AND lease_owner = $3 AND state = 'running'",
+        job_id,
+        stage.value,
+        worker,
+        lease_s,
+    )
+    return result.endswith(" 1")
+
+
+async def set_stage_progress(
+    conn: Connection, job_id: uuid.UUID, stage: Stage, fraction: float
+) -> None:
+    await conn.execute(
+        "UPDATE job_stages SET progress = $3 WHERE job_id = $1 AND stage = $2",
+        job_id,
+        stage.value,
+        min(max(fraction, 0.0), 1.0),
+    )
+
+
+async def finish_stage(
+    conn: Connection,
+    job_id: uuid.UUID,
+    stage: Stage,
+    state: JobState,
+    *,
+    error: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO job_stages (job_id, stage, state, progress, error, finished_at, metrics,
+                                   started_at)
+           VALUES ($1, $2, $3, CASE WHEN $3 = 'done' THEN 1 ELSE 0 END, $4, now(),
+                   coalesce($5, '{}'::jsonb), now())
+           ON CONFLICT (job_id, stage) DO UPDATE SET
+               state = $3,
+               progress = CASE WHEN $3 = 'done' THEN 1 ELSE job_stages.progress END,
+               error = $4, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+               metrics = job_stages.metrics || coalesce($5, '{}'::jsonb)""",
+        job_id,
+        stage.value,
+        state.value,
+        error,
+        metrics,
+    )
+
+
+def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:
+    """Overall state from the stage rows: the one rule every reader uses."""
+    if cancelled:
+        return JobState.cancelled
+    if any(s == JobState.failed for s in stages.values()):
+        return JobState.failed
+    if stages.get(Stage.embed) == JobState.done:
+        return JobState.done
+    if stages:
+        return JobState.running
+    return JobState.queued

@@ -1,0 +1,70 @@
+"""Kafka clients with safe defaults, and topic creation."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+
+from mxw_shared import topics
+from mxw_shared.logging import get_logger
+from mxw_shared.settings import CommonSettings
+
+log = get_logger(__name__)
+
+
+def producer_options(settings: CommonSettings) -> dict[str, Any]:
+    """acks=all always; idempotence where the broker supports it (see settings)."""
+    return {
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotent_producer,
+        "linger_ms": 5,
+        "request_timeout_ms": 30_000,
+        "retry_backoff_ms": 200,
+    }
+
+
+def make_producer(settings: CommonSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-{settings.instance_id}",
+        **producer_options(settings),
+    )
+
+
+def make_broker(settings: CommonSettings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-{settings.instance_id}",
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent_producer,
+        logger=None,
+    )
+
+
+async def ensure_topics(settings: CommonSettings) -> list[str]:
+    """Create every pipeline topic and its dead-letter topic; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics.all_topics_with_dlq() if t not in existing]
+        if wanted:
+            new = [
+                NewTopic(
+                    name,
+                    num_partitions=1 if name.endswith(".dlq") else settings.kafka_partitions,
+                    replication_factor=settings.kafka_replication_factor,
+                )
+                for name in wanted
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                await admin.create_topics(new)
+            log.info("topics created", topics=wanted)
+        return wanted
+    finally:
+        await admin.close()

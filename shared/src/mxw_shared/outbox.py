@@ -1,0 +1,143 @@
+"""Transactional outbox: events are rows written in the same transaction as the state change
+they announce; a relay publishes them to Kafka and marks them sent once the broker acked.
+
+One relay at a time publishes (a transaction-scoped advisory lock), so events of a job leave
+in the order they were written, whichever replica relays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
+
+from mxw_shared.contracts import Envelope, EventData
+from mxw_shared.db import Connection, Pool
+from mxw_shared.logging import get_logger
+
+log = get_logger(__name__)
+_RELAY_LOCK = 0x6D787701
+RELAYED = Counter("mxw_outbox_relayed_total", "Outbox rows published to Kafka", ["topic"])
+
+
+async def enqueue(
+    conn: Connection, data: EventData, source: str, traceparent: str | None = None
+) -> Envelope:
+    """Add `data` to the outbox inside the caller's transaction; returns its envelope."""
+    envelope = Envelope.for_event(data, source=source, traceparent=traceparent)
+    await enqueue_raw(
+        conn, data.topic, str(data.job_id), envelope.to_headers(), data.model_dump_json().encode()
+    )
+    return envelope
+
+
+async def enqueue_raw(
+    conn: Connection, topic: str, key: str, headers: dict[str, str], payload: bytes
+) -> None:
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, headers, payload) VALUES ($1, $2, $3, $4)",
+        topic,
+        key,
+        headers,
+        payload,
+    )
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: Pool,
+        producer: AIOKafkaProducer,
+        poll_interval_s: float = 1.0,
+        batch_size: int = 200,
+        retain_sent_s: float = 3600.0,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._poll_interval_s = poll_interval_s
+        self._batch_size = batch_size
+        self._retain_sent_s = retain_sent_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._listener: Connection | None = None
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until stopped; survives broker and database outages by retrying."""
+        await self._listen()
+        rounds = 0
+        while not self._stopping:
+            try:
+                sent = await self.relay_once()
+                rounds += 1
+                if rounds % 600 == 0:
+                    await self._prune()
+            except Exception as exc:  # keep relaying through broker and database outages
+                log.warning("outbox relay round failed", error=repr(exc))
+                sent = 0
+                await asyncio.sleep(self._poll_interval_s)
+            if sent < self._batch_size:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await self._pool.acquire()
+            await self._listener.add_listener("outbox", self._on_notify)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("outbox LISTEN unavailable, polling only", error=repr(exc))
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows; returns how many were sent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, headers, payload FROM outbox WHERE sent_at IS NULL "
+                "ORDER BY id LIMIT $1",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            futures = []
+            for row in rows:
+                value = bytes(row["payload"])
+                headers = [(k, str(v).encode()) for k, v in row["headers"].items()]
+                futures.append(
+                    await self._producer.send(
+                        row["topic"], value=value, key=row["key"].encode(), headers=headers
+                    )
+                )
+            await asyncio.gather(*futures)  # every ack, or the transaction rolls back
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+            for row in rows:
+                RELAYED.labels(row["topic"]).inc()
+            return len(rows)
+
+    async def _prune(self) -> None:
+        await self._pool.execute(
+            "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)",
+            self._retain_sent_s,
+        )
+
+    async def stop(self) -> None:
+        """Flush what is pending, then stop."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            while await self.relay_once():
+                pass
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener("outbox", self._on_notify)
+            await self._pool.release(self._listener)
+            self._listener = None

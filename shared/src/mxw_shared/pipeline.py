@@ -1,0 +1,359 @@
+"""Running one pipeline stage on one event: the same steps for every worker service.
+
+parse → de-duplicate (by ce_id) → check the job (exists, owner, not cancelled, stage not
+already done) → start the stage under a lease → do the work with retries and a heartbeat →
+commit results, stage state, next event, status event and the processed-event record in one
+transaction. After the last attempt, or at once for errors that retrying cannot fix, the
+stage fails with a readable reason, the event goes to `<topic>.dlq`, and the pipeline moves
+on. The Kafka offset is committed by the caller only after this returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from mxw_shared.contracts import Envelope, EventData, JobState, Stage, parse_event
+from mxw_shared.db import Connection, Pool
+from mxw_shared.jobs import (
+    JobRow,
+    extend_lease,
+    finish_stage,
+    get_job,
+    overall_progress,
+    record_status,
+    set_stage_progress,
+    start_stage,
+)
+from mxw_shared.logging import get_logger
+from mxw_shared.outbox import enqueue, enqueue_raw
+from mxw_shared.settings import CommonSettings
+from mxw_shared.topics import dlq
+
+log = get_logger(__name__)
+
+EVENTS = Counter("mxw_events_total", "Events handled, by outcome", ["topic", "outcome"])
+STAGE_SECONDS = Histogram(
+    "mxw_stage_seconds",
+    "Wall time of a stage's work",
+    ["stage"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+
+In = TypeVar("In", bound=EventData)
+
+
+class PermanentError(Exception):
+    """Retrying will not help (undecodable audio, unknown model): fail the job at once."""
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class StageOutcome:
+    """What a stage's work produced: rows to write and the event that announces them."""
+
+    persist: Callable[[Connection], Awaitable[None]]
+    next_event: EventData | None
+    message: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """Reports a stage's progress as job.status, at most every `min_interval_s`; raises
+    JobCancelled once the job was cancelled, so work stops at its next report."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        job: JobRow,
+        stage: Stage,
+        source: str,
+        min_interval_s: float = 0.5,
+    ) -> None:
+        self._pool = pool
+        self._job = job
+        self._stage = stage
+        self._source = source
+        self._min_interval_s = min_interval_s
+        self._last = 0.0
+
+    async def __call__(self, fraction: float, message: str | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last < self._min_interval_s:
+            return
+        self._last = now
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(
+                "SELECT cancelled_at IS NOT NULL FROM jobs WHERE id = $1", self._job.id
+            ):
+                raise JobCancelled
+            await set_stage_progress(conn, self._job.id, self._stage, fraction)
+            await record_status(
+                conn,
+                job_id=self._job.id,
+                owner_id=self._job.owner_id,
+                stage=self._stage,
+                state=JobState.running,
+                progress=overall_progress(self._stage, fraction),
+                source=self._source,
+                message=message,
+            )
+
+
+StageWork = Callable[[Envelope, In, JobRow, Progress], Awaitable[StageOutcome]]
+AdoptJob = Callable[[Connection, Envelope, In], Awaitable[JobRow]]
+
+
+class StageRunner(Generic[In]):
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        settings: CommonSettings,
+        stage: Stage,
+        topic: str,
+        work: StageWork[In],
+        adopt_job: AdoptJob[In] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.stage = stage
+        self.topic = topic
+        self.work = work
+        self.adopt_job = adopt_job
+        self.consumer = settings.service_name
+        self.worker_id = f"{settings.service_name}-{settings.instance_id}-{uuid.uuid4().hex[:8]}"
+
+    async def handle(self, headers: dict[str, str], body: bytes) -> str:
+        """Handle one record; returns the outcome. Raises only when the database is
+        unreachable, so the caller does not commit the offset and the record comes back."""
+        outcome = await self._handle(headers, body)
+        EVENTS.labels(self.topic, outcome).inc()
+        return outcome
+
+    async def _handle(self, headers: dict[str, str], body: bytes) -> str:
+        try:
+            envelope, data = parse_event(self.topic, headers, body)
+        except ValueError as exc:
+            log.warning("invalid event dead-lettered", topic=self.topic, error=str(exc)[:500])
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._dead_letter(conn, headers, body, f"invalid event: {exc}", 0)
+            return "invalid"
+        typed: In = data  # type: ignore[assignment]  # parse_event checked the topic's model
+        bound = log.bind(job_id=str(data.job_id), event_id=envelope.id, topic=self.topic)
+
+        async with self.pool.acquire() as conn:
+            if await self._seen(conn, envelope.id):
+                bound.info("duplicate event skipped")
+                return "duplicate"
+            async with conn.transaction():
+                job = await get_job(conn, data.job_id)
+                if job is None and self.adopt_job is not None:
+                    job = await self.adopt_job(conn, envelope, typed)
+                reason = self._reject_reason(job, data)
+                if reason is not None:
+                    bound.warning("event rejected", reason=reason)
+                    await self._dead_letter(conn, headers, body, reason, 0)
+                    return "rejected"
+                assert job is not None
+                if job.cancelled:
+                    await self._mark_processed(conn, envelope.id)
+                    return "cancelled"
+                state = await conn.fetchval(
+                    "SELECT state FROM job_stages WHERE job_id = $1 AND stage = $2",
+                    job.id,
+                    self.stage.value,
+                )
+                if state in (JobState.done, JobState.failed, JobState.cancelled):
+                    await self._mark_processed(conn, envelope.id)
+                    bound.info("stage already finished, event skipped", state=state)
+                    return "already-finished"
+                attempt = await start_stage(
+                    conn, job.id, self.stage, self.worker_id, self.settings.lease_s
+                )
+                await record_status(
+                    conn,
+                    job_id=job.id,
+                    owner_id=job.owner_id,
+                    stage=self.stage,
+                    state=JobState.running,
+                    progress=overall_progress(self.stage, 0.0),
+                    source=self.settings.service_name,
+                    message=f"{self.stage.value} started (attempt {attempt})",
+                )
+
+        return await self._run(envelope, typed, job, headers, body, bound)
+
+    async def _run(
+        self,
+        envelope: Envelope,
+        data: In,
+        job: JobRow,
+        headers: dict[str, str],
+        body: bytes,
+        bound: Any,
+    ) -> str:
+        progress = Progress(self.pool, job, self.stage, self.settings.service_name)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        started = time.monotonic()
+        error: str | None = None
+        outcome: StageOutcome | None = None
+        try:
+            for attempt in range(1, self.settings.max_attempts + 1):
+                try:
+                    outcome = await self.work(envelope, data, job, progress)
+                    break
+                except JobCancelled:
+                    await self._finish_cancelled(job, envelope)
+                    bound.info("stage stopped: job cancelled")
+                    return "cancelled"
+                except PermanentError as exc:
+                    error = str(exc)
+                    break
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    bound.warning("stage attempt failed", attempt=attempt, error=error)
+                    if attempt < self.settings.max_attempts:
+                        await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        STAGE_SECONDS.labels(self.stage.value).observe(time.monotonic() - started)
+
+        if outcome is None:
+            reason = error or "unknown error"
+            bound.error("stage failed", error=reason)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await finish_stage(conn, job.id, self.stage, JobState.failed, error=reason)
+                await record_status(
+                    conn,
+                    job_id=job.id,
+                    owner_id=job.owner_id,
+                    stage=self.stage,
+                    state=JobState.failed,
+                    progress=overall_progress(self.stage, 0.0),
+                    source=self.settings.service_name,
+                    message=f"{self.stage.value} failed",
+                    error=reason,
+                )
+                await self._dead_letter(conn, headers, body, reason, self.settings.max_attempts)
+                await self._mark_processed(conn, envelope.id)
+            return "failed"
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchval(
+                "SELECT state FROM job_stages WHERE job_id = $1 AND stage = $2 FOR UPDATE",
+                job.id,
+                self.stage.value,
+            )
+            if state == JobState.done:  # another replica finished the same work first
+                await self._mark_processed(conn, envelope.id)
+                return "already-finished"
+            await outcome.persist(conn)
+            metrics = {**outcome.metrics, "wall_s": round(time.monotonic() - started, 3)}
+            await finish_stage(conn, job.id, self.stage, JobState.done, metrics=metrics)
+            if outcome.next_event is not None:
+                await enqueue(
+                    conn,
+                    outcome.next_event,
+                    source=self.settings.service_name,
+                    traceparent=envelope.traceparent,
+                )
+            last = self.stage == Stage.embed
+            await record_status(
+                conn,
+                job_id=job.id,
+                owner_id=job.owner_id,
+                stage=self.stage,
+                state=JobState.done if last else JobState.running,
+                progress=overall_progress(self.stage, 1.0),
+                source=self.settings.service_name,
+                message=outcome.message,
+            )
+            await self._mark_processed(conn, envelope.id)
+        bound.info("stage done", message=outcome.message)
+        return "done"
+
+    def _reject_reason(self, job: JobRow | None, data: EventData) -> str | None:
+        if job is None:
+            return f"unknown job {data.job_id}"
+        if job.owner_id != data.owner_id:
+            return "event owner does not match the job's owner"
+        return None
+
+    async def _heartbeat(self, job: JobRow) -> None:
+        interval = max(self.settings.lease_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.pool.acquire() as conn:
+                    await extend_lease(
+                        conn, job.id, self.stage, self.worker_id, self.settings.lease_s
+                    )
+            except Exception as exc:  # a missed beat is not fatal; the next one may land
+                log.warning("lease heartbeat failed", job_id=str(job.id), error=repr(exc))
+
+    async def _finish_cancelled(self, job: JobRow, envelope: Envelope) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await finish_stage(conn, job.id, self.stage, JobState.cancelled)
+            await record_status(
+                conn,
+                job_id=job.id,
+                owner_id=job.owner_id,
+                stage=self.stage,
+                state=JobState.cancelled,
+                progress=overall_progress(self.stage, 0.0),
+                source=self.settings.service_name,
+                message=f"{self.stage.value} stopped: job cancelled",
+            )
+            await self._mark_processed(conn, envelope.id)
+
+    async def _seen(self, conn: Connection, event_id: str) -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2",
+                self.consumer,
+                event_id,
+            )
+        )
+
+    async def _mark_processed(self, conn: Connection, event_id: str) -> None:
+        await conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING",
+            self.consumer,
+            event_id,
+        )
+
+    async def _dead_letter(
+        self, conn: Connection, headers: dict[str, str], body: bytes, reason: str, attempts: int
+    ) -> None:
+        dl_headers = {
+            **headers,
+            "x_error": reason[:4000],
+            "x_consumer": self.consumer,
+            "x_attempts": str(attempts),
+            "x_original_topic": self.topic,
+        }
+        await enqueue_raw(conn, dlq(self.topic), _job_key(body), dl_headers, body)
+
+
+def _job_key(body: bytes) -> str:
+    """Best-effort job id of an event that may not even be JSON, for the DLQ record key."""
+    try:
+        value = json.loads(body)
+        return str(value.get("job_id", "unknown")) if isinstance(value, dict) else "unknown"
+    except ValueError:
+        return "unknown"

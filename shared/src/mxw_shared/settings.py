@@ -1,0 +1,58 @@
+"""Settings shared by every service, read from `MXW_…` environment variables."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: database, broker, blobs, auth, its own HTTP port."""
+
+    model_config = SettingsConfigDict(env_prefix="MXW_", extra="ignore")
+
+    service_name: str = "mxwhisper"
+    instance_id: str = Field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:54329/mxwhisper")
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    # Idempotent producer: on for Apache Kafka / Strimzi; the embedded tansu broker answers
+    # InitProducerId with an error, so the local stack turns it off (consumers de-duplicate).
+    kafka_idempotent_producer: bool = True
+    kafka_partitions: int = 3
+    kafka_replication_factor: int = 1
+    # Long work runs inside the handler; aiokafka heartbeats from a background task, so the
+    # group only rebalances when one message takes longer than this.
+    kafka_max_poll_interval_ms: int = 3_600_000
+
+    blob_root: Path = Path(".data/blobs")
+
+    # Auth: any OIDC provider's JWKS (http(s)://) or the local dev issuer's file (file://).
+    auth_jwks_url: str = "file://.data/auth/jwks.json"
+    auth_issuer: str = "mxwhisper-dev"
+    auth_audience: str = "mxwhisper"
+    auth_algorithms: list[str] = ["RS256", "ES256"]
+    auth_admin_claim: str = "groups"
+    auth_admin_value: str = "admin"
+    auth_leeway_s: int = 30
+
+    # Events: attempts before a message goes to its dead-letter topic.
+    max_attempts: int = 3
+    retry_backoff_s: float = 1.0
+    outbox_poll_interval_s: float = 1.0
+    lease_s: float = 60.0
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
