@@ -8,8 +8,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,6 +39,14 @@ class Infra:
         }
         env.update(extra)
         return env
+
+    def settings(self, cls: type[T], service: str, **overrides: object) -> T:
+        """Settings of an in-process service pointed at this infrastructure."""
+        values: dict[str, object] = {
+            k.removeprefix("MXW_").lower(): v for k, v in self.env(service).items()
+        }
+        values.update(overrides)
+        return cls(**values)
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +76,123 @@ def dev_issuer(infra: Infra):  # type: ignore[no-untyped-def]
     return DevIssuer.ensure(infra.root / "auth")
 
 
-@pytest.fixture
-def service_env(infra: Infra, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Point MXW_* settings of an in-process service at the session infrastructure."""
+# ---- helpers shared by integration tests: real Postgres rows, real Kafka records ----
 
-    def apply(service: str, **extra: str) -> None:
-        for key, value in infra.env(service, **extra).items():
-            monkeypatch.setenv(key, value)
 
-    return apply
+@pytest.fixture(scope="session")
+async def db(infra: Infra):  # type: ignore[no-untyped-def]
+    from mxw_shared.db import create_pool
+
+    pool = await create_pool(infra.dsn, 1, 5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def make_job(db):  # type: ignore[no-untyped-def]
+    """Insert a job row the way the gateway does; returns its id."""
+    import json
+    import uuid
+
+    async def make(owner_id: str = "alice", **options: object) -> uuid.UUID:
+        job_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO jobs (id, owner_id, filename, audio_uri, sha256, options) "
+            "VALUES ($1, $2, 'test.wav', 'file:///nonexistent', $3, $4::jsonb)",
+            job_id,
+            owner_id,
+            "0" * 64,
+            json.loads(json.dumps(options)),
+        )
+        return job_id
+
+    return make
+
+
+@pytest.fixture(scope="session")
+async def kafka_producer(infra: Infra):  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture(scope="session")
+def publish(kafka_producer):  # type: ignore[no-untyped-def]
+    """Publish an event straight to Kafka as another system would; returns its envelope."""
+    from mxw_shared.contracts import Envelope, EventData
+
+    async def send(event: EventData, envelope: Envelope | None = None) -> Envelope:
+        envelope = envelope or Envelope.for_event(event, source="tests")
+        await kafka_producer.send_and_wait(
+            event.topic,
+            value=event.model_dump_json().encode(),
+            key=str(event.job_id).encode(),
+            headers=[(k, v.encode()) for k, v in envelope.to_headers().items()],
+        )
+        return envelope
+
+    return send
+
+
+@pytest.fixture(scope="session")
+def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
+    """Collect the records of one job on a topic, from the beginning, until `count` arrived
+    or `timeout_s` passed. Returns (headers, value) pairs."""
+    import json
+    import time
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def read(
+        topic: str, job_id: uuid.UUID, count: int = 1, timeout_s: float = 60.0
+    ) -> list[tuple[dict[str, str], dict[str, object]]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=infra.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        found: list[tuple[dict[str, str], dict[str, object]]] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(found) < count and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for r in records:
+                        if r.key == str(job_id).encode():
+                            headers = {k: v.decode() for k, v in r.headers}
+                            try:
+                                value = json.loads(r.value)
+                            except ValueError:
+                                value = {"raw": r.value.decode(errors="replace")}
+                            found.append((headers, value))
+        finally:
+            await consumer.stop()
+        return found
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def wait_for(db):  # type: ignore[no-untyped-def]
+    """Poll a SQL query until `predicate(value)` holds; returns the value."""
+    import asyncio
+    import time
+
+    async def wait(sql: str, *args: object, predicate=bool, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        value = None
+        while time.monotonic() < deadline:
+            value = await db.fetchval(sql, *args)
+            if predicate(value):
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting on {sql!r}: last value {value!r}")
+
+    return wait

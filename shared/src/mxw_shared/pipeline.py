@@ -134,10 +134,12 @@ class StageRunner(Generic[In]):
         self.adopt_job = adopt_job
         self.consumer = settings.service_name
         self.worker_id = f"{settings.service_name}-{settings.instance_id}-{uuid.uuid4().hex[:8]}"
+        self._key: str | None = None
 
-    async def handle(self, headers: dict[str, str], body: bytes) -> str:
+    async def handle(self, headers: dict[str, str], body: bytes, key: bytes | None = None) -> str:
         """Handle one record; returns the outcome. Raises only when the database is
         unreachable, so the caller does not commit the offset and the record comes back."""
+        self._key = key.decode(errors="replace") if key else None
         outcome = await self._handle(headers, body)
         EVENTS.labels(self.topic, outcome).inc()
         return outcome
@@ -347,7 +349,8 @@ class StageRunner(Generic[In]):
             "x_attempts": str(attempts),
             "x_original_topic": self.topic,
         }
-        await enqueue_raw(conn, dlq(self.topic), _job_key(body), dl_headers, body)
+        key = self._key or _job_key(body)
+        await enqueue_raw(conn, dlq(self.topic), key, dl_headers, body)
 
 
 def _job_key(body: bytes) -> str:

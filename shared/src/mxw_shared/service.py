@@ -91,7 +91,8 @@ class ServiceRuntime:
         )
         async def handle(msg: KafkaMessage) -> None:
             raw = msg.raw_message
-            await runner.handle(decode_headers(getattr(raw, "headers", None)), msg.body)
+            headers = decode_headers(getattr(raw, "headers", None))
+            await runner.handle(headers, msg.body, getattr(raw, "key", None))
 
     async def stop(self) -> None:
         if self._broker is not None:

@@ -1,0 +1,31 @@
+"""Postgres access of the chunker: reads segments (transcriber's), writes chunks (its own)."""
+
+from __future__ import annotations
+
+import uuid
+
+from mxw_shared.db import Connection, Pool
+
+from mxw_chunker.domain import Chunk, Segment
+
+
+async def load_segments(pool: Pool, job_id: uuid.UUID) -> list[Segment]:
+    rows = await pool.fetch(
+        "SELECT idx, start_s, end_s, text FROM segments WHERE job_id = $1 ORDER BY idx", job_id
+    )
+    return [Segment(r["idx"], r["start_s"], r["end_s"], r["text"]) for r in rows]
+
+
+async def replace_chunks(
+    conn: Connection, job_id: uuid.UUID, owner_id: str, chunks: list[Chunk], method: str
+) -> None:
+    """Idempotent: a redelivered event rewrites the same chunks, never adds a second set."""
+    await conn.execute("DELETE FROM chunks WHERE job_id = $1", job_id)
+    await conn.executemany(
+        "INSERT INTO chunks (job_id, owner_id, idx, text, topic, keywords, start_s, end_s, method)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [
+            (job_id, owner_id, c.idx, c.text, c.topic, list(c.keywords), c.start_s, c.end_s, method)
+            for c in chunks
+        ],
+    )
