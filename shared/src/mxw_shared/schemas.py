@@ -1,0 +1,148 @@
+"""Generated contract documents: one JSON Schema per event payload and an AsyncAPI 3.0
+document for the whole pipeline, written into docs/. `python -m mxw_shared.schemas` writes
+them; a test fails when the committed files and the code disagree."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mxw_shared import topics
+from mxw_shared.contracts import EVENT_TYPES, EventData
+
+PRODUCERS = {
+    topics.AUDIO_UPLOADED: "gateway (or any other system)",
+    topics.TRANSCRIPT_READY: "transcriber",
+    topics.CHUNKS_READY: "chunker",
+    topics.EMBEDDINGS_READY: "embedder",
+    topics.JOB_STATUS: "every stage and the gateway",
+}
+CONSUMERS = {
+    topics.AUDIO_UPLOADED: "transcriber",
+    topics.TRANSCRIPT_READY: "chunker",
+    topics.CHUNKS_READY: "embedder",
+    topics.EMBEDDINGS_READY: "other systems",
+    topics.JOB_STATUS: "notifier",
+}
+
+
+def _schema_name(model: type[EventData]) -> str:
+    return f"{model.topic}.v{_version(model)}.schema.json"
+
+
+def _version(model: type[EventData]) -> int:
+    return int(model.model_fields["schema_version"].default)
+
+
+def json_schema(model: type[EventData]) -> dict[str, Any]:
+    schema = model.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://mxwhisper.io/schemas/{_schema_name(model)}",
+        **schema,
+    }
+
+
+def _headers_schema() -> dict[str, Any]:
+    def text(description: str) -> dict[str, str]:
+        return {"type": "string", "description": description}
+
+    return {
+        "type": "object",
+        "required": ["ce_id", "ce_type", "ce_source", "ce_specversion"],
+        "properties": {
+            "ce_id": text("Unique per event; consumers de-duplicate on it."),
+            "ce_type": text("Event type, e.g. io.mxwhisper.audio.uploaded.v1."),
+            "ce_source": text("Producing service or system."),
+            "ce_specversion": {"type": "string", "const": "1.0"},
+            "ce_time": {"type": "string", "format": "date-time"},
+            "traceparent": text("W3C trace context of the job's trace."),
+            "content-type": {"type": "string", "const": "application/json"},
+        },
+    }
+
+
+def asyncapi() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"CloudEventHeaders": _headers_schema()}
+    for model in EVENT_TYPES:
+        name = model.__name__
+        schemas[name] = json_schema(model)
+        schemas[name].pop("$schema")
+        messages[name] = {
+            "name": name,
+            "title": name,
+            "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else name,
+            "contentType": "application/json",
+            "headers": {"$ref": "#/components/schemas/CloudEventHeaders"},
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+            "bindings": {"kafka": {"key": {"type": "string", "format": "uuid"}}},
+        }
+        for channel, suffix in ((model.topic, ""), (topics.dlq(model.topic), "DeadLetter")):
+            channel_id = channel.replace(".", "_")
+            channels[channel_id] = {
+                "address": channel,
+                "description": (
+                    f"Key: job_id. Produced by {PRODUCERS[model.topic]}; "
+                    f"consumed by {CONSUMERS[model.topic]}."
+                    if not suffix
+                    else f"Events of {model.topic} that failed after the last attempt, with "
+                    "x_error, x_consumer, x_attempts and x_original_topic headers."
+                ),
+                "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            }
+            operations[f"publish{name}{suffix}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{channel_id}"},
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "MxWhisper events",
+            "version": "1.0.0",
+            "description": (
+                "CloudEvents 1.0 in Kafka binary mode: attributes as ce_* headers, the payload "
+                "as JSON value, key = job_id. Payloads are small; the database holds the data."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def render() -> dict[str, str]:
+    """File name (relative to docs/) → content."""
+    files = {
+        f"events/{_schema_name(m)}": json.dumps(json_schema(m), indent=2) + "\n"
+        for m in EVENT_TYPES
+    }
+    files["asyncapi.json"] = json.dumps(asyncapi(), indent=2) + "\n"
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--check", action="store_true", help="fail when files are out of date")
+    args = parser.parse_args()
+    stale = []
+    for name, content in render().items():
+        path = args.docs / name
+        if args.check:
+            if not path.exists() or path.read_text() != content:
+                stale.append(str(path))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    if stale:
+        raise SystemExit(f"out of date (run python -m mxw_shared.schemas): {', '.join(stale)}")
+
+
+if __name__ == "__main__":
+    main()
