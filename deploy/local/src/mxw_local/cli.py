@@ -1,0 +1,282 @@
+"""`mxw`: run the local stack, mint dev tokens, submit audio and follow it, search."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import websockets
+from mxw_shared.devissuer import DevIssuer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mxw_local.stack import StackConfig, StackInfo, Supervisor
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+out = Console()
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", envvar="MXW_DATA_DIR", help="Local stack data directory.")
+]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="MXW_TOKEN", help="Bearer token (mxw token USER).")
+]
+Gateway = Annotated[
+    str | None, typer.Option("--gateway", envvar="MXW_GATEWAY_URL", help="Gateway base URL.")
+]
+Notifier = Annotated[
+    str | None, typer.Option("--notifier", envvar="MXW_NOTIFIER_URL", help="Notifier base URL.")
+]
+TERMINAL = {"done", "failed", "cancelled"}
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path(".data"),
+    host: str = "127.0.0.1",
+    gateway_port: int = 8000,
+    notifier_port: int = 8001,
+    transcriber_port: int = 8002,
+    chunker_port: int = 8003,
+    embedder_port: int = 8004,
+    postgres_port: int = 54329,
+    kafka_port: int = 19092,
+    whisper_model: Annotated[
+        str, typer.Option(envvar="MXW_DEFAULT_MODEL", help="Default Whisper model.")
+    ] = "base",
+    log_format: str = "console",
+    color: bool = True,
+) -> None:
+    """Start PostgreSQL, the broker and all five services; Ctrl-C stops everything."""
+    config = StackConfig(
+        data_dir=data_dir,
+        host=host,
+        postgres_port=postgres_port,
+        kafka_port=kafka_port,
+        ports={
+            "gateway": gateway_port,
+            "notifier": notifier_port,
+            "transcriber": transcriber_port,
+            "chunker": chunker_port,
+            "embedder": embedder_port,
+        },
+        whisper_model=whisper_model,
+        log_format=log_format,
+        color=color and sys.stdout.isatty(),
+    )
+    raise typer.Exit(asyncio.run(Supervisor(config).run()))
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Argument(help="Subject (user id) of the token.")],
+    admin: bool = False,
+    name: str | None = None,
+    email: str | None = None,
+    ttl_hours: float = 12,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Mint a token with the local dev issuer (the stack's signing key)."""
+    issuer = DevIssuer.ensure(data_dir / "auth")
+    out.print(
+        issuer.mint(user, admin=admin, name=name, email=email, ttl_s=int(ttl_hours * 3600)),
+        soft_wrap=True,
+    )
+
+
+def _urls(data_dir: Path, gateway: str | None, notifier: str | None) -> tuple[str, str]:
+    try:
+        info = StackInfo.load(data_dir)
+        defaults = (info.gateway_url, info.notifier_url)
+    except (OSError, ValueError, TypeError):
+        defaults = ("http://127.0.0.1:8000", "http://127.0.0.1:8001")
+    return (gateway or defaults[0]).rstrip("/"), (notifier or defaults[1]).rstrip("/")
+
+
+def _need_token(value: str | None) -> str:
+    if not value:
+        console.print("[red]No token.[/] Run: export MXW_TOKEN=$(mxw token alice)")
+        raise typer.Exit(2)
+    return value
+
+
+def _fail_on_problem(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json() if response.content else None
+    try:
+        problem = response.json()
+        detail = problem.get("detail") or problem.get("title")
+    except ValueError:
+        detail = response.text
+    console.print(f"[red]{response.status_code}[/] {detail}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    model: str | None = None,
+    language: str | None = None,
+    task: str | None = None,
+    word_timestamps: bool = False,
+    force: bool = False,
+    follow: bool = True,
+    token: Token = None,
+    gateway: Gateway = None,
+    notifier: Notifier = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Upload an audio file; then follow the job's progress until it finishes."""
+    bearer = _need_token(token)
+    gateway_url, notifier_url = _urls(data_dir, gateway, notifier)
+    form = {
+        k: v
+        for k, v in {
+            "model": model,
+            "language": language,
+            "task": task,
+            "word_timestamps": "true" if word_timestamps else None,
+            "force": "true" if force else None,
+        }.items()
+        if v is not None
+    }
+    with file.open("rb") as fh:
+        response = httpx.post(
+            f"{gateway_url}/jobs",
+            headers={"Authorization": f"Bearer {bearer}"},
+            files={"file": (file.name, fh, "application/octet-stream")},
+            data=form,
+            timeout=httpx.Timeout(30, write=600),
+        )
+    job = _fail_on_problem(response)
+    job_id = str(job["id"])
+    console.print(f"job [bold]{job_id}[/] {job.get('state', '')}")
+    out.print(job_id)
+    if follow:
+        raise typer.Exit(asyncio.run(_follow(notifier_url, job_id, bearer)))
+
+
+@app.command("follow")
+def follow_cmd(
+    job_id: str,
+    token: Token = None,
+    gateway: Gateway = None,
+    notifier: Notifier = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Show a job's live progress (WebSocket) until it is done, failed or cancelled."""
+    _, notifier_url = _urls(data_dir, gateway, notifier)
+    raise typer.Exit(asyncio.run(_follow(notifier_url, job_id, _need_token(token))))
+
+
+async def _follow(notifier_url: str, job_id: str, bearer: str) -> int:
+    ws_url = notifier_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}"
+    final: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.fields[stage]:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("job", total=1.0, stage="queued", message="")
+        async with websockets.connect(
+            ws_url, additional_headers={"Authorization": f"Bearer {bearer}"}
+        ) as ws:
+            async for raw in ws:
+                event = json.loads(raw)
+                bar.update(
+                    task,
+                    completed=float(event.get("progress") or 0),
+                    stage=event.get("stage", ""),
+                    message=(event.get("error") or event.get("message") or "")[:60],
+                )
+                if event.get("state") in TERMINAL:
+                    final = event
+                    break
+    state = final.get("state", "unknown")
+    if state == "done":
+        console.print(f"[green]done[/] {job_id}")
+        return 0
+    console.print(f"[red]{state}[/] {job_id}: {final.get('error') or final.get('message') or ''}")
+    return 1
+
+
+@app.command()
+def jobs(token: Token = None, gateway: Gateway = None, data_dir: DataDir = Path(".data")) -> None:
+    """List your jobs."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    body = _fail_on_problem(
+        httpx.get(f"{gateway_url}/jobs", headers={"Authorization": f"Bearer {_need_token(token)}"})
+    )
+    items = body["items"] if isinstance(body, dict) and "items" in body else body
+    for job in items:
+        out.print(f"{job['id']}  {job.get('state', ''):<9} {job.get('filename') or ''}")
+
+
+@app.command()
+def transcript(
+    job_id: str, token: Token = None, gateway: Gateway = None, data_dir: DataDir = Path(".data")
+) -> None:
+    """Print a job's transcript as text."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    response = httpx.get(
+        f"{gateway_url}/jobs/{job_id}/transcript.txt",
+        headers={"Authorization": f"Bearer {_need_token(token)}"},
+    )
+    if not response.is_success:
+        _fail_on_problem(response)
+    out.print(response.text, soft_wrap=True)
+
+
+@app.command()
+def search(
+    query: str,
+    limit: int = 5,
+    token: Token = None,
+    gateway: Gateway = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Search everything you uploaded, by meaning and by words."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    body = _fail_on_problem(
+        httpx.get(
+            f"{gateway_url}/search",
+            params={"q": query, "limit": limit},
+            headers={"Authorization": f"Bearer {_need_token(token)}"},
+            timeout=30,
+        )
+    )
+    results = body["results"] if isinstance(body, dict) else body
+    if not results:
+        console.print("no results")
+    for hit in results:
+        span = f"{_clock(hit['start_s'])}-{_clock(hit['end_s'])}"
+        out.print(
+            f"[bold]{hit.get('filename') or hit['job_id']}[/] {span}  {hit.get('topic') or ''}"
+        )
+        out.print(f"  {hit['text'][:300]}", soft_wrap=True)
+        if hit.get("audio_url"):
+            out.print(f"  {hit['audio_url']}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

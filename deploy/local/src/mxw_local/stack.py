@@ -1,0 +1,265 @@
+"""`mxw up`: the whole stack on this machine as supervised processes, no Docker.
+
+Order: PostgreSQL (embedded) → migrate → Kafka-protocol broker (tansu) → topics → dev issuer
+→ the five services. A service that exits is restarted with backoff; logs are prefixed with
+the service name; Ctrl-C or SIGTERM stops everything cleanly (services first, so they flush
+their outboxes). The data directory (database, blobs, keys, model cache) survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from mxw_shared.devissuer import DevIssuer
+from mxw_shared.kafka import ensure_topics
+from mxw_shared.migrate import migrate
+from mxw_shared.settings import CommonSettings
+
+from mxw_local.infra import EmbeddedKafka, EmbeddedPostgres
+
+SERVICES = ("gateway", "notifier", "transcriber", "chunker", "embedder")
+COLORS = {"gateway": 36, "notifier": 35, "transcriber": 33, "chunker": 32, "embedder": 34}
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    postgres_port: int = 54329
+    kafka_port: int = 19092
+    ports: dict[str, int] = field(
+        default_factory=lambda: {
+            "gateway": 8000,
+            "notifier": 8001,
+            "transcriber": 8002,
+            "chunker": 8003,
+            "embedder": 8004,
+        }
+    )
+    whisper_model: str = "base"
+    log_format: str = "console"
+    color: bool = True
+
+    def url(self, service: str) -> str:
+        return f"http://{self.host}:{self.ports[service]}"
+
+
+@dataclass
+class StackInfo:
+    """What `mxw` commands need to find a running stack: written to <data>/stack.json."""
+
+    gateway_url: str
+    notifier_url: str
+    embedder_url: str
+    database_url: str
+    kafka_bootstrap_servers: str
+    jwks_path: str
+    pid: int
+
+    @staticmethod
+    def path(data_dir: Path) -> Path:
+        return data_dir / "stack.json"
+
+    @classmethod
+    def load(cls, data_dir: Path) -> StackInfo:
+        return cls(**json.loads(cls.path(data_dir).read_text()))
+
+
+def _service_token(data_dir: Path) -> str:
+    """Shared secret the gateway presents to the embedder; generated once, 0600."""
+    path = data_dir / "auth" / "service-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+class Supervisor:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir.resolve()
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", config.postgres_port)
+        self.kafka = EmbeddedKafka(config.kafka_port, log_path=self.data_dir / "logs" / "tansu.log")
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping = asyncio.Event()
+        self.restarts: dict[str, int] = dict.fromkeys(SERVICES, 0)
+
+    def say(self, who: str, line: str) -> None:
+        label = f"{who:<11}|"
+        if self.config.color and who in COLORS:
+            label = f"\x1b[{COLORS[who]}m{label}\x1b[0m"
+        print(f"{label} {line}", flush=True)
+
+    def service_env(self, service: str) -> dict[str, str]:
+        cfg = self.config
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "MXW_SERVICE_NAME": service,
+            "MXW_HOST": cfg.host,
+            "MXW_PORT": str(cfg.ports[service]),
+            "MXW_LOG_FORMAT": cfg.log_format,
+            "MXW_DATABASE_URL": self.postgres.dsn,
+            "MXW_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            # tansu rejects InitProducerId: no idempotent producer; consumers de-duplicate.
+            "MXW_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "MXW_BLOB_ROOT": str(self.data_dir / "blobs"),
+            "MXW_AUTH_JWKS_URL": (self.data_dir / "auth" / "jwks.json").as_uri(),
+            "MXW_EMBEDDER_URL": cfg.url("embedder"),
+            "MXW_MODEL_CACHE_DIR": str(self.data_dir / "models"),
+        }
+        token = _service_token(self.data_dir)
+        if service == "gateway":
+            env["MXW_EMBEDDER_SERVICE_TOKEN"] = token
+            env["MXW_PUBLIC_BASE_URL"] = cfg.url("gateway")
+        if service == "embedder":
+            env["MXW_SERVICE_TOKEN"] = token
+        if service == "transcriber":
+            env.setdefault("MXW_DEFAULT_MODEL", cfg.whisper_model)
+        return env
+
+    async def start_infra(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.say("stack", f"data directory {self.data_dir}")
+        dsn = await asyncio.to_thread(self.postgres.start)
+        self.say("postgres", f"ready on 127.0.0.1:{self.config.postgres_port}")
+        applied = await migrate(dsn)
+        self.say("migrate", f"schema up to date (applied now: {applied or 'none'})")
+        await asyncio.to_thread(self.kafka.start)
+        self.say("kafka", f"tansu ready on {self.kafka.bootstrap_servers} (in-memory topics)")
+        await self.create_topics()
+        DevIssuer.ensure(self.data_dir / "auth")
+
+    async def create_topics(self) -> None:
+        settings = CommonSettings(
+            kafka_bootstrap_servers=self.kafka.bootstrap_servers, kafka_partitions=3
+        )
+        created = await ensure_topics(settings)
+        self.say("kafka", f"topics ready ({len(created)} created)")
+
+    async def run_service(self, name: str) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                f"mxw_{name}.main",
+                env=self.service_env(name),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children
+            )
+            self.procs[name] = proc
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                self.say(name, raw.decode(errors="replace").rstrip())
+            code = await proc.wait()
+            if self.stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            self.restarts[name] += 1
+            self.say(name, f"exited with {code}; restarting in {backoff:.0f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def watch_kafka(self) -> None:
+        """The embedded broker keeps topics in memory; if it dies, bring it back with its
+        topics. The outbox and the stage sweepers re-send what was lost."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 2.0)
+            proc = self.kafka.proc
+            if self.stopping.is_set() or proc is None or proc.poll() is None:
+                continue
+            self.say("kafka", f"broker exited with {proc.returncode}; restarting")
+            await asyncio.to_thread(self.kafka.start)
+            await self.create_topics()
+
+    async def wait_ready(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(SERVICES)
+        async with httpx.AsyncClient(timeout=2) as client:
+            while pending and time.monotonic() < deadline and not self.stopping.is_set():
+                for name in sorted(pending):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.config.url(name)}/readyz")).status_code == 200:
+                            pending.discard(name)
+                            self.say(name, "ready")
+                await asyncio.sleep(0.5)
+        if pending:
+            raise TimeoutError(f"not ready after {timeout_s}s: {', '.join(sorted(pending))}")
+
+    def write_info(self) -> None:
+        info = StackInfo(
+            gateway_url=self.config.url("gateway"),
+            notifier_url=self.config.url("notifier"),
+            embedder_url=self.config.url("embedder"),
+            database_url=self.postgres.dsn,
+            kafka_bootstrap_servers=self.kafka.bootstrap_servers,
+            jwks_path=str(self.data_dir / "auth" / "jwks.json"),
+            pid=os.getpid(),
+        )
+        StackInfo.path(self.data_dir).write_text(json.dumps(asdict(info), indent=2))
+
+    async def stop_services(self, grace_s: float = 30) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                self.say(name, "did not stop in time; killing")
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.start_infra()
+            tasks = [asyncio.create_task(self.run_service(n), name=n) for n in SERVICES]
+            tasks.append(asyncio.create_task(self.watch_kafka(), name="kafka-watch"))
+            ready = asyncio.create_task(self.wait_ready())
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                ready.result()
+                self.write_info()
+                self.say("stack", f"up: API {self.config.url('gateway')}/docs · Ctrl-C stops")
+            else:
+                ready.cancel()
+            await self.stopping.wait()
+            return 0
+        finally:
+            self.stopping.set()
+            self.say("stack", "stopping")
+            await self.stop_services()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.kafka.stop()
+            await asyncio.to_thread(self.postgres.stop, True)
+            StackInfo.path(self.data_dir).unlink(missing_ok=True)
+            self.say("stack", "stopped")

@@ -1,0 +1,279 @@
+"""The whole product, started the way the README's run command starts it (`mxw up`), driven
+through its public interfaces: HTTP upload, WebSocket progress, transcript, search — and
+Kafka for another system publishing audio.uploaded itself."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import websockets
+from aiokafka import AIOKafkaProducer
+from mxw_local.infra import free_port
+from mxw_local.stack import StackInfo
+from mxw_shared.contracts import AudioUploaded, Envelope, JobOptions
+from mxw_shared.devissuer import DevIssuer
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
+MXW = Path(sys.executable).with_name("mxw")
+
+
+@dataclass(frozen=True)
+class Stack:
+    info: StackInfo
+    data_dir: Path
+    issuer: DevIssuer
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def token(self, user: str, admin: bool = False) -> str:
+        return self.issuer.mint(user, admin=admin)
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+
+def _log_tail(log: Path, n: int = 6000) -> str:
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    log = data_dir / "stack.log"
+    ports = {
+        name: free_port()
+        for name in (
+            "gateway",
+            "notifier",
+            "transcriber",
+            "chunker",
+            "embedder",
+            "postgres",
+            "kafka",
+        )
+    }
+    cmd = [str(MXW), "up", "--data-dir", str(data_dir), "--whisper-model", "tiny.en", "--no-color"]
+    for name, port in ports.items():
+        cmd += [f"--{name}-port", str(port)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    deadline = time.monotonic() + 300
+    info_path = StackInfo.path(data_dir)
+    while not info_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"stack did not come up (rc={proc.poll()}):\n{_log_tail(log)}")
+        time.sleep(0.5)
+    stack = Stack(
+        StackInfo.load(data_dir), data_dir, DevIssuer.ensure(data_dir / "auth"), proc, log
+    )
+    try:
+        yield stack
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        assert rc == 0, f"stack did not stop cleanly (rc={rc}):\n{_log_tail(log)}"
+        assert not info_path.exists()
+
+
+async def upload(stack: Stack, user: str, fixture: str, **form: str) -> dict:
+    path = FIXTURES / fixture
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=60) as client:
+        response = await client.post(
+            "/jobs",
+            headers=stack.auth(user),
+            files={"file": (path.name, path.read_bytes(), "audio/ogg")},
+            data=form,
+        )
+    assert response.status_code in (200, 201, 202), response.text
+    return response.json()
+
+
+async def watch(stack: Stack, user: str, job_id: str, timeout_s: float = 240) -> list[dict]:
+    url = stack.info.notifier_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}"
+    events: list[dict] = []
+    async with asyncio.timeout(timeout_s):
+        async with websockets.connect(url, additional_headers=stack.auth(user)) as ws:
+            async for raw in ws:
+                events.append(json.loads(raw))
+    return events
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+async def finished_job(stack: Stack) -> dict:
+    """One real job through the whole pipeline, followed over the WebSocket."""
+    job = await upload(stack, "alice", "solar_and_bread.ogg", language="en")
+    events = await watch(stack, "alice", str(job["id"]))
+    return {"job": job, "events": events}
+
+
+async def test_status_stream_ends_in_done_with_monotonic_progress(finished_job):
+    events = finished_job["events"]
+    assert events, "no status events received"
+    assert events[-1]["state"] == "done", events[-1]
+    assert events[-1]["progress"] == pytest.approx(1.0)
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress), progress
+    stages = [e["stage"] for e in events]
+    assert stages.index("transcribe") < stages.index("chunk") < stages.index("embed")
+    assert len({e["event_id"] for e in events}) == len(events), "duplicate events delivered"
+
+
+async def test_transcript_contains_the_spoken_words(stack, finished_job):
+    job_id = finished_job["job"]["id"]
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        status = (await client.get(f"/jobs/{job_id}", headers=stack.auth("alice"))).json()
+        text = (
+            await client.get(f"/jobs/{job_id}/transcript.txt", headers=stack.auth("alice"))
+        ).text
+    assert status["state"] == "done"
+    spoken = words(SENTENCES["solar_and_bread"]["text"])
+    heard = words(text)
+    assert {"solar", "sunlight", "electricity", "bread", "oven", "flour"} <= heard
+    assert len(spoken & heard) / len(spoken) > 0.8
+
+
+async def test_searching_a_paraphrase_lands_on_the_right_chunk(stack, finished_job):
+    job_id = str(finished_job["job"]["id"])
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        response = await client.get(
+            "/search",
+            params={"q": "how long should I bake a loaf", "limit": 5},
+            headers=stack.auth("alice"),
+        )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results, "no search results"
+    top = results[0]
+    assert str(top["job_id"]) == job_id
+    assert "bread" in top["text"].lower()
+    assert 0 <= top["start_s"] < top["end_s"] <= 16.5  # the fixture is 15.7 s long
+
+
+async def test_another_user_cannot_see_the_job(stack, finished_job):
+    job_id = finished_job["job"]["id"]
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        for path in (
+            f"/jobs/{job_id}",
+            f"/jobs/{job_id}/transcript.txt",
+            f"/jobs/{job_id}/transcript",
+        ):
+            response = await client.get(path, headers=stack.auth("bob"))
+            assert response.status_code == 404, (path, response.status_code)
+            assert response.headers["content-type"].startswith("application/problem+json")
+        search = await client.get("/search", params={"q": "bread oven"}, headers=stack.auth("bob"))
+        assert search.status_code == 200
+        assert all(str(r["job_id"]) != str(job_id) for r in search.json()["results"])
+    url = stack.info.notifier_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}"
+    async with websockets.connect(url, additional_headers=stack.auth("bob")) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4404
+
+
+async def test_requests_without_a_token_are_refused(stack, finished_job):
+    job_id = finished_job["job"]["id"]
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        for path in ("/jobs", f"/jobs/{job_id}", "/search?q=bread"):
+            response = await client.get(path)
+            assert response.status_code == 401, path
+
+
+async def test_redelivered_audio_event_leaves_one_transcript_and_one_set_of_chunks(stack):
+    """Another system publishes audio.uploaded itself — twice with the same event id (a
+    redelivery) and once more with a new id (a retrying producer)."""
+    audio = stack.data_dir / "external" / "short_en.ogg"
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "short_en.ogg", audio)
+    data = audio.read_bytes()
+    event = AudioUploaded(
+        job_id=uuid.uuid4(),
+        owner_id="carol",
+        audio_uri=audio.as_uri(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        filename="short_en.ogg",
+        options=JobOptions(language="en"),
+    )
+    envelope = Envelope.for_event(event, source="another-system")
+    producer = AIOKafkaProducer(bootstrap_servers=stack.info.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for env in (envelope, envelope, Envelope.for_event(event, source="another-system")):
+            await producer.send_and_wait(
+                event.topic,
+                value=event.model_dump_json().encode(),
+                key=str(event.job_id).encode(),
+                headers=[(k, v.encode()) for k, v in env.to_headers().items()],
+            )
+    finally:
+        await producer.stop()
+
+    events = await watch(stack, "carol", str(event.job_id))
+    assert events[-1]["state"] == "done", events[-1]
+    conn = await asyncpg.connect(stack.info.database_url)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the third copy may still be in flight
+            handled = await conn.fetchval(
+                "SELECT count(*) FROM processed_events WHERE consumer = 'transcriber' AND event_id = ANY($1)",
+                [envelope.id],
+            )
+            if handled:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        assert (
+            await conn.fetchval("SELECT count(*) FROM transcripts WHERE job_id = $1", event.job_id)
+            == 1
+        )
+        chunk_idx = [
+            r["idx"]
+            for r in await conn.fetch(
+                "SELECT idx FROM chunks WHERE job_id = $1 ORDER BY idx", event.job_id
+            )
+        ]
+        assert chunk_idx == list(range(len(chunk_idx)))
+        assert chunk_idx
+        vectors = await conn.fetchval(
+            "SELECT count(*) FROM chunk_embeddings WHERE job_id = $1", event.job_id
+        )
+        assert vectors == len(chunk_idx)
+        source = await conn.fetchval("SELECT source FROM jobs WHERE id = $1", event.job_id)
+        assert source == "another-system"
+        done_events = await conn.fetchval(
+            "SELECT count(*) FROM job_events WHERE job_id = $1 AND state = 'done'", event.job_id
+        )
+        assert done_events == 1
+    finally:
+        await conn.close()
