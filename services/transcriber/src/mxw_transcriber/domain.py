@@ -1,0 +1,177 @@
+"""Transcription with faster-whisper: decode audio, run a loaded model with a job's options,
+return plain data. No database, no Kafka; blocking, so callers run it in a thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from faster_whisper.audio import decode_audio as _fw_decode_audio
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from mxw_shared.contracts import JobOptions, Task
+
+SAMPLE_RATE = 16_000
+LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
+# Below this peak amplitude (about -60 dBFS) the audio is treated as silence: Whisper
+# hallucinates words ("You") on digital silence rather than returning nothing.
+SILENCE_PEAK = 1e-3
+
+
+class AudioDecodeError(Exception):
+    """The bytes are not audio that FFmpeg can decode."""
+
+
+class UnsupportedOptions(ValueError):
+    """The job asks for something this model cannot do (e.g. German from an English-only
+    model): rejected instead of silently ignored."""
+
+
+@dataclass(frozen=True)
+class Word:
+    start_s: float
+    end_s: float
+    word: str
+    probability: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start_s,
+            "end": self.end_s,
+            "word": self.word,
+            "probability": self.probability,
+        }
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    idx: int
+    start_s: float
+    end_s: float
+    text: str
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Transcript:
+    language: str | None
+    language_probability: float | None
+    duration_s: float
+    segments: tuple[TranscriptSegment, ...] = field(default=())
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments if s.text)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Service-wide decoding knobs (not per job)."""
+
+    beam_size: int = 5
+    vad_filter: bool = False
+
+
+def decode_audio(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Mono float32 samples at 16 kHz. Raises AudioDecodeError for anything FFmpeg rejects."""
+    try:
+        samples = _fw_decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    except MemoryError:
+        raise
+    except Exception as exc:  # av raises a family of FFmpeg errors, plus Index/ValueError
+        raise AudioDecodeError(f"{type(exc).__name__}: {exc}") from exc
+    array = np.asarray(samples, dtype=np.float32)
+    if array.ndim != 1:
+        raise AudioDecodeError(f"unexpected sample layout {array.shape}")
+    return array
+
+
+def check_options(options: JobOptions, multilingual: bool, model_name: str) -> None:
+    """Reject options the model cannot honour, before any work is spent."""
+    if options.language is not None and options.language not in LANGUAGE_CODES:
+        raise UnsupportedOptions(f"language {options.language!r} is not known to Whisper")
+    if not multilingual:
+        if options.language not in (None, "en"):
+            raise UnsupportedOptions(
+                f"model {model_name} is English-only; language {options.language!r} "
+                "needs a multilingual model (e.g. base or small)"
+            )
+        if options.task == Task.translate:
+            raise UnsupportedOptions(
+                f"model {model_name} is English-only and cannot translate; use a multilingual model"
+            )
+
+
+def _f(value: Any) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def transcribe(
+    model: Any,
+    audio: np.ndarray[Any, np.dtype[np.float32]],
+    options: JobOptions,
+    decode: DecodeSettings,
+    on_progress: Callable[[float], None] | None = None,
+) -> Transcript:
+    """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option;
+    `on_progress(fraction)` is called as segments arrive (fraction = segment end / duration).
+    Exceptions raised by `on_progress` stop the work and propagate."""
+    duration = len(audio) / SAMPLE_RATE
+    if duration == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        if on_progress is not None:
+            on_progress(1.0)
+        return Transcript(
+            language=options.language, language_probability=None, duration_s=round(duration, 3)
+        )
+    detected = options.language is None and bool(model.model.is_multilingual)
+    segments_iter, info = model.transcribe(
+        audio,
+        language=options.language,
+        task=options.task.value,
+        word_timestamps=options.word_timestamps,
+        initial_prompt=options.initial_prompt,
+        beam_size=decode.beam_size,
+        vad_filter=decode.vad_filter,
+    )
+    segments: list[TranscriptSegment] = []
+    # faster-whisper yields segments lazily: the work happens while iterating.
+    for seg in segments_iter:
+        text = seg.text.strip()
+        start = max(0.0, min(float(seg.start), duration))
+        end = max(start, min(float(seg.end), duration))
+        words: tuple[Word, ...] | None = None
+        if options.word_timestamps:
+            words = tuple(
+                Word(
+                    start_s=max(start, min(float(w.start), end)),
+                    end_s=max(start, min(float(w.end), end)),
+                    word=w.word,
+                    probability=round(float(w.probability), 4),
+                )
+                for w in (seg.words or [])
+            )
+        if text:
+            segments.append(
+                TranscriptSegment(
+                    idx=len(segments),
+                    start_s=round(start, 3),
+                    end_s=round(end, 3),
+                    text=text,
+                    avg_logprob=_f(seg.avg_logprob),
+                    no_speech_prob=_f(seg.no_speech_prob),
+                    words=words,
+                )
+            )
+        if on_progress is not None:
+            on_progress(min(end / duration, 1.0))
+    return Transcript(
+        language=info.language or options.language,
+        # An explicit language, or an English-only model, detects nothing: no probability.
+        language_probability=_f(info.language_probability) if detected else None,
+        duration_s=round(float(info.duration), 3),
+        segments=tuple(segments),
+    )

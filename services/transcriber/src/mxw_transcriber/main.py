@@ -1,0 +1,98 @@
+"""Entry point of the transcriber: wires settings, runtime, models and the audio.uploaded
+handler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from mxw_shared import topics
+from mxw_shared.contracts import AudioUploaded, Stage
+from mxw_shared.logging import get_logger
+from mxw_shared.pipeline import StageRunner
+from mxw_shared.service import ServiceRuntime, health_router, serve
+
+from mxw_transcriber import repository
+from mxw_transcriber.handlers import transcribe_audio
+from mxw_transcriber.models import ModelRegistry
+from mxw_transcriber.settings import TranscriberSettings
+
+log = get_logger(__name__)
+
+
+class DefaultModel:
+    """The default model, preloaded in a thread at start-up. Readiness reports a failed
+    preload instead of waiting on it forever; jobs still load on demand."""
+
+    def __init__(self, registry: ModelRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def preload(self) -> None:
+        try:
+            await asyncio.to_thread(self.registry.load, self.name)
+            self.error = None
+        except Exception as exc:
+            self.error = str(exc)
+            log.error("default model preload failed", model=self.name, error=self.error)
+
+    async def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"default model: {self.error}")
+        if self.registry.cached(self.name) is None:
+            # Not preloaded (still loading, or preload off): it must at least resolve.
+            await asyncio.to_thread(self.registry.resolve, self.name)
+
+
+def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
+    settings = settings or TranscriberSettings()
+    runtime = ServiceRuntime(settings)
+    registry = ModelRegistry(
+        settings.model_cache_dir, settings.device, settings.compute_type, settings.cpu_threads
+    )
+    default_model = DefaultModel(registry, settings.default_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start_storage()
+        if settings.preload_default_model:
+            default_model.task = asyncio.create_task(default_model.preload())
+        runner: StageRunner[AudioUploaded] = StageRunner(
+            pool=runtime.pool,
+            settings=settings,
+            stage=Stage.transcribe,
+            topic=topics.AUDIO_UPLOADED,
+            work=transcribe_audio(settings, registry),
+            adopt_job=repository.adopt_job,
+        )
+        runtime.subscribe_stage(runner, group_id=settings.service_name)
+        runtime.ready_checks.append(default_model.check)
+        await runtime.start_messaging()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            if default_model.task is not None:
+                # A load in its thread cannot be interrupted; wait for it, it is bounded.
+                with contextlib.suppress(Exception):
+                    await default_model.task
+
+    app = FastAPI(title="MxWhisper transcriber", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.models = registry
+    app.include_router(health_router(lambda: runtime))
+    return app
+
+
+def main() -> None:
+    settings = TranscriberSettings()
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

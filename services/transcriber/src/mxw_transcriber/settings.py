@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from mxw_shared.settings import CommonSettings
+
+
+class TranscriberSettings(CommonSettings):
+    service_name: str = "transcriber"
+    port: int = 8002
+    # The model a job gets when its options name none.
+    default_model: str = "base"
+    # "auto": CUDA when CTranslate2 sees a GPU, else cpu.
+    device: str = "auto"
+    # "auto": float16 on CUDA, int8 on CPU (the fastest type each supports well).
+    compute_type: str = "auto"
+    # 0 leaves CTranslate2's default (OMP_NUM_THREADS or 4).
+    cpu_threads: int = 0
+    beam_size: int = 5
+    vad_filter: bool = False
+    # Models shipped in parts are joined here once, then reused by every process.
+    model_cache_dir: Path = Path(".data/models")
+    # Least seconds between two job.status progress reports of one job.
+    progress_interval_s: float = 0.5
+    # Limits for http(s):// audio sources.
+    download_max_bytes: int = 2 * 1024**3
+    download_timeout_s: float = 600.0
+    # Check the audio's bytes against the event's sha256 before transcribing.
+    verify_sha256: bool = True
+    # Load the default model at start-up so the first job does not wait for it.
+    preload_default_model: bool = True
