@@ -1,0 +1,139 @@
+"""Migrations, the outbox relay and the stage bookkeeping on the real PostgreSQL + broker."""
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from mxw_shared import topics
+from mxw_shared.contracts import JobState, Stage
+from mxw_shared.db import SchemaOutOfDate, check_schema, create_pool
+from mxw_shared.jobs import derive_job_state, finish_stage, overall_progress, record_status
+from mxw_shared.migrate import migrate
+from mxw_shared.migrations import latest_version, load_migrations
+from mxw_shared.outbox import OutboxRelay
+
+
+async def test_migrate_is_idempotent_and_schema_check_passes(infra, db):
+    assert await migrate(infra.dsn) == []
+    assert await check_schema(db) == latest_version()
+    indexes = {r["indexname"] for r in await db.fetch("SELECT indexname FROM pg_indexes")}
+    assert {"chunk_embeddings_hnsw", "chunks_tsv"} <= indexes
+    method = await db.fetchval(
+        "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+        "WHERE c.relname = 'chunk_embeddings_hnsw'"
+    )
+    assert method == "hnsw"
+
+
+async def test_empty_database_is_refused_by_services(infra):
+    conn = await asyncpg.connect(infra.dsn)
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    pool = await create_pool(infra.dsn.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        with pytest.raises(SchemaOutOfDate, match="migrate"):
+            await check_schema(pool)
+    finally:
+        await pool.close()
+
+
+async def test_changed_migration_file_is_detected(infra, db):
+    first = load_migrations()[0]
+    await db.execute(
+        "UPDATE schema_migrations SET checksum = 'tampered' WHERE version = $1", first.version
+    )
+    try:
+        with pytest.raises(RuntimeError, match="changed after it was applied"):
+            await migrate(infra.dsn)
+    finally:
+        await db.execute(
+            "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+            first.version,
+            first.checksum,
+        )
+
+
+async def test_status_and_outbox_commit_together_or_not_at_all(db, make_job):
+    job_id = await make_job()
+
+    async def status_then_crash() -> None:
+        async with db.acquire() as conn, conn.transaction():
+            await record_status(
+                conn,
+                job_id=job_id,
+                owner_id="alice",
+                stage=Stage.transcribe,
+                state=JobState.queued,
+                progress=0,
+                source="t",
+            )
+            raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        await status_then_crash()
+    assert await db.fetchval("SELECT count(*) FROM job_events WHERE job_id = $1", job_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE key = $1", str(job_id)) == 0
+
+
+async def test_relay_publishes_in_order_and_marks_sent(infra, db, make_job, read_topic):
+    job_id = await make_job()
+    async with db.acquire() as conn, conn.transaction():
+        for i in range(5):
+            await record_status(
+                conn,
+                job_id=job_id,
+                owner_id="alice",
+                stage=Stage.transcribe,
+                state=JobState.running,
+                progress=i / 10,
+                source="t",
+                message=f"step {i}",
+            )
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers, acks="all")
+    await producer.start()
+    relays = [OutboxRelay(db, producer, poll_interval_s=0.1) for _ in range(2)]  # two replicas
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        records = await read_topic(topics.JOB_STATUS, job_id, count=5)
+    finally:
+        for relay in relays:
+            await relay.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+    assert [body["message"] for _, body in records] == [f"step {i}" for i in range(5)]
+    history = await db.fetch(
+        "SELECT event_id FROM job_events WHERE job_id = $1 ORDER BY id", job_id
+    )
+    assert [h["ce_id"] for h, _ in records] == [r["event_id"] for r in history]
+    unsent = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL", str(job_id)
+    )
+    assert unsent == 0
+
+
+async def test_job_state_is_derived_from_stage_rows(db, make_job):
+    job_id = await make_job()
+    async with db.acquire() as conn:
+        await finish_stage(conn, job_id, Stage.transcribe, JobState.done, metrics={"rtf": 0.1})
+        await finish_stage(conn, job_id, Stage.chunk, JobState.failed, error="boom")
+        rows = await conn.fetch(
+            "SELECT stage, state, metrics FROM job_stages WHERE job_id = $1", job_id
+        )
+    stages = {Stage(r["stage"]): r["state"] for r in rows}
+    assert derive_job_state(False, stages) == JobState.failed
+    assert derive_job_state(True, stages) == JobState.cancelled
+    assert derive_job_state(False, {}) == JobState.queued
+    assert derive_job_state(False, {Stage.embed: "done"}) == JobState.done
+    assert {r["stage"]: r["metrics"] for r in rows}["transcribe"] == {"rtf": 0.1}
+
+
+def test_overall_progress_spans_stages_in_order():
+    points = [overall_progress(s, f) for s in Stage for f in (0.0, 0.5, 1.0)]
+    assert points == sorted(points)
+    assert points[0] == 0.0
+    assert points[-1] == 1.0
