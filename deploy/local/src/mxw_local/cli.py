@@ -85,10 +85,8 @@ def token(
 ) -> None:
     """Mint a token with the local dev issuer (the stack's signing key)."""
     issuer = DevIssuer.ensure(data_dir / "auth")
-    out.print(
-        issuer.mint(user, admin=admin, name=name, email=email, ttl_s=int(ttl_hours * 3600)),
-        soft_wrap=True,
-    )
+    # Plain print: the token is meant for $(...) and pipes, never wrapped or styled.
+    print(issuer.mint(user, admin=admin, name=name, email=email, ttl_s=int(ttl_hours * 3600)))
 
 
 def _urls(data_dir: Path, gateway: str | None, notifier: str | None) -> tuple[str, str]:
@@ -158,7 +156,7 @@ def submit(
     job = _fail_on_problem(response)
     job_id = str(job["id"])
     console.print(f"job [bold]{job_id}[/] {job.get('state', '')}")
-    out.print(job_id)
+    print(job_id)
     if follow:
         raise typer.Exit(asyncio.run(_follow(notifier_url, job_id, bearer)))
 
@@ -219,7 +217,7 @@ def jobs(token: Token = None, gateway: Gateway = None, data_dir: DataDir = Path(
     )
     items = body["items"] if isinstance(body, dict) and "items" in body else body
     for job in items:
-        out.print(f"{job['id']}  {job.get('state', ''):<9} {job.get('filename') or ''}")
+        print(f"{job['id']}  {job.get('state', ''):<9} {job.get('filename') or ''}")
 
 
 @app.command()
