@@ -39,15 +39,16 @@ def raw_whisper_seconds(audio: Path, model_name: str) -> float:
     return time.perf_counter() - started
 
 
-async def pipeline_seconds(info: StackInfo, token: str, audio: Path, model: str) -> float:
-    data = audio.read_bytes()  # before the clock starts
+async def pipeline_seconds(
+    info: StackInfo, token: str, name: str, data: bytes, model: str
+) -> float:
     started = time.perf_counter()
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(timeout=120) as client:
         response = await client.post(
             f"{info.gateway_url}/jobs",
             headers=headers,
-            files={"file": (audio.name, data)},
+            files={"file": (name, data)},
             data={"model": model, "force": "true"},
         )
         response.raise_for_status()
@@ -77,7 +78,9 @@ def main() -> None:
     token = DevIssuer.ensure(args.data_dir / "auth").mint("bench")
     pipeline, raw = [], []
     for run in range(1, args.runs + 1):
-        p = asyncio.run(pipeline_seconds(info, token, args.audio, args.model))
+        p = asyncio.run(
+            pipeline_seconds(info, token, args.audio.name, args.audio.read_bytes(), args.model)
+        )
         r = raw_whisper_seconds(args.audio, args.model)
         pipeline.append(p)
         raw.append(r)
