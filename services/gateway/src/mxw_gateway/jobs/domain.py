@@ -1,0 +1,138 @@
+"""Pure rules of the jobs module: filenames, audio probing, progress, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import av
+from mxw_shared.contracts import JobState, Stage
+from mxw_shared.jobs import STAGE_SPAN
+
+# Container (FFmpeg demuxer) name → the content type the audio is served with.
+_CONTENT_TYPES: dict[str, str] = {
+    "ogg": "audio/ogg",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+    "matroska,webm": "audio/webm",
+    "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4",
+    "aiff": "audio/aiff",
+    "amr": "audio/amr",
+    "caf": "audio/x-caf",
+    "asf": "audio/x-ms-wma",
+}
+
+
+class NotAudio(ValueError):
+    """The file has no decodable audio stream. The message is safe to show."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    container: str
+    codec: str
+    duration_s: float
+    sample_rate: int | None
+    channels: int | None
+
+    @property
+    def content_type(self) -> str:
+        return _CONTENT_TYPES.get(self.container, "application/octet-stream")
+
+
+def probe_audio(path: Path) -> AudioInfo:
+    """Open the file with FFmpeg (PyAV): it must hold an audio stream whose codec decodes and
+    whose duration is known. Blocking; run it in a thread."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.audio:
+                raise NotAudio("the file has no audio stream")
+            stream = container.streams.audio[0]
+            codec = stream.codec_context.name
+            duration: float | None = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            # Decoding one frame proves the codec works on this data, not just the header.
+            decoded = False
+            last_end = 0.0
+            for frame in container.decode(stream):
+                decoded = True
+                if duration is not None:
+                    break
+                if frame.time is not None:
+                    last_end = float(frame.time) + frame.samples / max(frame.sample_rate, 1)
+            if not decoded:
+                raise NotAudio("the audio stream holds no decodable frames")
+            if duration is None:
+                duration = last_end
+            return AudioInfo(
+                container=container.format.name,
+                codec=codec,
+                duration_s=round(duration, 3),
+                sample_rate=stream.codec_context.sample_rate or None,
+                channels=stream.codec_context.channels or None,
+            )
+    except NotAudio:
+        raise
+    except Exception as exc:  # FFmpeg rejects what is not media in many different ways
+        raise NotAudio("the file is not audio that can be decoded") from exc
+
+
+def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:
+    """The client's filename as something safe to store and echo: basename only (either
+    slash), no control characters, trimmed, at most `max_chars` (keeping the extension)."""
+    if raw is None:
+        return None
+    name = PureWindowsPath(PurePosixPath(raw).name).name
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().strip(".").strip()
+    if not name:
+        return None
+    if len(name) > max_chars:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 10 and stem:
+            name = stem[: max_chars - len(ext) - 1] + "." + ext
+        else:
+            name = name[:max_chars]
+    return name
+
+
+def stage_overall_progress(stage: Stage, state: str, fraction: float) -> float:
+    lo, hi = STAGE_SPAN[stage]
+    if state == JobState.done:
+        return hi
+    return round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), 4)
+
+
+def job_progress(state: JobState, stages: dict[Stage, tuple[str, float]]) -> float:
+    """Overall 0..1 progress: the furthest point any stage row reached."""
+    if state == JobState.done:
+        return 1.0
+    return max(
+        (stage_overall_progress(s, st, frac) for s, (st, frac) in stages.items()), default=0.0
+    )
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on anything that is not a cursor this service handed out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(job)
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc

@@ -1,0 +1,165 @@
+"""Postgres access of the jobs module. The gateway writes users, blobs and jobs; it reads the
+rows other services own (job_stages, transcripts, segments)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from mxw_shared.blobs import StoredBlob
+from mxw_shared.contracts import JobOptions
+from mxw_shared.db import Connection, Pool
+
+_JOB_COLUMNS = (
+    "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
+    "cancelled_at, created_at"
+)
+
+
+async def lock_owner_content(conn: Connection, owner_id: str, sha256: str) -> None:
+    """Serialise concurrent uploads of the same audio by the same owner (de-duplication)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"upload:{owner_id}:{sha256}"
+    )
+
+
+async def find_reusable_job(conn: Connection, owner_id: str, sha256: str) -> uuid.UUID | None:
+    """The owner's newest job on this audio that is neither cancelled nor failed."""
+    job_id: uuid.UUID | None = await conn.fetchval(
+        """SELECT j.id FROM jobs j
+           WHERE j.owner_id = $1 AND j.sha256 = $2 AND j.cancelled_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM job_stages s
+                             WHERE s.job_id = j.id AND s.state = 'failed')
+           ORDER BY j.created_at DESC LIMIT 1""",
+        owner_id,
+        sha256,
+    )
+    return job_id
+
+
+async def ensure_blob(
+    conn: Connection, owner_id: str, blob: StoredBlob, content_type: str
+) -> uuid.UUID:
+    existing: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM blobs WHERE owner_id = $1 AND sha256 = $2 AND uri = $3 LIMIT 1",
+        owner_id,
+        blob.sha256,
+        blob.uri,
+    )
+    if existing is not None:
+        return existing
+    blob_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO blobs (id, owner_id, sha256, size_bytes, content_type, uri) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        blob_id,
+        owner_id,
+        blob.sha256,
+        blob.size_bytes,
+        content_type,
+        blob.uri,
+    )
+    return blob_id
+
+
+async def insert_job(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    owner_id: str,
+    filename: str | None,
+    blob: StoredBlob,
+    content_type: str,
+    options: JobOptions,
+) -> None:
+    await conn.execute(
+        "INSERT INTO jobs (id, owner_id, filename, audio_uri, sha256, size_bytes, content_type,"
+        " options, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'gateway')",
+        job_id,
+        owner_id,
+        filename,
+        blob.uri,
+        blob.sha256,
+        blob.size_bytes,
+        content_type,
+        options.model_dump(mode="json"),
+    )
+
+
+async def blob_in_use(pool: Pool, uri: str) -> bool:
+    used: bool = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM blobs WHERE uri = $1)"
+        " OR EXISTS (SELECT 1 FROM jobs WHERE audio_uri = $1)",
+        uri,
+    )
+    return used
+
+
+async def fetch_job(conn: Connection | Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+
+
+async def fetch_stages(
+    conn: Connection | Pool, job_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[asyncpg.Record]]:
+    rows = await conn.fetch(
+        "SELECT job_id, stage, state, progress, attempts, error, queued_at, started_at,"
+        " finished_at, metrics FROM job_stages WHERE job_id = ANY($1::uuid[])",
+        job_ids,
+    )
+    out: dict[uuid.UUID, list[asyncpg.Record]] = {j: [] for j in job_ids}
+    for row in rows:
+        out[row["job_id"]].append(row)
+    return out
+
+
+async def list_jobs(
+    pool: Pool,
+    *,
+    owner_id: str | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    offset: int,
+) -> list[asyncpg.Record]:
+    """Newest first; `owner_id=None` lists everyone's (admins). Keyset after `after`."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    if owner_id is not None:
+        args.append(owner_id)
+        conditions.append(f"owner_id = ${len(args)}")
+    if after is not None:
+        args.extend(after)
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    args.extend([limit, offset])
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC"
+        f" LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+        *args,
+    )
+    return rows
+
+
+async def mark_cancelled(conn: Connection, job_id: uuid.UUID) -> bool:
+    result: str = await conn.execute(
+        "UPDATE jobs SET cancelled_at = now() WHERE id = $1 AND cancelled_at IS NULL", job_id
+    )
+    return result.endswith(" 1")
+
+
+async def fetch_transcript(
+    pool: Pool, job_id: uuid.UUID
+) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    transcript = await pool.fetchrow(
+        "SELECT language, language_probability, duration_s, model, text FROM transcripts"
+        " WHERE job_id = $1",
+        job_id,
+    )
+    if transcript is None:
+        return None
+    segments = await pool.fetch(
+        "SELECT idx, start_s, end_s, text FROM segments WHERE job_id = $1 ORDER BY idx", job_id
+    )
+    return transcript, segments

@@ -1,0 +1,203 @@
+"""HTTP routes of the jobs module: parse the request, call the service, shape the response."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from mxw_shared.problems import PROBLEM_JSON
+
+from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.jobs import service
+from mxw_gateway.jobs.schemas import JobPage, JobView, TranscriptView
+
+router = APIRouter(tags=["jobs"])
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {}}}
+
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string", "example": "tiny.en"},
+                        "language": {"type": "string", "example": "en"},
+                        "task": {"type": "string", "enum": ["transcribe", "translate"]},
+                        "word_timestamps": {"type": "boolean"},
+                        "initial_prompt": {"type": "string"},
+                        "chunking": {"type": "string", "enum": ["auto", "local", "llm"]},
+                        "force": {
+                            "type": "boolean",
+                            "description": "Create a new job even for audio you uploaded before.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+_UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView, "description": "Same audio as an existing job of yours: that job."},
+    202: {"model": JobView, "description": "Stored and queued for transcription."},
+    413: _problem("The file is larger than the upload limit."),
+    415: _problem("Not multipart, or the file is not decodable audio."),
+    422: _problem("Missing file or invalid options."),
+}
+
+
+async def _upload(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+    force: bool,
+) -> JSONResponse:
+    result = await service.upload(
+        body=request.stream(),
+        content_type=request.headers.get("content-type"),
+        content_length=request.headers.get("content-length"),
+        force_query=force,
+        user=user,
+        settings=settings,
+        pool=pool,
+        store=store,
+    )
+    headers = {"Location": result.job.links.job}
+    if not result.created:
+        headers["X-MxW-Duplicate-Of"] = str(result.job.id)
+    return JSONResponse(
+        result.job.model_dump(mode="json"),
+        status_code=202 if result.created else 200,
+        headers=headers,
+    )
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses=_UPLOAD_RESPONSES,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload audio and start a job",
+)
+async def create_job(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+    force: Annotated[bool, Query(description="Create a new job even for known audio.")] = False,
+) -> JSONResponse:
+    return await _upload(request, user, settings, pool, store, force)
+
+
+@router.post(
+    "/upload",
+    status_code=202,
+    response_model=JobView,
+    responses=_UPLOAD_RESPONSES,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload audio (alias of POST /jobs)",
+)
+async def upload_alias(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+    force: Annotated[bool, Query(description="Create a new job even for known audio.")] = False,
+) -> JSONResponse:
+    return await _upload(request, user, settings, pool, store, force)
+
+
+@router.get("/jobs", response_model=JobPage, summary="Your jobs, newest first")
+async def list_jobs(
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    all: Annotated[bool, Query(description="Admins only: every user's jobs.")] = False,
+) -> JobPage:
+    size = min(limit or settings.jobs_default_page_size, settings.jobs_max_page_size)
+    return await service.list_jobs(
+        pool, settings, user, limit=size, cursor=cursor, offset=offset, all_users=all
+    )
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such job (or not yours).")}
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses=_NOT_FOUND)
+async def get_job(
+    job_id: uuid.UUID, user: CurrentUserDep, settings: SettingsDep, pool: PoolDep
+) -> JobView:
+    return await service.get_job(pool, settings, user, job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobView,
+    responses={**_NOT_FOUND, 409: _problem("The job already finished.")},
+)
+async def cancel_job(
+    job_id: uuid.UUID, user: CurrentUserDep, settings: SettingsDep, pool: PoolDep
+) -> JobView:
+    return await service.cancel_job(pool, settings, user, job_id)
+
+
+_NOT_TRANSCRIBED: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    409: _problem("Not transcribed yet."),
+}
+
+
+@router.get("/jobs/{job_id}/transcript", response_model=TranscriptView, responses=_NOT_TRANSCRIBED)
+async def get_transcript(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> TranscriptView:
+    return await service.get_transcript(pool, user, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/transcript.txt",
+    response_class=PlainTextResponse,
+    responses={**_NOT_TRANSCRIBED, 200: {"content": {"text/plain": {}}}},
+)
+async def get_transcript_text(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> Response:
+    transcript = await service.get_transcript(pool, user, job_id)
+    return PlainTextResponse(
+        service.transcript_text(transcript),
+        headers={"Content-Disposition": f'inline; filename="{job_id}.txt"'},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/audio",
+    response_class=FileResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {"content": {"audio/*": {}}, "description": "The audio; HTTP Range supported."},
+        206: {"description": "Partial content (Range)."},
+    },
+    summary="Stream the job's audio (append #t=<seconds> to play from a point)",
+)
+async def get_audio(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> FileResponse:
+    path, content_type, filename = await service.audio_file(pool, user, job_id)
+    return FileResponse(
+        path,
+        media_type=content_type,
+        filename=filename,
+        content_disposition_type="inline",
+    )

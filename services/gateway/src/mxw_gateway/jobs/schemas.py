@@ -1,0 +1,78 @@
+"""Request and response models of the jobs API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from mxw_shared.contracts import JobOptions, JobState, Stage
+from pydantic import BaseModel, Field
+
+StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled"]
+
+
+class StageView(BaseModel):
+    stage: Stage
+    state: StageState = Field(description="'pending' until the stage's service picked it up.")
+    progress: float = Field(ge=0, le=1, description="Progress within this stage, 0..1.")
+    attempts: int = 0
+    error: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = Field(default=None, description="finished_at - started_at.")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobLinks(BaseModel):
+    job: str
+    audio: str
+    transcript: str
+    transcript_txt: str
+
+
+class JobView(BaseModel):
+    id: uuid.UUID
+    state: JobState
+    progress: float = Field(ge=0, le=1, description="Overall progress, 0..1.")
+    error: str | None = Field(default=None, description="Why the job failed, when it did.")
+    filename: str | None
+    sha256: str
+    size_bytes: int | None
+    content_type: str | None
+    options: JobOptions
+    source: str
+    owner_id: str
+    created_at: datetime
+    cancelled_at: datetime | None
+    stages: list[StageView]
+    links: JobLinks
+    duplicate: bool = Field(
+        default=False,
+        description="True when this upload matched a job you already have (same audio).",
+    )
+
+
+class JobPage(BaseModel):
+    items: list[JobView]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; absent on the last page."
+    )
+
+
+class TranscriptSegment(BaseModel):
+    index: int
+    start: float
+    end: float
+    text: str
+
+
+class TranscriptView(BaseModel):
+    job_id: uuid.UUID
+    language: str | None
+    language_probability: float | None
+    duration: float
+    model: str
+    text: str
+    segments: list[TranscriptSegment]

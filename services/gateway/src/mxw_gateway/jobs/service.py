@@ -1,0 +1,421 @@
+"""Use cases of the jobs module: upload, read, cancel. Routes parse; this decides."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob, UnsupportedUri, local_path
+from mxw_shared.contracts import AudioUploaded, JobOptions, JobState, Stage
+from mxw_shared.db import Pool
+from mxw_shared.jobs import STAGE_ORDER, derive_job_state, record_status
+from mxw_shared.outbox import enqueue
+from mxw_shared.problems import Problem
+from pydantic import ValidationError
+
+from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import repository
+from mxw_gateway.jobs.domain import (
+    NotAudio,
+    decode_cursor,
+    encode_cursor,
+    job_progress,
+    probe_audio,
+    sanitize_filename,
+)
+from mxw_gateway.jobs.multipart import boundary_of, multipart_events, read_form
+from mxw_gateway.jobs.schemas import (
+    JobLinks,
+    JobPage,
+    JobView,
+    StageView,
+    TranscriptSegment,
+    TranscriptView,
+)
+from mxw_gateway.settings import GatewaySettings
+
+OPTION_FIELDS = frozenset(JobOptions.model_fields)
+FORM_FIELDS = OPTION_FIELDS | {"force", "file"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    job: JobView
+    created: bool
+
+
+def parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise Problem(422, "Invalid request", f"{name} must be true or false")
+
+
+def parse_options(fields: dict[str, str]) -> JobOptions:
+    unknown = sorted(set(fields) - FORM_FIELDS)
+    if unknown:
+        raise Problem(422, "Invalid request", f"unknown form fields: {', '.join(unknown)}")
+    values = {k: v for k, v in fields.items() if k in OPTION_FIELDS and v.strip() != ""}
+    try:
+        return JobOptions.model_validate(values)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        raise Problem(
+            422,
+            "Invalid job options",
+            "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors),
+            errors=errors,
+        ) from exc
+
+
+async def upload(
+    *,
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    force_query: bool,
+    user: CurrentUser,
+    settings: GatewaySettings,
+    pool: Pool,
+    store: LocalBlobStore,
+) -> UploadResult:
+    # Room for the multipart envelope and the small option fields around the file.
+    envelope_allowance = settings.max_form_field_bytes * 4 + 64 * 1024
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError as exc:
+            raise Problem(400, "Bad request", "invalid Content-Length") from exc
+        if declared > settings.max_upload_bytes + envelope_allowance:
+            raise _too_large(settings.max_upload_bytes)
+    boundary = boundary_of(content_type)
+
+    stored: list[StoredBlob] = []
+
+    async def store_file(chunks: AsyncIterator[bytes]) -> StoredBlob:
+        blob = await store.put_stream(chunks, settings.max_upload_bytes)
+        stored.append(blob)
+        return blob
+
+    try:
+        fields, blob, raw_filename = await read_form(
+            multipart_events(boundary, body),
+            file_field="file",
+            store_file=store_file,
+            max_field_bytes=settings.max_form_field_bytes,
+        )
+        if blob is None:
+            raise Problem(
+                422,
+                "Invalid request",
+                "the audio file is missing: send it in the multipart field 'file'",
+            )
+        options = parse_options(fields)
+        force = force_query or parse_bool("force", fields.get("force", ""))
+        if blob.size_bytes == 0:
+            raise Problem(415, "Unsupported media type", "the uploaded file is empty")
+        try:
+            info = await asyncio.to_thread(probe_audio, blob.path)
+        except NotAudio as exc:
+            raise Problem(415, "Unsupported media type", str(exc)) from exc
+        filename = sanitize_filename(raw_filename, settings.max_filename_chars)
+        job_id, created = await _create_job(
+            pool, settings, user, blob, info.content_type, filename, options, force
+        )
+    except BlobTooLarge as exc:
+        raise _too_large(exc.limit) from exc
+    except BaseException:
+        for blob in stored:
+            await discard_unreferenced(pool, store, blob)
+        raise
+    view = await get_job(pool, settings, user, job_id)
+    if not created:
+        view = view.model_copy(update={"duplicate": True})
+    return UploadResult(job=view, created=created)
+
+
+async def _create_job(
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    blob: StoredBlob,
+    content_type: str,
+    filename: str | None,
+    options: JobOptions,
+    force: bool,
+) -> tuple[uuid.UUID, bool]:
+    """Blob row, job row, the queued status and AudioUploaded: one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.lock_owner_content(conn, user.sub, blob.sha256)
+        if not force:
+            existing = await repository.find_reusable_job(conn, user.sub, blob.sha256)
+            if existing is not None:
+                return existing, False
+        job_id = uuid.uuid4()
+        await repository.ensure_blob(conn, user.sub, blob, content_type)
+        await repository.insert_job(
+            conn,
+            job_id=job_id,
+            owner_id=user.sub,
+            filename=filename,
+            blob=blob,
+            content_type=content_type,
+            options=options,
+        )
+        await record_status(
+            conn,
+            job_id=job_id,
+            owner_id=user.sub,
+            stage=Stage.transcribe,
+            state=JobState.queued,
+            progress=0.0,
+            source=settings.service_name,
+            message="queued for transcription",
+        )
+        await enqueue(
+            conn,
+            AudioUploaded(
+                job_id=job_id,
+                owner_id=user.sub,
+                audio_uri=blob.uri,
+                sha256=blob.sha256,
+                size_bytes=blob.size_bytes,
+                filename=filename,
+                content_type=content_type,
+                options=options,
+            ),
+            source=settings.service_name,
+        )
+        return job_id, True
+
+
+async def discard_unreferenced(pool: Pool, store: LocalBlobStore, blob: StoredBlob) -> None:
+    """Delete a rejected upload's file unless a job already uses the same content."""
+    try:
+        if await repository.blob_in_use(pool, blob.uri):
+            return
+    except (OSError, asyncpg.PostgresError):
+        return  # keep the file when unsure: a dangling file is better than a broken job
+    await asyncio.to_thread(store.delete, blob.uri)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(
+        413, "Upload too large", f"the file exceeds the limit of {limit} bytes", limit=limit
+    )
+
+
+# ---- reading ----
+
+
+def _link(settings: GatewaySettings, path: str) -> str:
+    return f"{settings.public_base_url.rstrip('/')}{path}"
+
+
+def build_view(
+    settings: GatewaySettings, job: asyncpg.Record, stage_rows: list[asyncpg.Record]
+) -> JobView:
+    by_stage = {Stage(r["stage"]): r for r in stage_rows}
+    state = derive_job_state(
+        job["cancelled_at"] is not None, {s: r["state"] for s, r in by_stage.items()}
+    )
+    stages: list[StageView] = []
+    error: str | None = None
+    for stage in STAGE_ORDER:
+        row = by_stage.get(stage)
+        if row is None:
+            stages.append(StageView(stage=stage, state="pending", progress=0.0))
+            continue
+        started, finished = row["started_at"], row["finished_at"]
+        stages.append(
+            StageView(
+                stage=stage,
+                state=row["state"],
+                progress=1.0 if row["state"] == JobState.done else float(row["progress"]),
+                attempts=row["attempts"],
+                error=row["error"],
+                queued_at=row["queued_at"],
+                started_at=started,
+                finished_at=finished,
+                duration_s=(finished - started).total_seconds() if started and finished else None,
+                metrics=row["metrics"] or {},
+            )
+        )
+        if row["state"] == JobState.failed and error is None:
+            error = f"{stage.value} failed: {row['error'] or 'unknown error'}"
+    progress = job_progress(
+        state, {s: (r["state"], float(r["progress"])) for s, r in by_stage.items()}
+    )
+    base = f"/jobs/{job['id']}"
+    return JobView(
+        id=job["id"],
+        state=state,
+        progress=progress,
+        error=error if state == JobState.failed else None,
+        filename=job["filename"],
+        sha256=job["sha256"],
+        size_bytes=job["size_bytes"],
+        content_type=job["content_type"],
+        options=JobOptions.model_validate(job["options"] or {}),
+        source=job["source"],
+        owner_id=job["owner_id"],
+        created_at=job["created_at"],
+        cancelled_at=job["cancelled_at"],
+        stages=stages,
+        links=JobLinks(
+            job=_link(settings, base),
+            audio=_link(settings, f"{base}/audio"),
+            transcript=_link(settings, f"{base}/transcript"),
+            transcript_txt=_link(settings, f"{base}/transcript.txt"),
+        ),
+    )
+
+
+def _not_found(job_id: uuid.UUID) -> Problem:
+    return Problem(404, "Not found", f"no job {job_id}")
+
+
+async def load_owned_job(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> asyncpg.Record:
+    """The job row if the caller may see it; another user's job is reported as missing so
+    that its existence is not revealed."""
+    job = await repository.fetch_job(pool, job_id)
+    if job is None or (job["owner_id"] != user.sub and not user.is_admin):
+        raise _not_found(job_id)
+    return job
+
+
+async def get_job(
+    pool: Pool, settings: GatewaySettings, user: CurrentUser, job_id: uuid.UUID
+) -> JobView:
+    job = await load_owned_job(pool, user, job_id)
+    stages = await repository.fetch_stages(pool, [job_id])
+    return build_view(settings, job, stages[job_id])
+
+
+async def list_jobs(
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    *,
+    limit: int,
+    cursor: str | None,
+    offset: int,
+    all_users: bool,
+) -> JobPage:
+    if all_users and not user.is_admin:
+        raise Problem(403, "Forbidden", "only admins may list every user's jobs")
+    after: tuple[datetime, uuid.UUID] | None = None
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            raise Problem(422, "Invalid request", "invalid cursor") from exc
+        offset = 0
+    rows = await repository.list_jobs(
+        pool,
+        owner_id=None if all_users else user.sub,
+        limit=limit + 1,
+        after=after,
+        offset=offset,
+    )
+    page = rows[:limit]
+    stages = await repository.fetch_stages(pool, [r["id"] for r in page])
+    next_cursor = (
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
+    return JobPage(
+        items=[build_view(settings, r, stages[r["id"]]) for r in page], next_cursor=next_cursor
+    )
+
+
+async def cancel_job(
+    pool: Pool, settings: GatewaySettings, user: CurrentUser, job_id: uuid.UUID
+) -> JobView:
+    await load_owned_job(pool, user, job_id)
+    async with pool.acquire() as conn, conn.transaction():
+        job = await conn.fetchrow(
+            "SELECT id, owner_id, cancelled_at FROM jobs WHERE id = $1 FOR UPDATE", job_id
+        )
+        if job is None:
+            raise _not_found(job_id)
+        stage_rows = (await repository.fetch_stages(conn, [job_id]))[job_id]
+        stages = {Stage(r["stage"]): r["state"] for r in stage_rows}
+        state = derive_job_state(job["cancelled_at"] is not None, stages)
+        if state in (JobState.done, JobState.failed, JobState.cancelled):
+            raise Problem(
+                409, "Job already finished", f"the job is {state.value}", state=state.value
+            )
+        # The stage the job is in: the first one not done yet.
+        current = next((s for s in STAGE_ORDER if stages.get(s) != JobState.done), Stage.embed)
+        progress = job_progress(
+            state, {Stage(r["stage"]): (r["state"], float(r["progress"])) for r in stage_rows}
+        )
+        await repository.mark_cancelled(conn, job_id)
+        await record_status(
+            conn,
+            job_id=job_id,
+            owner_id=job["owner_id"],
+            stage=current,
+            state=JobState.cancelled,
+            progress=progress,
+            source=settings.service_name,
+            message=f"cancelled by {'an admin' if job['owner_id'] != user.sub else 'the owner'}",
+        )
+    return await get_job(pool, settings, user, job_id)
+
+
+async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:
+    await load_owned_job(pool, user, job_id)
+    found = await repository.fetch_transcript(pool, job_id)
+    if found is None:
+        raise Problem(
+            409, "Transcript not ready", "the job has not been transcribed yet", job_id=str(job_id)
+        )
+    transcript, segments = found
+    return TranscriptView(
+        job_id=job_id,
+        language=transcript["language"],
+        language_probability=transcript["language_probability"],
+        duration=transcript["duration_s"],
+        model=transcript["model"],
+        text=transcript["text"],
+        segments=[
+            TranscriptSegment(index=s["idx"], start=s["start_s"], end=s["end_s"], text=s["text"])
+            for s in segments
+        ],
+    )
+
+
+def transcript_text(transcript: TranscriptView) -> str:
+    """One line per segment; the full text when there are no segments."""
+    if transcript.segments:
+        return "\n".join(s.text.strip() for s in transcript.segments) + "\n"
+    return transcript.text.strip() + "\n"
+
+
+async def audio_file(
+    pool: Pool, user: CurrentUser, job_id: uuid.UUID
+) -> tuple[Path, str, str | None]:
+    """(path, content type, download filename) of the job's stored audio."""
+    job = await load_owned_job(pool, user, job_id)
+    try:
+        path = local_path(job["audio_uri"])
+    except UnsupportedUri as exc:
+        raise Problem(
+            409, "Audio not stored here", "this job's audio lives outside the gateway's store"
+        ) from exc
+    if not await asyncio.to_thread(path.is_file):
+        raise Problem(404, "Not found", "the audio file is no longer stored")
+    return path, job["content_type"] or "application/octet-stream", job["filename"]

@@ -1,0 +1,62 @@
+"""Entry point of the gateway: wires settings, runtime, auth, blob store, the embedder client
+and the routers. The gateway consumes nothing from Kafka: it writes the outbox and relays it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from mxw_shared.auth import JwksVerifier
+from mxw_shared.blobs import LocalBlobStore
+from mxw_shared.problems import install_problem_handlers
+from mxw_shared.service import ServiceRuntime, health_router, serve
+
+from mxw_gateway.jobs.routes import router as jobs_router
+from mxw_gateway.search.routes import router as search_router
+from mxw_gateway.settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    runtime = ServiceRuntime(settings, relay_outbox=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start_storage()
+        app.state.blob_store = LocalBlobStore(settings.blob_root)
+        app.state.verifier = JwksVerifier.from_settings(settings)
+        app.state.embedder_client = httpx.AsyncClient(
+            base_url=settings.embedder_url.rstrip("/"),
+            timeout=httpx.Timeout(settings.embedder_timeout_s, connect=3.0),
+        )
+        try:
+            await runtime.start_messaging()
+            yield
+        finally:
+            await app.state.embedder_client.aclose()
+            await runtime.stop()
+
+    app = FastAPI(
+        title="MxWhisper gateway",
+        summary="Upload audio, follow jobs, read transcripts, search what was said.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.include_router(health_router(lambda: runtime))
+    app.include_router(jobs_router)
+    app.include_router(search_router)
+    return app
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+from mxw_shared.settings import CommonSettings
+from pydantic import Field, SecretStr
+
+
+class GatewaySettings(CommonSettings):
+    service_name: str = "gateway"
+    port: int = 8000
+
+    # Uploads stream to disk; this caps one file (the multipart envelope gets a little more).
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_form_field_bytes: int = 64 * 1024
+    max_filename_chars: int = 200
+
+    # Query vectors come from the embedder's OpenAI-compatible endpoint.
+    embedder_url: str = "http://127.0.0.1:8004"
+    embedder_service_token: SecretStr | None = None
+    embedder_model: str = "all-MiniLM-L6-v2"
+    embedder_timeout_s: float = 10.0
+    embedding_dimensions: int = 384
+
+    # Prefix of links handed to clients (audio, job resources); empty: relative links.
+    public_base_url: str = ""
+
+    search_default_limit: int = Field(default=10, ge=1, le=100)
+    search_max_limit: int = Field(default=100, ge=1, le=1000)
+    # Each ranked list (vector, words) contributes this many candidates per result wanted.
+    search_candidates_per_result: int = 5
+    search_min_candidates: int = 50
+    search_rrf_k: int = 60
+    search_hnsw_ef_search: int = 200
+
+    jobs_default_page_size: int = 20
+    jobs_max_page_size: int = 100
