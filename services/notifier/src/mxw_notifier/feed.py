@@ -127,6 +127,8 @@ class Feed:
             log.info("slow WebSocket client dropped", job_id=str(subscription.job_id))
             await self._close(websocket, CLOSE_TRY_AGAIN_LATER, "client too slow", None)
             return "slow"
+        if receiver.done() and not receiver.cancelled():
+            return "client-closed"
         if sender.done() and not sender.cancelled() and sender.exception() is not None:
             log.warning("status feed failed", error=repr(sender.exception()))
             await self._close(websocket, 1011, "internal error", None)
