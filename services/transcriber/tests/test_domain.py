@@ -1,0 +1,99 @@
+"""Transcription with the real tiny.en model: options are honoured or rejected, progress is
+reported, silence gives an empty transcript, non-audio is a decode error."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mxw_shared.contracts import JobOptions, Task
+from mxw_transcriber.domain import (
+    AudioDecodeError,
+    DecodeSettings,
+    UnsupportedOptions,
+    check_options,
+    decode_audio,
+    transcribe,
+)
+from mxw_transcriber.models import LoadedModel, ModelRegistry
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return ModelRegistry(tmp_path_factory.mktemp("models"), device="cpu").load("tiny.en")
+
+
+def test_short_fixture_is_transcribed_with_progress(tiny: LoadedModel) -> None:
+    audio = decode_audio(FIXTURES / "short_en.ogg")
+    fractions: list[float] = []
+    transcript = transcribe(tiny.model, audio, JobOptions(), DecodeSettings(), fractions.append)
+
+    assert transcript.language == "en"
+    assert transcript.language_probability is None, "an English-only model detects nothing"
+    assert transcript.duration_s == pytest.approx(len(audio) / 16000, abs=0.01)
+    expected = words(json.loads((FIXTURES / "sentences.json").read_text())["short_en"]["text"])
+    heard = words(transcript.text)
+    assert len(set(expected) & set(heard)) >= len(set(expected)) - 2, heard
+    assert fractions
+    assert fractions == sorted(fractions)
+    assert 0 < fractions[-1] <= 1
+    for seg in transcript.segments:
+        assert 0 <= seg.start_s < seg.end_s <= transcript.duration_s
+        assert seg.words is None
+        assert seg.avg_logprob is not None
+        assert seg.avg_logprob < 0
+
+
+def test_an_exception_from_the_progress_callback_stops_the_work(tiny: LoadedModel) -> None:
+    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
+
+    class Stop(Exception):
+        pass
+
+    def cancel(_: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        transcribe(tiny.model, audio, JobOptions(), DecodeSettings(), cancel)
+
+
+def test_silence_gives_an_empty_transcript(tiny: LoadedModel) -> None:
+    silence = np.zeros(16000 * 4, dtype=np.float32)
+    transcript = transcribe(tiny.model, silence, JobOptions(), DecodeSettings())
+    assert transcript.segments == ()
+    assert transcript.text == ""
+    assert transcript.duration_s == 4.0
+
+
+def test_text_is_not_audio(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are notes, not audio\n" * 20)
+    with pytest.raises(AudioDecodeError):
+        decode_audio(path)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (JobOptions(language="de"), "English-only"),
+        (JobOptions(task=Task.translate), "cannot translate"),
+        (JobOptions(language="xx"), "not known"),
+    ],
+)
+def test_options_an_english_only_model_cannot_honour_are_rejected(
+    options: JobOptions, message: str
+) -> None:
+    with pytest.raises(UnsupportedOptions, match=message):
+        check_options(options, multilingual=False, model_name="tiny.en")
+
+
+def test_multilingual_models_accept_languages_and_translation() -> None:
+    check_options(JobOptions(language="de", task=Task.translate), True, "base")
+    check_options(JobOptions(language="en"), False, "tiny.en")

@@ -1,0 +1,343 @@
+"""The transcriber as a running service against the real broker, the real database and the
+real tiny.en model (base for the multilingual test)."""
+
+import hashlib
+import json
+import re
+import shutil
+import uuid
+import wave
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from mxw_shared import topics
+from mxw_shared.contracts import AudioUploaded, JobOptions, Task
+from mxw_transcriber.main import create_app
+from mxw_transcriber.settings import TranscriberSettings
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@pytest.fixture(scope="module")
+async def transcriber(infra):
+    settings = infra.settings(
+        TranscriberSettings,
+        "transcriber",
+        default_model="tiny.en",
+        model_cache_dir=infra.root / "models",
+        progress_interval_s=0.0,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
+        yield app
+
+
+def store(infra, data: bytes) -> tuple[str, str]:
+    """Put bytes into the blob root the way the gateway does; returns (file:// URI, sha256)."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = infra.root / "blobs" / sha[:2] / sha
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path.as_uri(), sha
+
+
+def store_fixture(infra, name: str) -> tuple[str, str, int]:
+    data = (FIXTURES / f"{name}.ogg").read_bytes()
+    uri, sha = store(infra, data)
+    return uri, sha, len(data)
+
+
+def uploaded(job_id, uri, sha, owner="alice", **options) -> AudioUploaded:
+    return AudioUploaded(
+        job_id=job_id,
+        owner_id=owner,
+        audio_uri=uri,
+        sha256=sha,
+        filename="clip.ogg",
+        content_type="audio/ogg",
+        options=JobOptions(**options),
+    )
+
+
+async def stage_state(wait_for, job_id, states=("done", "failed")):
+    return await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        job_id,
+        predicate=lambda s: s in states,
+        timeout_s=120,
+    )
+
+
+def assert_heard(text: str, fixture: str, missing_allowed: int) -> None:
+    expected = set(words(SENTENCES[fixture]["text"]))
+    heard = set(words(text))
+    missing = expected - heard
+    assert len(missing) <= missing_allowed, f"missing {sorted(missing)} from {text!r}"
+
+
+async def test_ready_once_the_default_model_resolves(transcriber):
+    transport = httpx.ASGITransport(app=transcriber)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+
+
+async def test_audio_is_transcribed_stored_and_announced(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "solar_and_bread")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha))
+
+    assert await stage_state(wait_for, job_id) == "done"
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+    assert transcript["model"] == "tiny.en"
+    assert transcript["language"] == "en"
+    assert 14 < transcript["duration_s"] < 17
+    segments = await db.fetch("SELECT * FROM segments WHERE job_id = $1 ORDER BY idx", job_id)
+    assert len(segments) >= 2
+    assert [s["idx"] for s in segments] == list(range(len(segments)))
+    for seg in segments:
+        assert 0 <= seg["start_s"] < seg["end_s"] <= transcript["duration_s"]
+        assert seg["words"] is None
+    assert [s["start_s"] for s in segments] == sorted(s["start_s"] for s in segments)
+    assert "solar panels turn sunlight into electricity" in " ".join(
+        words(" ".join(s["text"] for s in segments))
+    )
+    assert_heard(transcript["text"], "solar_and_bread", missing_allowed=5)
+
+    ((headers, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert headers["ce_type"] == "io.mxwhisper.transcript.ready.v1"
+    assert headers["ce_source"] == "transcriber"
+    assert body["segment_count"] == len(segments)
+    assert body["model"] == "tiny.en"
+    assert body["language"] == "en"
+    assert body["options"] == JobOptions().model_dump(mode="json")
+    assert body["duration_s"] == pytest.approx(transcript["duration_s"])
+
+    statuses = [b for _, b in await read_topic(topics.JOB_STATUS, job_id, count=3)]
+    assert all(s["stage"] == "transcribe" and s["state"] == "running" for s in statuses)
+    progress = [s["progress"] for s in statuses]
+    assert progress[0] == 0.0
+    assert progress[-1] == pytest.approx(0.8)
+    assert any(0 < p < 0.8 for p in progress), progress
+    assert progress == sorted(progress)
+
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert metrics["model"] == "tiny.en"
+    assert metrics["device"] == "cpu"
+    assert metrics["compute_type"] == "int8"
+    assert metrics["real_time_factor"] == pytest.approx(
+        metrics["transcribe_s"] / metrics["audio_duration_s"], rel=0.01
+    )
+    assert metrics["language"] == "en"
+
+
+async def test_event_from_an_external_publisher_is_adopted_and_transcribed(
+    transcriber, infra, db, publish, read_topic, wait_for
+):
+    uri, sha, size = store_fixture(infra, "short_en")
+    job_id = uuid.uuid4()  # no jobs row: another system announced this audio
+    event = uploaded(job_id, uri, sha, owner="partner-7", language="en").model_copy(
+        update={"size_bytes": size}
+    )
+    await publish(event)
+
+    assert await stage_state(wait_for, job_id) == "done"
+    job = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    assert job["owner_id"] == "partner-7"
+    assert job["source"] == "tests"
+    assert job["audio_uri"] == uri
+    assert job["sha256"] == sha
+    assert job["size_bytes"] == size
+    assert job["content_type"] == "audio/ogg"
+    assert job["options"]["language"] == "en"
+    text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", job_id)
+    assert_heard(text, "short_en", missing_allowed=2)
+    ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert body["owner_id"] == "partner-7"
+
+
+async def test_undecodable_bytes_fail_the_job_and_dead_letter_the_event(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha = store(infra, b"meeting notes, not audio\n" * 50)
+    job_id = await make_job()
+    envelope = await publish(uploaded(job_id, uri, sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await db.fetchval(
+        "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert error.startswith("audio could not be decoded: ")
+    dead = await read_topic(topics.dlq(topics.AUDIO_UPLOADED), job_id)
+    assert dead
+    assert dead[0][0]["ce_id"] == envelope.id
+    assert dead[0][0]["x_error"].startswith("audio could not be decoded")
+    assert await db.fetchval("SELECT count(*) FROM segments WHERE job_id = $1", job_id) == 0
+    statuses = await read_topic(topics.JOB_STATUS, job_id, count=2)
+    assert statuses[-1][1]["state"] == "failed"
+    assert statuses[-1][1]["error"].startswith("audio could not be decoded")
+
+
+async def test_unknown_model_fails_at_once_naming_the_model(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha, model="whisper-galactic"))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    row = await db.fetchrow(
+        "SELECT error, attempts FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        job_id,
+    )
+    assert row["error"].startswith("model whisper-galactic is not available")
+    assert row["attempts"] == 1
+    assert await read_topic(topics.dlq(topics.AUDIO_UPLOADED), job_id)
+
+
+async def test_a_language_the_model_cannot_honour_is_rejected_not_ignored(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha, language="de"))  # tiny.en is English-only
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await db.fetchval(
+        "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert "English-only" in error
+    assert "'de'" in error
+
+
+async def test_audio_whose_bytes_differ_from_the_sha256_is_rejected(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    uri, _, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, "f" * 64))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await db.fetchval(
+        "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert "does not match" in error
+
+
+async def test_file_uri_outside_the_blob_store_is_refused(
+    transcriber, db, make_job, publish, wait_for
+):
+    job_id = await make_job()
+    fixture = FIXTURES / "short_en.ogg"
+    sha = hashlib.sha256(fixture.read_bytes()).hexdigest()
+    await publish(uploaded(job_id, fixture.as_uri(), sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await db.fetchval(
+        "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert "outside the blob store" in error
+
+
+async def test_silence_is_done_with_an_empty_transcript(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for, tmp_path
+):
+    wav = tmp_path / "silence.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\x00\x00" * 16000 * 3)
+    uri, sha = store(infra, wav.read_bytes())
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha))
+
+    assert await stage_state(wait_for, job_id) == "done"
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+    assert transcript["text"] == ""
+    assert transcript["duration_s"] == pytest.approx(3.0)
+    assert await db.fetchval("SELECT count(*) FROM segments WHERE job_id = $1", job_id) == 0
+    ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert body["segment_count"] == 0
+
+
+async def test_word_timestamps_are_stored_in_order_inside_their_segment(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "solar_and_bread")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha, word_timestamps=True))
+
+    assert await stage_state(wait_for, job_id) == "done"
+    segments = await db.fetch("SELECT * FROM segments WHERE job_id = $1 ORDER BY idx", job_id)
+    assert segments
+    previous_end = 0.0
+    for seg in segments:
+        seg_words = seg["words"]
+        assert seg_words, f"segment {seg['idx']} has no words"
+        for w in seg_words:
+            assert seg["start_s"] <= w["start"] <= w["end"] <= seg["end_s"]
+            assert w["start"] >= previous_end - 1e-6
+            assert 0 <= w["probability"] <= 1
+            previous_end = w["end"]
+        assert words("".join(w["word"] for w in seg_words)) == words(seg["text"])
+    ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert body["options"]["word_timestamps"] is True
+
+
+async def test_redelivered_event_leaves_one_transcript(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    event = uploaded(job_id, uri, sha, initial_prompt="A fox and a dog.")
+    envelope = await publish(event)
+    await publish(event, envelope)  # same ce_id: a redelivery
+
+    assert await stage_state(wait_for, job_id) == "done"
+    await wait_for(
+        "SELECT count(*) FROM processed_events WHERE consumer = 'transcriber' AND event_id = $1",
+        envelope.id,
+    )
+    assert await db.fetchval("SELECT count(*) FROM transcripts WHERE job_id = $1", job_id) == 1
+    ready = await read_topic(topics.TRANSCRIPT_READY, job_id, count=2, timeout_s=3)
+    assert len(ready) == 1
+    assert ready[0][1]["options"]["initial_prompt"] == "A fox and a dog."
+
+
+async def test_multilingual_base_model_detects_the_language(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha, model="base", task=Task.transcribe))
+
+    assert await stage_state(wait_for, job_id) == "done"
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+    assert transcript["model"] == "base"
+    assert transcript["language"] == "en"
+    assert 0.5 < transcript["language_probability"] <= 1.0
+    assert_heard(transcript["text"], "short_en", missing_allowed=2)
+    assert (infra.root / "models" / "base" / "model.bin").is_file()
+    ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert body["model"] == "base"
+    assert body["language"] == "en"
+
+
+def test_fixture_copy_helper_is_byte_exact(infra, tmp_path):
+    uri, sha, size = store_fixture(infra, "short_en")
+    copy = tmp_path / "copy.ogg"
+    shutil.copyfile(uri.removeprefix("file://"), copy)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == sha
+    assert copy.stat().st_size == size
