@@ -10,6 +10,11 @@ SERVICE_TOKEN = "test-service-token-0123456789"
 
 
 @pytest.fixture(scope="session")
+def service_token() -> str:
+    return SERVICE_TOKEN
+
+
+@pytest.fixture(scope="session")
 async def embedder_app(infra):
     settings = infra.settings(
         EmbedderSettings,

@@ -60,13 +60,14 @@ def test_embedding_is_deterministic_and_batch_independent(embedder):
 def test_load_once_per_process_even_when_called_concurrently(embedder):
     loaded = []
     threads = [
-        threading.Thread(target=lambda: loaded.append(load_embedder(name, "cpu")))
+        threading.Thread(target=lambda n: loaded.append(load_embedder(n, "cpu")), args=(name,))
         for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2") * 2
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(loaded) == 4
     assert all(e is embedder for e in loaded)
 
 

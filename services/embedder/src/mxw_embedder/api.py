@@ -4,8 +4,6 @@ The gateway calls it for query vectors with the shared service token; a user's J
 too. Errors are problem+json like every other endpoint of the system.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hmac
 from collections.abc import Callable
