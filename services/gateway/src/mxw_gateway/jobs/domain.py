@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -134,5 +133,5 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, job = raw.partition("|")
         return datetime.fromisoformat(created), uuid.UUID(job)
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad base64, bad UTF-8, bad date or bad UUID
         raise ValueError("invalid cursor") from exc

@@ -1,0 +1,51 @@
+"""Gateway test fixtures: the app in-process against the real Postgres and broker."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from mxw_gateway.main import create_app
+from mxw_gateway.settings import GatewaySettings
+
+UPLOAD_LIMIT = 100_000  # above both audio fixtures (19 KB, 75 KB), small enough to exceed
+
+
+@pytest.fixture(scope="session")
+def upload_limit() -> int:
+    return UPLOAD_LIMIT
+
+
+@pytest.fixture(scope="session")
+def start_gateway(infra):
+    """Async context manager: a running gateway app and an httpx client talking to it."""
+
+    @asynccontextmanager
+    async def start(**overrides):
+        values = {
+            "blob_root": infra.root / "gateway-blobs",
+            "max_upload_bytes": UPLOAD_LIMIT,
+            "public_base_url": "http://gateway.test",
+        }
+        values.update(overrides)
+        app = create_app(infra.settings(GatewaySettings, "gateway", **values))
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://gateway.test", timeout=60
+            ) as client:
+                yield client
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def token(dev_issuer):
+    """Authorization headers for a user of the dev issuer."""
+
+    def make(sub: str, **claims) -> dict[str, str]:
+        return {"Authorization": f"Bearer {dev_issuer.mint(sub, **claims)}"}
+
+    return make

@@ -1,0 +1,88 @@
+"""Pure rules of the gateway, without I/O."""
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from mxw_gateway.jobs.domain import (
+    NotAudio,
+    decode_cursor,
+    encode_cursor,
+    job_progress,
+    probe_audio,
+    sanitize_filename,
+)
+from mxw_gateway.jobs.service import parse_options
+from mxw_shared.contracts import JobState, Stage
+from mxw_shared.problems import Problem
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("talk.ogg", "talk.ogg"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\memo.wav", "memo.wav"),
+        ("bad\x00na\x1bme\n.mp3", "badname.mp3"),
+        ("   ", None),
+        ("..", None),
+        (None, None),
+    ],
+)
+def test_sanitize_filename(raw, expected):
+    assert sanitize_filename(raw) == expected
+
+
+def test_sanitize_filename_caps_length_and_keeps_extension():
+    name = sanitize_filename("a" * 500 + ".flac", max_chars=50)
+    assert name is not None
+    assert len(name) == 50
+    assert name.endswith(".flac")
+
+
+def test_probe_reads_real_audio():
+    info = probe_audio(FIXTURES / "short_en.ogg")
+    assert info.container == "ogg"
+    assert info.content_type == "audio/ogg"
+    assert info.codec == "vorbis"
+    assert 2.0 < info.duration_s < 6.0
+
+
+def test_probe_rejects_text(tmp_path):
+    fake = tmp_path / "fake.wav"
+    fake.write_text("this is not audio at all, just words in a file named .wav\n" * 20)
+    with pytest.raises(NotAudio):
+        probe_audio(fake)
+
+
+def test_job_progress_follows_the_furthest_stage():
+    assert job_progress(JobState.queued, {}) == 0.0
+    running = {Stage.transcribe: ("running", 0.5)}
+    assert job_progress(JobState.running, running) == pytest.approx(0.4)
+    chunking = {Stage.transcribe: ("done", 1.0), Stage.chunk: ("running", 0.0)}
+    assert job_progress(JobState.running, chunking) == pytest.approx(0.8)
+    assert job_progress(JobState.done, chunking) == 1.0
+
+
+def test_cursor_round_trip_and_garbage():
+    at = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    job = uuid.uuid4()
+    assert decode_cursor(encode_cursor(at, job)) == (at, job)
+    with pytest.raises(ValueError, match="invalid cursor"):
+        decode_cursor("not-a-cursor!")
+
+
+def test_parse_options_validates_through_job_options():
+    options = parse_options({"language": "DE", "task": "translate", "word_timestamps": "true"})
+    assert options.language == "de"
+    assert options.task == "translate"
+    assert options.word_timestamps is True
+    with pytest.raises(Problem) as bad:
+        parse_options({"language": "english", "task": "dance"})
+    assert bad.value.status == 422
+    assert {e["loc"][-1] for e in bad.value.extra["errors"]} == {"language", "task"}
+    with pytest.raises(Problem):
+        parse_options({"temperature": "0.3"})
