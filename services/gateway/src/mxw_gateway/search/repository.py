@@ -69,7 +69,7 @@ async def hybrid_search(
         JOIN chunks c ON c.id = f.chunk_id
         JOIN jobs j ON j.id = c.job_id
         {final_where}
-        ORDER BY f.score DESC, c.id
+        ORDER BY f.score DESC, f.text_rank IS NOT NULL DESC, f.vector_rank, c.id
         LIMIT $4
     """
     async with pool.acquire() as conn, conn.transaction(readonly=True):
