@@ -341,3 +341,80 @@ def test_fixture_copy_helper_is_byte_exact(infra, tmp_path):
     shutil.copyfile(uri.removeprefix("file://"), copy)
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == sha
     assert copy.stat().st_size == size
+
+
+def long_wav(repeats: int) -> bytes:
+    """The solar fixture repeated: long enough that a cancel lands mid-transcription."""
+    import io
+
+    import numpy as np
+    from mxw_transcriber.domain import decode_audio
+
+    samples = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+async def test_cancelling_a_job_stops_its_transcription(
+    transcriber, infra, db, make_job, publish, read_topic, wait_for
+):
+    uri, sha = store(infra, long_wav(8))  # about two minutes of speech
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha))
+
+    # The first progress report from the worker thread: transcription is under way.
+    await wait_for(
+        "SELECT progress FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        job_id,
+        predicate=lambda p: p is not None and 0 < p < 0.5,
+        timeout_s=120,
+    )
+    await db.execute("UPDATE jobs SET cancelled_at = now() WHERE id = $1", job_id)
+
+    assert await stage_state(wait_for, job_id, states=("done", "failed", "cancelled")) == (
+        "cancelled"
+    )
+    assert await db.fetchval("SELECT count(*) FROM transcripts WHERE job_id = $1", job_id) == 0
+    assert not await read_topic(topics.TRANSCRIPT_READY, job_id, timeout_s=2)
+    statuses = [b for _, b in await read_topic(topics.JOB_STATUS, job_id, count=99, timeout_s=3)]
+    assert statuses[-1]["state"] == "cancelled"
+
+
+async def test_audio_is_fetched_from_an_http_url(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    import functools
+    import http.server
+    import threading
+
+    _uri, sha, _ = store_fixture(infra, "short_en")
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(infra.root / "blobs")
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        ok_job, missing_job = await make_job(), await make_job()
+        await publish(uploaded(ok_job, f"{base}/{sha[:2]}/{sha}", sha))
+        await publish(uploaded(missing_job, f"{base}/no/such/file", sha))
+
+        assert await stage_state(wait_for, ok_job) == "done"
+        text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", ok_job)
+        assert_heard(text, "short_en", missing_allowed=2)
+        assert await stage_state(wait_for, missing_job) == "failed"
+        error = await db.fetchval(
+            "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+            missing_job,
+        )
+        assert error == "audio download failed: HTTP 404"
+    finally:
+        server.shutdown()
+        server.server_close()
