@@ -129,3 +129,21 @@ def test_a_model_is_loaded_once_and_shared_between_threads(tmp_path: Path) -> No
     assert len(loaded) == 3
     assert all(m is loaded[0] for m in loaded)
     assert registry.cached("tiny.en") is loaded[0]
+
+
+async def test_a_failed_default_model_preload_is_reported_by_the_ready_check(
+    tmp_path: Path,
+) -> None:
+    from mxw_transcriber.main import DefaultModel
+
+    registry = ModelRegistry(tmp_path, device="cpu")
+    broken = DefaultModel(registry, "no-such-model")
+    await broken.preload()  # must not raise: the service starts and says why it is not ready
+    with pytest.raises(RuntimeError, match="default model: model no-such-model is not available"):
+        await broken.check()
+
+    fine = DefaultModel(registry, "tiny.en")
+    await fine.check()  # resolves before (and without) loading
+    await fine.preload()
+    assert registry.cached("tiny.en") is not None
+    await fine.check()
