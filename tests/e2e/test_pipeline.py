@@ -212,7 +212,8 @@ async def test_requests_without_a_token_are_refused(stack, finished_job):
 async def test_redelivered_audio_event_leaves_one_transcript_and_one_set_of_chunks(stack):
     """Another system publishes audio.uploaded itself — twice with the same event id (a
     redelivery) and once more with a new id (a retrying producer)."""
-    audio = stack.data_dir / "external" / "short_en.ogg"
+    # Shared storage: the transcriber reads file:// URIs only inside its blob root.
+    audio = stack.data_dir / "blobs" / "external" / "short_en.ogg"
     audio.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURES / "short_en.ogg", audio)
     data = audio.read_bytes()
