@@ -321,6 +321,12 @@ async def test_other_users_get_404_and_admins_see_everything(client, token, db, 
     await db.execute("UPDATE users SET role = 'admin' WHERE id = 'carol-gw'")
     assert (await client.get(f"/jobs/{alices_job}", headers=token("carol-gw"))).status_code == 200
 
+    assert_problem(await client.get("/admin/users", headers=bob), 403)
+    users = (await client.get("/admin/users?limit=1000", headers=admin)).json()
+    alice = next(u for u in users if u["id"] == "alice-gw")
+    assert alice["job_count"] == 1
+    assert next(u for u in users if u["id"] == "carol-gw")["role"] == "admin"
+
 
 async def test_list_is_newest_first_with_cursor_and_offset(client, token):
     headers = token("paula")
@@ -365,6 +371,10 @@ async def test_transcript_409_until_written_then_json_and_text(client, token, db
     assert text.status_code == 200
     assert text.headers["content-type"].startswith("text/plain")
     assert text.text == "The quick brown fox.\nJumps over.\n"
+    download = await client.get(f"/jobs/{alices_job}/download", headers=alice)
+    assert download.text == text.text
+    assert download.headers["content-disposition"].startswith("attachment")
+    assert_problem(await client.get(f"/jobs/{alices_job}/download", headers=token("bob-gw")), 404)
 
 
 async def test_audio_streams_with_content_type_and_range(client, token, alices_job):

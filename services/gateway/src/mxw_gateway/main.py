@@ -13,6 +13,7 @@ from mxw_shared.blobs import LocalBlobStore
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve
 
+from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health_router(lambda: runtime))
     app.include_router(jobs_router)
     app.include_router(search_router)
+    app.include_router(admin_router)
     return app
 
 

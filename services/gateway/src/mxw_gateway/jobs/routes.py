@@ -184,6 +184,20 @@ async def get_transcript_text(job_id: uuid.UUID, user: CurrentUserDep, pool: Poo
 
 
 @router.get(
+    "/jobs/{job_id}/download",
+    response_class=PlainTextResponse,
+    responses={**_NOT_TRANSCRIBED, 200: {"content": {"text/plain": {}}}},
+    summary="Download the transcript as a text file",
+)
+async def download_transcript(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> Response:
+    transcript = await service.get_transcript(pool, user, job_id)
+    return PlainTextResponse(
+        service.transcript_text(transcript),
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.txt"'},
+    )
+
+
+@router.get(
     "/jobs/{job_id}/audio",
     response_class=FileResponse,
     responses={
