@@ -151,14 +151,20 @@ def health_router(get_runtime: Callable[[], ServiceRuntime | None]) -> APIRouter
     return router
 
 
-def serve(app: FastAPI, settings: CommonSettings) -> None:
-    """Run a service's app; SIGTERM/SIGINT trigger the lifespan's graceful shutdown."""
-    configure_logging(settings.log_level, settings.log_format, settings.service_name)
-    uvicorn.run(
+def uvicorn_config(app: FastAPI, settings: CommonSettings, **options: Any) -> uvicorn.Config:
+    """The one server configuration of every service; `options` adds uvicorn settings."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        **options,
     )
+
+
+def serve(app: FastAPI, settings: CommonSettings, **options: Any) -> None:
+    """Run a service's app; SIGTERM/SIGINT trigger the lifespan's graceful shutdown."""
+    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    uvicorn.Server(uvicorn_config(app, settings, **options)).run()

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from mxw_shared.auth import JwksVerifier
-from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
-from mxw_shared.service import ServiceRuntime, health_router
+from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
 
 from mxw_notifier.consumer import StatusConsumer, replica_group_id
 from mxw_notifier.fanout import JobFanout
@@ -57,27 +57,19 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     return app
 
 
+def server_options(settings: NotifierSettings) -> dict[str, Any]:
+    """WebSocket keep-alive: protocol pings every `ping_interval_s`; a peer that misses
+    `ping_timeout_s` is disconnected."""
+    return {
+        "ws_ping_interval": settings.ping_interval_s,
+        "ws_ping_timeout": settings.ping_timeout_s,
+    }
+
+
 def server_config(app: FastAPI, settings: NotifierSettings) -> uvicorn.Config:
-    """uvicorn with the notifier's WebSocket keep-alive: protocol pings every
-    `ping_interval_s`, and a peer that misses `ping_timeout_s` is disconnected."""
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-        ws_ping_interval=settings.ping_interval_s,
-        ws_ping_timeout=settings.ping_timeout_s,
-    )
+    return uvicorn_config(app, settings, **server_options(settings))
 
 
 def main() -> None:
     settings = NotifierSettings()
-    configure_logging(settings.log_level, settings.log_format, settings.service_name)
-    # Not mxw_shared.service.serve: that one has no say over WebSocket pings.
-    uvicorn.Server(server_config(create_app(settings), settings)).run()
-
-
-if __name__ == "__main__":
-    main()
+    serve(create_app(settings), settings, **server_options(settings))
