@@ -73,3 +73,7 @@ def server_config(app: FastAPI, settings: NotifierSettings) -> uvicorn.Config:
 def main() -> None:
     settings = NotifierSettings()
     serve(create_app(settings), settings, **server_options(settings))
+
+
+if __name__ == "__main__":
+    main()
