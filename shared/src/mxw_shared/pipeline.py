@@ -184,15 +184,12 @@ class StageRunner(Generic[In]):
                 attempt = await start_stage(
                     conn, job.id, self.stage, self.worker_id, self.settings.lease_s
                 )
-                await record_status(
+                await self._status(
                     conn,
-                    job_id=job.id,
-                    owner_id=job.owner_id,
-                    stage=self.stage,
-                    state=JobState.running,
-                    progress=overall_progress(self.stage, 0.0),
-                    source=self.settings.service_name,
-                    message=f"{self.stage.value} started (attempt {attempt})",
+                    job,
+                    JobState.running,
+                    0.0,
+                    f"{self.stage.value} started (attempt {attempt})",
                 )
 
         return await self._run(envelope, typed, job, headers, body, bound)
@@ -239,15 +236,12 @@ class StageRunner(Generic[In]):
             bound.error("stage failed", error=reason)
             async with self.pool.acquire() as conn, conn.transaction():
                 await finish_stage(conn, job.id, self.stage, JobState.failed, error=reason)
-                await record_status(
+                await self._status(
                     conn,
-                    job_id=job.id,
-                    owner_id=job.owner_id,
-                    stage=self.stage,
-                    state=JobState.failed,
-                    progress=overall_progress(self.stage, 0.0),
-                    source=self.settings.service_name,
-                    message=f"{self.stage.value} failed",
+                    job,
+                    JobState.failed,
+                    0.0,
+                    f"{self.stage.value} failed",
                     error=reason,
                 )
                 await self._dead_letter(conn, headers, body, reason, self.settings.max_attempts)
@@ -274,19 +268,38 @@ class StageRunner(Generic[In]):
                     traceparent=envelope.traceparent,
                 )
             last = self.stage == Stage.embed
-            await record_status(
+            await self._status(
                 conn,
-                job_id=job.id,
-                owner_id=job.owner_id,
-                stage=self.stage,
-                state=JobState.done if last else JobState.running,
-                progress=overall_progress(self.stage, 1.0),
-                source=self.settings.service_name,
-                message=outcome.message,
+                job,
+                JobState.done if last else JobState.running,
+                1.0,
+                outcome.message,
             )
             await self._mark_processed(conn, envelope.id)
         bound.info("stage done", message=outcome.message)
         return "done"
+
+    async def _status(
+        self,
+        conn: Connection,
+        job: JobRow,
+        state: JobState,
+        stage_fraction: float,
+        message: str,
+        error: str | None = None,
+    ) -> None:
+        """Record this stage's status for the job (history + job.status, same transaction)."""
+        await record_status(
+            conn,
+            job_id=job.id,
+            owner_id=job.owner_id,
+            stage=self.stage,
+            state=state,
+            progress=overall_progress(self.stage, stage_fraction),
+            source=self.settings.service_name,
+            message=message,
+            error=error,
+        )
 
     def _reject_reason(self, job: JobRow | None, data: EventData) -> str | None:
         if job is None:
@@ -310,15 +323,12 @@ class StageRunner(Generic[In]):
     async def _finish_cancelled(self, job: JobRow, envelope: Envelope) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await finish_stage(conn, job.id, self.stage, JobState.cancelled)
-            await record_status(
+            await self._status(
                 conn,
-                job_id=job.id,
-                owner_id=job.owner_id,
-                stage=self.stage,
-                state=JobState.cancelled,
-                progress=overall_progress(self.stage, 0.0),
-                source=self.settings.service_name,
-                message=f"{self.stage.value} stopped: job cancelled",
+                job,
+                JobState.cancelled,
+                0.0,
+                f"{self.stage.value} stopped: job cancelled",
             )
             await self._mark_processed(conn, envelope.id)
 

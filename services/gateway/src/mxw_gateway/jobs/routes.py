@@ -85,33 +85,24 @@ async def _upload(
 
 
 @router.post(
-    "/jobs",
-    status_code=202,
-    response_model=JobView,
-    responses=_UPLOAD_RESPONSES,
-    openapi_extra=_UPLOAD_BODY,
-    summary="Upload audio and start a job",
-)
-async def create_job(
-    request: Request,
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    store: BlobStoreDep,
-    force: Annotated[bool, Query(description="Create a new job even for known audio.")] = False,
-) -> JSONResponse:
-    return await _upload(request, user, settings, pool, store, force)
-
-
-@router.post(
     "/upload",
     status_code=202,
     response_model=JobView,
     responses=_UPLOAD_RESPONSES,
     openapi_extra=_UPLOAD_BODY,
     summary="Upload audio (alias of POST /jobs)",
+    operation_id="upload_alias",
 )
-async def upload_alias(
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses=_UPLOAD_RESPONSES,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload audio and start a job",
+    operation_id="create_job",
+)
+async def create_job(
     request: Request,
     user: CurrentUserDep,
     settings: SettingsDep,
