@@ -241,6 +241,14 @@ async def test_redelivered_audio_event_leaves_one_transcript_and_one_set_of_chun
     finally:
         await producer.stop()
 
+    # The job exists once the transcriber adopted the event; only then can it be watched.
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while (
+            await client.get(f"/jobs/{event.job_id}", headers=stack.auth("carol"))
+        ).status_code == 404:
+            assert time.monotonic() < deadline, "external job was never adopted"
+            await asyncio.sleep(0.2)
     events = await watch(stack, "carol", str(event.job_id))
     assert events[-1]["state"] == "done", events[-1]
     conn = await asyncpg.connect(stack.info.database_url)
