@@ -40,6 +40,7 @@ def test_services_get_one_consistent_environment(tmp_path: Path):
     assert len(token) >= 32
     assert envs["embedder"]["MXW_SERVICE_TOKEN"] == token
     assert envs["gateway"]["MXW_EMBEDDER_URL"] == config.url("embedder")
+    assert envs["gateway"]["MXW_DEV_JWKS_PATH"] == str(tmp_path.resolve() / "auth" / "jwks.json")
     # Stable across restarts: the same secret is read back, not regenerated.
     assert Supervisor(config).service_env("embedder")["MXW_SERVICE_TOKEN"] == token
 

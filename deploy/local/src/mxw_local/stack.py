@@ -126,6 +126,7 @@ class Supervisor:
         if service == "gateway":
             env["MXW_EMBEDDER_SERVICE_TOKEN"] = token
             env["MXW_PUBLIC_BASE_URL"] = cfg.url("gateway")
+            env["MXW_DEV_JWKS_PATH"] = str(self.data_dir / "auth" / "jwks.json")
         if service == "embedder":
             env["MXW_SERVICE_TOKEN"] = token
         if service == "transcriber":

@@ -14,6 +14,7 @@ from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve
 
 from mxw_gateway.admin.routes import router as admin_router
+from mxw_gateway.devauth.routes import dev_jwks_router
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
@@ -52,6 +53,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(search_router)
     app.include_router(admin_router)
+    if settings.dev_jwks_path is not None:
+        app.include_router(dev_jwks_router(settings.dev_jwks_path))
     return app
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from mxw_shared.settings import CommonSettings
 from pydantic import Field, SecretStr
 
@@ -28,6 +30,9 @@ class GatewaySettings(CommonSettings):
     search_min_candidates: int = 50
     search_rrf_k: int = 60
     search_hnsw_ef_search: int = 200
+
+    # Set by the local stack: serve the dev issuer's JWKS at /.well-known/jwks.json.
+    dev_jwks_path: Path | None = None
 
     jobs_default_page_size: int = 20
     jobs_max_page_size: int = 100
