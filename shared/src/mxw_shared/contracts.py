@@ -27,8 +27,9 @@ class Task(StrEnum):
 
 class ChunkingMethod(StrEnum):
     auto = "auto"  # the LLM when one is configured, else local
-    local = "local"
-    llm = "llm"
+    local = "local"  # semantic segmentation over sentence embeddings
+    llm = "llm"  # an OpenAI-compatible chat endpoint, falling back to local
+    fixed = "fixed"  # time windows with overlap
 
 
 class Stage(StrEnum):
@@ -56,6 +57,11 @@ class EventData(BaseModel):
     schema_version: Literal[1] = 1
     job_id: uuid.UUID
     owner_id: str = Field(min_length=1, max_length=255, description="Subject (`sub`) of the owner.")
+    generation: int = Field(
+        default=0,
+        ge=0,
+        description="Run of the job: 0 first, +1 each time it is reprocessed from a stage.",
+    )
 
 
 class JobOptions(BaseModel):

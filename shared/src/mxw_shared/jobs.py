@@ -35,17 +35,18 @@ class JobRow:
     owner_id: str
     cancelled: bool
     options: dict[str, Any]
+    generation: int = 0
 
 
 async def get_job(conn: Connection, job_id: uuid.UUID) -> JobRow | None:
     row = await conn.fetchrow(
-        "SELECT id, owner_id, cancelled_at IS NOT NULL AS cancelled, options "
+        "SELECT id, owner_id, cancelled_at IS NOT NULL AS cancelled, options, generation "
         "FROM jobs WHERE id = $1",
         job_id,
     )
     if row is None:
         return None
-    return JobRow(row["id"], row["owner_id"], row["cancelled"], row["options"])
+    return JobRow(row["id"], row["owner_id"], row["cancelled"], row["options"], row["generation"])
 
 
 async def record_status(
@@ -87,22 +88,35 @@ async def record_status(
 
 
 async def start_stage(
-    conn: Connection, job_id: uuid.UUID, stage: Stage, worker: str, lease_s: float
+    conn: Connection,
+    job_id: uuid.UUID,
+    stage: Stage,
+    worker: str,
+    lease_s: float,
+    generation: int = 0,
 ) -> int:
-    """Mark the stage running under this worker's lease; returns the attempt number."""
+    """Mark the stage running under this worker's lease for `generation` of the job;
+    returns the attempt number within that generation."""
     attempts = await conn.fetchval(
         """INSERT INTO job_stages (job_id, stage, state, attempts, lease_owner, lease_expires_at,
-                                   started_at, error, progress)
-           VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), now(), NULL, 0)
+                                   started_at, error, progress, generation)
+           VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), now(), NULL, 0,
+                   $5)
            ON CONFLICT (job_id, stage) DO UPDATE SET
-               state = 'running', attempts = job_stages.attempts + 1, lease_owner = $3,
+               state = 'running',
+               attempts = CASE WHEN job_stages.generation = $5
+                               THEN job_stages.attempts + 1 ELSE 1 END,
+               lease_owner = $3,
                lease_expires_at = now() + make_interval(secs => $4),
-               started_at = coalesce(job_stages.started_at, now()), error = NULL
+               started_at = CASE WHEN job_stages.generation = $5
+                                 THEN coalesce(job_stages.started_at, now()) ELSE now() END,
+               finished_at = NULL, error = NULL, progress = 0, generation = $5
            RETURNING attempts""",
         job_id,
         stage.value,
         worker,
         lease_s,
+        generation,
     )
     return int(attempts)
 
@@ -157,6 +171,21 @@ async def finish_stage(
         error,
         metrics,
     )
+
+
+def current_stage_states(
+    rows: list[tuple[Stage, str, int]], job_generation: int, rerun_from: Stage | None
+) -> dict[Stage, str]:
+    """The stage states that count for the job's current generation: after a reprocess
+    from stage S, rows of S and later stages left from an older generation are stale
+    (they describe the previous run) and count as not started yet."""
+    first_rerun = STAGE_ORDER.index(rerun_from) if rerun_from is not None else len(STAGE_ORDER)
+    current: dict[Stage, str] = {}
+    for stage, state, generation in rows:
+        if generation < job_generation and STAGE_ORDER.index(stage) >= first_rerun:
+            continue
+        current[stage] = state
+    return current
 
 
 def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:

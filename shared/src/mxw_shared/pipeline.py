@@ -172,17 +172,30 @@ class StageRunner(Generic[In]):
                 if job.cancelled:
                     await self._mark_processed(conn, envelope.id)
                     return "cancelled"
-                state = await conn.fetchval(
-                    "SELECT state FROM job_stages WHERE job_id = $1 AND stage = $2",
+                if data.generation < job.generation:  # a run the job was reprocessed past
+                    await self._mark_processed(conn, envelope.id)
+                    bound.info("event of an older generation skipped")
+                    return "stale-generation"
+                row = await conn.fetchrow(
+                    "SELECT state, generation FROM job_stages WHERE job_id = $1 AND stage = $2",
                     job.id,
                     self.stage.value,
                 )
-                if state in (JobState.done, JobState.failed, JobState.cancelled):
+                if (
+                    row is not None
+                    and row["state"] in (JobState.done, JobState.failed, JobState.cancelled)
+                    and row["generation"] >= data.generation
+                ):
                     await self._mark_processed(conn, envelope.id)
-                    bound.info("stage already finished, event skipped", state=state)
+                    bound.info("stage already finished, event skipped", state=row["state"])
                     return "already-finished"
                 attempt = await start_stage(
-                    conn, job.id, self.stage, self.worker_id, self.settings.lease_s
+                    conn,
+                    job.id,
+                    self.stage,
+                    self.worker_id,
+                    self.settings.lease_s,
+                    data.generation,
                 )
                 await self._status(
                     conn,
@@ -249,12 +262,18 @@ class StageRunner(Generic[In]):
             return "failed"
 
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval(
-                "SELECT state FROM job_stages WHERE job_id = $1 AND stage = $2 FOR UPDATE",
+            row = await conn.fetchrow(
+                "SELECT state, generation FROM job_stages "
+                "WHERE job_id = $1 AND stage = $2 FOR UPDATE",
                 job.id,
                 self.stage.value,
             )
-            if state == JobState.done:  # another replica finished the same work first
+            # Another replica finished the same work first.
+            if (
+                row is not None
+                and row["state"] == JobState.done
+                and row["generation"] >= (data.generation)
+            ):
                 await self._mark_processed(conn, envelope.id)
                 return "already-finished"
             await outcome.persist(conn)
@@ -263,7 +282,8 @@ class StageRunner(Generic[In]):
             if outcome.next_event is not None:
                 await enqueue(
                     conn,
-                    outcome.next_event,
+                    # The next stage works for the same run of the job.
+                    outcome.next_event.model_copy(update={"generation": data.generation}),
                     source=self.settings.service_name,
                     traceparent=envelope.traceparent,
                 )
