@@ -54,6 +54,12 @@ def test_history_knows_every_event_id_and_whether_the_job_ended() -> None:
     assert not select_history(HISTORY[:2], None).finished
 
 
+def test_a_job_reprocessed_after_done_is_live_again() -> None:
+    rerun = [*HISTORY, HistoryEntry(16, status("d", "queued"))]
+    assert select_history(rerun, None).finished is False
+    assert select_history([*rerun, HistoryEntry(20, status("e", "done"))], None).finished
+
+
 def test_only_owner_or_admin_may_watch() -> None:
     alice = Principal(sub="alice", is_admin=False)
     admin = Principal(sub="root", is_admin=True)

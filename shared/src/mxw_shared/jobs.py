@@ -173,19 +173,14 @@ async def finish_stage(
     )
 
 
-def current_stage_states(
-    rows: list[tuple[Stage, str, int]], job_generation: int, rerun_from: Stage | None
-) -> dict[Stage, str]:
-    """The stage states that count for the job's current generation: after a reprocess
-    from stage S, rows of S and later stages left from an older generation are stale
-    (they describe the previous run) and count as not started yet."""
-    first_rerun = STAGE_ORDER.index(rerun_from) if rerun_from is not None else len(STAGE_ORDER)
-    current: dict[Stage, str] = {}
-    for stage, state, generation in rows:
-        if generation < job_generation and STAGE_ORDER.index(stage) >= first_rerun:
-            continue
-        current[stage] = state
-    return current
+def is_stale(
+    stage: Stage, row_generation: int, job_generation: int, rerun_from: Stage | None
+) -> bool:
+    """After a reprocess from stage S, the rows of S and later stages left from an older
+    generation describe the previous run: they count as not started yet."""
+    if rerun_from is None or row_generation >= job_generation:
+        return False
+    return STAGE_ORDER.index(stage) >= STAGE_ORDER.index(rerun_from)
 
 
 def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:

@@ -96,7 +96,8 @@ def select_history(entries: Sequence[HistoryEntry], after: str | None) -> Histor
     return HistoryView(
         to_send=[e.status for e in ordered[start:]],
         seen={e.status.event_id for e in ordered},
-        finished=any(e.status.terminal for e in ordered),
+        # The latest event decides: a job reprocessed after `done` is running again.
+        finished=bool(ordered) and ordered[-1].status.terminal,
     )
 
 

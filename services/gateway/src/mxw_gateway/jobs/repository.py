@@ -14,7 +14,7 @@ from mxw_shared.db import Connection, Pool
 
 _JOB_COLUMNS = (
     "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
-    "cancelled_at, created_at"
+    "cancelled_at, created_at, generation, rerun_from"
 )
 
 
@@ -106,7 +106,7 @@ async def fetch_stages(
 ) -> dict[uuid.UUID, list[asyncpg.Record]]:
     rows = await conn.fetch(
         "SELECT job_id, stage, state, progress, attempts, error, queued_at, started_at,"
-        " finished_at, metrics FROM job_stages WHERE job_id = ANY($1::uuid[])",
+        " finished_at, metrics, generation FROM job_stages WHERE job_id = ANY($1::uuid[])",
         job_ids,
     )
     out: dict[uuid.UUID, list[asyncpg.Record]] = {j: [] for j in job_ids}
@@ -163,3 +163,29 @@ async def fetch_transcript(
         "SELECT idx, start_s, end_s, text FROM segments WHERE job_id = $1 ORDER BY idx", job_id
     )
     return transcript, segments
+
+
+async def start_generation(
+    conn: Connection, job_id: uuid.UUID, rerun_from: str, options: dict[str, Any]
+) -> int:
+    """Begin the next run of a job from `rerun_from` with `options`; returns its generation."""
+    generation: int = await conn.fetchval(
+        "UPDATE jobs SET generation = generation + 1, rerun_from = $2, options = $3"
+        " WHERE id = $1 RETURNING generation",
+        job_id,
+        rerun_from,
+        options,
+    )
+    return generation
+
+
+async def fetch_stage_inputs(conn: Connection, job_id: uuid.UUID) -> asyncpg.Record | None:
+    """What the chunk and embed stages' input events announce, read from the stored results."""
+    return await conn.fetchrow(
+        """SELECT t.duration_s, t.language, t.model,
+                  (SELECT count(*) FROM segments s WHERE s.job_id = t.job_id) AS segment_count,
+                  (SELECT count(*) FROM chunks c WHERE c.job_id = t.job_id) AS chunk_count,
+                  (SELECT min(c.method) FROM chunks c WHERE c.job_id = t.job_id) AS method
+           FROM transcripts t WHERE t.job_id = $1""",
+        job_id,
+    )

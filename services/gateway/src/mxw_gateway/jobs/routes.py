@@ -11,7 +11,7 @@ from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.jobs import service
-from mxw_gateway.jobs.schemas import JobPage, JobView, TranscriptView
+from mxw_gateway.jobs.schemas import JobPage, JobView, ReprocessRequest, TranscriptView
 
 router = APIRouter(tags=["jobs"])
 
@@ -148,6 +148,29 @@ async def cancel_job(
     job_id: uuid.UUID, user: CurrentUserDep, settings: SettingsDep, pool: PoolDep
 ) -> JobView:
     return await service.cancel_job(pool, settings, user, job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/reprocess",
+    status_code=202,
+    response_model=JobView,
+    responses={
+        **_NOT_FOUND,
+        409: _problem("The job is still running, or an earlier stage is not done."),
+        422: _problem("Invalid stage or options."),
+    },
+    summary="Run a finished job again from a stage (e.g. re-chunk without re-transcribing)",
+)
+async def reprocess_job(
+    job_id: uuid.UUID,
+    request: ReprocessRequest,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+) -> JobView:
+    return await service.reprocess_job(
+        pool, settings, user, job_id, request.from_stage, request.options
+    )
 
 
 _NOT_TRANSCRIBED: dict[int | str, dict[str, Any]] = {

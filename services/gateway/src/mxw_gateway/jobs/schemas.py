@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from mxw_shared.contracts import JobOptions, JobState, Stage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled"]
 
@@ -76,3 +76,19 @@ class TranscriptView(BaseModel):
     model: str
     text: str
     segments: list[TranscriptSegment]
+
+
+class ReprocessRequest(BaseModel):
+    """Run a finished job again from a stage, optionally with changed options."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_stage: Stage = Field(
+        alias="from",
+        description="transcribe (everything again), chunk (keep the transcript) or embed.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Options to change for this run, e.g. {"chunking": "fixed"}; '
+        "the others stay as they were.",
+    )

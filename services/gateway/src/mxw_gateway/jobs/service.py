@@ -8,12 +8,27 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob, UnsupportedUri, local_path
-from mxw_shared.contracts import AudioUploaded, JobOptions, JobState, Stage
+from mxw_shared.contracts import (
+    AudioUploaded,
+    ChunksReady,
+    EventData,
+    JobOptions,
+    JobState,
+    Stage,
+    TranscriptReady,
+)
 from mxw_shared.db import Pool
-from mxw_shared.jobs import STAGE_ORDER, derive_job_state, record_status
+from mxw_shared.jobs import (
+    STAGE_ORDER,
+    derive_job_state,
+    is_stale,
+    overall_progress,
+    record_status,
+)
 from mxw_shared.outbox import enqueue
 from mxw_shared.problems import Problem
 from pydantic import ValidationError
@@ -224,10 +239,20 @@ def _link(settings: GatewaySettings, path: str) -> str:
     return f"{settings.public_base_url.rstrip('/')}{path}"
 
 
+def current_stages(job: asyncpg.Record, stage_rows: list[asyncpg.Record]) -> dict[Stage, Any]:
+    """The job's stage rows that belong to its current run (see mxw_shared.jobs.is_stale)."""
+    rerun_from = Stage(job["rerun_from"]) if job["rerun_from"] else None
+    return {
+        Stage(r["stage"]): r
+        for r in stage_rows
+        if not is_stale(Stage(r["stage"]), r["generation"], job["generation"], rerun_from)
+    }
+
+
 def build_view(
     settings: GatewaySettings, job: asyncpg.Record, stage_rows: list[asyncpg.Record]
 ) -> JobView:
-    by_stage = {Stage(r["stage"]): r for r in stage_rows}
+    by_stage = current_stages(job, stage_rows)
     state = derive_job_state(
         job["cancelled_at"] is not None, {s: r["state"] for s, r in by_stage.items()}
     )
@@ -346,11 +371,15 @@ async def cancel_job(
     await load_owned_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(
-            "SELECT id, owner_id, cancelled_at FROM jobs WHERE id = $1 FOR UPDATE", job_id
+            "SELECT id, owner_id, cancelled_at, generation, rerun_from FROM jobs"
+            " WHERE id = $1 FOR UPDATE",
+            job_id,
         )
         if job is None:
             raise _not_found(job_id)
-        stage_rows = (await repository.fetch_stages(conn, [job_id]))[job_id]
+        stage_rows = list(
+            current_stages(job, (await repository.fetch_stages(conn, [job_id]))[job_id]).values()
+        )
         stages = {Stage(r["stage"]): r["state"] for r in stage_rows}
         state = derive_job_state(job["cancelled_at"] is not None, stages)
         if state in (JobState.done, JobState.failed, JobState.cancelled):
@@ -374,6 +403,101 @@ async def cancel_job(
             message=f"cancelled by {'an admin' if job['owner_id'] != user.sub else 'the owner'}",
         )
     return await get_job(pool, settings, user, job_id)
+
+
+async def reprocess_job(
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    job_id: uuid.UUID,
+    from_stage: Stage,
+    option_changes: dict[str, Any],
+) -> JobView:
+    """Run a finished job again from `from_stage` (e.g. re-chunk with another method without
+    transcribing again): a new generation of the job, announced by the input event of that
+    stage, in one transaction. Earlier stages' results are reused as they are."""
+    await load_owned_job(pool, user, job_id)
+    async with pool.acquire() as conn, conn.transaction():
+        job = await conn.fetchrow(
+            "SELECT id, owner_id, cancelled_at, generation, rerun_from, options, audio_uri,"
+            " sha256, size_bytes, filename, content_type FROM jobs WHERE id = $1 FOR UPDATE",
+            job_id,
+        )
+        if job is None:
+            raise _not_found(job_id)
+        stages = current_stages(job, (await repository.fetch_stages(conn, [job_id]))[job_id])
+        state = derive_job_state(
+            job["cancelled_at"] is not None, {s: r["state"] for s, r in stages.items()}
+        )
+        if state not in (JobState.done, JobState.failed):
+            raise Problem(
+                409,
+                "Job not finished",
+                f"only a done or failed job can be reprocessed; this one is {state.value}",
+                state=state.value,
+            )
+        for earlier in STAGE_ORDER[: STAGE_ORDER.index(from_stage)]:
+            row = stages.get(earlier)
+            if row is None or row["state"] != JobState.done:
+                raise Problem(
+                    409,
+                    "Earlier stage not done",
+                    f"reprocessing from {from_stage.value} needs {earlier.value} done first",
+                )
+        try:
+            options = JobOptions.model_validate({**(job["options"] or {}), **option_changes})
+        except ValidationError as exc:
+            raise Problem(422, "Invalid job options", str(exc).splitlines()[0]) from exc
+        generation = await repository.start_generation(
+            conn, job_id, from_stage.value, options.model_dump(mode="json")
+        )
+        event = await _stage_input(conn, job, from_stage, options, generation)
+        await record_status(
+            conn,
+            job_id=job_id,
+            owner_id=job["owner_id"],
+            stage=from_stage,
+            state=JobState.queued,
+            progress=overall_progress(from_stage, 0.0),
+            source=settings.service_name,
+            message=f"reprocessing from {from_stage.value} (run {generation})",
+        )
+        await enqueue(conn, event, source=settings.service_name)
+    return await get_job(pool, settings, user, job_id)
+
+
+async def _stage_input(
+    conn: asyncpg.Connection[asyncpg.Record],
+    job: asyncpg.Record,
+    stage: Stage,
+    options: JobOptions,
+    generation: int,
+) -> EventData:
+    """The event a stage consumes, rebuilt from what the earlier stages stored."""
+    ids = {"job_id": job["id"], "owner_id": job["owner_id"], "generation": generation}
+    if stage == Stage.transcribe:
+        return AudioUploaded(
+            **ids,
+            audio_uri=job["audio_uri"],
+            sha256=job["sha256"],
+            size_bytes=job["size_bytes"],
+            filename=job["filename"],
+            content_type=job["content_type"],
+            options=options,
+        )
+    stored = await repository.fetch_stage_inputs(conn, job["id"])
+    if stored is None:
+        raise Problem(409, "Not transcribed", "the job has no transcript to reprocess from")
+    if stage == Stage.chunk:
+        return TranscriptReady(
+            **ids,
+            segment_count=stored["segment_count"],
+            duration_s=stored["duration_s"],
+            language=stored["language"],
+            model=stored["model"],
+            options=options,
+        )
+    return ChunksReady(**ids, chunk_count=stored["chunk_count"], method=stored["method"] or "")
 
 
 async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:

@@ -1,0 +1,155 @@
+"""Running a finished job again from a stage: a new generation announced by that stage's
+input event, earlier results reused. Against the real Postgres and broker."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from mxw_shared import topics
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SHORT = (FIXTURES / "short_en.ogg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+async def client(start_gateway):
+    async with start_gateway() as c:
+        yield c
+
+
+async def uploaded_job(client, headers) -> uuid.UUID:
+    response = await client.post(
+        "/jobs",
+        headers=headers,
+        params={"force": "true"},
+        files={"file": ("short_en.ogg", SHORT, "application/octet-stream")},
+    )
+    assert response.status_code == 202, response.text
+    return uuid.UUID(response.json()["id"])
+
+
+async def finish_stages(db, job_id: uuid.UUID, *, states: dict[str, str]) -> None:
+    """Write what the stage services write when they finish (generation 0)."""
+    for stage, state in states.items():
+        await db.execute(
+            "INSERT INTO job_stages (job_id, stage, state, progress, started_at, finished_at,"
+            " error) VALUES ($1, $2, $3, 1, now(), now(), $4)",
+            job_id,
+            stage,
+            state,
+            "boom" if state == "failed" else None,
+        )
+    if states.get("transcribe") == "done":
+        await db.execute(
+            "INSERT INTO transcripts (job_id, language, duration_s, model, text)"
+            " VALUES ($1, 'en', 3.4, 'tiny.en', 'The quick brown fox.')",
+            job_id,
+        )
+        await db.execute(
+            "INSERT INTO segments (job_id, idx, start_s, end_s, text) VALUES"
+            " ($1, 0, 0, 1.5, 'The quick'), ($1, 1, 1.5, 3.4, 'brown fox.')",
+            job_id,
+        )
+    if states.get("chunk") == "done":
+        await db.execute(
+            "INSERT INTO chunks (job_id, owner_id, idx, text, start_s, end_s, method)"
+            " SELECT $1, owner_id, 0, 'The quick brown fox.', 0, 3.4, 'local' FROM jobs"
+            " WHERE id = $1",
+            job_id,
+        )
+
+
+async def test_rechunk_with_another_method_keeps_the_transcript(client, token, db, read_topic):
+    headers = token("rita")
+    job_id = await uploaded_job(client, headers)
+    await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done", "embed": "done"})
+    assert (await client.get(f"/jobs/{job_id}", headers=headers)).json()["state"] == "done"
+
+    response = await client.post(
+        f"/jobs/{job_id}/reprocess",
+        headers=headers,
+        json={"from": "chunk", "options": {"chunking": "fixed"}},
+    )
+
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert view["state"] == "running"
+    assert view["options"]["chunking"] == "fixed"
+    assert [(s["stage"], s["state"]) for s in view["stages"]] == [
+        ("transcribe", "done"),
+        ("chunk", "pending"),  # the previous run's rows no longer count
+        ("embed", "pending"),
+    ]
+    (_, event), *_ = await read_topic(topics.TRANSCRIPT_READY, job_id)
+    assert event["generation"] == 1
+    assert event["options"]["chunking"] == "fixed"
+    assert (event["segment_count"], event["duration_s"], event["model"]) == (2, 3.4, "tiny.en")
+    # Not transcribed again: the upload's own audio.uploaded is the only one.
+    assert len(await read_topic(topics.AUDIO_UPLOADED, job_id, count=2, timeout_s=2)) == 1
+    history = await db.fetch(
+        "SELECT state, message FROM job_events WHERE job_id = $1 ORDER BY id", job_id
+    )
+    assert (history[-1]["state"], history[-1]["message"]) == (
+        "queued",
+        "reprocessing from chunk (run 1)",
+    )
+    stored = await db.fetchrow("SELECT generation, rerun_from FROM jobs WHERE id = $1", job_id)
+    assert (stored["generation"], stored["rerun_from"]) == (1, "chunk")
+
+    again = await client.post(f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "chunk"})
+    assert again.status_code == 409  # the new run has not finished
+
+
+async def test_failed_job_can_be_run_again_from_the_start(client, token, db, read_topic):
+    headers = token("rita")
+    job_id = await uploaded_job(client, headers)
+    await finish_stages(db, job_id, states={"transcribe": "failed"})
+
+    refused = await client.post(
+        f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "chunk"}
+    )
+    assert refused.status_code == 409
+    assert "transcribe" in refused.json()["detail"]
+
+    response = await client.post(
+        f"/jobs/{job_id}/reprocess",
+        headers=headers,
+        json={"from": "transcribe", "options": {"language": "en"}},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "queued"
+    events = await read_topic(topics.AUDIO_UPLOADED, job_id, count=2)
+    assert [e["generation"] for _, e in events] == [0, 1]
+    assert events[-1][1]["options"]["language"] == "en"
+    assert events[-1][1]["audio_uri"] == events[0][1]["audio_uri"]
+
+
+async def test_reprocess_refuses_running_jobs_strangers_and_bad_input(client, token, db):
+    headers = token("rita")
+    job_id = await uploaded_job(client, headers)
+
+    running = await client.post(
+        f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "embed"}
+    )
+    assert running.status_code == 409  # queued, not finished
+
+    await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done", "embed": "done"})
+    stranger = await client.post(
+        f"/jobs/{job_id}/reprocess", headers=token("mallory"), json={"from": "chunk"}
+    )
+    assert stranger.status_code == 404
+    for body in (
+        {"from": "everything"},
+        {"from": "chunk", "options": {"chunking": "magic"}},
+        {"from": "chunk", "options": {"modle": "base"}},
+        {"from": "chunk", "extra": 1},
+    ):
+        response = await client.post(f"/jobs/{job_id}/reprocess", headers=headers, json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    anonymous = await client.post(f"/jobs/{job_id}/reprocess", json={"from": "chunk"})
+    assert anonymous.status_code == 401
+    # Nothing above started a new run.
+    assert await db.fetchval("SELECT generation FROM jobs WHERE id = $1", job_id) == 0
