@@ -100,6 +100,7 @@ async def test_audio_is_transcribed_stored_and_announced(
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
     assert transcript["model"] == "tiny.en"
     assert transcript["language"] == "en"
+    assert transcript["complete"] is True
     assert 14 < transcript["duration_s"] < 17
     segments = await db.fetch("SELECT * FROM segments WHERE job_id = $1 ORDER BY idx", job_id)
     assert len(segments) >= 2
@@ -140,6 +141,11 @@ async def test_audio_is_transcribed_stored_and_announced(
         metrics["transcribe_s"] / metrics["audio_duration_s"], rel=0.01
     )
     assert metrics["language"] == "en"
+    assert metrics["audio_duration_s"] == pytest.approx(transcript["duration_s"])
+    assert metrics["queue_wait_s"] >= 0
+    assert metrics["decode_s"] > 0
+    assert metrics["resumed_from_s"] is None
+    assert metrics["segment_writes"] >= 1
 
 
 async def test_event_from_an_external_publisher_is_adopted_and_transcribed(
@@ -380,7 +386,14 @@ async def test_cancelling_a_job_stops_its_transcription(
     assert await stage_state(wait_for, job_id, states=("done", "failed", "cancelled")) == (
         "cancelled"
     )
-    assert await db.fetchval("SELECT count(*) FROM transcripts WHERE job_id = $1", job_id) == 0
+    # The partial transcript is kept, marked incomplete, with the segments before the stop.
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+    assert transcript["complete"] is False
+    segments = await db.fetch("SELECT * FROM segments WHERE job_id = $1 ORDER BY idx", job_id)
+    assert segments
+    assert [s["idx"] for s in segments] == list(range(len(segments)))
+    assert segments[-1]["end_s"] < transcript["duration_s"] * 0.9
+    assert transcript["text"] == " ".join(s["text"] for s in segments)
     assert not await read_topic(topics.TRANSCRIPT_READY, job_id, timeout_s=2)
     statuses = [b for _, b in await read_topic(topics.JOB_STATUS, job_id, count=99, timeout_s=3)]
     assert statuses[-1]["state"] == "cancelled"

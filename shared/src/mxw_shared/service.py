@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from fastapi import APIRouter, FastAPI, Request, Response
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mxw_shared.contracts import decode_headers
@@ -42,6 +41,7 @@ class ServiceRuntime:
         self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._broker: KafkaBroker | None = None
+        self.stage_consumers: list[StageConsumer] = []
         self.started = False
 
     @property
@@ -73,31 +73,32 @@ class ServiceRuntime:
             self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
         if self._broker is not None:
             await self._broker.start()
+        for consumer in self.stage_consumers:
+            await consumer.start()
         self.started = True
 
-    def subscribe_stage(self, runner: StageRunner[Any], group_id: str) -> None:
-        """Consume `runner.topic` in `group_id`; the offset is committed after the handler
-        returned, i.e. after its results and outbox rows committed. An exception (database
-        down) nacks the record so it is delivered again."""
-
-        @self.broker.subscriber(
-            runner.topic,
-            group_id=group_id,
-            auto_offset_reset="earliest",
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            max_poll_interval_ms=self.settings.kafka_max_poll_interval_ms,
-            max_records=1,
-            title=f"{group_id}:{runner.topic}",
-        )
-        async def handle(msg: KafkaMessage) -> None:
-            raw = msg.raw_message
-            headers = decode_headers(getattr(raw, "headers", None))
-            await runner.handle(headers, msg.body, getattr(raw, "key", None))
+    def subscribe_stage(
+        self,
+        runner: StageRunner[Any],
+        group_id: str,
+        *,
+        max_concurrent: int = 1,
+        shutdown_grace_s: float = 30.0,
+    ) -> StageConsumer:
+        """Consume `runner.topic` in `group_id` (see StageConsumer): up to `max_concurrent`
+        records at once, the offset committed after the handler's transaction, a record
+        delivered again when the handler raises (database down). Starts with
+        start_messaging."""
+        consumer = StageConsumer(runner, self.settings, group_id, max_concurrent, shutdown_grace_s)
+        self.stage_consumers.append(consumer)
+        return consumer
 
     async def stop(self) -> None:
         if self._broker is not None:
             with contextlib.suppress(Exception):
                 await self._broker.stop()
+        for consumer in self.stage_consumers:
+            await consumer.stop()
         if self._relay is not None:
             await self._relay.stop()
         if self._relay_task is not None:
@@ -125,6 +126,166 @@ class ServiceRuntime:
             except Exception as exc:
                 problems.append(str(exc))
         return problems
+
+
+class StageConsumer:
+    """Consumes one stage topic with an explicit aiokafka loop, so that long work never
+    costs group membership: the partition of a record being handled is paused and the
+    consumer keeps polling (aiokafka counts a consumer idle, and leaves the group after
+    `max.poll.interval.ms`, only while nobody polls). The handler runs as its own task; the
+    offset is committed after it returned, i.e. after its transaction; when it raises, the
+    partition is rewound so the record is delivered again. One record per partition at a
+    time keeps a job's events (key = job id) in order; up to `max_concurrent` records of
+    different partitions run at once."""
+
+    def __init__(
+        self,
+        runner: StageRunner[Any],
+        settings: CommonSettings,
+        group_id: str,
+        max_concurrent: int = 1,
+        shutdown_grace_s: float = 30.0,
+        retry_delay_s: float = 1.0,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.runner = runner
+        self.settings = settings
+        self.group_id = group_id
+        self.max_concurrent = max_concurrent
+        self.shutdown_grace_s = shutdown_grace_s
+        self.retry_delay_s = retry_delay_s
+        self.inflight: dict[TopicPartition, asyncio.Task[None]] = {}
+        # Assignments and revocations seen, for health and tests (a rebalance shows here).
+        self.assignments = 0
+        self.revocations = 0
+        self.delivered = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.service_name}-{self.settings.instance_id}",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=self.settings.kafka_max_poll_interval_ms,
+        )
+        consumer.subscribe([self.runner.topic], listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._poll(), name=f"consume:{self.runner.topic}")
+
+    async def _poll(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping:
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker trouble: aiokafka reconnects, keep polling
+                log.warning("stage consumer poll failed", topic=self.runner.topic, error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    if self._stopping:
+                        # Not handled: rewind so the next owner of the partition gets it.
+                        consumer.seek(tp, record.offset)
+                        break
+                    self.delivered += 1
+                    self.inflight[tp] = asyncio.create_task(
+                        self._handle(tp, record), name=f"handle:{tp.topic}:{tp.partition}"
+                    )
+            self._sync_pauses()
+
+    def _sync_pauses(self) -> None:
+        """Paused: partitions with a record in hand, and all of them while no slot is free."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        full = len(self.inflight) >= self.max_concurrent or self._stopping
+        wanted = {tp for tp in assigned if full or tp in self.inflight}
+        paused = consumer.paused()
+        if pause := wanted - paused:
+            consumer.pause(*pause)
+        if resume := (paused & assigned) - wanted:
+            consumer.resume(*resume)
+
+    async def _handle(self, tp: TopicPartition, record: Any) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        headers = decode_headers(record.headers)
+        committed = False
+        try:
+            await self.runner.handle(headers, record.value or b"", record.key)
+            committed = True
+        except asyncio.CancelledError:
+            # Shutdown after the grace period: not committed, delivered again elsewhere.
+            self._rewind(tp, record.offset)
+            raise
+        except Exception as exc:
+            log.warning(
+                "stage handler failed; record will be delivered again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+                error=repr(exc),
+            )
+            await asyncio.sleep(self.retry_delay_s)
+            self._rewind(tp, record.offset)
+        finally:
+            self.inflight.pop(tp, None)
+            if committed and tp in consumer.assignment():
+                try:
+                    await consumer.commit({tp: record.offset + 1})
+                except Exception as exc:  # lost the partition meanwhile: its next owner
+                    # receives the record again and finds it processed (de-duplication).
+                    log.warning("offset commit failed", topic=tp.topic, error=repr(exc))
+            self._sync_pauses()
+
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
+        consumer = self._consumer
+        if consumer is not None and tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
+    async def stop(self) -> None:
+        """Stop taking records, let the ones in hand finish (up to the grace period, then
+        cancel them: they were not committed and come back), leave the group."""
+        self._stopping = True
+        self._sync_pauses()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        tasks = list(self.inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: StageConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            self.owner.revocations += 1
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.owner.assignments += 1
+        # A partition given back while its record is still in hand stays paused, so the
+        # same record (its offset is not committed yet) is not started a second time here.
+        self.owner._sync_pauses()
 
 
 def health_router(get_runtime: Callable[[], ServiceRuntime | None]) -> APIRouter:

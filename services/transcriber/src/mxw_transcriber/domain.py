@@ -74,6 +74,22 @@ class DecodeSettings:
 
     beam_size: int = 5
     vad_filter: bool = False
+    # > 0: faster_whisper.BatchedInferencePipeline with this many 30-s windows per batch.
+    # It splits the audio at pauses found by its VAD, so it always filters silence.
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted transcription of the same audio and options goes on from."""
+
+    start_s: float  # end of the last persisted segment
+    next_idx: int
+    language: str | None
+    language_probability: float | None
+    # The text transcribed so far: conditions the decoder the way the previous windows
+    # would have (faster-whisper keeps only its last ~220 tokens).
+    previous_text: str = ""
 
 
 def decode_audio(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -116,62 +132,101 @@ def transcribe(
     options: JobOptions,
     decode: DecodeSettings,
     on_progress: Callable[[float], None] | None = None,
+    *,
+    resume: Resume | None = None,
+    on_language: Callable[[str | None, float | None], None] | None = None,
+    on_segment: Callable[[TranscriptSegment | None, float], None] | None = None,
 ) -> Transcript:
-    """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option;
-    `on_progress(fraction)` is called as segments arrive (fraction = segment end / duration).
-    Exceptions raised by `on_progress` stop the work and propagate."""
+    """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option.
+
+    Segments are produced lazily; as each arrives `on_segment(segment, position_s)` (the
+    segment is None when it held no text) and `on_progress(position / duration)` are
+    called. `on_language` is called once, before the first segment. With `resume`, only the
+    audio from `resume.start_s` is transcribed; segments keep absolute times and continue
+    at `resume.next_idx`; the returned transcript holds only those new segments.
+    Exceptions raised by a callback stop the work and propagate."""
     duration = len(audio) / SAMPLE_RATE
-    if duration == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK:
+    offset_s = resume.start_s if resume is not None else 0.0
+    first = round(offset_s * SAMPLE_RATE)
+    part = audio[first:] if first else audio
+    language = resume.language if resume is not None else options.language
+    known_probability = resume.language_probability if resume is not None else None
+
+    def finish_early() -> Transcript:
+        if on_language is not None:
+            on_language(language, known_probability)
         if on_progress is not None:
             on_progress(1.0)
         return Transcript(
-            language=options.language, language_probability=None, duration_s=round(duration, 3)
+            language=language,
+            language_probability=known_probability,
+            duration_s=round(duration, 3),
         )
-    detected = options.language is None and bool(model.model.is_multilingual)
-    segments_iter, info = model.transcribe(
-        audio,
-        language=options.language,
-        task=options.task.value,
-        word_timestamps=options.word_timestamps,
-        initial_prompt=options.initial_prompt,
-        beam_size=decode.beam_size,
-        vad_filter=decode.vad_filter,
-    )
+
+    if len(part) == 0 or float(np.max(np.abs(part))) < SILENCE_PEAK:
+        return finish_early()
+    detected = language is None and bool(model.model.is_multilingual)
+    prompt = options.initial_prompt
+    if resume is not None and resume.previous_text:
+        prompt = resume.previous_text[-2000:]
+    kwargs: dict[str, Any] = {
+        "language": language,
+        "task": options.task.value,
+        "word_timestamps": options.word_timestamps,
+        "initial_prompt": prompt,
+        "beam_size": decode.beam_size,
+    }
+    if decode.batch_size > 0:
+        from faster_whisper import BatchedInferencePipeline
+
+        segments_iter, info = BatchedInferencePipeline(model).transcribe(
+            part, batch_size=decode.batch_size, vad_filter=True, **kwargs
+        )
+    else:
+        segments_iter, info = model.transcribe(part, vad_filter=decode.vad_filter, **kwargs)
+    language = info.language or language
+    probability = _f(info.language_probability) if detected else known_probability
+    if on_language is not None:
+        on_language(language, probability)
     segments: list[TranscriptSegment] = []
+    next_idx = resume.next_idx if resume is not None else 0
     # faster-whisper yields segments lazily: the work happens while iterating.
     for seg in segments_iter:
         text = seg.text.strip()
-        start = max(0.0, min(float(seg.start), duration))
-        end = max(start, min(float(seg.end), duration))
+        start = max(offset_s, min(float(seg.start) + offset_s, duration))
+        end = max(start, min(float(seg.end) + offset_s, duration))
         words: tuple[Word, ...] | None = None
         if options.word_timestamps:
             words = tuple(
                 Word(
-                    start_s=max(start, min(float(w.start), end)),
-                    end_s=max(start, min(float(w.end), end)),
+                    start_s=round(max(start, min(float(w.start) + offset_s, end)), 3),
+                    end_s=round(max(start, min(float(w.end) + offset_s, end)), 3),
                     word=w.word,
                     probability=round(float(w.probability), 4),
                 )
                 for w in (seg.words or [])
             )
+        segment: TranscriptSegment | None = None
         if text:
-            segments.append(
-                TranscriptSegment(
-                    idx=len(segments),
-                    start_s=round(start, 3),
-                    end_s=round(end, 3),
-                    text=text,
-                    avg_logprob=_f(seg.avg_logprob),
-                    no_speech_prob=_f(seg.no_speech_prob),
-                    words=words,
-                )
+            segment = TranscriptSegment(
+                idx=next_idx,
+                start_s=round(start, 3),
+                end_s=round(end, 3),
+                text=text,
+                avg_logprob=_f(seg.avg_logprob),
+                no_speech_prob=_f(seg.no_speech_prob),
+                words=words,
             )
+            next_idx += 1
+            segments.append(segment)
+        if on_segment is not None:
+            on_segment(segment, round(end, 3))
         if on_progress is not None:
             on_progress(min(end / duration, 1.0))
     return Transcript(
-        language=info.language or options.language,
+        language=language,
         # An explicit language, or an English-only model, detects nothing: no probability.
-        language_probability=_f(info.language_probability) if detected else None,
-        duration_s=round(float(info.duration), 3),
+        language_probability=probability,
+        duration_s=round(duration, 3),
         segments=tuple(segments),
     )

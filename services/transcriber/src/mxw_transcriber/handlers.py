@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 from mxw_shared.blobs import UnsupportedUri, local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
-from mxw_shared.db import Connection
+from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
-from mxw_shared.pipeline import JobCancelled, PermanentError, Progress, StageOutcome, StageWork
+from mxw_shared.pipeline import JobCancelled, PermanentError, Progress, StageOutcome
 
 from mxw_transcriber import repository
 from mxw_transcriber.domain import (
+    SAMPLE_RATE,
     AudioDecodeError,
     DecodeSettings,
+    Resume,
+    Transcript,
+    TranscriptSegment,
     UnsupportedOptions,
     check_options,
     decode_audio,
@@ -32,7 +40,6 @@ from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 
 log = get_logger(__name__)
-_PROGRESS_WAIT_S = 30.0
 
 
 @contextlib.asynccontextmanager
@@ -95,45 +102,70 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def transcribe_audio(
-    settings: TranscriberSettings, registry: ModelRegistry
-) -> StageWork[AudioUploaded]:
-    decode_settings = DecodeSettings(beam_size=settings.beam_size, vad_filter=settings.vad_filter)
+def run_fingerprint(
+    job: JobRow, event: AudioUploaded, model_name: str, decode: DecodeSettings
+) -> str:
+    """Identifies a run: a partial transcript is resumed only by the same audio, model,
+    options, decoding settings and job generation; anything else starts over."""
+    parts = {
+        "generation": job.generation,
+        "sha256": event.sha256,
+        "model": model_name,
+        "options": event.options.model_dump(mode="json"),
+        "decode": dataclasses.asdict(decode),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    async def work(
-        envelope: Envelope, event: AudioUploaded, job: JobRow, progress: Progress
+
+@dataclasses.dataclass
+class _Run:
+    """State of one transcription shared by the worker thread and the writer task."""
+
+    pieces: asyncio.Queue[tuple[TranscriptSegment | None, float] | None]
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    cancelled: bool = False
+    lease_lost: bool = False
+    produced: list[TranscriptSegment] = dataclasses.field(default_factory=list)
+    written: int = 0  # how many of `produced` are persisted
+    position_s: float = 0.0
+    flushes: int = 0
+
+
+class TranscribeWork:
+    """The stage's work for one audio.uploaded event (a StageWork).
+
+    The transcription runs in a thread; each segment is handed to a writer task on the
+    event loop, which persists it in its own short transaction (with the position reached)
+    and reports progress, so the thread never waits on the database. A restarted run of the
+    same job resumes after the last persisted segment; a cancelled job keeps its partial
+    transcript (complete = false)."""
+
+    def __init__(self, settings: TranscriberSettings, registry: ModelRegistry, pool: Pool) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.decode = DecodeSettings(
+            beam_size=settings.beam_size,
+            vad_filter=settings.vad_filter,
+            batch_size=settings.batch_size,
+        )
+        # The StageRunner's lease owner: incremental writes stop if another worker took over.
+        self.worker_id: str | None = None
+
+    async def __call__(
+        self, envelope: Envelope, event: AudioUploaded, job: JobRow, progress: Progress
     ) -> StageOutcome:
+        settings = self.settings
+        queue_wait_s = max(0.0, (datetime.now(UTC) - envelope.time).total_seconds())
         options = event.options
         model_name = options.model or settings.default_model
         # The model first: an unknown model fails the job at once, before any download.
-        was_cached = registry.cached(model_name) is not None
-        loaded = await asyncio.to_thread(registry.load, model_name)
+        was_cached = self.registry.cached(model_name) is not None
+        loaded = await asyncio.to_thread(self.registry.load, model_name)
         try:
             check_options(options, loaded.multilingual, model_name)
         except UnsupportedOptions as exc:
             raise PermanentError(str(exc)) from exc
-
-        loop = asyncio.get_running_loop()
-        last_report = 0.0
-
-        def report(fraction: float) -> None:
-            """Runs in the worker thread: hands the report to the event loop and waits, so
-            a JobCancelled raised there stops the transcription here."""
-            nonlocal last_report
-            now = time.monotonic()
-            if now - last_report < settings.progress_interval_s and fraction < 1.0:
-                return
-            last_report = now
-            future = asyncio.run_coroutine_threadsafe(
-                progress(fraction, f"transcribed {fraction:.0%}"), loop
-            )
-            try:
-                future.result(timeout=_PROGRESS_WAIT_S)
-            except JobCancelled:
-                raise
-            except Exception as exc:  # includes concurrent.futures.TimeoutError
-                # A lost progress report is not worth losing the transcription for.
-                log.warning("progress report failed", job_id=str(job.id), error=repr(exc))
 
         async with audio_file(event.audio_uri, settings) as path:
             if settings.verify_sha256:
@@ -148,18 +180,101 @@ def transcribe_audio(
             except AudioDecodeError as exc:
                 raise PermanentError(f"audio could not be decoded: {exc}") from exc
             decode_s = time.monotonic() - started
+        duration = round(len(audio) / SAMPLE_RATE, 3)
 
-        started = time.monotonic()
-        transcript = await asyncio.to_thread(
-            transcribe, loaded.model, audio, options, decode_settings, report
+        fingerprint = run_fingerprint(job, event, model_name, self.decode)
+        async with self.pool.acquire() as conn, conn.transaction():
+            checkpoint = await repository.load_checkpoint(conn, job.id, fingerprint)
+            if checkpoint is None:
+                await repository.start_partial(conn, job.id, model_name, duration, fingerprint)
+        earlier: tuple[TranscriptSegment, ...] = ()
+        resume: Resume | None = None
+        if checkpoint is not None and checkpoint.position_s > 0:
+            earlier = checkpoint.segments
+            resume = Resume(
+                start_s=checkpoint.position_s,
+                next_idx=len(earlier),
+                language=checkpoint.language,
+                language_probability=checkpoint.language_probability,
+                previous_text=" ".join(s.text for s in earlier),
+            )
+            log.info(
+                "transcription resumed",
+                job_id=str(job.id),
+                position_s=checkpoint.position_s,
+                segments=len(earlier),
+            )
+
+        loop = asyncio.get_running_loop()
+        run = _Run(pieces=asyncio.Queue(), position_s=resume.start_s if resume else 0.0)
+        language: list[tuple[str | None, float | None]] = []
+
+        def on_language(code: str | None, probability: float | None) -> None:
+            language.append((code, probability))
+
+        def on_segment(segment: TranscriptSegment | None, position_s: float) -> None:
+            # Worker thread: never waits; stops at the next segment once told to.
+            if run.stop.is_set():
+                raise _Stopped
+            loop.call_soon_threadsafe(run.pieces.put_nowait, (segment, position_s))
+
+        writer = asyncio.create_task(
+            self._write(run, job, fingerprint, duration, progress, language),
+            name=f"segments:{job.id}",
         )
+        started = time.monotonic()
+        error: BaseException | None = None
+        transcript: Transcript | None = None
+        try:
+            transcript = await asyncio.to_thread(
+                transcribe,
+                loaded.model,
+                audio,
+                options,
+                self.decode,
+                resume=resume,
+                on_language=on_language,
+                on_segment=on_segment,
+            )
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            error = exc
+        finally:
+            run.stop.set()  # a cancelled await leaves the thread running: stop it too
+            run.pieces.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await writer
         transcribe_s = time.monotonic() - started
+        if error is not None:
+            raise error
+
+        if transcript is None or run.cancelled:
+            # Cancelled: keep what was transcribed, marked incomplete.
+            code, probability = language[0] if language else (None, None)
+            produced = tuple(run.produced)
+            partial = Transcript(code, probability, duration, earlier + produced)
+            unsaved = produced if run.lease_lost else produced[run.written :]
+            async with self.pool.acquire() as conn, conn.transaction():
+                await repository.finish_transcript(
+                    conn, job.id, model_name, partial, unsaved, complete=False
+                )
+            log.info("transcription cancelled", job_id=str(job.id), segments=len(partial.segments))
+            raise JobCancelled
+
+        segments = earlier + transcript.segments
+        final = dataclasses.replace(transcript, segments=segments)
+        # Everything not persisted by the writer (all of this run's if it lost the lease).
+        unwritten = transcript.segments if run.lease_lost else transcript.segments[run.written :]
+        model_label = model_name
 
         async def persist(conn: Connection) -> None:
-            await repository.replace_transcript(conn, job.id, model_name, transcript)
+            await repository.finish_transcript(
+                conn, job.id, model_label, final, unwritten, complete=True
+            )
 
-        count = len(transcript.segments)
-        duration = transcript.duration_s
+        count = len(segments)
+        transcribed_s = duration - (resume.start_s if resume else 0.0)
         return StageOutcome(
             persist=persist,
             next_event=TranscriptReady(
@@ -167,13 +282,13 @@ def transcribe_audio(
                 owner_id=job.owner_id,
                 segment_count=count,
                 duration_s=duration,
-                language=transcript.language,
+                language=final.language,
                 model=model_name,
                 options=options,
             ),
             message=(
                 f"{count} segments, {duration:.1f} s of audio"
-                + (f", language {transcript.language}" if transcript.language else "")
+                + (f", language {final.language}" if final.language else "")
                 + f", model {model_name}"
             ),
             metrics={
@@ -182,16 +297,100 @@ def transcribe_audio(
                 "model_load_s": 0.0 if was_cached else loaded.load_s,
                 "device": loaded.device,
                 "compute_type": loaded.compute_type,
+                "beam_size": self.decode.beam_size,
+                "vad_filter": self.decode.vad_filter or self.decode.batch_size > 0,
+                "batch_size": self.decode.batch_size,
+                "queue_wait_s": round(queue_wait_s, 3),
                 "audio_duration_s": duration,
                 "decode_s": round(decode_s, 3),
                 "transcribe_s": round(transcribe_s, 3),
-                "real_time_factor": round(transcribe_s / duration, 4) if duration else None,
-                "language": transcript.language,
-                "language_probability": transcript.language_probability,
+                # Seconds of compute per second of audio transcribed by this run.
+                "real_time_factor": (
+                    round(transcribe_s / transcribed_s, 4) if transcribed_s > 0 else None
+                ),
+                "resumed_from_s": resume.start_s if resume else None,
+                "resumed_segments": len(earlier),
+                "segment_writes": run.flushes,
+                "language": final.language,
+                "language_probability": final.language_probability,
                 "segments": count,
                 "task": options.task.value,
                 "word_timestamps": options.word_timestamps,
+                "checkpoint": None,
             },
         )
 
-    return work
+    async def _write(
+        self,
+        run: _Run,
+        job: JobRow,
+        fingerprint: str,
+        duration: float,
+        progress: Progress,
+        language: list[tuple[str | None, float | None]],
+    ) -> None:
+        """Writer task: persists segments as they arrive, batching whatever queued up while
+        the previous write ran; checks for cancellation (also when no segment comes)."""
+        language_saved = False
+        done = False
+        reported_s = run.position_s
+        while not done:
+            items: list[tuple[TranscriptSegment | None, float] | None] = []
+            with contextlib.suppress(TimeoutError):
+                items.append(
+                    await asyncio.wait_for(
+                        run.pieces.get(), timeout=max(self.settings.progress_interval_s, 1.0)
+                    )
+                )
+            while not run.pieces.empty():
+                items.append(run.pieces.get_nowait())
+            for piece in items:
+                if piece is None:
+                    done = True
+                    continue
+                segment, position = piece
+                if segment is not None:
+                    run.produced.append(segment)
+                run.position_s = max(run.position_s, position)
+            if run.cancelled:
+                continue  # the cancelled run's last write happens in the work itself
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if await repository.is_cancelled(conn, job.id):
+                        run.cancelled = True
+                        run.stop.set()
+                    owner = await repository.lease_owner(conn, job.id)
+                    if not run.lease_lost and self.worker_id not in (None, owner):
+                        run.lease_lost = True
+                        log.warning(
+                            "lease taken over by another worker; segments no longer written",
+                            job_id=str(job.id),
+                        )
+                    if run.lease_lost:
+                        continue
+                    if not language_saved and language:
+                        await repository.set_language(conn, job.id, *language[0])
+                        language_saved = True
+                    if len(run.produced) > run.written:
+                        await repository.write_segments(conn, job.id, run.produced[run.written :])
+                        run.written = len(run.produced)
+                        run.flushes += 1
+                        await repository.save_position(conn, job.id, fingerprint, run.position_s)
+            except Exception as exc:  # the final commit writes whatever is left
+                log.warning("segment write failed", job_id=str(job.id), error=repr(exc))
+                continue
+            if run.cancelled or run.position_s <= reported_s:
+                continue
+            reported_s = run.position_s
+            fraction = min(run.position_s / duration, 1.0) if duration else 1.0
+            try:
+                await progress(fraction, f"transcribed {run.position_s:.0f} of {duration:.0f} s")
+            except JobCancelled:
+                run.cancelled = True
+                run.stop.set()
+            except Exception as exc:  # a lost progress report is not worth the job
+                log.warning("progress report failed", job_id=str(job.id), error=repr(exc))
+
+
+class _Stopped(Exception):
+    """Raised in the worker thread to stop at the next segment."""

@@ -16,7 +16,7 @@ from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
 
 from mxw_transcriber import repository
-from mxw_transcriber.handlers import transcribe_audio
+from mxw_transcriber.handlers import TranscribeWork
 from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 
@@ -62,15 +62,22 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
         await runtime.start_storage()
         if settings.preload_default_model:
             default_model.task = asyncio.create_task(default_model.preload())
+        work = TranscribeWork(settings, registry, runtime.pool)
         runner: StageRunner[AudioUploaded] = StageRunner(
             pool=runtime.pool,
             settings=settings,
             stage=Stage.transcribe,
             topic=topics.AUDIO_UPLOADED,
-            work=transcribe_audio(settings, registry),
+            work=work,
             adopt_job=repository.adopt_job,
         )
-        runtime.subscribe_stage(runner, group_id=settings.service_name)
+        work.worker_id = runner.worker_id
+        app.state.consumer = runtime.subscribe_stage(
+            runner,
+            group_id=settings.service_name,
+            max_concurrent=settings.max_concurrent_jobs,
+            shutdown_grace_s=settings.shutdown_grace_s,
+        )
         runtime.ready_checks.append(default_model.check)
         await runtime.start_messaging()
         try:

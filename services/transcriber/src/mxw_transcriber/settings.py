@@ -16,9 +16,19 @@ class TranscriberSettings(CommonSettings):
     cpu_threads: int = 0
     beam_size: int = 5
     vad_filter: bool = False
+    # > 0: faster-whisper's BatchedInferencePipeline with this batch size (always with VAD);
+    # 0: the sequential model, which conditions each window on the text before it.
+    batch_size: int = 0
+    # Jobs transcribed at once by this replica (each on its own partition). One on CPU:
+    # a second job only shares the same cores. More replicas scale out to the topic's
+    # partition count.
+    max_concurrent_jobs: int = 1
+    # On shutdown, how long a running job may take to finish before it is abandoned; it is
+    # not committed, so it is delivered again and resumes after its last persisted segment.
+    shutdown_grace_s: float = 20.0
     # Models shipped in parts are joined here once, then reused by every process.
     model_cache_dir: Path = Path(".data/models")
-    # Least seconds between two job.status progress reports of one job.
+    # Longest wait between two checks for cancellation while no segment arrives.
     progress_interval_s: float = 0.5
     # Limits for http(s):// audio sources.
     download_max_bytes: int = 2 * 1024**3
