@@ -289,3 +289,49 @@ async def test_redelivered_audio_event_leaves_one_transcript_and_one_set_of_chun
         assert done_events == 1
     finally:
         await conn.close()
+
+
+async def test_rechunking_a_finished_job_does_not_transcribe_again(stack, finished_job):
+    """Runs last: it starts a second run of the module's job."""
+    job_id = str(finished_job["job"]["id"])
+    conn = await asyncpg.connect(stack.info.database_url)
+    try:
+        before = await conn.fetchrow(
+            "SELECT finished_at, attempts FROM job_stages"
+            " WHERE job_id = $1 AND stage = 'transcribe'",
+            uuid.UUID(job_id),
+        )
+        async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+            response = await client.post(
+                f"/jobs/{job_id}/reprocess",
+                headers=stack.auth("alice"),
+                json={"from": "chunk", "options": {"chunking": "fixed"}},
+            )
+            assert response.status_code == 202, response.text
+            events = await watch(stack, "alice", job_id)
+            assert events[-1]["state"] == "done", events[-1]
+            view = (await client.get(f"/jobs/{job_id}", headers=stack.auth("alice"))).json()
+            found = await client.get(
+                "/search", params={"q": "bread oven"}, headers=stack.auth("alice")
+            )
+        assert view["state"] == "done"
+        assert view["options"]["chunking"] == "fixed"
+        stages = await conn.fetch(
+            "SELECT stage, generation, finished_at, attempts FROM job_stages WHERE job_id = $1",
+            uuid.UUID(job_id),
+        )
+        by_stage = {r["stage"]: r for r in stages}
+        assert by_stage["transcribe"]["finished_at"] == before["finished_at"]
+        assert by_stage["transcribe"]["attempts"] == before["attempts"]
+        assert by_stage["chunk"]["generation"] == by_stage["embed"]["generation"] == 1
+        chunks = await conn.fetchval(
+            "SELECT count(*) FROM chunks WHERE job_id = $1", uuid.UUID(job_id)
+        )
+        vectors = await conn.fetchval(
+            "SELECT count(*) FROM chunk_embeddings WHERE job_id = $1", uuid.UUID(job_id)
+        )
+        assert chunks >= 1
+        assert vectors == chunks
+        assert any(str(r["job_id"]) == job_id for r in found.json()["results"])
+    finally:
+        await conn.close()
