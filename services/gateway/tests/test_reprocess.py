@@ -153,3 +153,41 @@ async def test_reprocess_refuses_running_jobs_strangers_and_bad_input(client, to
     assert anonymous.status_code == 401
     # Nothing above started a new run.
     assert await db.fetchval("SELECT generation FROM jobs WHERE id = $1", job_id) == 0
+
+
+async def test_transcript_formats_words_and_chunks(client, token, db):
+    headers = token("rita")
+    job_id = await uploaded_job(client, headers)
+    await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done"})
+    await db.execute(
+        "UPDATE segments SET words = $2::jsonb WHERE job_id = $1 AND idx = 0",
+        job_id,
+        [
+            {"start": 0.0, "end": 0.6, "word": " The", "probability": 0.9},
+            {"start": 0.6, "end": 1.5, "word": " quick", "probability": 0.8},
+        ],
+    )
+    as_json = (await client.get(f"/jobs/{job_id}/transcript", headers=headers)).json()
+    assert as_json["complete"] is True
+    assert [w["word"] for w in as_json["segments"][0]["words"]] == [" The", " quick"]
+    assert as_json["segments"][1]["words"] is None
+
+    srt = await client.get(f"/jobs/{job_id}/transcript", params={"format": "srt"}, headers=headers)
+    assert srt.status_code == 200
+    assert srt.headers["content-type"].startswith("application/x-subrip")
+    assert srt.text.startswith("1\n00:00:00,000 --> 00:00:01,500\nThe quick\n\n2\n")
+    vtt = await client.get(f"/jobs/{job_id}/transcript", params={"format": "vtt"}, headers=headers)
+    assert vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\n")
+    download = await client.get(
+        f"/jobs/{job_id}/download", params={"format": "vtt"}, headers=headers
+    )
+    assert download.headers["content-disposition"] == f'attachment; filename="{job_id}.vtt"'
+    bad = await client.get(f"/jobs/{job_id}/transcript", params={"format": "doc"}, headers=headers)
+    assert bad.status_code == 422
+
+    chunks = (await client.get(f"/jobs/{job_id}/chunks", headers=headers)).json()
+    assert [(c["index"], c["start"], c["end"], c["method"]) for c in chunks["chunks"]] == [
+        (0, 0.0, 3.4, "local")
+    ]
+    assert (await client.get(f"/jobs/{job_id}/chunks", headers=token("mallory"))).status_code == 404

@@ -153,14 +153,15 @@ async def fetch_transcript(
     pool: Pool, job_id: uuid.UUID
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
     transcript = await pool.fetchrow(
-        "SELECT language, language_probability, duration_s, model, text FROM transcripts"
-        " WHERE job_id = $1",
+        "SELECT language, language_probability, duration_s, model, text, complete"
+        " FROM transcripts WHERE job_id = $1",
         job_id,
     )
     if transcript is None:
         return None
     segments = await pool.fetch(
-        "SELECT idx, start_s, end_s, text FROM segments WHERE job_id = $1 ORDER BY idx", job_id
+        "SELECT idx, start_s, end_s, text, words FROM segments WHERE job_id = $1 ORDER BY idx",
+        job_id,
     )
     return transcript, segments
 
@@ -189,3 +190,12 @@ async def fetch_stage_inputs(conn: Connection, job_id: uuid.UUID) -> asyncpg.Rec
            FROM transcripts t WHERE t.job_id = $1""",
         job_id,
     )
+
+
+async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT idx, start_s, end_s, text, title, summary, topic, keywords, confidence, method"
+        " FROM chunks WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -11,7 +11,13 @@ from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.jobs import service
-from mxw_gateway.jobs.schemas import JobPage, JobView, ReprocessRequest, TranscriptView
+from mxw_gateway.jobs.schemas import (
+    ChunkList,
+    JobPage,
+    JobView,
+    ReprocessRequest,
+    TranscriptView,
+)
 
 router = APIRouter(tags=["jobs"])
 
@@ -179,9 +185,44 @@ _NOT_TRANSCRIBED: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/jobs/{job_id}/transcript", response_model=TranscriptView, responses=_NOT_TRANSCRIBED)
-async def get_transcript(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> TranscriptView:
-    return await service.get_transcript(pool, user, job_id)
+TranscriptFormat = Literal["json", "txt", "srt", "vtt"]
+_TRANSCRIPT_CONTENT: dict[int | str, dict[str, Any]] = {
+    **_NOT_TRANSCRIBED,
+    200: {
+        "description": "The transcript: JSON (segments, and words when recorded), plain "
+        "text, SubRip or WebVTT.",
+        "content": {"text/plain": {}, "application/x-subrip": {}, "text/vtt": {}},
+    },
+}
+
+
+def _rendered(
+    transcript: TranscriptView, fmt: TranscriptFormat, job_id: uuid.UUID, disposition: str
+) -> Response:
+    body, media_type = service.render_transcript(transcript, fmt)
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'{disposition}; filename="{job_id}.{fmt}"'},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/transcript",
+    response_model=TranscriptView,
+    responses=_TRANSCRIPT_CONTENT,
+    summary="The transcript, as JSON (default), txt, srt or vtt",
+)
+async def get_transcript(
+    job_id: uuid.UUID,
+    user: CurrentUserDep,
+    pool: PoolDep,
+    format: Annotated[TranscriptFormat, Query()] = "json",
+) -> TranscriptView | Response:
+    transcript = await service.get_transcript(pool, user, job_id)
+    if format == "json":
+        return transcript
+    return _rendered(transcript, format, job_id, "inline")
 
 
 @router.get(
@@ -191,24 +232,33 @@ async def get_transcript(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep)
 )
 async def get_transcript_text(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> Response:
     transcript = await service.get_transcript(pool, user, job_id)
-    return PlainTextResponse(
-        service.transcript_text(transcript),
-        headers={"Content-Disposition": f'inline; filename="{job_id}.txt"'},
-    )
+    return _rendered(transcript, "txt", job_id, "inline")
 
 
 @router.get(
     "/jobs/{job_id}/download",
-    response_class=PlainTextResponse,
-    responses={**_NOT_TRANSCRIBED, 200: {"content": {"text/plain": {}}}},
-    summary="Download the transcript as a text file",
+    response_class=Response,
+    responses=_TRANSCRIPT_CONTENT,
+    summary="Download the transcript as a file (txt by default)",
 )
-async def download_transcript(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> Response:
+async def download_transcript(
+    job_id: uuid.UUID,
+    user: CurrentUserDep,
+    pool: PoolDep,
+    format: Annotated[TranscriptFormat, Query()] = "txt",
+) -> Response:
     transcript = await service.get_transcript(pool, user, job_id)
-    return PlainTextResponse(
-        service.transcript_text(transcript),
-        headers={"Content-Disposition": f'attachment; filename="{job_id}.txt"'},
-    )
+    return _rendered(transcript, format, job_id, "attachment")
+
+
+@router.get(
+    "/jobs/{job_id}/chunks",
+    response_model=ChunkList,
+    responses=_NOT_FOUND,
+    summary="The job's topic chunks with their timestamps",
+)
+async def get_chunks(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> ChunkList:
+    return await service.get_chunks(pool, user, job_id)
 
 
 @router.get(

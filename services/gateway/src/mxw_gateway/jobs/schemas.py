@@ -61,11 +61,21 @@ class JobPage(BaseModel):
     )
 
 
+class TranscriptWord(BaseModel):
+    start: float
+    end: float
+    word: str
+    probability: float | None = None
+
+
 class TranscriptSegment(BaseModel):
     index: int
     start: float
     end: float
     text: str
+    words: list[TranscriptWord] | None = Field(
+        default=None, description="Present when the job asked for word timestamps."
+    )
 
 
 class TranscriptView(BaseModel):
@@ -75,7 +85,28 @@ class TranscriptView(BaseModel):
     duration: float
     model: str
     text: str
+    complete: bool = Field(
+        default=True, description="False for a partial transcript (e.g. a cancelled job)."
+    )
     segments: list[TranscriptSegment]
+
+
+class ChunkView(BaseModel):
+    index: int
+    start: float
+    end: float
+    text: str
+    title: str | None
+    summary: str | None
+    topic: str | None
+    keywords: list[str]
+    confidence: float | None
+    method: str
+
+
+class ChunkList(BaseModel):
+    job_id: uuid.UUID
+    chunks: list[ChunkView]
 
 
 class ReprocessRequest(BaseModel):

@@ -34,7 +34,7 @@ from mxw_shared.problems import Problem
 from pydantic import ValidationError
 
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.jobs import repository
+from mxw_gateway.jobs import repository, subtitles
 from mxw_gateway.jobs.domain import (
     NotAudio,
     decode_cursor,
@@ -45,6 +45,8 @@ from mxw_gateway.jobs.domain import (
 )
 from mxw_gateway.jobs.multipart import boundary_of, multipart_events, read_form
 from mxw_gateway.jobs.schemas import (
+    ChunkList,
+    ChunkView,
     JobLinks,
     JobPage,
     JobView,
@@ -515,18 +517,52 @@ async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> Tr
         duration=transcript["duration_s"],
         model=transcript["model"],
         text=transcript["text"],
+        complete=transcript["complete"],
         segments=[
-            TranscriptSegment(index=s["idx"], start=s["start_s"], end=s["end_s"], text=s["text"])
+            TranscriptSegment(
+                index=s["idx"],
+                start=s["start_s"],
+                end=s["end_s"],
+                text=s["text"],
+                words=s["words"],
+            )
             for s in segments
         ],
     )
 
 
-def transcript_text(transcript: TranscriptView) -> str:
-    """One line per segment; the full text when there are no segments."""
-    if transcript.segments:
-        return "\n".join(s.text.strip() for s in transcript.segments) + "\n"
-    return transcript.text.strip() + "\n"
+def render_transcript(transcript: TranscriptView, fmt: str) -> tuple[str, str]:
+    """(body, media type) of the transcript in `fmt`: json, txt, srt or vtt."""
+    if fmt == "json":
+        return transcript.model_dump_json(), "application/json"
+    if fmt == "srt":
+        return subtitles.to_srt(transcript.segments), "application/x-subrip; charset=utf-8"
+    if fmt == "vtt":
+        return subtitles.to_vtt(transcript.segments), "text/vtt; charset=utf-8"
+    return subtitles.to_text(transcript.segments, transcript.text), "text/plain; charset=utf-8"
+
+
+async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkList:
+    await load_owned_job(pool, user, job_id)
+    rows = await repository.fetch_chunks(pool, job_id)
+    return ChunkList(
+        job_id=job_id,
+        chunks=[
+            ChunkView(
+                index=r["idx"],
+                start=r["start_s"],
+                end=r["end_s"],
+                text=r["text"],
+                title=r["title"],
+                summary=r["summary"],
+                topic=r["topic"],
+                keywords=list(r["keywords"]),
+                confidence=r["confidence"],
+                method=r["method"],
+            )
+            for r in rows
+        ],
+    )
 
 
 async def audio_file(
