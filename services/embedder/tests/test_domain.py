@@ -46,3 +46,55 @@ def test_invalid_inputs_say_what_is_wrong(texts, title, detail):
 def test_chunk_is_embedded_by_its_text_alone():
     chunk = ChunkText(id=1, idx=0, text="Solar panels on the roof.", topic="Solar panels")
     assert chunk_embedding_text(chunk) == "Solar panels on the roof."
+
+
+def test_base64_is_little_endian_float32():
+    import base64
+    import struct
+
+    import numpy as np
+    from mxw_embedder.domain import encode_base64
+
+    vector = np.array([1.0, -0.5, 0.25], dtype=np.float32)
+    raw = base64.b64decode(encode_base64(vector))
+    assert raw == struct.pack("<3f", 1.0, -0.5, 0.25)
+    # A big-endian or float64 input still comes out as little-endian float32.
+    assert encode_base64(vector.astype(">f8")) == encode_base64(vector)
+
+
+def test_longest_first_orders_positions_by_length():
+    from mxw_embedder.domain import longest_first
+
+    texts = ["bb", "a", "dddd", "ccc"]
+    order = longest_first(texts)
+    assert [texts[i] for i in order] == ["dddd", "ccc", "bb", "a"]
+    assert sorted(order) == [0, 1, 2, 3]
+    assert longest_first([]) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "dims"), [("vector(384)", 384), ("vector(1536)", 1536), ("vector", None)]
+)
+def test_vector_column_dimensions_come_from_the_type(column, dims):
+    from mxw_embedder.domain import vector_column_dimensions
+
+    assert vector_column_dimensions(column) == dims
+
+
+def test_a_column_that_is_not_a_vector_is_an_error():
+    from mxw_embedder.domain import vector_column_dimensions
+
+    with pytest.raises(ValueError, match="not a pgvector column"):
+        vector_column_dimensions("real[]")
+
+
+def test_dimension_mismatch_says_what_to_do():
+    from mxw_embedder.domain import dimension_mismatch
+
+    assert dimension_mismatch("m", 384, 384) is None
+    assert dimension_mismatch("m", 384, None) is None
+    reason = dimension_mismatch("big-model", 768, 384)
+    assert reason is not None
+    assert "'big-model' gives 768-dimensional vectors" in reason
+    assert "vector(384)" in reason
+    assert "MXW_MODEL" in reason

@@ -207,3 +207,40 @@ async def test_event_whose_owner_differs_from_the_job_is_rejected(
     assert dead
     assert "owner" in dead[0][0]["x_error"]
     assert await db.fetchval("SELECT count(*) FROM chunk_embeddings WHERE job_id = $1", job_id) == 0
+
+
+async def test_several_jobs_at_once_each_get_their_own_chunks_vectors(
+    embedder_app, db, make_job, publish, wait_for
+):
+    """Jobs waiting together are consumed by the process's consumers and share the
+    micro-batcher; every chunk still gets the vector of its own text (chunks are embedded
+    longest first and put back in order)."""
+    import asyncio
+
+    from mxw_embedder.models import load_embedder
+
+    jobs = []
+    for k in range(4):
+        job_id = await make_job(owner_id="alice")
+        texts = [f"{text} Take {k}." for text in TALK[k : k + 3]] + ["Short one."]
+        await add_chunks(db, job_id, texts)
+        jobs.append((job_id, texts))
+
+    await asyncio.gather(*(publish(ready(job_id, len(texts))) for job_id, texts in jobs))
+
+    model = load_embedder("all-MiniLM-L6-v2", "cpu")
+    for job_id, texts in jobs:
+        await wait_for(
+            "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'embed'",
+            job_id,
+            predicate=lambda s: s == "done",
+        )
+        rows = await db.fetch(
+            "SELECT e.embedding FROM chunk_embeddings e JOIN chunks c ON c.id = e.chunk_id "
+            "WHERE e.job_id = $1 ORDER BY c.idx",
+            job_id,
+        )
+        stored = np.vstack([r["embedding"].to_numpy() for r in rows])
+        assert np.allclose(stored, model.embed(texts), atol=1e-5)
+    stats = embedder_app.state.batcher().stats
+    assert stats.requests >= stats.model_calls > 0

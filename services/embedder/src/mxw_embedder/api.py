@@ -4,7 +4,6 @@ The gateway calls it for query vectors with the shared service token; a user's J
 too. Errors are problem+json like every other endpoint of the system.
 """
 
-import asyncio
 import hmac
 from collections.abc import Callable
 from typing import Annotated, Literal
@@ -15,8 +14,8 @@ from mxw_shared.auth import AuthError, JwksVerifier
 from mxw_shared.problems import Problem
 from pydantic import BaseModel, ConfigDict, Field
 
-from mxw_embedder.domain import InvalidInput, normalise_input, validate_inputs
-from mxw_embedder.models import Embedder
+from mxw_embedder.batcher import MicroBatcher
+from mxw_embedder.domain import InvalidInput, encode_base64, normalise_input, validate_inputs
 from mxw_embedder.settings import EmbedderSettings
 
 SERVICE_CALLER = "service"
@@ -36,7 +35,9 @@ class EmbeddingRequest(BaseModel):
 class EmbeddingItem(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str = Field(
+        description="floats, or base64 of little-endian float32 for encoding_format=base64"
+    )
 
 
 class Usage(BaseModel):
@@ -68,7 +69,7 @@ def _unauthorized(detail: str) -> Problem:
 
 
 def embeddings_router(
-    settings: EmbedderSettings, get_embedder: Callable[[], Embedder | None]
+    settings: EmbedderSettings, get_batcher: Callable[[], MicroBatcher | None]
 ) -> APIRouter:
     verifier = JwksVerifier.from_settings(settings)
     service_token = (
@@ -89,11 +90,11 @@ def embeddings_router(
         except AuthError as exc:
             raise _unauthorized(str(exc)) from exc
 
-    def loaded() -> Embedder:
-        embedder = get_embedder()
-        if embedder is None:
+    def loaded() -> MicroBatcher:
+        batcher = get_batcher()
+        if batcher is None:
             raise Problem(503, "Model not loaded", "the embedding model is still loading")
-        return embedder
+        return batcher
 
     router = APIRouter(prefix="/v1", tags=["embeddings"])
 
@@ -101,18 +102,13 @@ def embeddings_router(
     async def create_embeddings(
         request: EmbeddingRequest, _caller: Annotated[str, Depends(caller)]
     ) -> EmbeddingResponse:
-        embedder = loaded()
+        batcher = loaded()
+        embedder = batcher.embedder
         if request.model is not None and not embedder.accepts(request.model):
             raise Problem(
                 400,
                 "Unknown model",
                 f"model {request.model!r} is not served here; use {embedder.name!r}",
-            )
-        if request.encoding_format != "float":
-            raise Problem(
-                400,
-                "Unsupported encoding format",
-                f"encoding_format {request.encoding_format!r} is not supported; use 'float'",
             )
         if request.dimensions is not None and request.dimensions != embedder.dimensions:
             raise Problem(
@@ -128,21 +124,24 @@ def embeddings_router(
         except InvalidInput as exc:
             raise Problem(400, exc.title, exc.detail) from exc
 
-        def infer() -> tuple[list[list[float]], int]:
-            vectors = embedder.embed(texts, settings.batch_size)
-            return vectors.tolist(), sum(embedder.count_tokens(texts))
-
-        # In a thread: inference takes CPU-seconds and the event loop also serves the
-        # pipeline's consumer, outbox relay and health checks.
-        vectors, tokens = await asyncio.to_thread(infer)
+        # Shares model calls with concurrent requests and the pipeline's chunks.
+        vectors, token_counts = await batcher.embed_query(texts)
+        tokens = sum(token_counts)
+        data = [
+            EmbeddingItem(
+                index=i,
+                embedding=encode_base64(v) if request.encoding_format == "base64" else v.tolist(),
+            )
+            for i, v in enumerate(vectors)
+        ]
         return EmbeddingResponse(
-            data=[EmbeddingItem(index=i, embedding=v) for i, v in enumerate(vectors)],
+            data=data,
             model=embedder.name,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
     @router.get("/models", response_model=ModelList)
     async def list_models(_caller: Annotated[str, Depends(caller)]) -> ModelList:
-        return ModelList(data=[ModelCard(id=loaded().name)])
+        return ModelList(data=[ModelCard(id=loaded().embedder.name)])
 
     return router

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 T = TypeVar("T")
 
@@ -69,3 +74,39 @@ def chunk_embedding_text(chunk: ChunkText) -> str:
     already ranks topic words highest (weight A in chunks.tsv).
     """
     return chunk.text
+
+
+def encode_base64(vector: npt.NDArray[np.float32]) -> str:
+    """OpenAI's `encoding_format: base64`: the raw little-endian float32 bytes, base64."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def longest_first(texts: Sequence[str]) -> list[int]:
+    """Positions of `texts`, longest first. Slices of similar length pad less, which is
+    what sentence-transformers' own encode() does over one call's whole input."""
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
+_VECTOR_TYPE = re.compile(r"^vector\((\d+)\)$")
+
+
+def vector_column_dimensions(column_type: str) -> int | None:
+    """384 for `vector(384)`; None for a `vector` column without a fixed size."""
+    match = _VECTOR_TYPE.match(column_type.strip())
+    if match:
+        return int(match.group(1))
+    if column_type.strip() == "vector":
+        return None
+    raise ValueError(f"not a pgvector column type: {column_type!r}")
+
+
+def dimension_mismatch(model: str, model_dims: int, column_dims: int | None) -> str | None:
+    """Why the model cannot write to the column, or None when it can."""
+    if column_dims is None or column_dims == model_dims:
+        return None
+    return (
+        f"embedding model {model!r} gives {model_dims}-dimensional vectors but "
+        f"chunk_embeddings.embedding is vector({column_dims}); configure a "
+        f"{column_dims}-dimensional model (MXW_MODEL) or migrate the column (and its HNSW "
+        f"index) to vector({model_dims}) and re-embed"
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from mxw_shared.contracts import ChunksReady, EmbeddingsReady, Envelope
 from mxw_shared.db import Connection, Pool
@@ -12,16 +10,19 @@ from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import Progress, StageOutcome, StageWork
 
 from mxw_embedder import repository
-from mxw_embedder.domain import batches, chunk_embedding_text
-from mxw_embedder.models import Embedder, Vectors
+from mxw_embedder.batcher import MicroBatcher
+from mxw_embedder.domain import batches, chunk_embedding_text, longest_first
+from mxw_embedder.models import Vectors
 from mxw_embedder.settings import EmbedderSettings
 
 log = get_logger(__name__)
 
 
 def embed_chunks(
-    settings: EmbedderSettings, pool: Pool, embedder: Embedder
+    settings: EmbedderSettings, pool: Pool, batcher: MicroBatcher
 ) -> StageWork[ChunksReady]:
+    embedder = batcher.embedder
+
     async def work(
         envelope: Envelope, event: ChunksReady, job: JobRow, progress: Progress
     ) -> StageOutcome:
@@ -35,16 +36,21 @@ def embed_chunks(
                 rows=len(chunks),
             )
         texts = [chunk_embedding_text(c) for c in chunks]
+        # Longest first, so each slice pads little (as one encode() call over all texts
+        # would); vectors go back to chunk order below.
+        order = longest_first(texts)
         parts: list[Vectors] = []
         done = 0
-        # Batch by batch: progress shows, and a cancelled job stops at the next batch.
-        for batch in batches(texts, settings.batch_size):
-            parts.append(await asyncio.to_thread(embedder.embed, batch, settings.batch_size))
+        # Slice by slice through the shared micro-batcher: other jobs' slices and queries
+        # share model calls with these, progress shows, and a cancelled job stops at the
+        # next slice.
+        for batch in batches([texts[i] for i in order], settings.batch_size):
+            parts.append(await batcher.embed(batch))
             done += len(batch)
             await progress(done / len(texts), f"embedded {done}/{len(texts)} chunks")
-        vectors = (
-            np.vstack(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
-        )
+        vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
+        if parts:
+            vectors[order] = np.vstack(parts)
         chunk_ids = [c.id for c in chunks]
 
         async def persist(conn: Connection) -> None:

