@@ -115,6 +115,28 @@ async def fetch_stages(
     return out
 
 
+# The job's overall state in SQL, the same rule as mxw_shared.jobs.derive_job_state over the
+# stage rows of the current run (mxw_shared.jobs.is_stale), so lists can filter on it.
+_STAGES = "ARRAY['transcribe', 'chunk', 'embed']"
+_CURRENT_STAGE = (
+    "s.job_id = jobs.id AND (jobs.rerun_from IS NULL OR s.generation >= jobs.generation"
+    f" OR array_position({_STAGES}, s.stage) < array_position({_STAGES}, jobs.rerun_from))"
+)
+JOB_STATE_SQL = f"""CASE
+    WHEN jobs.cancelled_at IS NOT NULL THEN 'cancelled'
+    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {_CURRENT_STAGE} AND s.state = 'failed')
+        THEN 'failed'
+    WHEN EXISTS (SELECT 1 FROM job_stages s
+                 WHERE {_CURRENT_STAGE} AND s.stage = 'embed' AND s.state = 'done') THEN 'done'
+    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {_CURRENT_STAGE}) THEN 'running'
+    ELSE 'queued' END"""
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 async def list_jobs(
     pool: Pool,
     *,
@@ -122,13 +144,30 @@ async def list_jobs(
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
     offset: int,
+    states: list[str] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    filename: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Newest first; `owner_id=None` lists everyone's (admins). Keyset after `after`."""
+    """Newest first; `owner_id=None` lists everyone's (admins). Keyset after `after`.
+    Filters: derived states, creation time range [from, to), filename substring."""
     conditions: list[str] = []
     args: list[Any] = []
     if owner_id is not None:
         args.append(owner_id)
         conditions.append(f"owner_id = ${len(args)}")
+    if states:
+        args.append(states)
+        conditions.append(f"({JOB_STATE_SQL}) = ANY(${len(args)}::text[])")
+    if created_from is not None:
+        args.append(created_from)
+        conditions.append(f"created_at >= ${len(args)}")
+    if created_to is not None:
+        args.append(created_to)
+        conditions.append(f"created_at < ${len(args)}")
+    if filename:
+        args.append(_like_pattern(filename))
+        conditions.append(f"filename ILIKE ${len(args)}")
     if after is not None:
         args.extend(after)
         conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")

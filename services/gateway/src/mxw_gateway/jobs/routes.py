@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from mxw_shared.contracts import JobState
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
@@ -128,10 +130,30 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's jobs.")] = False,
+    state: Annotated[
+        list[JobState] | None, Query(description="Only jobs in these states (repeatable).")
+    ] = None,
+    created_from: Annotated[
+        datetime | None, Query(description="Created at or after (ISO 8601).")
+    ] = None,
+    created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    filename: Annotated[
+        str | None, Query(max_length=255, description="Filename contains (case-insensitive).")
+    ] = None,
 ) -> JobPage:
     size = min(limit or settings.jobs_default_page_size, settings.jobs_max_page_size)
     return await service.list_jobs(
-        pool, settings, user, limit=size, cursor=cursor, offset=offset, all_users=all
+        pool,
+        settings,
+        user,
+        limit=size,
+        cursor=cursor,
+        offset=offset,
+        all_users=all,
+        states=state,
+        created_from=created_from,
+        created_to=created_to,
+        filename=filename,
     )
 
 

@@ -32,6 +32,31 @@ class JobLinks(BaseModel):
     transcript_txt: str
 
 
+class JobSummary(BaseModel):
+    """What the transcription measured and found, from the transcribe stage's metrics."""
+
+    language: str | None = None
+    language_probability: float | None = Field(
+        default=None, description="Detection confidence; absent when the language was given."
+    )
+    model: str | None = None
+    device: str | None = None
+    audio_duration_s: float | None = None
+    queue_wait_s: float | None = Field(
+        default=None, description="From upload to the transcriber picking the job up."
+    )
+    decode_s: float | None = None
+    transcribe_s: float | None = None
+    real_time_factor: float | None = Field(
+        default=None, description="Transcription time / audio duration (lower is faster)."
+    )
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any] | None) -> JobSummary:
+        known = cls.model_fields
+        return cls.model_validate({k: v for k, v in (metrics or {}).items() if k in known})
+
+
 class JobView(BaseModel):
     id: uuid.UUID
     state: JobState
@@ -47,6 +72,7 @@ class JobView(BaseModel):
     created_at: datetime
     cancelled_at: datetime | None
     stages: list[StageView]
+    summary: JobSummary = Field(default_factory=JobSummary)
     links: JobLinks
     duplicate: bool = Field(
         default=False,

@@ -49,6 +49,7 @@ from mxw_gateway.jobs.schemas import (
     ChunkView,
     JobLinks,
     JobPage,
+    JobSummary,
     JobView,
     StageView,
     TranscriptSegment,
@@ -285,6 +286,8 @@ def build_view(
     progress = job_progress(
         state, {s: (r["state"], float(r["progress"])) for s, r in by_stage.items()}
     )
+    transcribe = by_stage.get(Stage.transcribe)
+    summary = JobSummary.from_metrics(transcribe["metrics"] if transcribe else None)
     base = f"/jobs/{job['id']}"
     return JobView(
         id=job["id"],
@@ -301,6 +304,7 @@ def build_view(
         created_at=job["created_at"],
         cancelled_at=job["cancelled_at"],
         stages=stages,
+        summary=summary,
         links=JobLinks(
             job=_link(settings, base),
             audio=_link(settings, f"{base}/audio"),
@@ -340,6 +344,10 @@ async def list_jobs(
     cursor: str | None,
     offset: int,
     all_users: bool,
+    states: list[JobState] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    filename: str | None = None,
 ) -> JobPage:
     if all_users and not user.is_admin:
         raise Problem(403, "Forbidden", "only admins may list every user's jobs")
@@ -356,6 +364,10 @@ async def list_jobs(
         limit=limit + 1,
         after=after,
         offset=offset,
+        states=[s.value for s in states] if states else None,
+        created_from=created_from,
+        created_to=created_to,
+        filename=filename,
     )
     page = rows[:limit]
     stages = await repository.fetch_stages(pool, [r["id"] for r in page])

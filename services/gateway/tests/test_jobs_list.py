@@ -1,0 +1,107 @@
+"""Listing jobs with filters, and the per-job summary, on the real database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SHORT = (FIXTURES / "short_en.ogg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+async def client(start_gateway):
+    async with start_gateway() as c:
+        yield c
+
+
+async def job_named(client, headers, filename: str) -> uuid.UUID:
+    response = await client.post(
+        "/jobs",
+        headers=headers,
+        params={"force": "true"},
+        files={"file": (filename, SHORT, "application/octet-stream")},
+    )
+    assert response.status_code == 202, response.text
+    return uuid.UUID(response.json()["id"])
+
+
+async def set_stages(db, job_id, **states: str) -> None:
+    for stage, state in states.items():
+        await db.execute(
+            "INSERT INTO job_stages (job_id, stage, state, metrics) VALUES ($1, $2, $3, $4)",
+            job_id,
+            stage,
+            state,
+            {
+                "model": "tiny.en",
+                "device": "cpu",
+                "language": "en",
+                "language_probability": 0.97,
+                "audio_duration_s": 3.4,
+                "queue_wait_s": 0.25,
+                "real_time_factor": 0.08,
+                "transcribe_s": 0.27,
+                "unrelated": 1,
+            }
+            if stage == "transcribe"
+            else {},
+        )
+
+
+async def names(client, headers, **params) -> list[str]:
+    response = await client.get("/jobs", headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    return [j["filename"] for j in response.json()["items"]]
+
+
+async def test_filters_by_state_name_and_time(client, token, db):
+    headers = token(f"lena-{uuid.uuid4().hex[:6]}")
+    done = await job_named(client, headers, "meeting 100% done.ogg")
+    failed = await job_named(client, headers, "standup_failed.ogg")
+    await job_named(client, headers, "queued.ogg")
+    rerun = await job_named(client, headers, "rerun.ogg")
+    await set_stages(db, done, transcribe="done", chunk="done", embed="done")
+    await set_stages(db, failed, transcribe="failed")
+    await set_stages(db, rerun, transcribe="done", chunk="done", embed="done")
+    await db.execute("UPDATE jobs SET generation = 1, rerun_from = 'chunk' WHERE id = $1", rerun)
+
+    assert await names(client, headers, state="done") == ["meeting 100% done.ogg"]
+    assert set(await names(client, headers, state=["failed", "queued"])) == {
+        "standup_failed.ogg",
+        "queued.ogg",
+    }
+    assert await names(client, headers, state="running") == ["rerun.ogg"]  # its old run is stale
+    # LIKE wildcards in the search text are literal characters.
+    assert await names(client, headers, filename="100%") == ["meeting 100% done.ogg"]
+    assert await names(client, headers, filename="_FAILED") == ["standup_failed.ogg"]
+    assert await names(client, headers, filename="%") == ["meeting 100% done.ogg"]
+    now = datetime.now(UTC)
+    assert (
+        len(await names(client, headers, created_from=(now - timedelta(minutes=5)).isoformat()))
+        == 4
+    )
+    assert await names(client, headers, created_to=(now - timedelta(minutes=5)).isoformat()) == []
+    bad = await client.get("/jobs", headers=headers, params={"state": "sleeping"})
+    assert bad.status_code == 422
+
+
+async def test_job_view_summarises_the_transcription(client, token, db):
+    headers = token("lena")
+    job_id = await job_named(client, headers, "summary.ogg")
+    await set_stages(db, job_id, transcribe="done")
+    summary = (await client.get(f"/jobs/{job_id}", headers=headers)).json()["summary"]
+    assert summary == {
+        "language": "en",
+        "language_probability": 0.97,
+        "model": "tiny.en",
+        "device": "cpu",
+        "audio_duration_s": 3.4,
+        "queue_wait_s": 0.25,
+        "decode_s": None,
+        "transcribe_s": 0.27,
+        "real_time_factor": 0.08,
+    }
