@@ -16,6 +16,7 @@ from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
 from mxw_gateway.jobs.routes import router as jobs_router
+from mxw_gateway.openai_api.routes import router as openai_router
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
 
@@ -51,6 +52,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health_router(lambda: runtime))
     app.include_router(jobs_router)
+    app.include_router(openai_router)
     app.include_router(search_router)
     app.include_router(admin_router)
     if settings.dev_jwks_path is not None:

@@ -36,3 +36,27 @@ class GatewaySettings(CommonSettings):
 
     jobs_default_page_size: int = 20
     jobs_max_page_size: int = 100
+
+    # ---- OpenAI-compatible transcription API (/v1) ----
+    # Whisper models /v1/models lists and /v1/audio/transcriptions accepts. Static: the
+    # gateway does not load models; keep it to what the transcriber can serve here
+    # (mxw_transcriber.models: tiny.en and base ship as packages, small when installed).
+    openai_models: list[str] = Field(default_factory=lambda: ["tiny.en", "base", "small"])
+    # "whisper-1" (OpenAI's name) maps to this model; None: the transcriber's default.
+    openai_default_model: str | None = None
+    # How long a request waits for its transcript before answering 202 with the job to poll.
+    openai_wait_s: float = Field(default=300.0, ge=0)
+    openai_poll_interval_s: float = Field(default=0.25, gt=0)
+
+    # ---- Ingest from a URL (POST /jobs/from-url) ----
+    # Private, loopback, link-local, multicast and reserved targets are refused unless
+    # ingest_allow_private, or the address lies in ingest_allowed_networks (CIDR list).
+    ingest_allow_private: bool = False
+    ingest_allowed_networks: list[str] = Field(default_factory=list)
+    # None: the upload limit (max_upload_bytes).
+    ingest_max_bytes: int | None = Field(default=None, gt=0)
+    # The whole download (every redirect included) must finish within this.
+    ingest_timeout_s: float = Field(default=300.0, gt=0)
+    ingest_connect_timeout_s: float = Field(default=10.0, gt=0)
+    ingest_max_redirects: int = Field(default=5, ge=0)
+    ingest_max_url_chars: int = 2048

@@ -1,0 +1,214 @@
+"""Pure rules of the OpenAI-compatible API: request fields → job options, and a stored
+transcript → OpenAI's response formats."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast, get_args
+
+from mxw_shared.contracts import JobOptions, Task
+from pydantic import ValidationError
+
+from mxw_gateway.jobs import subtitles
+from mxw_gateway.openai_api.schemas import (
+    Granularity,
+    ResponseFormat,
+    Segment,
+    Transcription,
+    Usage,
+    VerboseTranscription,
+    Word,
+)
+
+OPENAI_MODEL = "whisper-1"
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+# Fields the OpenAI clients send that change nothing here: accepted, not honoured.
+IGNORED_FIELDS = frozenset({"temperature", "chunking_strategy", "include[]", "stream"})
+SCALAR_FIELDS = frozenset({"model", "language", "prompt", "response_format"}) | IGNORED_FIELDS
+LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
+
+# Whisper's language names for the codes OpenAI's verbose_json spells out; other codes are
+# returned as they are.
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "english",
+    "de": "german",
+    "fr": "french",
+    "es": "spanish",
+    "it": "italian",
+    "pt": "portuguese",
+    "nl": "dutch",
+    "pl": "polish",
+    "ru": "russian",
+    "uk": "ukrainian",
+    "sv": "swedish",
+    "da": "danish",
+    "no": "norwegian",
+    "fi": "finnish",
+    "cs": "czech",
+    "tr": "turkish",
+    "ar": "arabic",
+    "he": "hebrew",
+    "hi": "hindi",
+    "zh": "chinese",
+    "ja": "japanese",
+    "ko": "korean",
+}
+
+
+class InvalidRequest(ValueError):
+    """A request field OpenAI's API would refuse too; `param` names it."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    options: JobOptions
+    response_format: ResponseFormat
+    granularities: frozenset[str]
+
+
+def resolve_model(name: str, served: Sequence[str], default: str | None) -> str | None:
+    """The transcriber model for an OpenAI model name; None: the transcriber's default."""
+    if name == OPENAI_MODEL:
+        return default
+    if name in served:
+        return name
+    raise InvalidRequest(
+        f"model {name!r} does not exist; use {OPENAI_MODEL} or one of: {', '.join(served)}",
+        "model",
+    )
+
+
+def parse_request(
+    fields: Mapping[str, str],
+    granularities: Sequence[str],
+    served_models: Sequence[str],
+    default_model: str | None,
+) -> TranscriptionRequest:
+    model_name = fields.get("model", "").strip()
+    if not model_name:
+        raise InvalidRequest("you must provide a model parameter", "model")
+    model = resolve_model(model_name, served_models, default_model)
+    response_format = fields.get("response_format", "").strip() or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "response_format"
+        )
+    for granularity in granularities:
+        if granularity not in GRANULARITIES:
+            raise InvalidRequest(
+                "timestamp_granularities must be word and/or segment", "timestamp_granularities"
+            )
+    temperature = fields.get("temperature", "").strip()
+    if temperature:
+        try:
+            value = float(temperature)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise InvalidRequest("temperature must be a number from 0 to 1", "temperature")
+    if fields.get("stream", "").strip().lower() in ("true", "1"):
+        raise InvalidRequest("streaming transcriptions are not supported", "stream")
+    try:
+        options = JobOptions(
+            model=model,
+            language=fields.get("language") or None,
+            initial_prompt=fields.get("prompt") or None,
+            task=Task.transcribe,
+            word_timestamps="word" in granularities,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = {"initial_prompt": "prompt"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise InvalidRequest(f"{param}: {first['msg']}", param) from exc
+    return TranscriptionRequest(
+        options=options,
+        response_format=cast(ResponseFormat, response_format),
+        granularities=frozenset(granularities or ("segment",)),
+    )
+
+
+def language_name(code: str | None) -> str:
+    if not code:
+        return "unknown"
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def usage(duration_s: float) -> Usage:
+    return Usage(seconds=math.ceil(max(duration_s, 0.0)))
+
+
+@dataclass(frozen=True)
+class StoredSegment:
+    index: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float | None
+    no_speech_prob: float | None
+    words: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class StoredTranscript:
+    language: str | None
+    duration_s: float
+    text: str
+    task: str
+    segments: list[StoredSegment]
+
+
+def verbose(transcript: StoredTranscript, granularities: frozenset[str]) -> VerboseTranscription:
+    words: list[Word] | None = None
+    if "word" in granularities:
+        words = [
+            Word(word=str(w["word"]), start=float(w["start"]), end=float(w["end"]))
+            for s in transcript.segments
+            for w in s.words or []
+        ]
+    segments: list[Segment] | None = None
+    if "segment" in granularities:
+        segments = [
+            Segment(
+                id=s.index,
+                start=s.start,
+                end=s.end,
+                text=s.text,
+                avg_logprob=s.avg_logprob or 0.0,
+                no_speech_prob=s.no_speech_prob or 0.0,
+            )
+            for s in transcript.segments
+        ]
+    return VerboseTranscription(
+        task="translate" if transcript.task == Task.translate else "transcribe",
+        language=language_name(transcript.language),
+        duration=transcript.duration_s,
+        text=transcript.text,
+        segments=segments,
+        words=words,
+        usage=usage(transcript.duration_s),
+    )
+
+
+def render(
+    transcript: StoredTranscript, response_format: ResponseFormat, granularities: frozenset[str]
+) -> tuple[str, str]:
+    """(body, media type) in OpenAI's response format."""
+    if response_format == "json":
+        body = Transcription(text=transcript.text, usage=usage(transcript.duration_s))
+        return body.model_dump_json(exclude_none=True), "application/json"
+    if response_format == "verbose_json":
+        return verbose(transcript, granularities).model_dump_json(
+            exclude_none=True
+        ), "application/json"
+    if response_format == "srt":
+        return subtitles.to_srt(transcript.segments), "application/x-subrip; charset=utf-8"
+    if response_format == "vtt":
+        return subtitles.to_vtt(transcript.segments), "text/vtt; charset=utf-8"
+    return transcript.text.strip() + "\n", "text/plain; charset=utf-8"

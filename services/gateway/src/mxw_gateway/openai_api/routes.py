@@ -1,0 +1,156 @@
+"""OpenAI-compatible routes: POST /v1/audio/transcriptions and GET /v1/models, so tools that
+speak OpenAI's audio API (the official clients among them) use the pipeline unchanged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from mxw_shared.problems import PROBLEM_JSON
+
+from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.openai_api import service
+from mxw_gateway.openai_api.domain import OPENAI_MODEL, RESPONSE_FORMATS, render
+from mxw_gateway.openai_api.schemas import (
+    ModelCard,
+    ModelList,
+    PendingTranscription,
+    Transcription,
+    VerboseTranscription,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {}}}
+
+
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {
+                            "type": "string",
+                            "description": f"{OPENAI_MODEL} (the default model) or a "
+                            "model of GET /v1/models.",
+                            "example": OPENAI_MODEL,
+                        },
+                        "language": {"type": "string", "example": "en"},
+                        "prompt": {"type": "string"},
+                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+                        "timestamp_granularities[]": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": ["word", "segment"]},
+                        },
+                        "temperature": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "description": "Accepted and ignored: the transcriber decodes "
+                            "with its own temperature fallback schedule.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/audio/transcriptions",
+    openapi_extra=_BODY,
+    response_model=Transcription | VerboseTranscription,
+    responses={
+        200: {
+            "description": "The transcript in the requested response_format.",
+            "content": {
+                "text/plain": {},
+                "application/x-subrip": {},
+                "text/vtt": {},
+            },
+        },
+        202: {
+            "model": PendingTranscription,
+            "description": "Not transcribed within the wait: poll the job (Location).",
+        },
+        400: _error("Invalid field, unknown model or a file that is not audio."),
+        409: _error("The job was cancelled."),
+        413: _error("The file is larger than the upload limit."),
+        415: _error("Not multipart/form-data."),
+        422: _error("The job failed on this audio or these options (the reason is given)."),
+        502: _error("The job failed after every retry."),
+    },
+    summary="Transcribe audio (OpenAI-compatible)",
+    description="Runs through the same pipeline as POST /jobs and waits for the transcript "
+    "(at most the gateway's openai_wait_s). `temperature` is accepted and ignored.",
+    operation_id="create_transcription",
+)
+async def create_transcription(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+) -> Response:
+    submitted = await service.submit(
+        body=request.stream(),
+        content_type=request.headers.get("content-type"),
+        user=user,
+        settings=settings,
+        pool=pool,
+        store=store,
+    )
+    view, transcript = await service.wait_for_transcript(pool, settings, user, submitted.job_id)
+    if transcript is None:
+        pending = PendingTranscription(
+            job_id=view.id,
+            state=view.state.value,
+            job=view.links.job,
+            transcript=view.links.transcript,
+        )
+        return JSONResponse(
+            pending.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": view.links.job, "Retry-After": "5"},
+        )
+    body, media_type = render(
+        transcript, submitted.request.response_format, submitted.request.granularities
+    )
+    return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+
+
+def _models(settings: SettingsDep) -> list[ModelCard]:
+    return [ModelCard(id=name) for name in (OPENAI_MODEL, *settings.openai_models)]
+
+
+@router.get("/models", response_model=ModelList, summary="Models (OpenAI-compatible)")
+async def list_models(user: CurrentUserDep, settings: SettingsDep) -> ModelList:
+    return ModelList(data=_models(settings))
+
+
+@router.get(
+    "/models/{model}",
+    response_model=ModelCard,
+    responses={404: _error("No such model.")},
+    summary="One model (OpenAI-compatible)",
+)
+async def get_model(model: str, user: CurrentUserDep, settings: SettingsDep) -> ModelCard:
+    for card in _models(settings):
+        if card.id == model:
+            return card
+    raise service.openai_error(
+        404,
+        f"the model {model!r} does not exist",
+        param="model",
+        code="model_not_found",
+        title="Not found",
+    )

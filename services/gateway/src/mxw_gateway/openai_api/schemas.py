@@ -1,0 +1,85 @@
+"""Response shapes of the OpenAI-compatible API (the fields OpenAI's own API returns)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+Granularity = Literal["word", "segment"]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "mxwhisper"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: int = Field(ge=0, description="Audio duration, rounded up to the second.")
+
+
+class Transcription(BaseModel):
+    """response_format=json."""
+
+    text: str
+    usage: Usage | None = None
+
+
+class Word(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class Segment(BaseModel):
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+class VerboseTranscription(BaseModel):
+    """response_format=verbose_json."""
+
+    task: Literal["transcribe", "translate"]
+    language: str = Field(description="Language name in lower case, as OpenAI writes it.")
+    duration: float
+    text: str
+    segments: list[Segment] | None = Field(
+        default=None, description="With the segment granularity (the default)."
+    )
+    words: list[Word] | None = Field(default=None, description="With the word granularity.")
+    usage: Usage | None = None
+
+
+class PendingTranscription(BaseModel):
+    """202: the transcript was not ready within the wait; poll the job."""
+
+    object: Literal["transcription.job"] = "transcription.job"
+    job_id: uuid.UUID
+    state: str
+    job: str = Field(description="URL of the job (also in the Location header).")
+    transcript: str = Field(description="URL of the transcript once the job is done.")

@@ -1,0 +1,260 @@
+"""The OpenAI-compatible API, end to end: the official `openai` client talks to a gateway
+served by uvicorn on a local port; the gateway's outbox relay publishes audio.uploaded to the
+real broker, where an in-process transcriber (real tiny.en) picks it up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+from asgi_lifespan import LifespanManager
+from mxw_gateway.main import create_app
+from mxw_gateway.settings import GatewaySettings
+from mxw_local.infra import free_port
+from mxw_transcriber.main import create_app as create_transcriber
+from mxw_transcriber.settings import TranscriberSettings
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SHORT = FIXTURES / "short_en.ogg"
+SOLAR = FIXTURES / "solar_and_bread.ogg"
+EXPECTED = json.loads((FIXTURES / "sentences.json").read_text())["short_en"]["text"]
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def assert_heard(text: str) -> None:
+    expected = words(EXPECTED)
+    # tiny.en on synthetic speech: most words, not necessarily every one.
+    assert len(expected & words(text)) >= len(expected) - 2, text
+
+
+@pytest.fixture(scope="module")
+async def transcriber(infra):
+    settings = infra.settings(
+        TranscriberSettings,
+        "transcriber",
+        default_model="tiny.en",
+        model_cache_dir=infra.root / "models",
+        progress_interval_s=0.0,
+    )
+    async with LifespanManager(
+        create_transcriber(settings), startup_timeout=120, shutdown_timeout=60
+    ):
+        yield
+
+
+@pytest.fixture(scope="module")
+async def gateway_url(infra, transcriber):
+    """The gateway served for real (uvicorn, TCP on 127.0.0.1) so the client is unchanged;
+    its blob root is the transcriber's (infra default), as in the stack."""
+    port = free_port()
+    settings = infra.settings(
+        GatewaySettings,
+        "gateway",
+        openai_wait_s=120.0,
+        openai_poll_interval_s=0.1,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(600):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "the gateway did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 60)
+
+
+@pytest.fixture(scope="module")
+def api_key(dev_issuer) -> str:
+    return str(dev_issuer.mint("olga-openai"))
+
+
+@pytest.fixture(scope="module")
+async def client(gateway_url, api_key):
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway_url}/v1", api_key=api_key, max_retries=0, timeout=180
+    ) as c:
+        yield c
+
+
+async def test_models_lists_whisper_1_and_the_served_models(client):
+    models = await client.models.list()
+    ids = [m.id for m in models.data]
+    assert ids[0] == "whisper-1"
+    assert {"tiny.en", "base", "small"} <= set(ids)
+    assert (await client.models.retrieve("tiny.en")).id == "tiny.en"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-4o")
+
+
+async def test_json(client, db):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", file=SHORT.open("rb"), response_format="json", temperature=0.2
+    )
+    assert_heard(result.text)
+    # It ran through the pipeline: a job of this user with this transcript.
+    text = await db.fetchval(
+        "SELECT t.text FROM transcripts t JOIN jobs j ON j.id = t.job_id"
+        " WHERE j.owner_id = 'olga-openai' ORDER BY j.created_at DESC LIMIT 1"
+    )
+    assert text.strip() == result.text
+
+
+async def test_text(client):
+    result = await client.audio.transcriptions.create(
+        model="tiny.en", file=SHORT.open("rb"), response_format="text"
+    )
+    assert isinstance(result, str)
+    assert not result.lstrip().startswith("{")
+    assert_heard(result)
+
+
+async def test_srt(client):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", file=SHORT.open("rb"), response_format="srt"
+    )
+    assert re.match(r"1\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}\n\S", result), result
+    assert_heard(result)
+
+
+async def test_vtt(client):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", file=SHORT.open("rb"), response_format="vtt"
+    )
+    assert result.startswith("WEBVTT\n")
+    assert re.search(r"00:00:\d\d\.\d{3} --> 00:00:\d\d\.\d{3}\n\S", result), result
+    assert_heard(result)
+
+
+async def test_verbose_json_with_segments(client):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", file=SHORT.open("rb"), response_format="verbose_json"
+    )
+    assert result.language == "english"
+    assert 2.0 < result.duration < 10.0
+    assert result.segments
+    assert result.segments[0].id == 0
+    assert all(s.end >= s.start for s in result.segments)
+    assert result.words is None  # only asked for segments (the default)
+    assert_heard(result.text)
+
+
+async def test_verbose_json_with_words_and_segments(client, db):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1",
+        file=SHORT.open("rb"),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        language="en",
+        prompt="Foxes and dogs.",
+    )
+    assert result.words, "word granularity gives words"
+    assert result.segments
+    assert_heard(" ".join(w.word for w in result.words))
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts)
+    # The options reached the job: a separate job with word timestamps, language and prompt.
+    options = await db.fetchval(
+        "SELECT options FROM jobs WHERE owner_id = 'olga-openai'"
+        " AND (options->>'word_timestamps')::boolean ORDER BY created_at DESC LIMIT 1"
+    )
+    assert options["language"] == "en"
+    assert options["initial_prompt"] == "Foxes and dogs."
+
+
+async def test_same_audio_and_options_reuse_the_job(client, db):
+    before = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
+    await client.audio.transcriptions.create(model="whisper-1", file=SHORT.open("rb"))
+    after = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
+    assert after == before
+
+
+async def test_unknown_model_is_an_openai_error(client, db):
+    before = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.audio.transcriptions.create(model="whisper-9000", file=SHORT.open("rb"))
+    assert "whisper-9000" in caught.value.message
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["param"] == "model"
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'") == before
+
+
+async def test_not_audio_is_refused(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("notes.wav", b"this is not audio at all", "audio/wav")
+        )
+    assert "invalid file format" in caught.value.message
+
+
+async def test_failed_job_reports_its_reason(client):
+    # "small" is listed but not installed on this machine: the transcriber refuses it at
+    # once, so the job fails and the request gets the job's reason.
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.audio.transcriptions.create(model="small", file=SOLAR.open("rb"))
+    assert caught.value.status_code == 422
+    assert "transcribe failed" in caught.value.message
+    assert "small" in caught.value.message
+
+
+async def test_no_token_is_401(gateway_url):
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway_url}/v1", api_key="not-a-token", max_retries=0
+    ) as anonymous:
+        with pytest.raises(openai.AuthenticationError):
+            await anonymous.models.list()
+
+
+async def test_timeout_answers_202_with_the_job_to_poll(start_gateway, token, db):
+    async with start_gateway(openai_wait_s=0.0) as gateway:
+        response = await gateway.post(
+            "/v1/audio/transcriptions",
+            headers=token("olga-openai"),
+            files={"file": ("solar.ogg", SOLAR.read_bytes(), "audio/ogg")},
+            data={"model": "tiny.en", "response_format": "json"},
+        )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    job_id = uuid.UUID(body["job_id"])
+    assert body["state"] in ("queued", "running")
+    assert response.headers["location"] == f"http://gateway.test/jobs/{job_id}"
+    assert body["job"] == response.headers["location"]
+    assert await db.fetchval("SELECT owner_id FROM jobs WHERE id = $1", job_id) == "olga-openai"
+
+
+async def test_bad_fields_are_400(start_gateway, token):
+    async with start_gateway() as gateway:
+        for data, param in [
+            ({"model": "whisper-1", "response_format": "xml"}, "response_format"),
+            ({"model": "whisper-1", "temperature": "7"}, "temperature"),
+            ({"model": "whisper-1", "timestamp_granularities[]": "char"}, None),
+            ({"model": "whisper-1", "colour": "blue"}, "colour"),
+            ({}, "model"),
+        ]:
+            response = await gateway.post(
+                "/v1/audio/transcriptions",
+                headers=token("olga-openai"),
+                files={"file": ("short.ogg", SHORT.read_bytes(), "audio/ogg")},
+                data=data,
+            )
+            assert response.status_code == 400, (data, response.text)
+            assert response.headers["content-type"].startswith("application/problem+json")
+            error = response.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            if param:
+                assert error["param"] == param
