@@ -28,6 +28,8 @@ def start_gateway(infra):
             "blob_root": infra.root / "gateway-blobs",
             "max_upload_bytes": UPLOAD_LIMIT,
             "public_base_url": "http://gateway.test",
+            # Tests call fast and often; test_hygiene sets real limits to test them.
+            "rate_limits": {"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
         }
         values.update(overrides)
         app = create_app(infra.settings(GatewaySettings, "gateway", **values))

@@ -15,6 +15,8 @@ from mxw_shared.service import ServiceRuntime, health_router, serve
 
 from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
+from mxw_gateway.hygiene import RateLimitSearch, install_hygiene
+from mxw_gateway.ingest.routes import router as ingest_router
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.openai_api.routes import router as openai_router
 from mxw_gateway.search.routes import router as search_router
@@ -49,11 +51,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.rate_limiters = {}
     install_problem_handlers(app)
+    install_hygiene(app, settings)
     app.include_router(health_router(lambda: runtime))
+    app.include_router(ingest_router)
     app.include_router(jobs_router)
     app.include_router(openai_router)
-    app.include_router(search_router)
+    app.include_router(search_router, dependencies=[RateLimitSearch])
     app.include_router(admin_router)
     if settings.dev_jwks_path is not None:
         app.include_router(dev_jwks_router(settings.dev_jwks_path))

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from mxw_shared.settings import CommonSettings
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 
 class GatewaySettings(CommonSettings):
@@ -33,6 +33,20 @@ class GatewaySettings(CommonSettings):
 
     # Set by the local stack: serve the dev issuer's JWKS at /.well-known/jwks.json.
     dev_jwks_path: Path | None = None
+
+    # Browsers on these origins may call the API; credentials with "*" are refused.
+    cors_origins: list[str] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    # Per user and replica: (requests per minute, burst).
+    rate_limits: dict[str, tuple[float, int]] = Field(
+        default_factory=lambda: {"uploads": (60.0, 20), "search": (600.0, 60)}
+    )
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> "GatewaySettings":
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError("CORS: a wildcard origin cannot be combined with credentials")
+        return self
 
     jobs_default_page_size: int = 20
     jobs_max_page_size: int = 100

@@ -12,6 +12,7 @@ from mxw_shared.contracts import JobState
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.jobs import service
 from mxw_gateway.jobs.schemas import (
     ChunkList,
@@ -100,6 +101,7 @@ async def _upload(
     openapi_extra=_UPLOAD_BODY,
     summary="Upload audio (alias of POST /jobs)",
     operation_id="upload_alias",
+    dependencies=[RateLimitUploads],
 )
 @router.post(
     "/jobs",
@@ -109,6 +111,7 @@ async def _upload(
     openapi_extra=_UPLOAD_BODY,
     summary="Upload audio and start a job",
     operation_id="create_job",
+    dependencies=[RateLimitUploads],
 )
 async def create_job(
     request: Request,

@@ -1,81 +1,260 @@
-"""Hybrid search SQL: pgvector nearest neighbours and Postgres full-text, fused by
-reciprocal rank, always scoped to an owner unless an admin asked for everything."""
+"""Search SQL: pgvector nearest neighbours (HNSW) and Postgres full-text (GIN), alone or
+fused by reciprocal rank, always scoped to an owner unless an admin asked for everything.
+
+How owner and job filters keep every row under HNSW (measured in bench/search_bench.py,
+figures in docs/benchmarks.md): the vector scan runs with pgvector's iterative index scan
+(`hnsw.iterative_scan = relaxed_order`), so a filtered scan keeps walking the graph until
+it has the candidates it was asked for instead of stopping at `ef_search` tuples. An
+iterative scan still gives up after `hnsw.max_scan_tuples`; for a caller who owns a tiny
+fraction of a large table that can be before enough of their rows were met, so when the
+index scan comes back short the same query runs exactly (the caller's rows through the
+owner/job b-tree, sorted by distance) — cheap precisely because the scope is small.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
 from mxw_shared.db import Pool
 
 
-async def hybrid_search(
-    pool: Pool,
-    *,
-    query_text: str,
-    query_vector: list[float],
-    owner_id: str | None,
-    job_id: uuid.UUID | None,
-    candidates: int,
-    limit: int,
-    rrf_k: int,
-    ef_search: int,
-) -> list[asyncpg.Record]:
-    args: list[Any] = [query_vector, query_text, candidates, limit, rrf_k]
-    vec_filters: list[str] = []
-    txt_filters: list[str] = []
-    if owner_id is not None:
-        args.append(owner_id)
-        vec_filters.append(f"e.owner_id = ${len(args)}")
-        txt_filters.append(f"c.owner_id = ${len(args)}")
-    if job_id is not None:
-        args.append(job_id)
-        vec_filters.append(f"e.job_id = ${len(args)}")
-        txt_filters.append(f"c.job_id = ${len(args)}")
-    vec_where = f"WHERE {' AND '.join(vec_filters)}" if vec_filters else ""
-    txt_and = "".join(f" AND {f}" for f in txt_filters)
-    # The final join re-checks the scope on chunks itself, whatever the embeddings claim.
-    final_where = f"WHERE {' AND '.join(txt_filters)}" if txt_filters else ""
-    sql = f"""
-        WITH nearest AS MATERIALIZED (
+class SearchMode(StrEnum):
+    hybrid = "hybrid"
+    vector = "vector"
+    text = "text"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which chunks a search may see. `owner_id` None: every user's (admins only)."""
+
+    owner_id: str | None
+    job_ids: tuple[uuid.UUID, ...] = ()
+    language: str | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    exclude_chunk_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    candidates: int
+    rrf_k: int
+    ef_search: int
+    max_scan_tuples: int
+
+
+HEADLINE_OPTIONS = "StartSel=<mark>, StopSel=</mark>, HighlightAll=true"
+
+
+class _Args:
+    """Positional SQL parameters, numbered as they are added."""
+
+    def __init__(self, *initial: Any) -> None:
+        self.values: list[Any] = list(initial)
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _scope_filters(scope: Scope, args: _Args, alias: str) -> list[str]:
+    """Conditions on `alias` (chunk_embeddings e or chunks c: both carry owner_id, job_id)."""
+    filters: list[str] = []
+    if scope.owner_id is not None:
+        filters.append(f"{alias}.owner_id = {args.add(scope.owner_id)}")
+    if scope.job_ids:
+        filters.append(f"{alias}.job_id = ANY({args.add(list(scope.job_ids))}::uuid[])")
+    job_conditions: list[str] = []
+    if scope.language is not None:
+        job_conditions.append(
+            f"EXISTS (SELECT 1 FROM transcripts t WHERE t.job_id = j.id "
+            f"AND lower(t.language) = lower({args.add(scope.language)}))"
+        )
+    if scope.created_from is not None:
+        job_conditions.append(f"j.created_at >= {args.add(scope.created_from)}")
+    if scope.created_to is not None:
+        job_conditions.append(f"j.created_at < {args.add(scope.created_to)}")
+    if job_conditions:
+        # Job-level filters become a set of job ids (hashed by the planner), so the vector
+        # scan stays an index scan filtered row by row.
+        filters.append(
+            f"{alias}.job_id IN (SELECT j.id FROM jobs j WHERE {' AND '.join(job_conditions)})"
+        )
+    if scope.exclude_chunk_id is not None:
+        column = "chunk_id" if alias == "e" else "id"
+        filters.append(f"{alias}.{column} <> {args.add(scope.exclude_chunk_id)}")
+    return filters
+
+
+def _vector_ctes(vec_where: str) -> str:
+    """`nearest`: the candidates by cosine distance. The index scan first; if it came back
+    short (a scope so small the iterative scan gave up), the exact scan of the scope —
+    `+ 0` keeps the planner off the HNSW index there. Only one of the two is executed."""
+    return f"""
+        nearest_ann AS MATERIALIZED (
             SELECT e.chunk_id, e.embedding <=> $1 AS distance
-            FROM chunk_embeddings e
-            {vec_where}
+            FROM chunk_embeddings e {vec_where}
             ORDER BY e.embedding <=> $1
             LIMIT $3
         ),
-        vec AS (
-            SELECT chunk_id, row_number() OVER (ORDER BY distance, chunk_id) AS rank
-            FROM nearest
+        nearest_exact AS MATERIALIZED (
+            SELECT e.chunk_id, (e.embedding <=> $1) + 0 AS distance
+            FROM chunk_embeddings e {vec_where}
+            ORDER BY (e.embedding <=> $1) + 0
+            LIMIT $3
         ),
+        nearest AS (
+            SELECT * FROM nearest_ann WHERE (SELECT count(*) FROM nearest_ann) >= $3
+            UNION ALL
+            SELECT * FROM nearest_exact WHERE (SELECT count(*) FROM nearest_ann) < $3
+        ),
+        vec AS (
+            SELECT chunk_id, distance,
+                   row_number() OVER (ORDER BY distance, chunk_id) AS rank
+            FROM nearest
+        )"""
+
+
+def _text_cte(txt_and: str) -> str:
+    return f"""
         words AS (
-            SELECT c.id AS chunk_id,
+            SELECT c.id AS chunk_id, ts_rank_cd(c.tsv, q) AS text_score,
                    row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q) DESC, c.id) AS rank
             FROM chunks c, websearch_to_tsquery('english', $2) AS q
             WHERE c.tsv @@ q{txt_and}
             ORDER BY ts_rank_cd(c.tsv, q) DESC, c.id
             LIMIT $3
-        ),
+        )"""
+
+
+def build_search_sql(mode: SearchMode, scope: Scope, tuning: Tuning) -> tuple[str, _Args]:
+    """SQL and parameters: $1 query vector (NULL in text mode), $2 query text ('' for
+    "more like this"), $3 candidates per ranked list, $4 rows wanted, $5 offset, $6 RRF k."""
+    args = _Args(None, None, tuning.candidates, 0, 0, tuning.rrf_k)
+    vec_filters = _scope_filters(scope, args, "e")
+    txt_filters = _scope_filters(scope, args, "c")
+    vec_where = f"WHERE {' AND '.join(vec_filters)}" if vec_filters else ""
+    txt_and = "".join(f" AND {f}" for f in txt_filters)
+    # The final join re-checks the scope on chunks itself, whatever the embeddings claim.
+    final_where = f"WHERE {' AND '.join(txt_filters)}" if txt_filters else ""
+    ctes: list[str] = []
+    if mode is SearchMode.text:
+        ctes.append(_text_cte(txt_and))
+        fused = """
+        fused AS (
+            SELECT w.chunk_id, w.text_score AS score, NULL::bigint AS vector_rank,
+                   w.rank AS text_rank
+            FROM words w
+        )"""
+    elif mode is SearchMode.vector:
+        ctes.append(_vector_ctes(vec_where))
+        fused = """
+        fused AS (
+            SELECT v.chunk_id, 1 - v.distance AS score, v.rank AS vector_rank,
+                   NULL::bigint AS text_rank
+            FROM vec v
+        )"""
+    else:
+        ctes.append(_vector_ctes(vec_where))
+        ctes.append(_text_cte(txt_and))
+        fused = """
         fused AS (
             SELECT coalesce(v.chunk_id, w.chunk_id) AS chunk_id,
-                   coalesce(1.0 / ($5 + v.rank), 0) + coalesce(1.0 / ($5 + w.rank), 0) AS score,
+                   coalesce(1.0 / ($6 + v.rank), 0) + coalesce(1.0 / ($6 + w.rank), 0) AS score,
                    v.rank AS vector_rank, w.rank AS text_rank
             FROM vec v FULL OUTER JOIN words w ON v.chunk_id = w.chunk_id
+        )"""
+    ctes.append(fused)
+    headline = (
+        f"ts_headline('english', c.text, websearch_to_tsquery('english', $2), '{HEADLINE_OPTIONS}')"
+    )
+    # `params` is never read: it types every parameter, whichever of them a mode uses.
+    sql = f"""
+        WITH params AS (SELECT $1::vector AS v, $2::text AS t, $3::int AS n, $4::int AS l,
+                               $5::int AS o, $6::int AS k),
+        {",".join(ctes)},
+        page AS (
+            SELECT f.*, c.job_id
+            FROM fused f JOIN chunks c ON c.id = f.chunk_id
+            {final_where}
+            ORDER BY f.score DESC, f.text_rank IS NOT NULL DESC, f.vector_rank, f.chunk_id
+            LIMIT $4 OFFSET $5
         )
-        SELECT c.id AS chunk_id, c.job_id, c.idx, c.text, c.topic, c.keywords, c.start_s,
-               c.end_s, j.filename, f.score, f.vector_rank, f.text_rank
-        FROM fused f
-        JOIN chunks c ON c.id = f.chunk_id
+        SELECT c.id AS chunk_id, c.job_id, c.idx, c.text, c.title, c.topic, c.keywords,
+               c.start_s, c.end_s, j.filename, t.language, p.score, p.vector_rank,
+               p.text_rank,
+               CASE WHEN $2::text IS NULL OR $2::text = '' THEN NULL ELSE {headline} END
+                   AS highlight
+        FROM page p
+        JOIN chunks c ON c.id = p.chunk_id
         JOIN jobs j ON j.id = c.job_id
-        {final_where}
-        ORDER BY f.score DESC, f.text_rank IS NOT NULL DESC, f.vector_rank, c.id
-        LIMIT $4
+        LEFT JOIN transcripts t ON t.job_id = c.job_id
+        ORDER BY p.score DESC, p.text_rank IS NOT NULL DESC, p.vector_rank, p.chunk_id
     """
+    return sql, args
+
+
+async def _run(pool: Pool, sql: str, args: list[Any], tuning: Tuning) -> list[asyncpg.Record]:
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         # Filtered HNSW scans stop at ef_search candidates and could return fewer rows than
         # asked for; iterative scans keep walking the graph until the filter is satisfied.
         await conn.execute("SET LOCAL hnsw.iterative_scan = 'relaxed_order'")
-        await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+        await conn.execute(f"SET LOCAL hnsw.ef_search = {int(tuning.ef_search)}")
+        await conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(tuning.max_scan_tuples)}")
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
+
+
+async def search(
+    pool: Pool,
+    *,
+    mode: SearchMode,
+    query_text: str,
+    query_vector: list[float] | None,
+    scope: Scope,
+    tuning: Tuning,
+    limit: int,
+    offset: int,
+) -> list[asyncpg.Record]:
+    """One page of results (`limit` rows from `offset`) in rank order."""
+    sql, args = build_search_sql(mode, scope, tuning)
+    args.values[0] = query_vector
+    args.values[1] = query_text
+    args.values[3] = limit
+    args.values[4] = offset
+    return await _run(pool, sql, args.values, tuning)
+
+
+async def explain_search(
+    pool: Pool,
+    *,
+    mode: SearchMode,
+    query_text: str,
+    query_vector: list[float] | None,
+    scope: Scope,
+    tuning: Tuning,
+    limit: int,
+) -> str:
+    """The executed plan of a search (EXPLAIN ANALYZE), for tests and benchmarks."""
+    sql, args = build_search_sql(mode, scope, tuning)
+    args.values[0] = query_vector
+    args.values[1] = query_text
+    args.values[3] = limit
+    rows = await _run(pool, f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}", args.values, tuning)
+    return "\n".join(r[0] for r in rows)
+
+
+async def chunk_source(pool: Pool, chunk_id: int) -> asyncpg.Record | None:
+    """The owner and stored vector of a chunk, for "more like this"."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "SELECT c.id, c.owner_id, c.text, e.embedding FROM chunks c "
+        "LEFT JOIN chunk_embeddings e ON e.chunk_id = c.id WHERE c.id = $1",
+        chunk_id,
+    )
+    return row

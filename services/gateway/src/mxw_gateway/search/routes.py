@@ -1,7 +1,9 @@
-"""HTTP routes of search: GET with query parameters, POST with a JSON body."""
+"""HTTP routes of search: GET with query parameters, POST with a JSON body, and "more like
+this" from a chunk."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -10,7 +12,8 @@ from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import CurrentUserDep, EmbedderClientDep, PoolDep, SettingsDep
 from mxw_gateway.search import service
-from mxw_gateway.search.schemas import SearchRequest, SearchResults
+from mxw_gateway.search.repository import SearchMode
+from mxw_gateway.search.schemas import SearchFilters, SearchRequest, SearchResults, SimilarRequest
 
 router = APIRouter(tags=["search"])
 
@@ -26,9 +29,14 @@ async def search_get(
     pool: PoolDep,
     client: EmbedderClientDep,
     q: Annotated[str, Query(min_length=1, max_length=1000)],
+    mode: SearchMode = SearchMode.hybrid,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
-    job_id: uuid.UUID | None = None,
+    job_id: Annotated[list[uuid.UUID] | None, Query(description="Repeatable.")] = None,
+    language: Annotated[str | None, Query(max_length=16)] = None,
+    created_from: dt.datetime | None = None,
+    created_to: dt.datetime | None = None,
 ) -> SearchResults:
     return await service.search(
         pool=pool,
@@ -36,9 +44,16 @@ async def search_get(
         settings=settings,
         user=user,
         q=q,
+        mode=mode,
         limit=limit,
-        all_users=all,
-        job_id=job_id,
+        offset=offset,
+        filters=SearchFilters(
+            all=all,
+            job_ids=job_id or [],
+            language=language,
+            created_from=created_from,
+            created_to=created_to,
+        ),
     )
 
 
@@ -56,7 +71,32 @@ async def search_post(
         settings=settings,
         user=user,
         q=body.q,
+        mode=body.mode,
         limit=body.limit,
-        all_users=body.all,
+        offset=body.offset,
+        filters=body,
         job_id=body.job_id,
+    )
+
+
+@router.get("/search/similar/{chunk_id}", response_model=SearchResults)
+async def similar_get(
+    chunk_id: int,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
+    job_id: Annotated[list[uuid.UUID] | None, Query(description="Repeatable.")] = None,
+) -> SearchResults:
+    """More like this: the chunks closest in meaning to one of the caller's chunks."""
+    return await service.similar(
+        pool=pool,
+        settings=settings,
+        user=user,
+        chunk_id=chunk_id,
+        limit=limit,
+        offset=offset,
+        filters=SimilarRequest(all=all, job_ids=job_id or []),
     )

@@ -2,31 +2,71 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mxw_gateway.search.repository import SearchMode
 
-class SearchRequest(BaseModel):
+
+class SearchFilters(BaseModel):
+    """What narrows a search besides the caller: jobs, spoken language, upload dates."""
+
     model_config = ConfigDict(extra="forbid")
 
-    q: str = Field(min_length=1, max_length=1000, description="What to look for, in words.")
-    limit: int | None = Field(default=None, ge=1, le=1000)
     all: bool = Field(default=False, description="Admins only: search every user's audio.")
+    job_ids: list[uuid.UUID] = Field(
+        default_factory=list, max_length=1000, description="Only these jobs' chunks."
+    )
+    language: str | None = Field(
+        default=None, max_length=16, description="Spoken language detected by the transcriber."
+    )
+    created_from: dt.datetime | None = Field(
+        default=None, description="Jobs uploaded at or after this time."
+    )
+    created_to: dt.datetime | None = Field(
+        default=None, description="Jobs uploaded before this time."
+    )
+
+
+class SearchRequest(SearchFilters):
+    q: str = Field(min_length=1, max_length=1000, description="What to look for, in words.")
+    mode: SearchMode = Field(
+        default=SearchMode.hybrid,
+        description="hybrid: meaning and words fused by reciprocal rank; vector: meaning "
+        "only; text: words only (websearch syntax: quotes, OR, -word).",
+    )
+    limit: int | None = Field(default=None, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=10_000)
     job_id: uuid.UUID | None = Field(default=None, description="Only this job's chunks.")
+
+
+class SimilarRequest(SearchFilters):
+    limit: int | None = Field(default=None, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=10_000)
 
 
 class SearchHit(BaseModel):
     job_id: uuid.UUID
     filename: str | None
+    language: str | None
     chunk_id: int
     chunk_index: int
     text: str
+    highlight: str | None = Field(
+        description="The text with the words that matched the query in <mark>…</mark>; "
+        "null when there were no query words (more like this)."
+    )
+    title: str | None
     topic: str | None
     keywords: list[str]
     start_s: float
     end_s: float
-    score: float = Field(description="Reciprocal-rank fusion of the meaning and words rankings.")
+    score: float = Field(
+        description="hybrid: reciprocal-rank fusion; vector: cosine similarity; "
+        "text: ts_rank_cd of the words."
+    )
     vector_rank: int | None = Field(description="Rank by meaning; null: no embedding matched.")
     text_rank: int | None = Field(description="Rank by words; null: no word matched.")
     audio_url: str = Field(description="Plays the audio from where the chunk starts.")
@@ -34,4 +74,8 @@ class SearchHit(BaseModel):
 
 class SearchResults(BaseModel):
     query: str
+    mode: SearchMode
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Offset of the next page; null: last page.")
     results: list[SearchHit]

@@ -1,33 +1,51 @@
-"""Search use case: the query vector from the embedder, then hybrid SQL, then links."""
+"""Search use cases: the query vector from the embedder, then the search SQL, then links."""
 
 from __future__ import annotations
 
+import base64
 import uuid
+from typing import Any
 
+import asyncpg
 import httpx
+import numpy as np
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.search import repository
-from mxw_gateway.search.schemas import SearchHit, SearchResults
+from mxw_gateway.search.repository import Scope, SearchMode, Tuning
+from mxw_gateway.search.schemas import SearchFilters, SearchHit, SearchResults
 from mxw_gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
+
+# Tuples an iterative HNSW scan may visit before it gives up (pgvector's default is
+# 20 000); a short answer then falls back to the exact scan of the caller's rows.
+MAX_SCAN_TUPLES = 40_000
+
+
+def decode_embedding(value: Any) -> list[float]:
+    """An OpenAI embedding: a list of floats, or base64 of little-endian float32."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value, validate=True)
+        return [float(x) for x in np.frombuffer(raw, dtype="<f4")]
+    return [float(x) for x in value]
 
 
 async def embed_query(
     client: httpx.AsyncClient, settings: GatewaySettings, text: str
 ) -> list[float]:
-    """One vector from the embedder's OpenAI-compatible /v1/embeddings."""
+    """One vector from the embedder's OpenAI-compatible /v1/embeddings (base64: a quarter
+    of the bytes of a JSON float list, and no float parsing)."""
     headers = {}
     if settings.embedder_service_token is not None:
         headers["Authorization"] = f"Bearer {settings.embedder_service_token.get_secret_value()}"
     try:
         response = await client.post(
             "/v1/embeddings",
-            json={"input": [text], "model": settings.embedder_model},
+            json={"input": [text], "model": settings.embedder_model, "encoding_format": "base64"},
             headers=headers,
         )
     except httpx.HTTPError as exc:
@@ -39,7 +57,7 @@ async def embed_query(
             503, "Search unavailable", f"the embedding service answered {response.status_code}"
         )
     try:
-        vector = [float(x) for x in response.json()["data"][0]["embedding"]]
+        vector = decode_embedding(response.json()["data"][0]["embedding"])
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise Problem(502, "Bad gateway", "the embedding service sent an unusable answer") from exc
     if len(vector) != settings.embedding_dimensions:
@@ -52,6 +70,70 @@ async def embed_query(
     return vector
 
 
+def _scope(
+    user: CurrentUser,
+    filters: SearchFilters,
+    extra_job: uuid.UUID | None = None,
+    exclude_chunk_id: int | None = None,
+) -> Scope:
+    if filters.all and not user.is_admin:
+        raise Problem(403, "Forbidden", "only admins may search every user's audio")
+    if (
+        filters.created_from is not None
+        and filters.created_to is not None
+        and filters.created_from >= filters.created_to
+    ):
+        raise Problem(422, "Invalid request", "created_from must be before created_to")
+    job_ids = list(dict.fromkeys([*filters.job_ids, *([extra_job] if extra_job else [])]))
+    return Scope(
+        owner_id=None if filters.all else user.sub,
+        job_ids=tuple(job_ids),
+        language=filters.language.strip() if filters.language else None,
+        created_from=filters.created_from,
+        created_to=filters.created_to,
+        exclude_chunk_id=exclude_chunk_id,
+    )
+
+
+def _tuning(settings: GatewaySettings, size: int, offset: int) -> Tuning:
+    return Tuning(
+        # Each ranked list must reach past the page asked for.
+        candidates=max(
+            (offset + size) * settings.search_candidates_per_result,
+            settings.search_min_candidates,
+        ),
+        rrf_k=settings.search_rrf_k,
+        ef_search=settings.search_hnsw_ef_search,
+        max_scan_tuples=MAX_SCAN_TUPLES,
+    )
+
+
+async def _page(
+    pool: Pool,
+    settings: GatewaySettings,
+    *,
+    mode: SearchMode,
+    query: str,
+    vector: list[float] | None,
+    scope: Scope,
+    size: int,
+    offset: int,
+) -> tuple[list[SearchHit], int | None]:
+    # One row past the page tells whether there is a next one.
+    rows = await repository.search(
+        pool,
+        mode=mode,
+        query_text=query,
+        query_vector=vector,
+        scope=scope,
+        tuning=_tuning(settings, size, offset),
+        limit=size + 1,
+        offset=offset,
+    )
+    next_offset = offset + size if len(rows) > size else None
+    return [_hit(settings, r) for r in rows[:size]], next_offset
+
+
 async def search(
     *,
     pool: Pool,
@@ -59,51 +141,93 @@ async def search(
     settings: GatewaySettings,
     user: CurrentUser,
     q: str,
+    mode: SearchMode,
     limit: int | None,
-    all_users: bool,
-    job_id: uuid.UUID | None,
+    offset: int,
+    filters: SearchFilters,
+    job_id: uuid.UUID | None = None,
 ) -> SearchResults:
-    if all_users and not user.is_admin:
-        raise Problem(403, "Forbidden", "only admins may search every user's audio")
+    scope = _scope(user, filters, extra_job=job_id)
     query = q.strip()
     if not query:
         raise Problem(422, "Invalid request", "q must not be blank")
     size = min(limit or settings.search_default_limit, settings.search_max_limit)
-    vector = await embed_query(client, settings, query)
-    rows = await repository.hybrid_search(
+    vector = None if mode is SearchMode.text else await embed_query(client, settings, query)
+    hits, next_offset = await _page(
         pool,
-        query_text=query,
-        query_vector=vector,
-        owner_id=None if all_users else user.sub,
-        job_id=job_id,
-        candidates=max(
-            size * settings.search_candidates_per_result, settings.search_min_candidates
-        ),
-        limit=size,
-        rrf_k=settings.search_rrf_k,
-        ef_search=settings.search_hnsw_ef_search,
-    )
-    base = settings.public_base_url.rstrip("/")
-    return SearchResults(
+        settings,
+        mode=mode,
         query=query,
-        results=[
-            SearchHit(
-                job_id=r["job_id"],
-                filename=r["filename"],
-                chunk_id=r["chunk_id"],
-                chunk_index=r["idx"],
-                text=r["text"],
-                topic=r["topic"],
-                keywords=list(r["keywords"]),
-                start_s=r["start_s"],
-                end_s=r["end_s"],
-                score=round(float(r["score"]), 6),
-                vector_rank=r["vector_rank"],
-                text_rank=r["text_rank"],
-                audio_url=f"{base}/jobs/{r['job_id']}/audio#t={_seconds(r['start_s'])}",
-            )
-            for r in rows
-        ],
+        vector=vector,
+        scope=scope,
+        size=size,
+        offset=offset,
+    )
+    return SearchResults(
+        query=query, mode=mode, offset=offset, limit=size, next_offset=next_offset, results=hits
+    )
+
+
+async def similar(
+    *,
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    chunk_id: int,
+    limit: int | None,
+    offset: int,
+    filters: SearchFilters,
+) -> SearchResults:
+    """More like this: the chunk's own vector as the query, the chunk itself left out."""
+    scope = _scope(user, filters, exclude_chunk_id=chunk_id)
+    source = await repository.chunk_source(pool, chunk_id)
+    # Another user's chunk is "not found", like a chunk that does not exist.
+    if source is None or (source["owner_id"] != user.sub and not user.is_admin):
+        raise Problem(404, "Not found", f"no chunk {chunk_id}")
+    if source["embedding"] is None:
+        raise Problem(
+            409, "Not embedded yet", f"chunk {chunk_id} has no vector yet; try again shortly"
+        )
+    size = min(limit or settings.search_default_limit, settings.search_max_limit)
+    hits, next_offset = await _page(
+        pool,
+        settings,
+        mode=SearchMode.vector,
+        query="",
+        vector=[float(x) for x in source["embedding"].to_list()],
+        scope=scope,
+        size=size,
+        offset=offset,
+    )
+    return SearchResults(
+        query=f"chunk:{chunk_id}",
+        mode=SearchMode.vector,
+        offset=offset,
+        limit=size,
+        next_offset=next_offset,
+        results=hits,
+    )
+
+
+def _hit(settings: GatewaySettings, r: asyncpg.Record) -> SearchHit:
+    base = settings.public_base_url.rstrip("/")
+    return SearchHit(
+        job_id=r["job_id"],
+        filename=r["filename"],
+        language=r["language"],
+        chunk_id=r["chunk_id"],
+        chunk_index=r["idx"],
+        text=r["text"],
+        highlight=r["highlight"],
+        title=r["title"],
+        topic=r["topic"],
+        keywords=list(r["keywords"]),
+        start_s=r["start_s"],
+        end_s=r["end_s"],
+        score=round(float(r["score"]), 6),
+        vector_rank=r["vector_rank"],
+        text_rank=r["text_rank"],
+        audio_url=f"{base}/jobs/{r['job_id']}/audio#t={_seconds(r['start_s'])}",
     )
 
 
