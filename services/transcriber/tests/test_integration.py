@@ -2,6 +2,7 @@
 real tiny.en model (base for the multilingual test)."""
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -22,7 +23,7 @@ SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+    return re.findall(r"[a-z0-9äöüß]+", text.lower())
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +352,6 @@ def test_fixture_copy_helper_is_byte_exact(infra, tmp_path):
 
 def long_wav(repeats: int) -> bytes:
     """The solar fixture repeated: long enough that a cancel lands mid-transcription."""
-    import io
 
     import numpy as np
     from mxw_transcriber.domain import decode_audio
@@ -431,3 +431,91 @@ async def test_audio_is_fetched_from_an_http_url(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# PyAV encoders for the formats test, all at the fixture's own 16 kHz (opus, AAC and MP3
+# all support it), so every file carries the same sound.
+ENCODINGS = {  # name: (container, encoder, what the decoder's name contains)
+    "wav": ("wav", "pcm_s16le", "pcm_s16le"),
+    "mp3": ("mp3", "libmp3lame", "mp3"),
+    "opus": ("ogg", "libopus", "opus"),
+    "flac": ("flac", "flac", "flac"),
+    "m4a": ("ipod", "aac", "aac"),
+}
+
+
+def encode(samples, container: str, codec: str) -> bytes:
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=16000, layout="mono")
+        if codec not in ("pcm_s16le", "flac"):
+            stream.bit_rate = 96_000
+        resampler = av.AudioResampler(format=stream.format, layout="mono", rate=16000)
+        pcm = (samples * 32767).clip(-32768, 32767).astype(np.int16)[None, :]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for chunk in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(chunk):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+async def test_the_same_sentence_in_five_formats_gives_the_same_words(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    import av
+    from mxw_transcriber.domain import decode_audio
+
+    samples = decode_audio(FIXTURES / "short_en.ogg")
+    jobs = {}
+    for name, (container, codec, decoder) in ENCODINGS.items():
+        data = encode(samples, container, codec)
+        with av.open(io.BytesIO(data)) as probe:  # really that codec
+            assert decoder in probe.streams.audio[0].codec_context.name
+        uri, sha = store(infra, data)
+        jobs[name] = await make_job()
+        await publish(uploaded(jobs[name], uri, sha))
+
+    heard = {}
+    for name, job_id in jobs.items():
+        assert await stage_state(wait_for, job_id) == "done", name
+        row = await db.fetchrow(
+            "SELECT text, duration_s FROM transcripts WHERE job_id = $1", job_id
+        )
+        assert row["duration_s"] == pytest.approx(len(samples) / 16000, abs=0.1), name
+        heard[name] = words(row["text"])
+    assert_heard(" ".join(heard["wav"]), "short_en", missing_allowed=2)
+    assert all(h == heard["wav"] for h in heard.values()), heard
+
+
+async def test_german_speech_is_detected_and_transcribed_by_the_multilingual_model(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "kurz_de")
+    detect, forced = await make_job(), await make_job()
+    await publish(uploaded(detect, uri, sha, model="base"))
+    await publish(uploaded(forced, uri, sha, model="base", language="en"))
+
+    assert await stage_state(wait_for, detect) == "done"
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", detect)
+    assert transcript["language"] == "de"
+    assert 0.3 < transcript["language_probability"] <= 1.0
+    heard = set(words(transcript["text"]))
+    assert {"zug", "berlin", "uhr", "bitte"} <= heard, transcript["text"]
+    assert {"der", "nach", "heute"} & heard
+
+    # An explicit language is honoured, even a wrong one: no detection, English output.
+    assert await stage_state(wait_for, forced) == "done"
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", forced)
+    assert transcript["language"] == "en"
+    assert transcript["language_probability"] is None
+    assert not {"zug", "uhr", "bitte", "fährt"} & set(words(transcript["text"]))
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", forced
+    )
+    assert metrics["language"] == "en"

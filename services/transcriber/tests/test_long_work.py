@@ -1,0 +1,192 @@
+"""Long work: a job longer than the consumer's max poll interval is handled once, without a
+rebalance; a worker killed mid-job (SIGKILL) resumes after its last persisted segment."""
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import wave
+
+from asgi_lifespan import LifespanManager
+from mxw_shared import topics
+from mxw_shared.pipeline import EVENTS
+from mxw_transcriber.domain import decode_audio
+from mxw_transcriber.main import create_app
+from mxw_transcriber.settings import TranscriberSettings
+
+from .test_integration import FIXTURES, stage_state, store, uploaded
+
+
+def long_wav(repeats: int) -> bytes:
+    import numpy as np
+
+    samples = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+async def committed_everything(infra, group: str) -> bool:
+    """The group's committed offsets reached the end of every audio.uploaded partition
+    (asked without joining the group, so the asking causes no rebalance)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=infra.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        parts = [TopicPartition(topics.AUDIO_UPLOADED, p) for p in range(3)]
+        ends = await probe.end_offsets(parts)
+        for tp, end in ends.items():
+            if end and (await probe.committed(tp) or 0) < end:
+                return False
+        return True
+    finally:
+        await probe.stop()
+
+
+def events(outcome: str) -> float:
+    return EVENTS.labels(topics.AUDIO_UPLOADED, outcome)._value.get()
+
+
+MAX_POLL_INTERVAL_MS = 5_000
+
+
+async def test_a_job_longer_than_the_max_poll_interval_is_handled_once_without_rebalance(
+    infra, db, make_job, publish, wait_for
+):
+    settings = infra.settings(
+        TranscriberSettings,
+        "transcriber",
+        default_model="tiny.en",
+        model_cache_dir=infra.root / "models",
+        kafka_max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
+        consumer = app.state.consumer
+        uri, sha = store(infra, long_wav(10))  # about 160 s of speech
+        job_id = await make_job()
+        await wait_for("SELECT 1", predicate=lambda _: consumer.assignments >= 1, timeout_s=60)
+        delivered, duplicates = consumer.delivered, events("duplicate")
+        await publish(uploaded(job_id, uri, sha))
+
+        assert await stage_state(wait_for, job_id) == "done"
+        metrics = await db.fetchval(
+            "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+        )
+        # The work really outlasted the interval, so a blocked consumer would have left.
+        assert metrics["transcribe_s"] > 2 * MAX_POLL_INTERVAL_MS / 1000
+        # Committed once the handler returned; nothing of this job comes back.
+        deadline = time.monotonic() + 30
+        while not await committed_everything(infra, "transcriber"):
+            assert time.monotonic() < deadline, "offsets never committed"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(MAX_POLL_INTERVAL_MS / 1000)  # a rebalance would show by now
+        assert consumer.revocations == 0
+        assert consumer.assignments == 1
+        assert consumer.delivered == delivered + 1
+        assert events("duplicate") == duplicates
+        attempts = await db.fetchval(
+            "SELECT attempts FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+        )
+        assert attempts == 1
+
+
+def start_worker(infra, log_path):
+    env = {
+        **os.environ,
+        **infra.env(
+            "transcriber",
+            MXW_DEFAULT_MODEL="tiny.en",
+            MXW_MODEL_CACHE_DIR=str(infra.root / "models"),
+            MXW_PRELOAD_DEFAULT_MODEL="true",
+            MXW_LOG_FORMAT="json",
+        ),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "mxw_transcriber.main"],
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
+    infra, db, make_job, publish, read_topic, wait_for, tmp_path
+):
+    uri, sha = store(infra, long_wav(8))  # about 125 s of speech
+    job_id = await make_job()
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(infra, log_path)
+    try:
+        await publish(uploaded(job_id, uri, sha))
+        # Killed once some segments are persisted, well before the end.
+        await wait_for(
+            "SELECT count(*) FROM segments WHERE job_id = $1",
+            job_id,
+            predicate=lambda n: n >= 4,
+            timeout_s=120,
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        before = await db.fetch(
+            "SELECT idx, xmin::text AS xmin, start_s, end_s, text FROM segments"
+            " WHERE job_id = $1 ORDER BY idx",
+            job_id,
+        )
+        partial = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+        assert partial["complete"] is False
+        assert before[-1]["end_s"] < partial["duration_s"] * 0.8, "killed too late to prove"
+        state = await db.fetchval(
+            "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+        )
+        assert state == "running"
+
+        worker = start_worker(infra, log_path)
+        assert await stage_state(wait_for, job_id) == "done"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+    row = await db.fetchrow(
+        "SELECT attempts, metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        job_id,
+    )
+    metrics = row["metrics"]
+    assert row["attempts"] == 2
+    assert metrics["resumed_segments"] >= len(before)
+    assert metrics["resumed_from_s"] >= before[-1]["end_s"]
+    assert metrics["resumed_from_s"] < partial["duration_s"] * 0.8
+    after = await db.fetch(
+        "SELECT idx, xmin::text AS xmin, start_s, end_s, text FROM segments"
+        " WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    # The segments written before the kill are the same rows, untouched (same xmin).
+    assert [dict(r) for r in after[: len(before)]] == [dict(r) for r in before]
+    assert len(after) > len(before)
+    assert [r["idx"] for r in after] == list(range(len(after)))
+    starts = [r["start_s"] for r in after]
+    assert starts == sorted(starts)
+    assert after[len(before)]["start_s"] >= before[-1]["end_s"] - 0.01
+    transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
+    assert transcript["complete"] is True
+    assert after[-1]["end_s"] > transcript["duration_s"] - 20
+    assert transcript["text"].lower().count("solar panels") >= 6
+    ready = await read_topic(topics.TRANSCRIPT_READY, job_id, count=2, timeout_s=3)
+    assert len(ready) == 1
+    assert ready[0][1]["segment_count"] == len(after)
