@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mxw_gateway.jobs.schemas import JobView
+
+
+class UserView(BaseModel):
+    id: str
+    name: str | None
+    email: str | None
+    role: str
+    disabled: bool
+    created_at: datetime
+    last_seen_at: datetime
+    job_count: int
+
+
+class UserChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "admin"] | None = None
+    disabled: bool | None = Field(default=None, description="A disabled user gets 403.")
+
+
+class ConsumerLag(BaseModel):
+    topic: str
+    group: str
+    lag: int = Field(description="Records not yet consumed by the group, over all partitions.")
+    end_offset: int
+    committed: int
+
+
+class SystemView(BaseModel):
+    jobs_by_state: dict[str, int]
+    consumer_lag: list[ConsumerLag]
+    dead_letters: dict[str, int] = Field(description="Records held in each dead-letter topic.")
+
+
+class DeadLetter(BaseModel):
+    id: str = Field(description="topic:partition:offset — pass to replay.")
+    topic: str
+    original_topic: str | None
+    job_id: str | None
+    error: str | None
+    consumer: str | None
+    attempts: int | None
+    event_id: str | None
+    event_type: str | None
+    time: datetime
+    payload: str = Field(description="The record's value as received (UTF-8, lossy).")
+
+
+class ReplayResult(BaseModel):
+    dead_letter: str
+    action: Literal["reprocessed", "republished"]
+    event_id: str | None = Field(default=None, description="ce_id of the republished event.")
+    job: JobView | None = None

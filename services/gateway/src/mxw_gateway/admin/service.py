@@ -1,0 +1,171 @@
+"""Admin use cases: users, the system at a glance, dead letters and their replay."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+from mxw_shared import topics
+from mxw_shared.contracts import Envelope, JobState, Stage
+from mxw_shared.db import Pool
+from mxw_shared.outbox import enqueue_raw
+from mxw_shared.problems import Problem
+
+from mxw_gateway.admin import kafka
+from mxw_gateway.admin.schemas import (
+    ConsumerLag,
+    DeadLetter,
+    ReplayResult,
+    SystemView,
+    UserChange,
+    UserView,
+)
+from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import service as jobs
+from mxw_gateway.jobs.repository import JOB_STATE_SQL
+from mxw_gateway.settings import GatewaySettings
+
+_USER_COLUMNS = """u.id, u.name, u.email, u.role, u.disabled, u.created_at, u.last_seen_at,
+    (SELECT count(*) FROM jobs j WHERE j.owner_id = u.id) AS job_count"""
+STAGE_OF_TOPIC = {
+    topics.AUDIO_UPLOADED: Stage.transcribe,
+    topics.TRANSCRIPT_READY: Stage.chunk,
+    topics.CHUNKS_READY: Stage.embed,
+}
+
+
+async def list_users(pool: Pool, limit: int, offset: int) -> list[UserView]:
+    rows = await pool.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users u ORDER BY u.created_at, u.id LIMIT $1 OFFSET $2",
+        limit,
+        offset,
+    )
+    return [UserView(**dict(r)) for r in rows]
+
+
+async def get_user(pool: Pool, user_id: str) -> UserView:
+    row = await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = $1", user_id)
+    if row is None:
+        raise Problem(404, "Not found", f"no user {user_id!r}")
+    return UserView(**dict(row))
+
+
+async def change_user(pool: Pool, admin: CurrentUser, user_id: str, change: UserChange) -> UserView:
+    if user_id == admin.sub and (change.disabled or change.role == "user"):
+        raise Problem(409, "Refused", "admins cannot disable or demote themselves")
+    result = await pool.execute(
+        "UPDATE users SET role = coalesce($2, role), disabled = coalesce($3, disabled)"
+        " WHERE id = $1",
+        user_id,
+        change.role,
+        change.disabled,
+    )
+    if result.endswith(" 0"):
+        raise Problem(404, "Not found", f"no user {user_id!r}")
+    return await get_user(pool, user_id)
+
+
+async def system_view(pool: Pool, settings: GatewaySettings) -> SystemView:
+    rows = await pool.fetch(
+        f"SELECT ({JOB_STATE_SQL}) AS state, count(*) AS n FROM jobs GROUP BY 1"
+    )
+    by_state = {s.value: 0 for s in JobState} | {r["state"]: r["n"] for r in rows}
+    try:
+        lag = await kafka.consumer_lag(settings.kafka_bootstrap_servers)
+        _, dead = await kafka.read_dead_letters(settings.kafka_bootstrap_servers, limit=0)
+    except Exception as exc:  # the view is most useful exactly when the broker struggles
+        raise Problem(503, "Broker unavailable", f"could not read the broker: {exc}") from exc
+    return SystemView(
+        jobs_by_state=by_state,
+        consumer_lag=[
+            ConsumerLag(topic=t, group=g, lag=max(end - done, 0), end_offset=end, committed=done)
+            for t, g, end, done in lag
+        ],
+        dead_letters=dead,
+    )
+
+
+def _view(record: kafka.RawRecord) -> DeadLetter:
+    h = record.headers
+    attempts = h.get("x_attempts")
+    return DeadLetter(
+        id=record.id,
+        topic=record.topic,
+        original_topic=h.get("x_original_topic"),
+        job_id=record.key.decode(errors="replace") if record.key else None,
+        error=h.get("x_error"),
+        consumer=h.get("x_consumer"),
+        attempts=int(attempts) if attempts and attempts.isdigit() else None,
+        event_id=h.get("ce_id"),
+        event_type=h.get("ce_type"),
+        time=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
+        payload=record.value.decode(errors="replace"),
+    )
+
+
+async def dead_letters(settings: GatewaySettings, limit: int) -> list[DeadLetter]:
+    records, _ = await kafka.read_dead_letters(settings.kafka_bootstrap_servers, limit)
+    return [_view(r) for r in records]
+
+
+def _parse_id(dead_letter_id: str) -> tuple[str, int, int]:
+    topic, _, rest = dead_letter_id.rpartition(":")
+    topic, _, partition = topic.rpartition(":")
+    if not topic.endswith(".dlq") or not partition.isdigit() or not rest.isdigit():
+        raise Problem(422, "Invalid request", "dead-letter ids look like <topic>.dlq:<p>:<offset>")
+    return topic, int(partition), int(rest)
+
+
+async def replay(
+    pool: Pool, settings: GatewaySettings, admin: CurrentUser, dead_letter_id: str
+) -> ReplayResult:
+    """Give a dead-lettered event another chance. A job that failed at that event's stage
+    is reprocessed from that stage (a new run: the failed one stays in the history);
+    anything else is published again to its original topic under a new event id."""
+    topic, partition, offset = _parse_id(dead_letter_id)
+    record = await kafka.read_one(settings.kafka_bootstrap_servers, topic, partition, offset)
+    if record is None:
+        raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
+    original = record.headers.get("x_original_topic") or topic.removesuffix(".dlq")
+    stage = STAGE_OF_TOPIC.get(original)
+    job_id = _job_id(record)
+    if stage is not None and job_id is not None and await _job_exists(pool, job_id):
+        view = await jobs.get_job(pool, settings, admin, job_id)
+        if view.state == JobState.failed:
+            job = await jobs.reprocess_job(pool, settings, admin, job_id, stage, {})
+            return ReplayResult(dead_letter=dead_letter_id, action="reprocessed", job=job)
+    headers = {k: v for k, v in record.headers.items() if not k.startswith("x_")}
+    new_id = str(uuid.uuid4())
+    headers.update({"ce_id": new_id, "x_replay_of": record.headers.get("ce_id", dead_letter_id)})
+    if "ce_time" in headers:
+        headers["ce_time"] = Envelope(type="-", source="-").time.isoformat()
+    async with pool.acquire() as conn, conn.transaction():
+        key = record.key.decode(errors="replace") if record.key else "unknown"
+        await enqueue_raw(conn, original, key, headers, record.value)
+    return ReplayResult(dead_letter=dead_letter_id, action="republished", event_id=new_id)
+
+
+def _job_id(record: kafka.RawRecord) -> uuid.UUID | None:
+    for candidate in (
+        record.key.decode(errors="replace") if record.key else None,
+        _body_job(record),
+    ):
+        try:
+            return uuid.UUID(candidate) if candidate else None
+        except ValueError:
+            continue
+    return None
+
+
+def _body_job(record: kafka.RawRecord) -> str | None:
+    try:
+        value = json.loads(record.value)
+    except ValueError:
+        return None
+    job = value.get("job_id") if isinstance(value, dict) else None
+    return str(job) if job else None
+
+
+async def _job_exists(pool: Pool, job_id: uuid.UUID) -> bool:
+    return bool(await pool.fetchval("SELECT 1 FROM jobs WHERE id = $1", job_id))

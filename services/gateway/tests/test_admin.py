@@ -1,0 +1,166 @@
+"""Admin endpoints against the real Postgres and broker."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from mxw_shared import topics
+from mxw_shared.contracts import Envelope, TranscriptReady
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SHORT = (FIXTURES / "short_en.ogg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+async def client(start_gateway):
+    async with start_gateway() as c:
+        yield c
+
+
+async def test_admins_manage_users_and_others_cannot(client, token):
+    admin, user = token("boss", admin=True), token("worker")
+    assert (await client.get("/jobs", headers=user)).status_code == 200  # seen: now a user row
+    assert (await client.get("/admin/users", headers=user)).status_code == 403
+    assert (
+        await client.patch("/admin/users/worker", headers=user, json={"role": "admin"})
+    ).status_code == 403
+
+    seen = (await client.get("/admin/users/worker", headers=admin)).json()
+    assert (seen["role"], seen["disabled"]) == ("user", False)
+    promoted = await client.patch("/admin/users/worker", headers=admin, json={"role": "admin"})
+    assert promoted.json()["role"] == "admin"
+    assert (await client.get("/admin/users", headers=user)).status_code == 200  # role from table
+
+    disabled = await client.patch("/admin/users/worker", headers=admin, json={"disabled": True})
+    assert disabled.json()["disabled"] is True
+    assert (await client.get("/jobs", headers=user)).status_code == 403
+    await client.patch(
+        "/admin/users/worker", headers=admin, json={"disabled": False, "role": "user"}
+    )
+    assert (await client.get("/jobs", headers=user)).status_code == 200
+
+    assert (
+        await client.patch("/admin/users/boss", headers=admin, json={"disabled": True})
+    ).status_code == 409
+    assert (await client.get("/admin/users/nobody-at-all", headers=admin)).status_code == 404
+    assert (
+        await client.patch("/admin/users/worker", headers=admin, json={"role": "god"})
+    ).status_code == 422
+
+
+async def test_system_view_counts_jobs_lag_and_dead_letters(client, token):
+    admin = token("boss", admin=True)
+    await client.post(
+        "/jobs",
+        headers=token("sys-user"),
+        params={"force": "true"},
+        files={"file": ("a.ogg", SHORT, "application/octet-stream")},
+    )
+    response = await client.get("/admin/system", headers=admin)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["jobs_by_state"]["queued"] >= 1
+    assert set(view["jobs_by_state"]) >= {"queued", "running", "done", "failed", "cancelled"}
+    lags = {lag["topic"]: lag for lag in view["consumer_lag"]}
+    assert set(lags) == {topics.AUDIO_UPLOADED, topics.TRANSCRIPT_READY, topics.CHUNKS_READY}
+    # No transcriber consumes in this test: every audio.uploaded is still waiting.
+    assert lags[topics.AUDIO_UPLOADED]["lag"] >= 1
+    assert (await client.get("/admin/system", headers=token("sys-user"))).status_code == 403
+
+
+async def dead_letter(kafka_producer, event: TranscriptReady, error: str) -> Envelope:
+    """A record as StageRunner dead-letters it: original headers plus x_* headers."""
+    envelope = Envelope.for_event(event, source="transcriber")
+    headers = {
+        **envelope.to_headers(),
+        "x_error": error,
+        "x_consumer": "chunker",
+        "x_attempts": "3",
+        "x_original_topic": topics.TRANSCRIPT_READY,
+    }
+    await kafka_producer.send_and_wait(
+        topics.dlq(topics.TRANSCRIPT_READY),
+        value=event.model_dump_json().encode(),
+        key=str(event.job_id).encode(),
+        headers=[(k, v.encode()) for k, v in headers.items()],
+    )
+    return envelope
+
+
+async def find(client, admin, event_id: str) -> dict:
+    letters = (
+        await client.get("/admin/dead-letters", headers=admin, params={"limit": 1000})
+    ).json()
+    return next(d for d in letters if d["event_id"] == event_id)
+
+
+async def test_dead_letters_are_listed_and_replayed(client, token, db, kafka_producer, read_topic):
+    admin = token("boss", admin=True)
+    # 1. A job that failed at the chunk stage: replay reprocesses it from there.
+    upload = await client.post(
+        "/jobs",
+        headers=token("dl-user"),
+        params={"force": "true"},
+        files={"file": ("a.ogg", SHORT, "application/octet-stream")},
+    )
+    failed_job = uuid.UUID(upload.json()["id"])
+    await db.execute(
+        "INSERT INTO transcripts (job_id, duration_s, model, text)"
+        " VALUES ($1, 3.4, 'tiny.en', 'x')",
+        failed_job,
+    )
+    for stage, state in (("transcribe", "done"), ("chunk", "failed")):
+        await db.execute(
+            "INSERT INTO job_stages (job_id, stage, state, error) VALUES ($1, $2, $3, 'boom')",
+            failed_job,
+            stage,
+            state,
+        )
+    sent = await dead_letter(
+        kafka_producer,
+        TranscriptReady(
+            job_id=failed_job, owner_id="dl-user", segment_count=0, duration_s=3.4, model="tiny.en"
+        ),
+        "ValueError: boom",
+    )
+    listed = await find(client, admin, sent.id)
+    assert (listed["original_topic"], listed["error"], listed["attempts"], listed["job_id"]) == (
+        topics.TRANSCRIPT_READY,
+        "ValueError: boom",
+        3,
+        str(failed_job),
+    )
+    replayed = await client.post(f"/admin/dead-letters/{listed['id']}/replay", headers=admin)
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["action"] == "reprocessed"
+    assert replayed.json()["job"]["state"] == "running"
+    events = await read_topic(topics.TRANSCRIPT_READY, failed_job)
+    assert events[-1][1]["generation"] == 1
+
+    # 2. An event for a job nobody knows: published again under a new id, x_* headers gone.
+    stray = uuid.uuid4()
+    sent = await dead_letter(
+        kafka_producer,
+        TranscriptReady(job_id=stray, owner_id="x", segment_count=0, duration_s=1, model="tiny.en"),
+        f"unknown job {stray}",
+    )
+    listed = await find(client, admin, sent.id)
+    replayed = (
+        await client.post(f"/admin/dead-letters/{listed['id']}/replay", headers=admin)
+    ).json()
+    assert replayed["action"] == "republished"
+    ((headers, body),) = await read_topic(topics.TRANSCRIPT_READY, stray)
+    assert headers["ce_id"] == replayed["event_id"] != sent.id
+    assert headers["x_replay_of"] == sent.id
+    assert not {"x_error", "x_attempts", "x_consumer"} & set(headers)
+    assert body["job_id"] == str(stray)
+
+    assert (
+        await client.post("/admin/dead-letters/transcript.ready.dlq:0:999999/replay", headers=admin)
+    ).status_code == 404
+    assert (
+        await client.post("/admin/dead-letters/not-an-id/replay", headers=admin)
+    ).status_code == 422
+    assert (await client.get("/admin/dead-letters", headers=token("dl-user"))).status_code == 403
