@@ -1,5 +1,6 @@
 """The chunker as a running service against the real broker and database."""
 
+import itertools
 import uuid
 
 import pytest
@@ -7,12 +8,12 @@ from asgi_lifespan import LifespanManager
 from mxw_chunker.main import create_app
 from mxw_chunker.settings import ChunkerSettings
 from mxw_shared import topics
-from mxw_shared.contracts import Envelope, TranscriptReady
+from mxw_shared.contracts import ChunkingMethod, Envelope, JobOptions, TranscriptReady
 
 
 @pytest.fixture(scope="module")
-async def chunker(infra):
-    settings = infra.settings(ChunkerSettings, "chunker", target_s=8, max_s=20, min_s=2)
+async def chunker(infra, embed):
+    settings = infra.settings(ChunkerSettings, "chunker", max_s=20, min_s=2)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         yield app
@@ -25,9 +26,21 @@ async def add_segments(db, job_id: uuid.UUID, n: int) -> None:
     )
 
 
-def ready(job_id: uuid.UUID, owner: str = "alice", n: int = 10) -> TranscriptReady:
+def ready(
+    job_id: uuid.UUID,
+    owner: str = "alice",
+    n: int = 10,
+    method: ChunkingMethod = ChunkingMethod.auto,
+    generation: int = 0,
+) -> TranscriptReady:
     return TranscriptReady(
-        job_id=job_id, owner_id=owner, segment_count=n, duration_s=n * 3.0, model="tiny.en"
+        job_id=job_id,
+        owner_id=owner,
+        segment_count=n,
+        duration_s=n * 3.0,
+        model="tiny.en",
+        options=JobOptions(chunking=method),
+        generation=generation,
     )
 
 
@@ -130,3 +143,77 @@ async def test_event_whose_owner_differs_from_the_job_is_rejected(
     assert dead
     assert "owner" in dead[0][0]["x_error"]
     assert await db.fetchval("SELECT count(*) FROM chunks WHERE job_id = $1", job_id) == 0
+
+
+async def stage_done(wait_for, job_id: uuid.UUID, generation: int = 0) -> None:
+    await wait_for(
+        "SELECT state || ':' || generation FROM job_stages WHERE job_id = $1 AND stage = 'chunk'",
+        job_id,
+        predicate=lambda s: s == f"done:{generation}",
+    )
+
+
+async def test_chunks_carry_title_summary_confidence_and_the_method_is_recorded(
+    chunker, db, make_job, publish, wait_for
+):
+    job_id = await make_job()
+    await add_segments(db, job_id, 10)
+    await publish(ready(job_id))
+    await stage_done(wait_for, job_id)
+
+    rows = await db.fetch(
+        "SELECT title, topic, summary, confidence, method FROM chunks WHERE job_id = $1", job_id
+    )
+    assert rows
+    assert all(r["title"] and r["summary"] and r["method"] == "local" for r in rows)
+    assert all(r["topic"] == r["title"] for r in rows)
+    assert all(0 <= r["confidence"] <= 1 for r in rows)
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert metrics["method"] == "local"
+    assert metrics["method_requested"] == "auto"
+    assert metrics["fallback_reason"] is None
+    assert metrics["chunks"] == len(rows)
+    assert metrics["segments"] == 10
+
+
+async def test_the_jobs_method_is_honoured_and_reprocessing_replaces_the_chunks(
+    chunker, db, make_job, publish, read_topic, wait_for
+):
+    job_id = await make_job()
+    await add_segments(db, job_id, 40)  # 120 s
+    await publish(ready(job_id, n=40, method=ChunkingMethod.llm))
+    await stage_done(wait_for, job_id)
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert metrics["method"] == "local"
+    assert metrics["fallback_reason"] == "no LLM configured (MXW_LLM_URL is unset)"
+    messages = await db.fetch(
+        "SELECT message FROM job_events WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert any(
+        "(local); LLM not used: no LLM configured" in (r["message"] or "") for r in messages
+    ), messages
+
+    # Reprocessing from the chunk stage: the gateway moves the job to generation 1 and
+    # publishes a new transcript.ready with other options.
+    await db.execute("UPDATE jobs SET generation = 1 WHERE id = $1", job_id)
+    await publish(ready(job_id, n=40, method=ChunkingMethod.fixed, generation=1))
+    await stage_done(wait_for, job_id, generation=1)
+    rows = await db.fetch(
+        "SELECT idx, method, start_s, end_s, confidence FROM chunks WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    assert {r["method"] for r in rows} == {"fixed"}
+    assert [r["idx"] for r in rows] == list(range(len(rows)))
+    assert all(r["end_s"] - r["start_s"] <= 60 for r in rows)
+    assert all(a["end_s"] <= b["start_s"] for a, b in itertools.pairwise(rows))
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert metrics["method"] == "fixed"
+    assert metrics["method_requested"] == "fixed"
+    announced = await read_topic(topics.CHUNKS_READY, job_id, count=2)
+    assert [(b["method"], b["generation"]) for _, b in announced] == [("local", 0), ("fixed", 1)]

@@ -1,8 +1,6 @@
-"""transcript.ready → chunks.ready."""
+"""transcript.ready → chunks.ready, with the job's chunking method."""
 
 from __future__ import annotations
-
-import asyncio
 
 from mxw_shared.contracts import ChunksReady, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
@@ -10,33 +8,36 @@ from mxw_shared.jobs import JobRow
 from mxw_shared.pipeline import Progress, StageOutcome, StageWork
 
 from mxw_chunker import repository
-from mxw_chunker.domain import ChunkingLimits, KeywordExtractor, make_chunks
-from mxw_chunker.settings import ChunkerSettings
-
-METHOD = "local-sentence-window"
+from mxw_chunker.methods import Chunker
 
 
-def chunk_transcript(settings: ChunkerSettings, pool: Pool) -> StageWork[TranscriptReady]:
-    limits = ChunkingLimits(settings.target_s, settings.max_s, settings.min_s, settings.max_chars)
-    extractor = KeywordExtractor(settings.keyword_language, settings.keywords_per_chunk)
-
+def chunk_transcript(chunker: Chunker, pool: Pool) -> StageWork[TranscriptReady]:
     async def work(
         envelope: Envelope, event: TranscriptReady, job: JobRow, progress: Progress
     ) -> StageOutcome:
+        # Read every time: a reprocessed job (new generation) may ask for another method.
         segments = await repository.load_segments(pool, job.id)
-        chunks = make_chunks(segments, limits)
-        chunks = await asyncio.to_thread(lambda: [extractor.annotate(c) for c in chunks])
+        result = await chunker.run(segments, event.options.chunking)
+        chunks = result.chunks
+        method = result.method.value
 
         async def persist(conn: Connection) -> None:
-            await repository.replace_chunks(conn, job.id, job.owner_id, chunks, METHOD)
+            await repository.replace_chunks(conn, job.id, job.owner_id, chunks, method)
 
+        message = f"{len(chunks)} chunks from {len(segments)} segments ({method})"
+        if result.fallback_reason is not None:
+            message += f"; LLM not used: {result.fallback_reason}"
         return StageOutcome(
             persist=persist,
             next_event=ChunksReady(
-                job_id=job.id, owner_id=job.owner_id, chunk_count=len(chunks), method=METHOD
+                job_id=job.id,
+                owner_id=job.owner_id,
+                generation=event.generation,
+                chunk_count=len(chunks),
+                method=method,
             ),
-            message=f"{len(chunks)} chunks from {len(segments)} segments",
-            metrics={"chunks": len(chunks), "segments": len(segments), "method": METHOD},
+            message=message[:2000],
+            metrics={**result.metrics(), "segments": len(segments)},
         )
 
     return work

@@ -2,39 +2,95 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from mxw_shared import topics
 from mxw_shared.contracts import Stage, TranscriptReady
+from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
 
+from mxw_chunker.domain import Vectors
+from mxw_chunker.embeddings import SegmentEmbedder, load_segment_embedder
 from mxw_chunker.handlers import chunk_transcript
+from mxw_chunker.methods import Chunker
 from mxw_chunker.settings import ChunkerSettings
+
+log = get_logger(__name__)
+
+
+class LazyEmbedder:
+    """The segment-embedding model, preloaded in a thread at start-up so the service is
+    up at once; a job arriving before the load finished waits for it. Readiness reports a
+    failed load."""
+
+    def __init__(self, settings: ChunkerSettings) -> None:
+        self._settings = settings
+        self._model: SegmentEmbedder | None = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    def load(self) -> SegmentEmbedder:
+        with self._lock:
+            if self._model is None:
+                s = self._settings
+                try:
+                    self._model = load_segment_embedder(
+                        s.embedding_model, s.embedding_device, s.embedding_max_tokens
+                    )
+                    self.error = None
+                except Exception as exc:
+                    self.error = f"embedding model {s.embedding_model!r}: {exc}"
+                    raise
+            return self._model
+
+    def __call__(self, texts: Sequence[str]) -> Vectors:
+        return self.load()(texts)
+
+    async def preload(self) -> None:
+        try:
+            await asyncio.to_thread(self.load)
+        except Exception:
+            log.error("embedding model preload failed", error=self.error)
+
+    async def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(self.error)
 
 
 def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
     settings = settings or ChunkerSettings()
     runtime = ServiceRuntime(settings)
+    embedder = LazyEmbedder(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
+        preload = asyncio.create_task(embedder.preload())
+        chunker = Chunker(settings, embedder)
         runner: StageRunner[TranscriptReady] = StageRunner(
             pool=runtime.pool,
             settings=settings,
             stage=Stage.chunk,
             topic=topics.TRANSCRIPT_READY,
-            work=chunk_transcript(settings, runtime.pool),
+            work=chunk_transcript(chunker, runtime.pool),
         )
         runtime.subscribe_stage(runner, group_id=settings.service_name)
+        runtime.ready_checks.append(embedder.check)
         await runtime.start_messaging()
         try:
             yield
         finally:
             await runtime.stop()
+            await chunker.aclose()
+            # A load in its thread cannot be interrupted; wait for it, it is bounded.
+            with contextlib.suppress(Exception):
+                await preload
 
     app = FastAPI(title="MxWhisper chunker", lifespan=lifespan)
     app.state.runtime = runtime

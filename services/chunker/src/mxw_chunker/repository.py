@@ -19,13 +19,28 @@ async def load_segments(pool: Pool, job_id: uuid.UUID) -> list[Segment]:
 async def replace_chunks(
     conn: Connection, job_id: uuid.UUID, owner_id: str, chunks: list[Chunk], method: str
 ) -> None:
-    """Idempotent: a redelivered event rewrites the same chunks, never adds a second set."""
+    """Idempotent: a redelivered or reprocessed event rewrites the job's chunks, never adds
+    a second set. `topic` (weighted highest in full-text search) holds the title."""
     await conn.execute("DELETE FROM chunks WHERE job_id = $1", job_id)
     await conn.executemany(
-        "INSERT INTO chunks (job_id, owner_id, idx, text, topic, keywords, start_s, end_s, method)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO chunks (job_id, owner_id, idx, text, topic, title, summary, keywords,"
+        " confidence, start_s, end_s, method)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         [
-            (job_id, owner_id, c.idx, c.text, c.topic, list(c.keywords), c.start_s, c.end_s, method)
+            (
+                job_id,
+                owner_id,
+                c.idx,
+                c.text,
+                c.title,
+                c.title,
+                c.summary,
+                list(c.keywords),
+                c.confidence,
+                c.start_s,
+                c.end_s,
+                method,
+            )
             for c in chunks
         ],
     )
