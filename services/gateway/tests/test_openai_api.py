@@ -61,6 +61,7 @@ async def gateway_url(infra, transcriber):
         "gateway",
         openai_wait_s=120.0,
         openai_poll_interval_s=0.1,
+        rate_limits={"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
     )
     server = uvicorn.Server(
         uvicorn.Config(

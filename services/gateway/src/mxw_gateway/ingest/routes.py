@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.ingest import service
 from mxw_gateway.ingest.schemas import FromUrlRequest
 from mxw_gateway.jobs.schemas import JobView
@@ -28,15 +29,21 @@ def _problem(description: str) -> dict[str, Any]:
         200: {"model": JobView, "description": "Same audio as an existing job of yours."},
         202: {"model": JobView, "description": "Downloaded and queued for transcription."},
         400: _problem("Not an http(s) URL."),
-        403: _problem("The URL's host is private, loopback or otherwise not public."),
+        401: _problem("Missing or invalid bearer token."),
+        403: _problem(
+            "The URL's host is private, loopback or otherwise not public; or the account "
+            "is disabled."
+        ),
         413: _problem("The download is larger than the limit."),
         415: _problem("The download is not decodable audio."),
         422: _problem("Invalid request body or options."),
+        429: _problem("Upload rate limit reached (Retry-After)."),
         502: _problem("The server failed, answered an error or redirected too often."),
         504: _problem("The download did not finish within the time limit."),
     },
     summary="Start a job from audio at an http(s) URL",
     operation_id="create_job_from_url",
+    dependencies=[RateLimitUploads],
 )
 async def create_job_from_url(
     request: FromUrlRequest,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.openai_api import service
 from mxw_gateway.openai_api.domain import OPENAI_MODEL, RESPONSE_FORMATS, render
 from mxw_gateway.openai_api.schemas import (
@@ -26,6 +27,11 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_JSON: {}}}
 
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: _error("Missing or invalid bearer token."),
+    403: _error("The account is disabled."),
+}
 
 _BODY: dict[str, Any] = {
     "requestBody": {
@@ -82,13 +88,16 @@ _BODY: dict[str, Any] = {
             "model": PendingTranscription,
             "description": "Not transcribed within the wait: poll the job (Location).",
         },
+        **_AUTH,
         400: _error("Invalid field, unknown model or a file that is not audio."),
         409: _error("The job was cancelled."),
         413: _error("The file is larger than the upload limit."),
         415: _error("Not multipart/form-data."),
         422: _error("The job failed on this audio or these options (the reason is given)."),
+        429: _error("Upload rate limit reached (Retry-After)."),
         502: _error("The job failed after every retry."),
     },
+    dependencies=[RateLimitUploads],
     summary="Transcribe audio (OpenAI-compatible)",
     description="Runs through the same pipeline as POST /jobs and waits for the transcript "
     "(at most the gateway's openai_wait_s). `temperature` is accepted and ignored.",
@@ -132,7 +141,9 @@ def _models(settings: SettingsDep) -> list[ModelCard]:
     return [ModelCard(id=name) for name in (OPENAI_MODEL, *settings.openai_models)]
 
 
-@router.get("/models", response_model=ModelList, summary="Models (OpenAI-compatible)")
+@router.get(
+    "/models", response_model=ModelList, responses=_AUTH, summary="Models (OpenAI-compatible)"
+)
 async def list_models(user: CurrentUserDep, settings: SettingsDep) -> ModelList:
     return ModelList(data=_models(settings))
 
@@ -140,7 +151,7 @@ async def list_models(user: CurrentUserDep, settings: SettingsDep) -> ModelList:
 @router.get(
     "/models/{model}",
     response_model=ModelCard,
-    responses={404: _error("No such model.")},
+    responses={**_AUTH, 404: _error("No such model.")},
     summary="One model (OpenAI-compatible)",
 )
 async def get_model(model: str, user: CurrentUserDep, settings: SettingsDep) -> ModelCard:

@@ -134,7 +134,12 @@ async def submit(
     """Store and probe the audio and create its job exactly as an upload does."""
     stored: list[StoredBlob] = []
     try:
-        form = await read_form(body, content_type, store, settings, stored)
+        try:
+            form = await read_form(body, content_type, store, settings, stored)
+        except UnicodeError as exc:
+            # python-multipart refuses part headers that are not Latin-1 (e.g. a field name
+            # in another script) with this instead of its parse error.
+            raise openai_error(400, "malformed multipart part header") from exc
         try:
             request = parse_request(
                 form.fields,
