@@ -1,0 +1,112 @@
+"""Every route of the gateway, called as anonymous, a disabled user, the owner, another user
+and an admin: each gets the status its role allows. New routes are covered automatically;
+a route that is neither job-scoped, admin-only nor per-user must be added to PUBLIC."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+SHORT = (FIXTURES / "short_en.ogg").read_bytes()
+PUBLIC = {"/livez", "/readyz", "/metrics", "/.well-known/jwks.json"}
+# Valid bodies where the route needs one, so that ownership (not validation) decides.
+BODIES = {"/jobs/{job_id}/reprocess": {"from": "embed"}}
+USERS = {"owner": "mx-owner", "other": "mx-other", "admin": "mx-admin", "disabled": "mx-off"}
+
+
+@pytest.fixture(scope="module")
+async def app_and_client(start_gateway):
+    async with start_gateway() as client:
+        yield client
+
+
+async def routes(client) -> list[tuple[str, str]]:
+    """Every operation the API documents (the OpenAPI document is generated from the app)."""
+    spec = (await client.get("/openapi.json")).json()
+    return [
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        if path not in PUBLIC
+        for method in operations
+    ]
+
+
+def fill(path: str, job_id: uuid.UUID, chunk_id: int) -> str:
+    values = {
+        "job_id": str(job_id),
+        "chunk_id": str(chunk_id),
+        "user_id": USERS["owner"],
+        "dead_letter_id": "transcript.ready.dlq:0:999999999",
+        "model": "base",
+    }
+    return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
+
+
+def kind(path: str) -> str:
+    if path.startswith("/admin"):
+        return "admin"
+    if "{job_id}" in path or "{chunk_id}" in path:
+        return "job"  # a resource the owner has and nobody else sees
+    return "user"
+
+
+@pytest.fixture(scope="module")
+async def setup(app_and_client, token, db):
+    client = app_and_client
+    headers = {name: token(sub, admin=name == "admin") for name, sub in USERS.items()}
+    for name in ("owner", "other", "admin", "disabled"):
+        assert (await client.get("/jobs", headers=headers[name])).status_code == 200
+    await db.execute("UPDATE users SET disabled = true WHERE id = $1", USERS["disabled"])
+    upload = await client.post(
+        "/jobs",
+        headers=headers["owner"],
+        params={"force": "true"},
+        files={"file": ("a.ogg", SHORT, "application/octet-stream")},
+    )
+    assert upload.status_code == 202
+    job_id = uuid.UUID(upload.json()["id"])
+    chunk_id = await db.fetchval(
+        "INSERT INTO chunks (job_id, owner_id, idx, text, start_s, end_s, method)"
+        " VALUES ($1, $2, 0, 'owner text', 0, 1, 'local') RETURNING id",
+        job_id,
+        USERS["owner"],
+    )
+    return client, headers, job_id, chunk_id
+
+
+async def call(client, method: str, template: str, path: str, headers: dict[str, str] | None):
+    return await client.request(method, path, headers=headers or {}, json=BODIES.get(template))
+
+
+@pytest.mark.parametrize("who", ["anonymous", "disabled", "other", "owner", "admin"])
+async def test_every_route_answers_by_role(setup, who):
+    client, headers, job_id, chunk_id = setup
+    table = await routes(client)
+    assert len(table) >= 20, table
+    wrong = []
+    for method, template in table:
+        path = fill(template, job_id, chunk_id)
+        response = await call(
+            client, method, template, path, None if who == "anonymous" else headers[who]
+        )
+        status, scope = response.status_code, kind(template)
+        if who == "anonymous":
+            ok = status == 401
+        elif who == "disabled":
+            ok = status == 403
+        elif scope == "admin":
+            ok = status == 403 if who in ("owner", "other") else status not in (401, 403)
+        elif scope == "job" and who == "other":
+            ok = status == 404
+        else:
+            ok = status not in (401, 403, 404) or (
+                # no transcript/chunks yet is "not ready", never "not yours"
+                status == 404 and "no job" not in response.text
+            )
+        if not ok:
+            wrong.append((method, template, status, response.text[:120]))
+    assert not wrong, wrong
