@@ -147,6 +147,9 @@ def main() -> None:
     def run_local() -> int:
         return len(local_chunks(hour, model, limits, params, keywords).chunks)
 
+    def run_local_static() -> int:
+        return len(local_chunks(hour, model.static, limits, params, keywords).chunks)
+
     def run_fixed() -> int:
         return len(
             fixed_chunks(
@@ -159,7 +162,12 @@ def main() -> None:
         )
 
     print(f"load average before timing: {os.getloadavg()[0]:.1f} (2 cores)")
-    for name, run in (("local", run_local), ("fixed", run_fixed)):
+    methods = (
+        ("local, static (auto above 200 segments)", run_local_static),
+        ("local, contextual", run_local),
+        ("fixed", run_fixed),
+    )
+    for name, run in methods:
         cpu_times = []
         times = []
         count = 0
@@ -192,13 +200,18 @@ def main() -> None:
     rows: list[tuple[str, tuple[float, float]]] = []
     rows.append(
         (
-            "local",
+            "local, contextual",
             score(
                 docs,
                 [ranges(local_chunks(s, embed, limits, params, keywords).chunks) for s, _ in docs],
             ),
         )
     )
+    static = [
+        ranges(local_chunks(s, embed.model.static, limits, params, keywords).chunks)
+        for s, _ in docs
+    ]
+    rows.append(("local, static", score(docs, static)))
     rows.append(
         (
             "fixed",

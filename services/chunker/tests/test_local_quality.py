@@ -48,3 +48,27 @@ def test_local_titles_summaries_and_keywords_describe_the_topic(embed, three_top
     assert any(
         w in words for w in ("match", "goal", "referee", "penalty", "league", "ball", "club")
     )
+
+
+def test_static_mode_also_finds_the_topic_changes(embed, three_topic_transcript):
+    segments, truth = three_topic_transcript
+    limits = ChunkingLimits(min_s=15, max_s=150, max_chars=3000)
+    result = local_chunks(segments, embed.static, limits, LocalParams(), KeywordExtractor())
+    found = [(c.segment_first, c.segment_last) for c in result.chunks]
+    score_pk = pk(boundaries_of(truth), boundaries_of(found))
+    print(f"three topics, static: chunks {found}, Pk {score_pk:.3f}")
+    assert score_pk <= 0.15  # one boundary off by up to ~3 segments, or one spurious cut
+    for boundary in (15, 31):
+        assert any(abs(last - boundary) <= 3 for _, last in found[:-1]), found
+
+
+async def test_auto_switches_to_static_for_long_transcripts(embed, make_segments):
+    from mxw_chunker.methods import Chunker
+    from mxw_chunker.settings import ChunkerSettings
+    from mxw_shared.contracts import ChunkingMethod
+
+    chunker = Chunker(ChunkerSettings(local_contextual_max_segments=30), embed, embed.static)
+    short = make_segments([f"Sentence {i} about boats." for i in range(30)])
+    long = make_segments([f"Sentence {i} about boats." for i in range(31)])
+    assert (await chunker.run(short, ChunkingMethod.local)).embedding == "contextual"
+    assert (await chunker.run(long, ChunkingMethod.local)).embedding == "static"

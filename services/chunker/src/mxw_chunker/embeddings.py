@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,24 @@ class SegmentEmbedder:
         # keeps one hour of speech within the time budget without losing its topic.
         self._model.max_seq_length = max_tokens
         self._lock = threading.Lock()
+        # The transformer's input word-piece table (the static mode's vectors).
+        transformer: Any = model[0]
+        table: Any = transformer.auto_model.get_input_embeddings().weight
+        self._token_vectors: Vectors = np.asarray(table.detach().cpu().numpy(), dtype=np.float32)
+
+    def static(self, texts: Sequence[str]) -> Vectors:
+        """Fast mode: the mean of the model's own (input) word-piece vectors per text, no
+        transformer pass. About 100× faster; a little less precise (docs/chunking.md)."""
+        with self._lock:
+            ids = self._model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        vectors = np.zeros((len(texts), self._token_vectors.shape[1]), dtype=np.float32)
+        for row, pieces in enumerate(ids):
+            if pieces:
+                vectors[row] = self._token_vectors[pieces].mean(axis=0)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        result: Vectors = vectors / norms
+        return result
 
     def __call__(self, texts: Sequence[str]) -> Vectors:
         if not texts:

@@ -52,6 +52,9 @@ class LazyEmbedder:
     def __call__(self, texts: Sequence[str]) -> Vectors:
         return self.load()(texts)
 
+    def static(self, texts: Sequence[str]) -> Vectors:
+        return self.load().static(texts)
+
     async def preload(self) -> None:
         try:
             await asyncio.to_thread(self.load)
@@ -72,7 +75,7 @@ def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
         preload = asyncio.create_task(embedder.preload())
-        chunker = Chunker(settings, embedder)
+        chunker = Chunker(settings, embedder, embedder.static)
         runner: StageRunner[TranscriptReady] = StageRunner(
             pool=runtime.pool,
             settings=settings,

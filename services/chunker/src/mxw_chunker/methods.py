@@ -33,10 +33,12 @@ class ChunkingResult:
     method: ChunkingMethod  # the one actually used: local, llm or fixed
     fallback_reason: str | None
     seconds: float
+    embedding: str | None = None  # local only: contextual or static
 
     def metrics(self) -> dict[str, object]:
         return {
             "method": self.method.value,
+            "embedding": self.embedding,
             "method_requested": self.requested.value,
             "fallback_reason": self.fallback_reason,
             "chunks": len(self.chunks),
@@ -64,9 +66,12 @@ class Chunker:
     """All three methods with the service's settings; `embed` is loaded lazily by the
     caller (a model in this process)."""
 
-    def __init__(self, settings: ChunkerSettings, embed: EmbedFn) -> None:
+    def __init__(
+        self, settings: ChunkerSettings, embed: EmbedFn, static_embed: EmbedFn | None = None
+    ) -> None:
         self.settings = settings
         self.embed = embed
+        self.static_embed = static_embed
         self.limits = ChunkingLimits(settings.min_s, settings.max_s, settings.max_chars)
         self.params = LocalParams(
             block=settings.local_block,
@@ -82,8 +87,18 @@ class Chunker:
         if self.llm is not None:
             await self.llm.aclose()
 
+    def embedding_for(self, segments: Sequence[Segment]) -> tuple[str, EmbedFn]:
+        mode = self.settings.local_embedding
+        if mode == "auto":
+            many = len(segments) > self.settings.local_contextual_max_segments
+            mode = "static" if many else "contextual"
+        if mode == "static" and self.static_embed is not None:
+            return "static", self.static_embed
+        return "contextual", self.embed
+
     def local(self, segments: Sequence[Segment]) -> list[Chunk]:
-        return local_chunks(segments, self.embed, self.limits, self.params, self.keywords).chunks
+        _mode, embed = self.embedding_for(segments)
+        return local_chunks(segments, embed, self.limits, self.params, self.keywords).chunks
 
     def fixed(self, segments: Sequence[Segment]) -> list[Chunk]:
         s = self.settings
@@ -138,4 +153,7 @@ class Chunker:
         if chunks is None:
             work = self.fixed if method is ChunkingMethod.fixed else self.local
             chunks = await asyncio.to_thread(work, segments)
-        return ChunkingResult(chunks, requested, method, reason, time.monotonic() - started)
+        embedding = self.embedding_for(segments)[0] if method is ChunkingMethod.local else None
+        return ChunkingResult(
+            chunks, requested, method, reason, time.monotonic() - started, embedding
+        )
