@@ -97,3 +97,39 @@ def test_options_an_english_only_model_cannot_honour_are_rejected(
 def test_multilingual_models_accept_languages_and_translation() -> None:
     check_options(JobOptions(language="de", task=Task.translate), True, "base")
     check_options(JobOptions(language="en"), False, "tiny.en")
+
+
+def test_a_resumed_transcription_continues_after_the_given_point(tiny: LoadedModel) -> None:
+    from mxw_transcriber.domain import Resume
+
+    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    full = transcribe(tiny.model, audio, JobOptions(word_timestamps=True), DecodeSettings())
+    assert len(full.segments) >= 2
+    first = full.segments[0]
+    seen: list[float] = []
+    rest = transcribe(
+        tiny.model,
+        audio,
+        JobOptions(word_timestamps=True),
+        DecodeSettings(),
+        resume=Resume(
+            start_s=first.end_s,
+            next_idx=1,
+            language="en",
+            language_probability=None,
+            previous_text=first.text,
+        ),
+        on_segment=lambda _segment, position: seen.append(position),
+    )
+    assert rest.segments
+    assert [s.idx for s in rest.segments] == list(range(1, len(rest.segments) + 1))
+    assert rest.duration_s == full.duration_s
+    for seg in rest.segments:
+        assert first.end_s <= seg.start_s < seg.end_s <= full.duration_s
+        for w in seg.words or ():
+            assert seg.start_s <= w.start_s <= w.end_s <= seg.end_s
+    assert seen == sorted(seen)
+    assert seen[-1] > first.end_s
+    # What comes after the first segment is heard again, and nothing of the first one.
+    assert "bread" in words(rest.text)
+    assert "solar" not in words(rest.text)
