@@ -68,7 +68,10 @@ class _Collector:
 
     def on_header_end(self) -> None:
         name = self.header_field.decode("latin-1").strip().lower()
-        self.headers[name] = self.header_value.decode("utf-8", errors="replace").strip()
+        # latin-1 keeps every byte: browsers send UTF-8 filenames raw in the header, and the
+        # option parser below re-encodes as latin-1, so the filename's bytes survive intact
+        # and are decoded as UTF-8 once, in on_headers_finished.
+        self.headers[name] = self.header_value.decode("latin-1").strip()
         self.header_field.clear()
         self.header_value.clear()
 
