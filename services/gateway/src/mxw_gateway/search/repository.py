@@ -137,7 +137,9 @@ def build_search_sql(mode: SearchMode, scope: Scope, tuning: Tuning) -> tuple[st
     """SQL and parameters: $1 query vector (NULL in text mode), $2 query text ('' for
     "more like this"), $3 candidates per ranked list, $4 rows wanted, $5 offset, $6 RRF k."""
     args = _Args(None, None, tuning.candidates, 0, 0, tuning.rrf_k)
-    vec_filters = _scope_filters(scope, args, "e")
+    # Every parameter must be used by the statement: the vector side's filters only where
+    # there is a vector side.
+    vec_filters = _scope_filters(scope, args, "e") if mode is not SearchMode.text else []
     txt_filters = _scope_filters(scope, args, "c")
     vec_where = f"WHERE {' AND '.join(vec_filters)}" if vec_filters else ""
     txt_and = "".join(f" AND {f}" for f in txt_filters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -78,21 +79,25 @@ def _scope(
 ) -> Scope:
     if filters.all and not user.is_admin:
         raise Problem(403, "Forbidden", "only admins may search every user's audio")
-    if (
-        filters.created_from is not None
-        and filters.created_to is not None
-        and filters.created_from >= filters.created_to
-    ):
+    created_from, created_to = _utc(filters.created_from), _utc(filters.created_to)
+    if created_from is not None and created_to is not None and created_from >= created_to:
         raise Problem(422, "Invalid request", "created_from must be before created_to")
     job_ids = list(dict.fromkeys([*filters.job_ids, *([extra_job] if extra_job else [])]))
     return Scope(
         owner_id=None if filters.all else user.sub,
         job_ids=tuple(job_ids),
         language=filters.language.strip() if filters.language else None,
-        created_from=filters.created_from,
-        created_to=filters.created_to,
+        created_from=created_from,
+        created_to=created_to,
         exclude_chunk_id=exclude_chunk_id,
     )
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time without a zone is taken as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
 
 
 def _tuning(settings: GatewaySettings, size: int, offset: int) -> Tuning:
