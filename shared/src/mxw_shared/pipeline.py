@@ -161,6 +161,12 @@ class StageRunner(Generic[In]):
                 return "duplicate"
             async with conn.transaction():
                 job = await get_job(conn, data.job_id)
+                if job is None and await conn.fetchval(
+                    "SELECT 1 FROM deleted_jobs WHERE id = $1", data.job_id
+                ):
+                    await self._mark_processed(conn, envelope.id)
+                    bound.info("event for a deleted job skipped")
+                    return "deleted"
                 if job is None and self.adopt_job is not None:
                     job = await self.adopt_job(conn, envelope, typed)
                 reason = self._reject_reason(job, data)

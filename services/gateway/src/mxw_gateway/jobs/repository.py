@@ -238,3 +238,23 @@ async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
         job_id,
     )
     return rows
+
+
+async def delete_job(conn: Connection, job_id: uuid.UUID, owner_id: str) -> str:
+    """Remove the job and everything derived from it (stages, history, transcript, chunks,
+    vectors: ON DELETE CASCADE), leave a tombstone, and drop its blob row when no other job
+    uses the same stored file. Returns the audio URI, for the caller to delete the file
+    after commit when nothing references it any more."""
+    uri: str = await conn.fetchval("DELETE FROM jobs WHERE id = $1 RETURNING audio_uri", job_id)
+    await conn.execute(
+        "INSERT INTO deleted_jobs (id, owner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        job_id,
+        owner_id,
+    )
+    await conn.execute(
+        "DELETE FROM blobs b WHERE b.owner_id = $1 AND b.uri = $2"
+        " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.owner_id = $1 AND j.audio_uri = $2)",
+        owner_id,
+        uri,
+    )
+    return uri

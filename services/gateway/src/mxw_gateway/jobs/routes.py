@@ -181,6 +181,19 @@ async def cancel_job(
     return await service.cancel_job(pool, settings, user, job_id)
 
 
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    responses={**_NOT_FOUND, 409: _problem("The job is still running: cancel it first.")},
+    summary="Delete a finished job with its audio, transcript, chunks and vectors",
+)
+async def delete_job(
+    job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep, store: BlobStoreDep
+) -> Response:
+    await service.delete_job(pool, store, user, job_id)
+    return Response(status_code=204)
+
+
 @router.post(
     "/jobs/{job_id}/reprocess",
     status_code=202,

@@ -419,6 +419,39 @@ async def cancel_job(
     return await get_job(pool, settings, user, job_id)
 
 
+async def delete_job(
+    pool: Pool, store: LocalBlobStore, user: CurrentUser, job_id: uuid.UUID
+) -> None:
+    """Delete a finished job with its blob, transcript, chunks and vectors. A job still
+    being worked on must be cancelled (and have stopped) first: deleting under a running
+    worker would race its commit."""
+    await load_owned_job(pool, user, job_id)
+    async with pool.acquire() as conn, conn.transaction():
+        job = await conn.fetchrow(
+            "SELECT id, owner_id, cancelled_at, generation, rerun_from FROM jobs"
+            " WHERE id = $1 FOR UPDATE",
+            job_id,
+        )
+        if job is None:
+            raise _not_found(job_id)
+        rows = (await repository.fetch_stages(conn, [job_id]))[job_id]
+        stages = current_stages(job, rows)
+        state = derive_job_state(
+            job["cancelled_at"] is not None, {s: r["state"] for s, r in stages.items()}
+        )
+        still_running = any(r["state"] == JobState.running for r in rows)
+        if state not in (JobState.done, JobState.failed, JobState.cancelled) or still_running:
+            raise Problem(
+                409,
+                "Job still running",
+                "cancel the job and wait until it stopped before deleting it",
+                state=state.value,
+            )
+        uri = await repository.delete_job(conn, job_id, job["owner_id"])
+    if not await repository.blob_in_use(pool, uri):
+        await asyncio.to_thread(store.delete, uri)
+
+
 async def reprocess_job(
     pool: Pool,
     settings: GatewaySettings,
