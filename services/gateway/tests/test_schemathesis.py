@@ -88,12 +88,6 @@ def test_openai_and_ingest_routes_conform(case, gateway_base, auth) -> None:  # 
     call_and_check(case, gateway_base, auth)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="findings reported to the gateway lead (issue 4): the jobs, search and admin "
-    "routes answer 401/403 without documenting them; POST /search documents its 422 as "
-    "application/json but answers application/problem+json. Remove this mark once fixed.",
-)
 @schema.exclude(path_regex=OWN_PATHS).parametrize()
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 def test_other_routes_conform(case, gateway_base, auth) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from mxw_gateway.hygiene import RateLimitSearch, install_hygiene
 from mxw_gateway.ingest.routes import router as ingest_router
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.openai_api.routes import router as openai_router
+from mxw_gateway.openapi import install_openapi
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
 
@@ -54,6 +55,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.rate_limiters = {}
     install_problem_handlers(app)
     install_hygiene(app, settings)
+    install_openapi(app)
     app.include_router(health_router(lambda: runtime))
     app.include_router(ingest_router)
     app.include_router(jobs_router)
