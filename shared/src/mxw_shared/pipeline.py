@@ -134,23 +134,22 @@ class StageRunner(Generic[In]):
         self.adopt_job = adopt_job
         self.consumer = settings.service_name
         self.worker_id = f"{settings.service_name}-{settings.instance_id}-{uuid.uuid4().hex[:8]}"
-        self._key: str | None = None
 
     async def handle(self, headers: dict[str, str], body: bytes, key: bytes | None = None) -> str:
         """Handle one record; returns the outcome. Raises only when the database is
         unreachable, so the caller does not commit the offset and the record comes back."""
-        self._key = key.decode(errors="replace") if key else None
-        outcome = await self._handle(headers, body)
+        record_key = key.decode(errors="replace") if key else None
+        outcome = await self._handle(headers, body, record_key)
         EVENTS.labels(self.topic, outcome).inc()
         return outcome
 
-    async def _handle(self, headers: dict[str, str], body: bytes) -> str:
+    async def _handle(self, headers: dict[str, str], body: bytes, key: str | None) -> str:
         try:
             envelope, data = parse_event(self.topic, headers, body)
         except ValueError as exc:
             log.warning("invalid event dead-lettered", topic=self.topic, error=str(exc)[:500])
             async with self.pool.acquire() as conn, conn.transaction():
-                await self._dead_letter(conn, headers, body, f"invalid event: {exc}", 0)
+                await self._dead_letter(conn, headers, body, key, f"invalid event: {exc}", 0)
             return "invalid"
         typed: In = data  # type: ignore[assignment]  # parse_event checked the topic's model
         bound = log.bind(job_id=str(data.job_id), event_id=envelope.id, topic=self.topic)
@@ -172,7 +171,7 @@ class StageRunner(Generic[In]):
                 reason = self._reject_reason(job, data)
                 if reason is not None:
                     bound.warning("event rejected", reason=reason)
-                    await self._dead_letter(conn, headers, body, reason, 0)
+                    await self._dead_letter(conn, headers, body, key, reason, 0)
                     return "rejected"
                 assert job is not None
                 if job.cancelled:
@@ -211,7 +210,7 @@ class StageRunner(Generic[In]):
                     f"{self.stage.value} started (attempt {attempt})",
                 )
 
-        return await self._run(envelope, typed, job, headers, body, bound)
+        return await self._run(envelope, typed, job, headers, body, key, bound)
 
     async def _run(
         self,
@@ -220,6 +219,7 @@ class StageRunner(Generic[In]):
         job: JobRow,
         headers: dict[str, str],
         body: bytes,
+        key: str | None,
         bound: Any,
     ) -> str:
         progress = Progress(self.pool, job, self.stage, self.settings.service_name)
@@ -263,7 +263,9 @@ class StageRunner(Generic[In]):
                     f"{self.stage.value} failed",
                     error=reason,
                 )
-                await self._dead_letter(conn, headers, body, reason, self.settings.max_attempts)
+                await self._dead_letter(
+                    conn, headers, body, key, reason, self.settings.max_attempts
+                )
                 await self._mark_processed(conn, envelope.id)
             return "failed"
 
@@ -376,7 +378,13 @@ class StageRunner(Generic[In]):
         )
 
     async def _dead_letter(
-        self, conn: Connection, headers: dict[str, str], body: bytes, reason: str, attempts: int
+        self,
+        conn: Connection,
+        headers: dict[str, str],
+        body: bytes,
+        key: str | None,
+        reason: str,
+        attempts: int,
     ) -> None:
         dl_headers = {
             **headers,
@@ -385,8 +393,7 @@ class StageRunner(Generic[In]):
             "x_attempts": str(attempts),
             "x_original_topic": self.topic,
         }
-        key = self._key or _job_key(body)
-        await enqueue_raw(conn, dlq(self.topic), key, dl_headers, body)
+        await enqueue_raw(conn, dlq(self.topic), key or _job_key(body), dl_headers, body)
 
 
 def _job_key(body: bytes) -> str:

@@ -32,9 +32,9 @@ class CommonSettings(BaseSettings):
     kafka_idempotent_producer: bool = True
     kafka_partitions: int = 3
     kafka_replication_factor: int = 1
-    # Long work runs inside the handler; aiokafka heartbeats from a background task, so the
-    # group only rebalances when one message takes longer than this.
-    kafka_max_poll_interval_ms: int = 3_600_000
+    # Stage consumers keep polling (the busy partition paused) while work runs, so this
+    # bounds a stuck poll loop, not the length of a job: Kafka's usual 5 minutes.
+    kafka_max_poll_interval_ms: int = 300_000
 
     blob_root: Path = Path(".data/blobs")
 

@@ -278,7 +278,8 @@ def build_view(
                 started_at=started,
                 finished_at=finished,
                 duration_s=(finished - started).total_seconds() if started and finished else None,
-                metrics=row["metrics"] or {},
+                # The transcriber's resume point is its own bookkeeping, not a measurement.
+                metrics={k: v for k, v in (row["metrics"] or {}).items() if k != "checkpoint"},
             )
         )
         if row["state"] == JobState.failed and error is None:
