@@ -39,3 +39,11 @@ def test_only_local_file_uris_map_to_paths():
         local_path("s3://bucket/key")
     with pytest.raises(UnsupportedUri):
         local_path("file://otherhost/etc/passwd")
+
+
+async def test_large_stream_in_small_chunks_is_hashed_and_written_whole(tmp_path):
+    data = bytes(range(256)) * (14 * 1024)  # 3.5 MiB: several 1 MiB blocks and a tail
+    pieces = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    blob = await LocalBlobStore(tmp_path).put_stream(chunks(*pieces), max_bytes=len(data))
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert blob.path.read_bytes() == data

@@ -4,6 +4,7 @@ s3:// and http(s):// sources (read by the transcriber)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -11,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+_BLOCK_BYTES = 1024 * 1024
 
 
 class BlobTooLarge(Exception):
@@ -47,16 +50,39 @@ class LocalBlobStore:
         digest = hashlib.sha256()
         size = 0
         fh = await asyncio.to_thread(tmp.open, "wb")
+
+        def hash_and_write(block: bytes) -> None:
+            # Both release the GIL on large buffers: this overlaps with receiving.
+            digest.update(block)
+            fh.write(block)
+
+        # Receive into a block while the previous block is hashed and written in a worker
+        # thread: one thread hop per block instead of per (small) network chunk, and
+        # receiving never waits for the disk unless the disk is the slower side.
+        block = bytearray()
+        writing: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise BlobTooLarge(max_bytes)
-                digest.update(chunk)
-                await asyncio.to_thread(fh.write, chunk)
+                block += chunk
+                if len(block) >= _BLOCK_BYTES:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(hash_and_write, bytes(block)))
+                    block.clear()
+            if writing is not None:
+                await writing
+                writing = None
+            if block:
+                await asyncio.to_thread(hash_and_write, bytes(block))
             await asyncio.to_thread(fh.flush)
             await asyncio.to_thread(os.fsync, fh.fileno())
         except BaseException:
+            if writing is not None:  # let the thread finish before the file goes away
+                with contextlib.suppress(BaseException):
+                    await writing
             fh.close()
             tmp.unlink(missing_ok=True)
             raise
