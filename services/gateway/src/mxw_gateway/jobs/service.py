@@ -380,23 +380,41 @@ async def list_jobs(
     )
 
 
+@dataclass(frozen=True)
+class LockedJob:
+    """A job row locked for the caller's transaction, with its stage rows."""
+
+    row: asyncpg.Record
+    all_stages: list[asyncpg.Record]  # every run's rows
+    stages: dict[Stage, Any]  # the current run's rows
+    state: JobState
+
+
+async def _lock_job(conn: asyncpg.Connection[asyncpg.Record], job_id: uuid.UUID) -> LockedJob:
+    """Lock the job (cancel, reprocess and delete serialise on it) and derive its state."""
+    row = await conn.fetchrow(
+        "SELECT id, owner_id, cancelled_at, generation, rerun_from, options, audio_uri,"
+        " sha256, size_bytes, filename, content_type FROM jobs WHERE id = $1 FOR UPDATE",
+        job_id,
+    )
+    if row is None:
+        raise _not_found(job_id)
+    all_stages = (await repository.fetch_stages(conn, [job_id]))[job_id]
+    stages = current_stages(row, all_stages)
+    state = derive_job_state(
+        row["cancelled_at"] is not None, {s: r["state"] for s, r in stages.items()}
+    )
+    return LockedJob(row, all_stages, stages, state)
+
+
 async def cancel_job(
     pool: Pool, settings: GatewaySettings, user: CurrentUser, job_id: uuid.UUID
 ) -> JobView:
     await load_owned_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
-        job = await conn.fetchrow(
-            "SELECT id, owner_id, cancelled_at, generation, rerun_from FROM jobs"
-            " WHERE id = $1 FOR UPDATE",
-            job_id,
-        )
-        if job is None:
-            raise _not_found(job_id)
-        stage_rows = list(
-            current_stages(job, (await repository.fetch_stages(conn, [job_id]))[job_id]).values()
-        )
-        stages = {Stage(r["stage"]): r["state"] for r in stage_rows}
-        state = derive_job_state(job["cancelled_at"] is not None, stages)
+        locked = await _lock_job(conn, job_id)
+        job, state = locked.row, locked.state
+        stages = {s: r["state"] for s, r in locked.stages.items()}
         if state in (JobState.done, JobState.failed, JobState.cancelled):
             raise Problem(
                 409, "Job already finished", f"the job is {state.value}", state=state.value
@@ -404,7 +422,7 @@ async def cancel_job(
         # The stage the job is in: the first one not done yet.
         current = next((s for s in STAGE_ORDER if stages.get(s) != JobState.done), Stage.embed)
         progress = job_progress(
-            state, {Stage(r["stage"]): (r["state"], float(r["progress"])) for r in stage_rows}
+            state, {s: (r["state"], float(r["progress"])) for s, r in locked.stages.items()}
         )
         await repository.mark_cancelled(conn, job_id)
         await record_status(
@@ -428,19 +446,9 @@ async def delete_job(
     worker would race its commit."""
     await load_owned_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
-        job = await conn.fetchrow(
-            "SELECT id, owner_id, cancelled_at, generation, rerun_from FROM jobs"
-            " WHERE id = $1 FOR UPDATE",
-            job_id,
-        )
-        if job is None:
-            raise _not_found(job_id)
-        rows = (await repository.fetch_stages(conn, [job_id]))[job_id]
-        stages = current_stages(job, rows)
-        state = derive_job_state(
-            job["cancelled_at"] is not None, {s: r["state"] for s, r in stages.items()}
-        )
-        still_running = any(r["state"] == JobState.running for r in rows)
+        locked = await _lock_job(conn, job_id)
+        job, state = locked.row, locked.state
+        still_running = any(r["state"] == JobState.running for r in locked.all_stages)
         if state not in (JobState.done, JobState.failed, JobState.cancelled) or still_running:
             raise Problem(
                 409,
@@ -466,17 +474,8 @@ async def reprocess_job(
     stage, in one transaction. Earlier stages' results are reused as they are."""
     await load_owned_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
-        job = await conn.fetchrow(
-            "SELECT id, owner_id, cancelled_at, generation, rerun_from, options, audio_uri,"
-            " sha256, size_bytes, filename, content_type FROM jobs WHERE id = $1 FOR UPDATE",
-            job_id,
-        )
-        if job is None:
-            raise _not_found(job_id)
-        stages = current_stages(job, (await repository.fetch_stages(conn, [job_id]))[job_id])
-        state = derive_job_state(
-            job["cancelled_at"] is not None, {s: r["state"] for s, r in stages.items()}
-        )
+        locked = await _lock_job(conn, job_id)
+        job, stages, state = locked.row, locked.stages, locked.state
         if state not in (JobState.done, JobState.failed):
             raise Problem(
                 409,
