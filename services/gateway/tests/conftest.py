@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,3 +52,36 @@ def token(dev_issuer):
         return {"Authorization": f"Bearer {dev_issuer.mint(sub, **claims)}"}
 
     return make
+
+
+@pytest.fixture(scope="module")
+async def client(start_gateway):
+    """A gateway with the test defaults, shared by one module's tests (a module that needs
+    other settings defines its own `client`)."""
+    async with start_gateway() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def short_ogg() -> bytes:
+    """The committed 3.4 s English speech fixture."""
+    return (Path(__file__).resolve().parents[3] / "tests/fixtures/audio/short_en.ogg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def upload_short(short_ogg):
+    """Upload audio (the short fixture unless `data` is given) as a new job (force=true)."""
+
+    async def upload(
+        client, headers, *, filename: str = "short_en.ogg", data: bytes | None = None
+    ) -> httpx.Response:
+        return await client.post(
+            "/jobs",
+            headers=headers,
+            params={"force": "true"},
+            files={
+                "file": (filename, short_ogg if data is None else data, "application/octet-stream")
+            },
+        )
+
+    return upload

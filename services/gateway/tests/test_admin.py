@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
-import pytest
 from mxw_shared import topics
 from mxw_shared.contracts import Envelope, TranscriptReady
-
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SHORT = (FIXTURES / "short_en.ogg").read_bytes()
-
-
-@pytest.fixture(scope="module")
-async def client(start_gateway):
-    async with start_gateway() as c:
-        yield c
 
 
 async def test_admins_manage_users_and_others_cannot(client, token):
@@ -50,14 +39,9 @@ async def test_admins_manage_users_and_others_cannot(client, token):
     ).status_code == 422
 
 
-async def test_system_view_counts_jobs_lag_and_dead_letters(client, token):
+async def test_system_view_counts_jobs_lag_and_dead_letters(client, token, upload_short):
     admin = token("boss", admin=True)
-    await client.post(
-        "/jobs",
-        headers=token("sys-user"),
-        params={"force": "true"},
-        files={"file": ("a.ogg", SHORT, "application/octet-stream")},
-    )
+    await upload_short(client, token("sys-user"))
     response = await client.get("/admin/system", headers=admin)
     assert response.status_code == 200, response.text
     view = response.json()
@@ -96,15 +80,12 @@ async def find(client, admin, event_id: str) -> dict:
     return next(d for d in letters if d["event_id"] == event_id)
 
 
-async def test_dead_letters_are_listed_and_replayed(client, token, db, kafka_producer, read_topic):
+async def test_dead_letters_are_listed_and_replayed(
+    client, token, db, kafka_producer, read_topic, upload_short
+):
     admin = token("boss", admin=True)
     # 1. A job that failed at the chunk stage: replay reprocesses it from there.
-    upload = await client.post(
-        "/jobs",
-        headers=token("dl-user"),
-        params={"force": "true"},
-        files={"file": ("a.ogg", SHORT, "application/octet-stream")},
-    )
+    upload = await upload_short(client, token("dl-user"))
     failed_job = uuid.UUID(upload.json()["id"])
     await db.execute(
         "INSERT INTO transcripts (job_id, duration_s, model, text)"

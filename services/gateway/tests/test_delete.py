@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
-import pytest
 from mxw_shared.blobs import local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, Stage
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.settings import CommonSettings
 from mxw_shared.topics import AUDIO_UPLOADED
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SHORT = (FIXTURES / "short_en.ogg").read_bytes()
 
-
-@pytest.fixture(scope="module")
-async def client(start_gateway):
-    async with start_gateway() as c:
-        yield c
-
-
-async def finished_job(client, headers, db, data: bytes) -> uuid.UUID:
-    response = await client.post(
-        "/jobs",
-        headers=headers,
-        params={"force": "true"},
-        files={"file": ("d.ogg", data, "application/octet-stream")},
-    )
+async def finished_job(upload_short, client, headers, db, data: bytes) -> uuid.UUID:
+    response = await upload_short(client, headers, filename="d.ogg", data=data)
     assert response.status_code == 202, response.text
     job_id = uuid.UUID(response.json()["id"])
     for stage in ("transcribe", "chunk", "embed"):
@@ -54,10 +38,10 @@ async def finished_job(client, headers, db, data: bytes) -> uuid.UUID:
     return job_id
 
 
-async def test_delete_removes_job_results_and_audio(client, token, db):
+async def test_delete_removes_job_results_and_audio(client, token, db, upload_short, short_ogg):
     headers = token("deleter")
-    data = SHORT + b"\x01" * 7  # audio no other test stores
-    job_id = await finished_job(client, headers, db, data)
+    data = short_ogg + b"\x01" * 7  # audio no other test stores
+    job_id = await finished_job(upload_short, client, headers, db, data)
     uri = await db.fetchval("SELECT audio_uri FROM jobs WHERE id = $1", job_id)
     assert local_path(uri).exists()
 
@@ -81,34 +65,33 @@ async def test_delete_removes_job_results_and_audio(client, token, db):
     assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 404
 
 
-async def test_audio_shared_with_another_job_is_kept(client, token, db):
+async def test_audio_shared_with_another_job_is_kept(client, token, db, upload_short, short_ogg):
     headers = token("deleter")
-    data = SHORT + b"\x02" * 7
-    first = await finished_job(client, headers, db, data)
-    second = await finished_job(client, headers, db, data)  # force: same bytes, second job
+    data = short_ogg + b"\x02" * 7
+    first = await finished_job(upload_short, client, headers, db, data)
+    second = await finished_job(
+        upload_short, client, headers, db, data
+    )  # force: same bytes, second job
     uri = await db.fetchval("SELECT audio_uri FROM jobs WHERE id = $1", first)
     assert (await client.delete(f"/jobs/{first}", headers=headers)).status_code == 204
     assert local_path(uri).exists()
     assert (await client.get(f"/jobs/{second}/audio", headers=headers)).status_code == 200
 
 
-async def test_running_job_cannot_be_deleted(client, token, db):
+async def test_running_job_cannot_be_deleted(client, token, db, upload_short):
     headers = token("deleter")
-    response = await client.post(
-        "/jobs",
-        headers=headers,
-        params={"force": "true"},
-        files={"file": ("d.ogg", SHORT, "application/octet-stream")},
-    )
+    response = await upload_short(client, headers, filename="d.ogg")
     job_id = response.json()["id"]
     assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 409
     assert (await client.post(f"/jobs/{job_id}/cancel", headers=headers)).status_code == 200
     assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 204
 
 
-async def test_a_late_event_does_not_bring_a_deleted_job_back(client, token, db, infra):
+async def test_a_late_event_does_not_bring_a_deleted_job_back(
+    client, token, db, infra, upload_short, short_ogg
+):
     headers = token("deleter")
-    job_id = await finished_job(client, headers, db, SHORT + b"\x03" * 7)
+    job_id = await finished_job(upload_short, client, headers, db, short_ogg + b"\x03" * 7)
     event = AudioUploaded(job_id=job_id, owner_id="deleter", audio_uri="file:///x", sha256="0" * 64)
     assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 204
 

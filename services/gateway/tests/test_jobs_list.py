@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SHORT = (FIXTURES / "short_en.ogg").read_bytes()
 
+@pytest.fixture(scope="session")
+def job_named(upload_short):
+    async def upload(client, headers, filename: str) -> uuid.UUID:
+        response = await upload_short(client, headers, filename=filename)
+        assert response.status_code == 202, response.text
+        return uuid.UUID(response.json()["id"])
 
-@pytest.fixture(scope="module")
-async def client(start_gateway):
-    async with start_gateway() as c:
-        yield c
-
-
-async def job_named(client, headers, filename: str) -> uuid.UUID:
-    response = await client.post(
-        "/jobs",
-        headers=headers,
-        params={"force": "true"},
-        files={"file": (filename, SHORT, "application/octet-stream")},
-    )
-    assert response.status_code == 202, response.text
-    return uuid.UUID(response.json()["id"])
+    return upload
 
 
 async def set_stages(db, job_id, **states: str) -> None:
@@ -58,8 +47,8 @@ async def names(client, headers, **params) -> list[str]:
     return [j["filename"] for j in response.json()["items"]]
 
 
-async def test_filters_by_state_name_and_time(client, token, db):
-    headers = token(f"lena-{uuid.uuid4().hex[:6]}")
+async def test_filters_by_state_name_and_time(client, token, db, job_named):
+    headers = token(f"listing-{uuid.uuid4().hex[:6]}")
     done = await job_named(client, headers, "meeting 100% done.ogg")
     failed = await job_named(client, headers, "standup_failed.ogg")
     await job_named(client, headers, "queued.ogg")
@@ -89,8 +78,8 @@ async def test_filters_by_state_name_and_time(client, token, db):
     assert bad.status_code == 422
 
 
-async def test_job_view_summarises_the_transcription(client, token, db):
-    headers = token("lena")
+async def test_job_view_summarises_the_transcription(client, token, db, job_named):
+    headers = token("summary-user")
     job_id = await job_named(client, headers, "summary.ogg")
     await set_stages(db, job_id, transcribe="done")
     summary = (await client.get(f"/jobs/{job_id}", headers=headers)).json()["summary"]

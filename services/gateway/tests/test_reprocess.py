@@ -4,30 +4,19 @@ input event, earlier results reused. Against the real Postgres and broker."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 from mxw_shared import topics
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SHORT = (FIXTURES / "short_en.ogg").read_bytes()
 
+@pytest.fixture(scope="session")
+def uploaded_job(upload_short):
+    async def upload(client, headers) -> uuid.UUID:
+        response = await upload_short(client, headers)
+        assert response.status_code == 202, response.text
+        return uuid.UUID(response.json()["id"])
 
-@pytest.fixture(scope="module")
-async def client(start_gateway):
-    async with start_gateway() as c:
-        yield c
-
-
-async def uploaded_job(client, headers) -> uuid.UUID:
-    response = await client.post(
-        "/jobs",
-        headers=headers,
-        params={"force": "true"},
-        files={"file": ("short_en.ogg", SHORT, "application/octet-stream")},
-    )
-    assert response.status_code == 202, response.text
-    return uuid.UUID(response.json()["id"])
+    return upload
 
 
 async def finish_stages(db, job_id: uuid.UUID, *, states: dict[str, str]) -> None:
@@ -61,7 +50,9 @@ async def finish_stages(db, job_id: uuid.UUID, *, states: dict[str, str]) -> Non
         )
 
 
-async def test_rechunk_with_another_method_keeps_the_transcript(client, token, db, read_topic):
+async def test_rechunk_with_another_method_keeps_the_transcript(
+    client, token, db, read_topic, uploaded_job
+):
     headers = token("rita")
     job_id = await uploaded_job(client, headers)
     await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done", "embed": "done"})
@@ -102,7 +93,9 @@ async def test_rechunk_with_another_method_keeps_the_transcript(client, token, d
     assert again.status_code == 409  # the new run has not finished
 
 
-async def test_failed_job_can_be_run_again_from_the_start(client, token, db, read_topic):
+async def test_failed_job_can_be_run_again_from_the_start(
+    client, token, db, read_topic, uploaded_job
+):
     headers = token("rita")
     job_id = await uploaded_job(client, headers)
     await finish_stages(db, job_id, states={"transcribe": "failed"})
@@ -126,7 +119,9 @@ async def test_failed_job_can_be_run_again_from_the_start(client, token, db, rea
     assert events[-1][1]["audio_uri"] == events[0][1]["audio_uri"]
 
 
-async def test_reprocess_refuses_running_jobs_strangers_and_bad_input(client, token, db):
+async def test_reprocess_refuses_running_jobs_strangers_and_bad_input(
+    client, token, db, uploaded_job
+):
     headers = token("rita")
     job_id = await uploaded_job(client, headers)
 
@@ -155,7 +150,7 @@ async def test_reprocess_refuses_running_jobs_strangers_and_bad_input(client, to
     assert await db.fetchval("SELECT generation FROM jobs WHERE id = $1", job_id) == 0
 
 
-async def test_transcript_formats_words_and_chunks(client, token, db):
+async def test_transcript_formats_words_and_chunks(client, token, db, uploaded_job):
     headers = token("rita")
     job_id = await uploaded_job(client, headers)
     await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done"})

@@ -10,21 +10,12 @@ from pathlib import Path
 import av
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SHORT = (FIXTURES / "short_en.ogg").read_bytes()
-
 
 @pytest.fixture(scope="module")
-async def client(start_gateway):
-    async with start_gateway() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def mp3() -> bytes:
+def mp3(short_ogg) -> bytes:
     """The short fixture re-encoded as MP3 with PyAV."""
     out = io.BytesIO()
-    with av.open(io.BytesIO(SHORT)) as src, av.open(out, "w", format="mp3") as dst:
+    with av.open(io.BytesIO(short_ogg)) as src, av.open(out, "w", format="mp3") as dst:
         stream = dst.add_stream("mp3", rate=16000)
         for frame in src.decode(audio=0):
             frame.pts = None
