@@ -34,7 +34,13 @@ async def migrate(dsn: str) -> list[int]:
             r["version"]: r["checksum"]
             for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
         }
+        newest_applied = max(done, default=0)
         for m in load_migrations():
+            if m.version not in done and m.version < newest_applied:
+                raise RuntimeError(
+                    f"migration {m.version} ({m.name}) is older than the applied version"
+                    f" {newest_applied}: renumber it above"
+                )
             if m.version in done:
                 if done[m.version] != m.checksum:
                     raise RuntimeError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -182,7 +183,8 @@ class StageRunner(Generic[In]):
                     bound.info("event of an older generation skipped")
                     return "stale-generation"
                 row = await conn.fetchrow(
-                    "SELECT state, generation FROM job_stages WHERE job_id = $1 AND stage = $2",
+                    "SELECT state, generation, lease_owner, lease_expires_at > now() AS leased"
+                    " FROM job_stages WHERE job_id = $1 AND stage = $2",
                     job.id,
                     self.stage.value,
                 )
@@ -194,6 +196,19 @@ class StageRunner(Generic[In]):
                     await self._mark_processed(conn, envelope.id)
                     bound.info("stage already finished, event skipped", state=row["state"])
                     return "already-finished"
+                if (
+                    row is not None
+                    and row["state"] == JobState.running
+                    and row["generation"] >= data.generation
+                    and row["leased"]
+                    and row["lease_owner"] != self.worker_id
+                ):
+                    # Another worker holds a live lease (a redelivery or a re-send while it
+                    # works). Should that worker be dead, its lease runs out and the sweeper
+                    # sends the work again.
+                    await self._mark_processed(conn, envelope.id)
+                    bound.info("stage running elsewhere, event skipped", lease=row["lease_owner"])
+                    return "running-elsewhere"
                 attempt = await start_stage(
                     conn,
                     job.id,
@@ -243,7 +258,14 @@ class StageRunner(Generic[In]):
                     error = f"{type(exc).__name__}: {exc}"
                     bound.warning("stage attempt failed", attempt=attempt, error=error)
                     if attempt < self.settings.max_attempts:
-                        await asyncio.sleep(self.settings.retry_backoff_s * 2 ** (attempt - 1))
+                        # Exponential backoff with jitter, so replicas do not retry in step.
+                        delay = self.settings.retry_backoff_s * 2 ** (attempt - 1)
+                        await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: give the job up at once, so the replica that gets
+            # the (uncommitted) record again does not wait for the lease to run out.
+            await asyncio.shield(self._release_lease(job))
+            raise
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,6 +369,19 @@ class StageRunner(Generic[In]):
                     )
             except Exception as exc:  # a missed beat is not fatal; the next one may land
                 log.warning("lease heartbeat failed", job_id=str(job.id), error=repr(exc))
+
+    async def _release_lease(self, job: JobRow) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE job_stages SET lease_expires_at = now() WHERE job_id = $1"
+                    " AND stage = $2 AND lease_owner = $3 AND state = 'running'",
+                    job.id,
+                    self.stage.value,
+                    self.worker_id,
+                )
+        except Exception as exc:  # the lease then simply runs out
+            log.warning("lease release failed", job_id=str(job.id), error=repr(exc))
 
     async def _finish_cancelled(self, job: JobRow, envelope: Envelope) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -22,6 +22,7 @@ from mxw_shared.outbox import OutboxRelay
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.problems import problem_response
 from mxw_shared.settings import CommonSettings
+from mxw_shared.sweeper import StageSweeper
 
 log = get_logger(__name__)
 
@@ -42,6 +43,8 @@ class ServiceRuntime:
         self._relay_task: asyncio.Task[None] | None = None
         self._broker: KafkaBroker | None = None
         self.stage_consumers: list[StageConsumer] = []
+        self._sweepers: list[StageSweeper] = []
+        self._sweeper_tasks: list[asyncio.Task[None]] = []
         self.started = False
 
     @property
@@ -75,6 +78,14 @@ class ServiceRuntime:
             await self._broker.start()
         for consumer in self.stage_consumers:
             await consumer.start()
+            if self.settings.sweep_interval_s > 0:
+                sweeper = StageSweeper(
+                    self.pool, self.settings, consumer.runner.stage, consumer.runner.topic
+                )
+                self._sweepers.append(sweeper)
+                self._sweeper_tasks.append(
+                    asyncio.create_task(sweeper.run(), name=f"sweep:{sweeper.stage.value}")
+                )
         self.started = True
 
     def subscribe_stage(
@@ -83,13 +94,14 @@ class ServiceRuntime:
         group_id: str,
         *,
         max_concurrent: int = 1,
-        shutdown_grace_s: float = 30.0,
+        shutdown_grace_s: float | None = None,
     ) -> StageConsumer:
         """Consume `runner.topic` in `group_id` (see StageConsumer): up to `max_concurrent`
         records at once, the offset committed after the handler's transaction, a record
         delivered again when the handler raises (database down). Starts with
         start_messaging."""
-        consumer = StageConsumer(runner, self.settings, group_id, max_concurrent, shutdown_grace_s)
+        grace = self.settings.shutdown_grace_s if shutdown_grace_s is None else shutdown_grace_s
+        consumer = StageConsumer(runner, self.settings, group_id, max_concurrent, grace)
         self.stage_consumers.append(consumer)
         return consumer
 
@@ -97,6 +109,11 @@ class ServiceRuntime:
         if self._broker is not None:
             with contextlib.suppress(Exception):
                 await self._broker.stop()
+        for sweeper in self._sweepers:
+            sweeper.stop()
+        for task in self._sweeper_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for consumer in self.stage_consumers:
             await consumer.stop()
         if self._relay is not None:
@@ -117,9 +134,14 @@ class ServiceRuntime:
         if not self.started:
             return ["starting"]
         try:
-            await self.pool.fetchval("SELECT 1")
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0)
         except Exception as exc:
-            problems.append(f"database: {exc}")
+            problems.append(f"database: {exc!r}")
+        if self._producer is not None:
+            try:  # a metadata round trip: fails while no broker answers
+                await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2.0)
+            except Exception as exc:
+                problems.append(f"broker: {exc!r}")
         for check in self.ready_checks:
             try:
                 await check()

@@ -52,6 +52,18 @@ class CommonSettings(BaseSettings):
     retry_backoff_s: float = 1.0
     outbox_poll_interval_s: float = 1.0
     lease_s: float = 60.0
+    # Sweeper (every worker service, for its own stage): re-sends a stage's input when the
+    # worker holding its lease stopped renewing it, or when nothing happened to the job for
+    # `stuck_after_s` (its event was lost, e.g. an in-memory broker restarted). A stage whose
+    # workers were lost `max_stage_starts` times in one run (a crash loop on this audio)
+    # fails with that reason instead. sweep_interval_s = 0 turns the sweeper off.
+    sweep_interval_s: float = 15.0
+    stuck_after_s: float = 300.0
+    max_stage_starts: int = 5
+    sweep_window_s: float = 7 * 24 * 3600.0
+    # Graceful shutdown: how long a stopping worker lets the job in hand finish before it
+    # releases the job's lease for another replica.
+    shutdown_grace_s: float = 30.0
 
     @property
     def dsn(self) -> str:

@@ -219,18 +219,6 @@ async def start_generation(
     return generation
 
 
-async def fetch_stage_inputs(conn: Connection, job_id: uuid.UUID) -> asyncpg.Record | None:
-    """What the chunk and embed stages' input events announce, read from the stored results."""
-    return await conn.fetchrow(
-        """SELECT t.duration_s, t.language, t.model,
-                  (SELECT count(*) FROM segments s WHERE s.job_id = t.job_id) AS segment_count,
-                  (SELECT count(*) FROM chunks c WHERE c.job_id = t.job_id) AS chunk_count,
-                  (SELECT min(c.method) FROM chunks c WHERE c.job_id = t.job_id) AS method
-           FROM transcripts t WHERE t.job_id = $1""",
-        job_id,
-    )
-
-
 async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT idx, start_s, end_s, text, title, summary, topic, keywords, confidence, method"

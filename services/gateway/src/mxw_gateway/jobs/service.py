@@ -14,12 +14,9 @@ import asyncpg
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob, UnsupportedUri, local_path
 from mxw_shared.contracts import (
     AudioUploaded,
-    ChunksReady,
-    EventData,
     JobOptions,
     JobState,
     Stage,
-    TranscriptReady,
 )
 from mxw_shared.db import Pool
 from mxw_shared.jobs import (
@@ -31,6 +28,7 @@ from mxw_shared.jobs import (
 )
 from mxw_shared.outbox import enqueue
 from mxw_shared.problems import Problem
+from mxw_shared.stage_inputs import rebuild_stage_input
 from pydantic import ValidationError
 
 from mxw_gateway.auth import CurrentUser
@@ -498,7 +496,11 @@ async def reprocess_job(
         generation = await repository.start_generation(
             conn, job_id, from_stage.value, options.model_dump(mode="json")
         )
-        event = await _stage_input(conn, job, from_stage, options, generation)
+        event = await rebuild_stage_input(
+            conn, job_id, from_stage, generation=generation, options=options
+        )
+        if event is None:
+            raise Problem(409, "Not transcribed", "the job has no transcript to reprocess from")
         await record_status(
             conn,
             job_id=job_id,
@@ -511,40 +513,6 @@ async def reprocess_job(
         )
         await enqueue(conn, event, source=settings.service_name)
     return await get_job(pool, settings, user, job_id)
-
-
-async def _stage_input(
-    conn: asyncpg.Connection[asyncpg.Record],
-    job: asyncpg.Record,
-    stage: Stage,
-    options: JobOptions,
-    generation: int,
-) -> EventData:
-    """The event a stage consumes, rebuilt from what the earlier stages stored."""
-    ids = {"job_id": job["id"], "owner_id": job["owner_id"], "generation": generation}
-    if stage == Stage.transcribe:
-        return AudioUploaded(
-            **ids,
-            audio_uri=job["audio_uri"],
-            sha256=job["sha256"],
-            size_bytes=job["size_bytes"],
-            filename=job["filename"],
-            content_type=job["content_type"],
-            options=options,
-        )
-    stored = await repository.fetch_stage_inputs(conn, job["id"])
-    if stored is None:
-        raise Problem(409, "Not transcribed", "the job has no transcript to reprocess from")
-    if stage == Stage.chunk:
-        return TranscriptReady(
-            **ids,
-            segment_count=stored["segment_count"],
-            duration_s=stored["duration_s"],
-            language=stored["language"],
-            model=stored["model"],
-            options=options,
-        )
-    return ChunksReady(**ids, chunk_count=stored["chunk_count"], method=stored["method"] or "")
 
 
 async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:

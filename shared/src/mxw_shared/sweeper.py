@@ -1,0 +1,216 @@
+"""The stage sweeper: no accepted job stays stuck without a reason.
+
+Two ways work gets lost, and both end up here:
+- a worker dies mid-job (SIGKILL, out of memory, node lost): its lease stops being renewed;
+  Kafka delivers the record again, but the replica that gets it sees a live lease and skips
+  it, so when the lease expires the input is re-sent;
+- the event itself is gone (an in-memory broker came back empty, a topic was recreated):
+  the job shows no activity for `stuck_after_s` while its stage never started, so the input
+  is re-sent.
+
+Each worker service sweeps its own stage. Several replicas may sweep at once: a round holds
+a per-stage advisory lock and the job rows it re-sends for are locked with SKIP LOCKED. A
+re-send is the stage's input event rebuilt from the database, written to the outbox with a
+status line in the job's history, in one transaction; consumers skip it if the stage got
+done meanwhile. Re-sends of one run back off exponentially, and after `sweep_max_resends`
+the stage fails with the reason and the input goes to the dead-letter topic, where an admin
+can replay it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+
+from asyncpg import Record
+from prometheus_client import Counter
+
+from mxw_shared.contracts import Envelope, JobState, Stage
+from mxw_shared.db import Connection, Pool
+from mxw_shared.jobs import STAGE_ORDER, finish_stage, overall_progress, record_status
+from mxw_shared.logging import get_logger
+from mxw_shared.outbox import enqueue, enqueue_raw
+from mxw_shared.settings import CommonSettings
+from mxw_shared.stage_inputs import rebuild_stage_input
+from mxw_shared.topics import dlq
+
+log = get_logger(__name__)
+_SWEEP_LOCK = 0x6D787702
+SWEPT = Counter(
+    "mxw_sweeper_actions_total", "Stage inputs re-sent or given up", ["stage", "action"]
+)
+
+# A stage row belongs to the job's current run unless it is older than the run and the run
+# started at or before its stage (see jobs.is_stale).
+_CURRENT = """({s}.generation >= j.generation OR j.rerun_from IS NULL
+     OR array_position(ARRAY['transcribe','chunk','embed'], {s}.stage)
+        < array_position(ARRAY['transcribe','chunk','embed'], j.rerun_from))"""
+
+_CANDIDATES = f"""
+WITH recent AS (
+    SELECT DISTINCT job_id FROM job_events
+    WHERE created_at > now() - make_interval(secs => $4)
+    UNION
+    SELECT job_id FROM job_stages
+    WHERE stage = $1 AND state = 'running' AND lease_expires_at < now()
+)
+SELECT j.id, j.generation, j.owner_id, coalesce(s.attempts, 0) AS attempts,
+       CASE WHEN s.state = 'running' AND {_CURRENT.format(s="s")}
+            THEN 'lease expired' ELSE 'no progress' END AS why,
+       coalesce(w.resends, 0) AS resends
+FROM recent r
+JOIN jobs j ON j.id = r.job_id
+LEFT JOIN job_stages s ON s.job_id = j.id AND s.stage = $1
+LEFT JOIN job_stages p ON p.job_id = j.id AND p.stage = $2
+LEFT JOIN stage_sweeps w ON w.job_id = j.id AND w.stage = $1 AND w.generation = j.generation
+WHERE j.cancelled_at IS NULL
+  -- the earlier stage is done for this run (the first stage has none)
+  AND ($2::text IS NULL OR (p.state = 'done' AND {_CURRENT.format(s="p")}))
+  -- no stage of this run failed or was cancelled
+  AND NOT EXISTS (
+      SELECT 1 FROM job_stages f WHERE f.job_id = j.id
+        AND f.state IN ('failed', 'cancelled') AND {_CURRENT.format(s="f")})
+  AND (
+      -- its worker stopped renewing the lease
+      (s.state = 'running' AND {_CURRENT.format(s="s")} AND s.lease_expires_at < now())
+      -- or it never started, and nothing happened to the job for a while
+      OR ((s.job_id IS NULL OR NOT {_CURRENT.format(s="s")})
+          AND coalesce((SELECT max(e.created_at) FROM job_events e WHERE e.job_id = j.id),
+                       j.created_at) < now() - make_interval(secs => $3))
+  )
+  -- its input is not still waiting in the outbox
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox o WHERE o.key = j.id::text AND o.topic = $5 AND o.sent_at IS NULL)
+  -- re-sends back off: stuck_after_s, then twice that, four times...
+  AND (w.swept_at IS NULL
+       OR w.swept_at < now() - make_interval(secs => $3 * power(2, least(w.resends, 10))))
+ORDER BY j.created_at
+LIMIT 100
+FOR UPDATE OF j SKIP LOCKED
+"""
+
+
+@dataclass(frozen=True)
+class SweepAction:
+    job_id: uuid.UUID
+    action: str  # "resent" | "failed"
+    why: str
+
+
+class StageSweeper:
+    def __init__(self, pool: Pool, settings: CommonSettings, stage: Stage, topic: str) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.stage = stage
+        self.topic = topic  # the stage's input topic
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.sweep_once()
+            except Exception as exc:  # database down: try again next round
+                log.warning("sweep failed", stage=self.stage.value, error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.sweep_interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def sweep_once(self) -> list[SweepAction]:
+        index = STAGE_ORDER.index(self.stage)
+        previous = STAGE_ORDER[index - 1].value if index > 0 else None
+        actions: list[SweepAction] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, $2)", _SWEEP_LOCK, index
+            ):
+                return actions  # another replica is sweeping this stage right now
+            rows = await conn.fetch(
+                _CANDIDATES,
+                self.stage.value,
+                previous,
+                self.settings.stuck_after_s,
+                self.settings.sweep_window_s,
+                self.topic,
+            )
+            for row in rows:
+                actions.append(await self._act(conn, row))
+        for action in actions:
+            SWEPT.labels(self.stage.value, action.action).inc()
+            log.warning(
+                "stage input re-sent" if action.action == "resent" else "stage given up",
+                stage=self.stage.value,
+                job_id=str(action.job_id),
+                why=action.why,
+            )
+        return actions
+
+    async def _act(self, conn: Connection, row: Record) -> SweepAction:
+        job_id: uuid.UUID = row["id"]
+        why: str = row["why"]
+        event = await rebuild_stage_input(conn, job_id, self.stage)
+        source = f"{self.settings.service_name}-sweeper"
+        crash_loop = why == "lease expired" and row["attempts"] >= self.settings.max_stage_starts
+        if event is None or crash_loop:
+            reason = (
+                f"{self.stage.value} was started {row['attempts']} times and its worker was"
+                " lost each time (crashed or killed, e.g. out of memory on this audio)"
+                if event is not None
+                else f"{self.stage.value} cannot be re-sent: the earlier results are gone"
+            )
+            await finish_stage(conn, job_id, self.stage, JobState.failed, error=reason)
+            await record_status(
+                conn,
+                job_id=job_id,
+                owner_id=row["owner_id"],
+                stage=self.stage,
+                state=JobState.failed,
+                progress=overall_progress(self.stage, 0.0),
+                source=source,
+                message=f"{self.stage.value} failed",
+                error=reason,
+            )
+            if event is not None:
+                await enqueue_raw(
+                    conn,
+                    dlq(self.topic),
+                    str(job_id),
+                    {
+                        **Envelope.for_event(event, source=source).to_headers(),
+                        "x_error": reason,
+                        "x_consumer": source,
+                        "x_attempts": str(row["attempts"]),
+                        "x_original_topic": self.topic,
+                    },
+                    event.model_dump_json().encode(),
+                )
+            await self._record(conn, row, reason)
+            return SweepAction(job_id, "failed", reason)
+        await enqueue(conn, event, source=source)
+        await record_status(
+            conn,
+            job_id=job_id,
+            owner_id=row["owner_id"],
+            stage=self.stage,
+            state=JobState.queued,
+            progress=overall_progress(self.stage, 0.0),
+            source=source,
+            message=f"{self.stage.value} re-queued ({why})",
+        )
+        await self._record(conn, row, why)
+        return SweepAction(job_id, "resent", why)
+
+    async def _record(self, conn: Connection, row: Record, reason: str) -> None:
+        await conn.execute(
+            """INSERT INTO stage_sweeps (job_id, stage, generation, resends, swept_at, reason)
+               VALUES ($1, $2, $3, 1, now(), $4)
+               ON CONFLICT (job_id, stage, generation) DO UPDATE
+               SET resends = stage_sweeps.resends + 1, swept_at = now(), reason = $4""",
+            row["id"],
+            self.stage.value,
+            row["generation"],
+            reason,
+        )
