@@ -1,4 +1,5 @@
 import hashlib
+import time
 
 import pytest
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, UnsupportedUri, local_path
@@ -47,3 +48,35 @@ async def test_large_stream_in_small_chunks_is_hashed_and_written_whole(tmp_path
     blob = await LocalBlobStore(tmp_path).put_stream(chunks(*pieces), max_bytes=len(data))
     assert blob.sha256 == hashlib.sha256(data).hexdigest()
     assert blob.path.read_bytes() == data
+
+
+def test_abandoned_parts_are_removed_and_live_ones_kept(tmp_path):
+    import fcntl
+    import os
+
+    store = LocalBlobStore(tmp_path)
+    abandoned = tmp_path / "tmp" / "dead.part"
+    abandoned.write_bytes(b"half an upload")
+    live = tmp_path / "tmp" / "live.part"
+    young = tmp_path / "tmp" / "young.part"
+    young.write_bytes(b"just opened")
+    old = time.time() - 120
+    with live.open("wb") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as put_stream holds it while writing
+        for path in (abandoned, live):
+            os.utime(path, (old, old))
+        assert store.remove_abandoned_parts(min_age_s=30) == 1
+        assert not abandoned.exists()
+        assert live.exists()
+        assert young.exists()
+    # The writer is gone now: its part is abandoned too.
+    os.utime(live, (old, old))
+    assert store.remove_abandoned_parts(min_age_s=30) == 1
+    assert not live.exists()
+
+
+async def test_stored_uris_lists_only_settled_blobs(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    blob = await store.put_bytes(b"settled")
+    assert store.stored_uris(min_age_s=3600) == []
+    assert store.stored_uris(min_age_s=-60) == [blob.uri]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ class LocalBlobStore:
         digest = hashlib.sha256()
         size = 0
         fh = await asyncio.to_thread(tmp.open, "wb")
+        # Held while this writer lives: a part file nobody holds is abandoned (see
+        # remove_abandoned_parts), whichever replica or process wrote it.
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
 
         def hash_and_write(block: bytes) -> None:
             # Both release the GIL on large buffers: this overlaps with receiving.
@@ -91,6 +96,7 @@ class LocalBlobStore:
         final = self.root / sha[:2] / sha
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
+        await asyncio.to_thread(_fsync_dir, final.parent)  # the rename itself is durable
         return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final)
 
     async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
@@ -103,6 +109,43 @@ class LocalBlobStore:
         path = local_path(uri)
         if path.is_relative_to(self.root):
             path.unlink(missing_ok=True)
+
+    def remove_abandoned_parts(self, min_age_s: float = 30.0) -> int:
+        """Delete partial uploads whose writer is gone (a killed or crashed process): its
+        lock went with it. Young files are skipped: a writer may not hold its lock yet."""
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for part in (self.root / "tmp").glob("*.part"):
+            try:
+                if part.stat().st_mtime > cutoff:
+                    continue
+                with part.open("rb") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live upload
+                    part.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def stored_uris(self, min_age_s: float) -> list[str]:
+        """URIs of stored blobs older than `min_age_s` (candidates for orphan checks)."""
+        cutoff = time.time() - min_age_s
+        return [
+            path.as_uri()
+            for path in self.root.glob("[0-9a-f][0-9a-f]/*")
+            if path.is_file() and path.stat().st_mtime < cutoff
+        ]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def local_path(uri: str) -> Path:

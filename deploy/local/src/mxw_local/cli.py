@@ -266,6 +266,73 @@ def search(
             out.print(f"  {hit['audio_url']}")
 
 
+dlq_app = typer.Typer(help="Dead-lettered events (admin): list them, replay them.")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _admin_token(value: str | None, data_dir: Path) -> str:
+    """The given token, or on the local stack an admin token from its dev issuer."""
+    if value:
+        return value
+    if (data_dir / "auth" / "dev-signing-key.pem").exists():
+        return DevIssuer.ensure(data_dir / "auth").mint("mxw-cli", admin=True, ttl_s=300)
+    return _need_token(value)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    token: Token = None,
+    gateway: Gateway = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Dead-lettered events, newest first, with the reason each one was given up."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    letters = _fail_on_problem(
+        httpx.get(
+            f"{gateway_url}/admin/dead-letters",
+            params={"limit": limit},
+            headers={"Authorization": f"Bearer {_admin_token(token, data_dir)}"},
+            timeout=30,
+        )
+    )
+    if not letters and not as_json:
+        console.print("no dead letters")
+    for letter in letters:
+        if as_json:
+            print(json.dumps(letter))
+            continue
+        out.print(
+            f"[bold]{letter['id']}[/]  job {letter.get('job_id') or '-'}"
+            f"  attempts {letter.get('attempts') if letter.get('attempts') is not None else '-'}"
+        )
+        out.print(f"  {letter.get('error') or ''}", soft_wrap=True)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str], typer.Argument(help="Dead letter ids (from `mxw dlq list`).")],
+    token: Token = None,
+    gateway: Gateway = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """Give dead-lettered events another chance: a job that failed at that stage is
+    reprocessed from it; anything else is published again."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    bearer = _admin_token(token, data_dir)
+    for dead_letter_id in ids:
+        result = _fail_on_problem(
+            httpx.post(
+                f"{gateway_url}/admin/dead-letters/{dead_letter_id}/replay",
+                headers={"Authorization": f"Bearer {bearer}"},
+                timeout=30,
+            )
+        )
+        job = (result.get("job") or {}).get("id")
+        out.print(f"{dead_letter_id}: {result['action']}" + (f" (job {job})" if job else ""))
+
+
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
