@@ -3,6 +3,7 @@ and the routers. The gateway consumes nothing from Kafka: it writes the outbox a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
 from mxw_gateway.hygiene import RateLimitSearch, install_hygiene
 from mxw_gateway.ingest.routes import router as ingest_router
+from mxw_gateway.jobs.janitor import BlobJanitor
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.openai_api.routes import router as openai_router
 from mxw_gateway.openapi import install_openapi
@@ -37,10 +39,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             base_url=settings.embedder_url.rstrip("/"),
             timeout=httpx.Timeout(settings.embedder_timeout_s, connect=3.0),
         )
+        janitor = BlobJanitor(
+            runtime.pool,
+            app.state.blob_store,
+            settings.blob_janitor_interval_s,
+            settings.orphan_blob_after_s,
+        )
+        janitor_task = asyncio.create_task(janitor.run(), name="blob-janitor")
         try:
             await runtime.start_messaging()
             yield
         finally:
+            janitor.stop()
+            await janitor_task
             await app.state.embedder_client.aclose()
             await runtime.stop()
 

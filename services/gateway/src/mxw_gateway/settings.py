@@ -12,6 +12,9 @@ class GatewaySettings(CommonSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     max_form_field_bytes: int = 64 * 1024
     max_filename_chars: int = 200
+    # Clean-up of uploads that never became jobs (a gateway killed mid-upload).
+    blob_janitor_interval_s: float = 3600.0
+    orphan_blob_after_s: float = 3600.0
 
     # Query vectors come from the embedder's OpenAI-compatible endpoint.
     embedder_url: str = "http://127.0.0.1:8004"

@@ -14,3 +14,7 @@ CREATE TABLE stage_sweeps (
 
 -- The sweeper looks only at jobs with recent activity.
 CREATE INDEX job_events_created ON job_events (created_at);
+
+-- gateway: "is this stored file still referenced?" (upload clean-up and the blob janitor).
+CREATE INDEX blobs_uri ON blobs (uri);
+CREATE INDEX jobs_audio_uri ON jobs (audio_uri);

@@ -97,6 +97,16 @@ async def blob_in_use(pool: Pool, uri: str) -> bool:
     return used
 
 
+async def unreferenced_blobs(pool: Pool, uris: list[str]) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT u.uri FROM unnest($1::text[]) AS u(uri)"
+        " WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.uri = u.uri)"
+        " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.audio_uri = u.uri)",
+        uris,
+    )
+    return [r["uri"] for r in rows]
+
+
 async def fetch_job(conn: Connection | Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
 
