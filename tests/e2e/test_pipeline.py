@@ -7,101 +7,34 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import websockets
 from aiokafka import AIOKafkaProducer
-from mxw_local.infra import free_port
-from mxw_local.stack import StackInfo
 from mxw_shared.contracts import AudioUploaded, Envelope, JobOptions
-from mxw_shared.devissuer import DevIssuer
 
 pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
-MXW = Path(sys.executable).with_name("mxw")
-
-
-@dataclass(frozen=True)
-class Stack:
-    info: StackInfo
-    data_dir: Path
-    issuer: DevIssuer
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def token(self, user: str, admin: bool = False) -> str:
-        return self.issuer.mint(user, admin=admin)
-
-    def auth(self, user: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(user)}"}
-
-
-def _log_tail(log: Path, n: int = 6000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else ""
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    log = data_dir / "stack.log"
-    ports = {
-        name: free_port()
-        for name in (
-            "gateway",
-            "notifier",
-            "transcriber",
-            "chunker",
-            "embedder",
-            "postgres",
-            "kafka",
-        )
-    }
-    cmd = [str(MXW), "up", "--data-dir", str(data_dir), "--whisper-model", "tiny.en", "--no-color"]
-    for name, port in ports.items():
-        cmd += [f"--{name}-port", str(port)]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 300
-    info_path = StackInfo.path(data_dir)
-    while not info_path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"stack did not come up (rc={proc.poll()}):\n{_log_tail(log)}")
-        time.sleep(0.5)
-    stack = Stack(
-        StackInfo.load(data_dir), data_dir, DevIssuer.ensure(data_dir / "auth"), proc, log
-    )
-    try:
-        yield stack
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        assert rc == 0, f"stack did not stop cleanly (rc={rc}):\n{_log_tail(log)}"
-        assert not info_path.exists()
+def stack(tmp_path_factory: pytest.TempPathFactory, launch_stack: Any) -> Iterator[Any]:
+    with launch_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
-async def upload(stack: Stack, user: str, fixture: str, **form: str) -> dict:
+async def upload(stack: Any, user: str, fixture: str, **form: str) -> dict:
     path = FIXTURES / fixture
     async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=60) as client:
         response = await client.post(
@@ -114,7 +47,7 @@ async def upload(stack: Stack, user: str, fixture: str, **form: str) -> dict:
     return response.json()
 
 
-async def watch(stack: Stack, user: str, job_id: str, timeout_s: float = 240) -> list[dict]:
+async def watch(stack: Any, user: str, job_id: str, timeout_s: float = 240) -> list[dict]:
     url = stack.info.notifier_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}"
     events: list[dict] = []
     async with asyncio.timeout(timeout_s):
@@ -129,7 +62,7 @@ def words(text: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-async def finished_job(stack: Stack) -> dict:
+async def finished_job(stack: Any) -> dict:
     """One real job through the whole pipeline, followed over the WebSocket."""
     job = await upload(stack, "alice", "solar_and_bread.ogg", language="en")
     events = await watch(stack, "alice", str(job["id"]))

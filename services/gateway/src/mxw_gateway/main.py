@@ -44,6 +44,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.blob_store,
             settings.blob_janitor_interval_s,
             settings.orphan_blob_after_s,
+            settings.abandoned_part_after_s,
         )
         janitor_task = asyncio.create_task(janitor.run(), name="blob-janitor")
         try:

@@ -15,6 +15,7 @@ class GatewaySettings(CommonSettings):
     # Clean-up of uploads that never became jobs (a gateway killed mid-upload).
     blob_janitor_interval_s: float = 3600.0
     orphan_blob_after_s: float = 3600.0
+    abandoned_part_after_s: float = 30.0  # younger part files may not hold their lock yet
 
     # Query vectors come from the embedder's OpenAI-compatible endpoint.
     embedder_url: str = "http://127.0.0.1:8004"

@@ -19,9 +19,15 @@ log = get_logger(__name__)
 
 class BlobJanitor:
     def __init__(
-        self, pool: Pool, store: LocalBlobStore, interval_s: float, orphan_after_s: float
+        self,
+        pool: Pool,
+        store: LocalBlobStore,
+        interval_s: float,
+        orphan_after_s: float,
+        part_after_s: float = 30.0,
     ) -> None:
         self.pool = pool
+        self.part_after_s = part_after_s
         self.store = store
         self.interval_s = interval_s
         # A file younger than this may belong to an upload whose job is being committed.
@@ -42,7 +48,7 @@ class BlobJanitor:
 
     async def sweep_once(self) -> tuple[int, int]:
         """Returns (abandoned part files removed, unreferenced stored files removed)."""
-        parts = await asyncio.to_thread(self.store.remove_abandoned_parts)
+        parts = await asyncio.to_thread(self.store.remove_abandoned_parts, self.part_after_s)
         candidates = await asyncio.to_thread(self.store.stored_uris, self.orphan_after_s)
         orphans: list[str] = []
         for start in range(0, len(candidates), 1000):
