@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
+from mxw_shared.telemetry import add_trace_ids
 
-def configure_logging(level: str = "INFO", fmt: str = "console", service: str = "") -> None:
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "console", service: str = "", stream: TextIO | None = None
+) -> None:
+    stream = stream or sys.stderr
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -18,19 +26,61 @@ def configure_logging(level: str = "INFO", fmt: str = "console", service: str = 
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            add_trace_ids,  # trace_id/span_id of the active span: logs join their trace
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")
+    # Library logs (aiokafka, uvicorn…) take the same processors and the same renderer, so
+    # every line of a JSON-logging service is JSON.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                add_trace_ids,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                redact_secrets,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
     for noisy in ("aiokafka", "faststream", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+_SECRET_KEYS = ("authorization", "token", "password", "secret", "api_key", "cookie")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _JWT.sub("[redacted]", _BEARER.sub(r"\1 [redacted]", value))
+    return value
+
+
+def redact_secrets(_: object, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Last line of defence: values under secret-looking keys, bearer credentials and JWTs
+    inside any string are replaced before a line is written."""
+    for key in list(event_dict):
+        if any(word in key.lower() for word in _SECRET_KEYS):
+            event_dict[key] = "[redacted]"
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
