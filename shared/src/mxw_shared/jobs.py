@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
@@ -94,14 +95,16 @@ async def start_stage(
     worker: str,
     lease_s: float,
     generation: int = 0,
+    queued_at: datetime | None = None,
 ) -> int:
     """Mark the stage running under this worker's lease for `generation` of the job;
-    returns the attempt number within that generation."""
+    returns the attempt number within that generation. `queued_at` (when the event asking
+    for the stage was written) is kept from the first attempt of a generation."""
     attempts = await conn.fetchval(
         """INSERT INTO job_stages (job_id, stage, state, attempts, lease_owner, lease_expires_at,
-                                   started_at, error, progress, generation)
+                                   started_at, error, progress, generation, queued_at)
            VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), now(), NULL, 0,
-                   $5)
+                   $5, coalesce($6, now()))
            ON CONFLICT (job_id, stage) DO UPDATE SET
                state = 'running',
                attempts = CASE WHEN job_stages.generation = $5
@@ -110,13 +113,16 @@ async def start_stage(
                lease_expires_at = now() + make_interval(secs => $4),
                started_at = CASE WHEN job_stages.generation = $5
                                  THEN coalesce(job_stages.started_at, now()) ELSE now() END,
-               finished_at = NULL, error = NULL, progress = 0, generation = $5
+               finished_at = NULL, error = NULL, progress = 0, generation = $5,
+               queued_at = CASE WHEN job_stages.generation = $5
+                                THEN job_stages.queued_at ELSE coalesce($6, now()) END
            RETURNING attempts""",
         job_id,
         stage.value,
         worker,
         lease_s,
         generation,
+        queued_at,
     )
     return int(attempts)
 

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from mxw_shared.contracts import Envelope, EventData
 from mxw_shared.db import Connection, Pool
 from mxw_shared.logging import get_logger
+from mxw_shared.telemetry import current_traceparent, publish_context
 
 log = get_logger(__name__)
 _RELAY_LOCK = 0x6D787701
@@ -26,7 +27,10 @@ RELAYED = Counter("mxw_outbox_relayed_total", "Outbox rows published to Kafka", 
 async def enqueue(
     conn: Connection, data: EventData, source: str, traceparent: str | None = None
 ) -> Envelope:
-    """Add `data` to the outbox inside the caller's transaction; returns its envelope."""
+    """Add `data` to the outbox inside the caller's transaction; returns its envelope. The
+    row carries the active span's traceparent (else the given one): the event continues the
+    trace of the work that wrote it, whenever and wherever the relay publishes it."""
+    traceparent = current_traceparent() or traceparent
     envelope = Envelope.for_event(data, source=source, traceparent=traceparent)
     await enqueue_raw(
         conn, data.topic, str(data.job_id), envelope.to_headers(), data.model_dump_json().encode()
@@ -108,12 +112,12 @@ class OutboxRelay:
             futures = []
             for row in rows:
                 value = bytes(row["payload"])
-                headers = [(k, str(v).encode()) for k, v in row["headers"].items()]
-                futures.append(
-                    await self._producer.send(
-                        row["topic"], value=value, key=row["key"].encode(), headers=headers
+                with publish_context(row["headers"]) as headers:  # the send span joins its trace
+                    futures.append(
+                        await self._producer.send(
+                            row["topic"], value=value, key=row["key"].encode(), headers=headers
+                        )
                     )
-                )
             await asyncio.gather(*futures)  # every ack, or the transaction rolls back
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",

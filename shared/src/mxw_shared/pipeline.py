@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Histogram
 
+from mxw_shared import metrics, telemetry
 from mxw_shared.contracts import Envelope, EventData, JobState, Stage, parse_event
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import (
@@ -140,7 +141,11 @@ class StageRunner(Generic[In]):
         """Handle one record; returns the outcome. Raises only when the database is
         unreachable, so the caller does not commit the offset and the record comes back."""
         record_key = key.decode(errors="replace") if key else None
-        outcome = await self._handle(headers, body, record_key)
+        # One span per event handled, a child of the span that published it (traceparent).
+        service = self.settings.service_name
+        with telemetry.consume_span(self.topic, headers, service, self.consumer) as span:
+            outcome = await self._handle(headers, body, record_key)
+            span.set_attribute("mxw.outcome", outcome)
         EVENTS.labels(self.topic, outcome).inc()
         return outcome
 
@@ -216,6 +221,7 @@ class StageRunner(Generic[In]):
                     self.worker_id,
                     self.settings.lease_s,
                     data.generation,
+                    queued_at=envelope.time,
                 )
                 await self._status(
                     conn,
@@ -224,6 +230,8 @@ class StageRunner(Generic[In]):
                     0.0,
                     f"{self.stage.value} started (attempt {attempt})",
                 )
+                if attempt == 1:
+                    metrics.observe_queue_wait(self.stage.value, envelope.time)
 
         return await self._run(envelope, typed, job, headers, body, key, bound)
 
@@ -245,7 +253,8 @@ class StageRunner(Generic[In]):
         try:
             for attempt in range(1, self.settings.max_attempts + 1):
                 try:
-                    outcome = await self.work(envelope, data, job, progress)
+                    with telemetry.span(f"{self.stage.value} work", attempt=attempt):
+                        outcome = await self.work(envelope, data, job, progress)
                     break
                 except JobCancelled:
                     await self._finish_cancelled(job, envelope)
@@ -429,6 +438,7 @@ class StageRunner(Generic[In]):
             "x_original_topic": self.topic,
         }
         await enqueue_raw(conn, dlq(self.topic), key or _job_key(body), dl_headers, body)
+        metrics.DLQ_EVENTS.labels(self.topic).inc()
 
 
 def _job_key(body: bytes) -> str:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mxw_shared import metrics, telemetry
 from mxw_shared.contracts import decode_headers
 from mxw_shared.db import Pool, check_schema, create_pool
 from mxw_shared.kafka import ensure_topics, make_broker, make_producer
@@ -46,6 +47,9 @@ class ServiceRuntime:
         self._sweepers: list[StageSweeper] = []
         self._sweeper_tasks: list[asyncio.Task[None]] = []
         self.started = False
+        # Scrape-time gauges of this service (jobs by state in the gateway, …).
+        self.metric_refreshers: list[ReadyCheck] = []
+        telemetry.setup_tracing(settings.service_name)
 
     @property
     def pool(self) -> Pool:
@@ -128,6 +132,12 @@ class ServiceRuntime:
         if self._pool is not None:
             await self._pool.close()
         self.started = False
+
+    async def refresh_metrics(self) -> None:
+        refreshers = list(self.metric_refreshers)
+        if self.relay_outbox:
+            refreshers.append(lambda: metrics.refresh_outbox(self.pool))
+        await metrics.refresh(refreshers)
 
     async def check_ready(self) -> list[str]:
         problems: list[str] = []
@@ -223,6 +233,8 @@ class StageConsumer:
                         self._handle(tp, record), name=f"handle:{tp.topic}:{tp.partition}"
                     )
             self._sync_pauses()
+            with contextlib.suppress(Exception):  # lag is best effort, never stops polling
+                await asyncio.wait_for(metrics.observe_lag(consumer, self.group_id), 0.5)
 
     def _sync_pauses(self) -> None:
         """Paused: partitions with a record in hand, and all of them while no slot is free."""
@@ -329,6 +341,9 @@ def health_router(get_runtime: Callable[[], ServiceRuntime | None]) -> APIRouter
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        runtime = get_runtime()
+        if runtime is not None and runtime.started:
+            await runtime.refresh_metrics()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mxw_shared import telemetry
 from mxw_shared.contracts import ChunksReady, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
@@ -17,7 +18,8 @@ def chunk_transcript(chunker: Chunker, pool: Pool) -> StageWork[TranscriptReady]
     ) -> StageOutcome:
         # Read every time: a reprocessed job (new generation) may ask for another method.
         segments = await repository.load_segments(pool, job.id)
-        result = await chunker.run(segments, event.options.chunking)
+        with telemetry.span("chunk.segment", segments=len(segments)):
+            result = await chunker.run(segments, event.options.chunking)
         chunks = result.chunks
         method = result.method.value
 

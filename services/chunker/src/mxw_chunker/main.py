@@ -14,6 +14,7 @@ from mxw_shared.contracts import Stage, TranscriptReady
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
+from mxw_shared.telemetry import instrument_app
 
 from mxw_chunker.domain import Vectors
 from mxw_chunker.embeddings import SegmentEmbedder, load_segment_embedder
@@ -98,6 +99,7 @@ def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
     app = FastAPI(title="MxWhisper chunker", lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(health_router(lambda: runtime))
+    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     return app
 
 

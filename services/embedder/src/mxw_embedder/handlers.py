@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from mxw_shared import telemetry
 from mxw_shared.contracts import ChunksReady, EmbeddingsReady, Envelope
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
@@ -44,10 +45,11 @@ def embed_chunks(
         # Slice by slice through the shared micro-batcher: other jobs' slices and queries
         # share model calls with these, progress shows, and a cancelled job stops at the
         # next slice.
-        for batch in batches([texts[i] for i in order], settings.batch_size):
-            parts.append(await batcher.embed(batch))
-            done += len(batch)
-            await progress(done / len(texts), f"embedded {done}/{len(texts)} chunks")
+        with telemetry.span("embed.chunks", model=embedder.name, chunks=len(texts)):
+            for batch in batches([texts[i] for i in order], settings.batch_size):
+                parts.append(await batcher.embed(batch))
+                done += len(batch)
+                await progress(done / len(texts), f"embedded {done}/{len(texts)} chunks")
         vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
         if parts:
             vectors[order] = np.vstack(parts)

@@ -14,6 +14,7 @@ from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve
+from mxw_shared.telemetry import instrument_app
 
 from mxw_embedder import repository
 from mxw_embedder.api import embeddings_router
@@ -86,6 +87,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
     app.state.batcher = lambda: state.get("batcher")
     install_problem_handlers(app)
     app.include_router(health_router(lambda: runtime))
+    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     app.include_router(embeddings_router(settings, lambda: state.get("batcher")))
     return app
 

@@ -13,6 +13,7 @@ from mxw_shared.auth import JwksVerifier
 from mxw_shared.blobs import LocalBlobStore
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve
+from mxw_shared.telemetry import instrument_app
 
 from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
@@ -24,11 +25,14 @@ from mxw_gateway.openai_api.routes import router as openai_router
 from mxw_gateway.openapi import install_openapi
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.timing.routes import router as timing_router
+from mxw_gateway.timing.service import refresh_job_gauges
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     runtime = ServiceRuntime(settings, relay_outbox=True)
+    runtime.metric_refreshers.append(lambda: refresh_job_gauges(runtime.pool))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,11 +73,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_hygiene(app, settings)
     install_openapi(app)
     app.include_router(health_router(lambda: runtime))
+    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     app.include_router(ingest_router)
     app.include_router(jobs_router)
     app.include_router(openai_router)
     app.include_router(search_router, dependencies=[RateLimitSearch])
     app.include_router(admin_router)
+    app.include_router(timing_router)
     if settings.dev_jwks_path is not None:
         app.include_router(dev_jwks_router(settings.dev_jwks_path))
     return app

@@ -8,7 +8,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from faststream.kafka import KafkaBroker, KafkaMessage
-from mxw_shared import topics
+from mxw_shared import telemetry, topics
 from mxw_shared.contracts import JobStatus, decode_headers, parse_event
 from mxw_shared.logging import get_logger
 from prometheus_client import Counter
@@ -62,11 +62,11 @@ class StatusConsumer:
         @self.subscriber
         async def handle(msg: KafkaMessage) -> None:
             raw = msg.raw_message
-            self.on_record(
-                getattr(raw, "topic", topics.JOB_STATUS),
-                decode_headers(getattr(raw, "headers", None)),
-                msg.body,
-            )
+            topic = getattr(raw, "topic", topics.JOB_STATUS)
+            headers = decode_headers(getattr(raw, "headers", None))
+            # The notification joins the job's trace, under the stage that sent the status.
+            with telemetry.consume_span(topic, headers, "notifier", group_id):
+                self.on_record(topic, headers, msg.body)
 
     def on_record(self, topic: str, headers: dict[str, str], body: bytes) -> None:
         try:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from mxw_shared.auth import JwksVerifier
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
+from mxw_shared.telemetry import instrument_app
 
 from mxw_notifier.consumer import StatusConsumer, replica_group_id
 from mxw_notifier.fanout import JobFanout
@@ -53,6 +54,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     app.state.fanout = fanout
     install_problem_handlers(app)
     app.include_router(health_router(lambda: runtime))
+    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     app.include_router(feed_router(feed))
     return app
 

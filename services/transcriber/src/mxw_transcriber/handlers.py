@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+from mxw_shared import metrics, telemetry
 from mxw_shared.blobs import UnsupportedUri, local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
@@ -226,16 +227,17 @@ class TranscribeWork:
         error: BaseException | None = None
         transcript: Transcript | None = None
         try:
-            transcript = await asyncio.to_thread(
-                transcribe,
-                loaded.model,
-                audio,
-                options,
-                self.decode,
-                resume=resume,
-                on_language=on_language,
-                on_segment=on_segment,
-            )
+            with telemetry.span("whisper.transcribe", model=model_name, device=loaded.device):
+                transcript = await asyncio.to_thread(
+                    transcribe,
+                    loaded.model,
+                    audio,
+                    options,
+                    self.decode,
+                    resume=resume,
+                    on_language=on_language,
+                    on_segment=on_segment,
+                )
         except _Stopped:
             pass
         except BaseException as exc:
@@ -275,6 +277,11 @@ class TranscribeWork:
 
         count = len(segments)
         transcribed_s = duration - (resume.start_s if resume else 0.0)
+        if transcribed_s > 0:
+            metrics.REALTIME_FACTOR.labels(model_name, loaded.device).observe(
+                transcribe_s / transcribed_s
+            )
+            metrics.AUDIO_SECONDS.labels(model_name).inc(transcribed_s)
         return StageOutcome(
             persist=persist,
             next_event=TranscriptReady(

@@ -14,6 +14,7 @@ from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
+from mxw_shared.telemetry import instrument_app
 
 from mxw_transcriber import repository
 from mxw_transcriber.handlers import TranscribeWork
@@ -93,6 +94,7 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.models = registry
     app.include_router(health_router(lambda: runtime))
+    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     return app
 
 

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
+from mxw_shared.metrics import SEARCH_SECONDS
 from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
@@ -157,17 +158,18 @@ async def search(
     if not query:
         raise Problem(422, "Invalid request", "q must not be blank")
     size = min(limit or settings.search_default_limit, settings.search_max_limit)
-    vector = None if mode is SearchMode.text else await embed_query(client, settings, query)
-    hits, next_offset = await _page(
-        pool,
-        settings,
-        mode=mode,
-        query=query,
-        vector=vector,
-        scope=scope,
-        size=size,
-        offset=offset,
-    )
+    with SEARCH_SECONDS.labels(mode.value).time():  # query embedding + database
+        vector = None if mode is SearchMode.text else await embed_query(client, settings, query)
+        hits, next_offset = await _page(
+            pool,
+            settings,
+            mode=mode,
+            query=query,
+            vector=vector,
+            scope=scope,
+            size=size,
+            offset=offset,
+        )
     return SearchResults(
         query=query, mode=mode, offset=offset, limit=size, next_offset=next_offset, results=hits
     )

@@ -1,0 +1,1 @@
+"""Per-job stage timing and aggregate percentiles per stage over a time window."""
