@@ -146,3 +146,50 @@ async def test_replicas_sweeping_at_once_resend_once(db, infra, make_job):
     mine = [a for actions in results for a in actions if a.job_id == job_id]
     assert len(mine) == 1
     assert len(await outbox_rows(db, job_id, AUDIO_UPLOADED)) == 1
+
+
+async def test_redelivery_skips_a_live_lease_and_takes_over_a_released_one(db, infra, make_job):
+    from mxw_shared.contracts import ChunksReady, Envelope, TranscriptReady
+    from mxw_shared.pipeline import StageOutcome, StageRunner
+
+    job_id = await make_job()
+    runs: list[uuid.UUID] = []
+
+    async def work(envelope, event, job, progress):
+        runs.append(job.id)
+
+        async def persist(conn):
+            return None
+
+        return StageOutcome(
+            persist=persist,
+            next_event=ChunksReady(job_id=job.id, owner_id=job.owner_id, chunk_count=0, method="t"),
+            message="chunked",
+        )
+
+    runner = StageRunner(
+        pool=db,
+        settings=infra.settings(CommonSettings, "lease-test"),
+        stage=Stage.chunk,
+        topic=TRANSCRIPT_READY,
+        work=work,
+    )
+    event = TranscriptReady(
+        job_id=job_id, owner_id="alice", segment_count=0, duration_s=1.0, model="tiny.en"
+    )
+
+    def record() -> tuple[dict[str, str], bytes]:
+        envelope = Envelope.for_event(event, source="tests")
+        return envelope.to_headers(), event.model_dump_json().encode()
+
+    async with db.acquire() as conn:  # another replica works on it right now
+        await start_stage(conn, job_id, Stage.chunk, "other-replica", 60.0)
+    assert await runner.handle(*record()) == "running-elsewhere"
+    assert runs == []
+
+    # That replica stopped gracefully and released the job: the next delivery takes over.
+    await db.execute(
+        "UPDATE job_stages SET lease_owner = NULL WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert await runner.handle(*record()) == "done"
+    assert runs == [job_id]

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 from mxw_local.cli import app as mxw_cli
@@ -42,6 +43,8 @@ FAULT_ENV = {
     "MXW_RETRY_BACKOFF_S": "0.2",
     "MXW_BLOB_JANITOR_INTERVAL_S": "1",
     "MXW_ABANDONED_PART_AFTER_S": "0",
+    # SIGTERM gives the job in hand half a second, then releases it.
+    "MXW_SHUTDOWN_GRACE_S": "0.5",
 }
 STAGE_CONSUMERS = {
     topics.AUDIO_UPLOADED: "transcriber",
@@ -403,6 +406,47 @@ async def test_database_restart_mid_pipeline_every_job_still_finishes(stack, db)
     with stack.log.open("rb") as fh:
         fh.seek(log_before)
         assert b"restarting in" not in fh.read()
+
+
+async def test_sigterm_releases_the_job_in_hand_for_the_next_worker(stack, db):
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=60) as client:
+        response = await client.post(
+            "/jobs",
+            headers=stack.auth("terminus"),
+            files={"file": ("long.ogg", (FIXTURES / "solar_and_bread.ogg").read_bytes())},
+            data={"force": "true", "language": "en"},
+        )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    await wait_stage_running(db, [job_id], "transcribe", timeout_s=60)
+    log_before = stack.log.stat().st_size
+    old = stack.service_pid("transcriber")
+    assert old is not None
+    os.kill(old, signal.SIGTERM)
+    await asyncio.to_thread(psutil.Process(old).wait, 60)
+    # Gone within the grace period, and the job it held is released for the next worker
+    # (no owner), not left to a lease that must run out first.
+    released = await db.fetchrow(
+        "SELECT state, lease_owner FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        uuid.UUID(job_id),
+    )
+    assert released["state"] == "running"
+    assert released["lease_owner"] is None
+    await wait_done(db, [job_id], 120, stack)
+
+    with stack.log.open("rb") as fh:
+        fh.seek(log_before)
+        log = fh.read().decode(errors="replace")
+    # A clean stop: the lifespan's shutdown ran (uvicorn then re-raises SIGTERM: exit -15).
+    assert any(
+        line.startswith("transcriber") and "Application shutdown complete" in line
+        for line in log.splitlines()
+    ), log[-3000:]
+    stage = await db.fetchrow(
+        "SELECT attempts FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+        uuid.UUID(job_id),
+    )
+    assert stage["attempts"] == 2  # stopped once, then taken over
 
 
 def big_wav(total_bytes: int) -> tuple[bytes, int]:

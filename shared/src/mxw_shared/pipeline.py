@@ -206,6 +206,7 @@ class StageRunner(Generic[In]):
                     and row["state"] == JobState.running
                     and row["generation"] >= data.generation
                     and row["leased"]
+                    and row["lease_owner"] is not None
                     and row["lease_owner"] != self.worker_id
                 ):
                     # Another worker holds a live lease (a redelivery or a re-send while it
@@ -382,12 +383,16 @@ class StageRunner(Generic[In]):
     async def _release_lease(self, job: JobRow) -> None:
         try:
             async with self.pool.acquire() as conn:
+                # No owner: whoever gets the record again takes over at once. The expiry
+                # stays ahead, so the sweeper re-sends only if that redelivery never comes.
                 await conn.execute(
-                    "UPDATE job_stages SET lease_expires_at = now() WHERE job_id = $1"
-                    " AND stage = $2 AND lease_owner = $3 AND state = 'running'",
+                    "UPDATE job_stages SET lease_owner = NULL,"
+                    " lease_expires_at = now() + make_interval(secs => $4)"
+                    " WHERE job_id = $1 AND stage = $2 AND lease_owner = $3 AND state = 'running'",
                     job.id,
                     self.stage.value,
                     self.worker_id,
+                    self.settings.stuck_after_s,
                 )
         except Exception as exc:  # the lease then simply runs out
             log.warning("lease release failed", job_id=str(job.id), error=repr(exc))
