@@ -38,6 +38,15 @@ class GatewaySettings(CommonSettings):
     # Set by the local stack: serve the dev issuer's JWKS at /.well-known/jwks.json.
     dev_jwks_path: Path | None = None
 
+    # ---- Web page (/app) ----
+    # Where browsers reach the notifier's WebSocket feed (the local stack's by default).
+    web_notifier_url: str = "http://127.0.0.1:8001"
+    # OIDC sign-in (authorization code + PKCE, done in the page): the provider's issuer URL
+    # (its /.well-known/openid-configuration is read) and the page's public client id.
+    web_oidc_issuer: str | None = None
+    web_oidc_client_id: str | None = None
+    web_oidc_scopes: str = "openid profile email"
+
     # Browsers on these origins may call the API; credentials with "*" are refused.
     cors_origins: list[str] = Field(default_factory=list)
     cors_allow_credentials: bool = False

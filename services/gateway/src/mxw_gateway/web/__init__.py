@@ -1,0 +1,1 @@
+"""The web page served by the gateway (see docs/web.md)."""

@@ -1,0 +1,708 @@
+// The pages. Each view renders into <main> and returns a clean-up function (sockets, timers).
+import { api, audioUrl, download, uploadFile } from "./api.js";
+import { devSignIn, session, startOidc } from "./auth.js";
+import { clear, clock, duration, h, highlighted, toast, when } from "./dom.js";
+
+const FINISHED = new Set(["done", "failed", "cancelled"]);
+
+function heading(text) {
+  return h("h1", { id: "page-title" }, text);
+}
+
+function failure(err) {
+  toast(err.message || String(err), "error");
+}
+
+function percent(progress) {
+  return `${Math.round((progress || 0) * 100)}%`;
+}
+
+// ---- live progress: the notifier's WebSocket feed of one job ----
+
+/** Follow a job until its feed ends; the token travels as a sub-protocol (browsers cannot
+ * set headers on a WebSocket, and a query string would end up in access logs). */
+export function watchJob(config, jobId, onStatus, onEnd) {
+  let socket = null;
+  let stopped = false;
+  let retries = 0;
+  const connect = () => {
+    const s = session();
+    if (!s || stopped) return;
+    socket = new WebSocket(`${config.notifier_ws}/ws/jobs/${jobId}`, [`bearer.${s.token}`]);
+    socket.onmessage = (e) => {
+      retries = 0;
+      onStatus(JSON.parse(e.data));
+    };
+    socket.onclose = async (e) => {
+      if (stopped) return;
+      const job = await onEnd(e).catch(() => null);
+      // An unfinished job whose feed dropped (notifier restart, network): follow it again.
+      const refused = e.code === 4401 || e.code === 4404;
+      if (job && !FINISHED.has(job.state) && !refused && retries < 10) {
+        retries += 1;
+        setTimeout(connect, Math.min(500 * 2 ** retries, 10_000));
+      }
+    };
+  };
+  connect();
+  return () => {
+    stopped = true;
+    if (socket) socket.close();
+  };
+}
+
+function stageLine(job) {
+  return h(
+    "ul",
+    { class: "stages", "aria-label": "Stages" },
+    job.stages.map((s) =>
+      h(
+        "li",
+        { class: `stage state-${s.state}`, dataset: { stage: s.stage } },
+        h("span", { class: "stage-name" }, s.stage),
+        " ",
+        h("span", { class: "stage-state" }, s.state),
+        s.duration_s !== null && s.duration_s !== undefined ? ` · ${duration(s.duration_s)}` : "",
+        s.attempts > 1 ? ` · ${s.attempts} attempts` : "",
+      ),
+    ),
+  );
+}
+
+function jobActions(job, onChange) {
+  const actions = h("div", { class: "actions" });
+  if (!FINISHED.has(job.state)) {
+    actions.append(
+      h(
+        "button",
+        {
+          type: "button",
+          class: "secondary",
+          onclick: async () => {
+            try {
+              onChange(await api(`/jobs/${job.id}/cancel`, { method: "POST" }));
+              toast("Cancel requested");
+            } catch (err) {
+              failure(err);
+            }
+          },
+        },
+        "Cancel",
+      ),
+    );
+    return actions;
+  }
+  const from = h(
+    "select",
+    { "aria-label": `Reprocess ${job.filename || job.id} from stage` },
+    ["transcribe", "chunk", "embed"].map((s) => h("option", { value: s }, `from ${s}`)),
+  );
+  actions.append(
+    from,
+    h(
+      "button",
+      {
+        type: "button",
+        class: "secondary",
+        onclick: async () => {
+          try {
+            onChange(await api(`/jobs/${job.id}/reprocess`, { method: "POST", json: { from: from.value } }));
+            toast("Reprocessing");
+          } catch (err) {
+            failure(err);
+          }
+        },
+      },
+      "Reprocess",
+    ),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "danger",
+        onclick: async () => {
+          if (!confirm(`Delete ${job.filename || "this job"} with its transcript and audio?`)) return;
+          try {
+            await api(`/jobs/${job.id}`, { method: "DELETE" });
+            onChange(null);
+            toast("Deleted");
+          } catch (err) {
+            failure(err);
+          }
+        },
+      },
+      "Delete",
+    ),
+  );
+  return actions;
+}
+
+function jobCard(job, config, live) {
+  const progress = h("progress", {
+    class: "job-progress",
+    max: "1",
+    value: String(job.progress),
+    "aria-label": `Progress of ${job.filename || job.id}`,
+  });
+  const state = h("span", { class: `badge state-${job.state}`, dataset: { role: "state" } }, job.state);
+  const pct = h("span", { class: "pct" }, percent(job.progress));
+  const note = h("p", { class: "note" }, job.error ? `Failed: ${job.error}` : "");
+  const card = h(
+    "li",
+    { class: "job card", dataset: { jobId: job.id, state: job.state } },
+    h(
+      "div",
+      { class: "row" },
+      h("a", { class: "job-link", href: `#/jobs/${job.id}` }, job.filename || job.id),
+      state,
+    ),
+    h("div", { class: "row" }, progress, pct),
+    stageLine(job),
+    note,
+    h("p", { class: "meta" }, `Uploaded ${when(job.created_at)}`, job.owner_id !== session()?.sub ? ` · owner ${job.owner_id}` : ""),
+    jobActions(job, (changed) => live.changed(job.id, changed)),
+  );
+  card.applyStatus = (msg) => {
+    progress.value = msg.progress;
+    pct.textContent = percent(msg.progress);
+    const label = FINISHED.has(msg.state) && (msg.state !== "done" || msg.stage === "embed") ? msg.state : `${msg.stage} ${msg.state}`;
+    state.textContent = label;
+    note.textContent = msg.error ? `Failed: ${msg.error}` : msg.message || "";
+  };
+  return card;
+}
+
+/** Keeps job cards in a list live: one feed per unfinished job, a fresh card at its end. */
+function liveJobs(config, list) {
+  const stops = new Map();
+  const cards = new Map();
+  const live = {
+    show(job) {
+      const card = jobCard(job, config, live);
+      const old = cards.get(job.id);
+      if (old) old.replaceWith(card);
+      else list.append(card);
+      cards.set(job.id, card);
+      if (!FINISHED.has(job.state) && !stops.has(job.id)) {
+        stops.set(
+          job.id,
+          watchJob(
+            config,
+            job.id,
+            (msg) => cards.get(job.id)?.applyStatus(msg),
+            async () => {
+              const fresh = await api(`/jobs/${job.id}`);
+              stops.delete(job.id);
+              live.show(fresh);
+              return fresh;
+            },
+          ),
+        );
+      }
+    },
+    prepend(job) {
+      live.show(job);
+      list.prepend(cards.get(job.id));
+    },
+    changed(jobId, job) {
+      if (job === null) {
+        cards.get(jobId)?.remove();
+        cards.delete(jobId);
+        stops.get(jobId)?.();
+        stops.delete(jobId);
+      } else {
+        live.show(job);
+      }
+    },
+    stop() {
+      for (const stop of stops.values()) stop();
+      stops.clear();
+    },
+  };
+  return live;
+}
+
+// ---- sign-in ----
+
+export function signInView(main, config) {
+  const parts = [heading("Sign in")];
+  if (config.oidc) {
+    parts.push(
+      h("p", {}, "Sign in with your organisation's account."),
+      h(
+        "button",
+        { type: "button", id: "oidc-sign-in", onclick: () => startOidc(config.oidc).catch(failure) },
+        "Sign in with single sign-on",
+      ),
+    );
+  }
+  if (config.dev_sign_in) {
+    const user = h("input", { id: "dev-user", name: "user", required: true, autocomplete: "username", pattern: "[A-Za-z0-9._@\\-]+", maxlength: "64" });
+    const admin = h("input", { id: "dev-admin", type: "checkbox", name: "admin" });
+    parts.push(
+      h(
+        "form",
+        {
+          class: "card stack",
+          "aria-labelledby": "dev-title",
+          onsubmit: async (e) => {
+            e.preventDefault();
+            try {
+              await devSignIn(user.value.trim(), admin.checked);
+              location.hash = "#/jobs";
+            } catch (err) {
+              failure(err);
+            }
+          },
+        },
+        h("h2", { id: "dev-title" }, "Local sign-in"),
+        h("p", { class: "hint" }, "The local stack's dev issuer: pick any user name. This form does not exist when a real identity provider is configured."),
+        h("label", { for: "dev-user" }, "User name"),
+        user,
+        h("label", { class: "check" }, admin, " Administrator"),
+        h("button", { type: "submit" }, "Sign in"),
+      ),
+    );
+  }
+  if (!config.oidc && !config.dev_sign_in) {
+    parts.push(h("p", {}, "No sign-in method is configured for this server (set MXW_WEB_OIDC_ISSUER and MXW_WEB_OIDC_CLIENT_ID)."));
+  }
+  clear(main, ...parts);
+  main.querySelector("input, button")?.focus();
+  return () => {};
+}
+
+// ---- upload ----
+
+export function uploadView(main, config) {
+  const input = h("input", { id: "files", type: "file", multiple: true, accept: "audio/*,video/*,.ogg,.opus,.mp3,.wav,.m4a,.flac,.webm" });
+  const model = h("select", { id: "opt-model", name: "model" }, h("option", { value: "" }, "server default"), config.models.map((m) => h("option", { value: m }, m)));
+  const language = h("input", { id: "opt-language", name: "language", placeholder: "auto", maxlength: "16", autocomplete: "off", "aria-describedby": "lang-hint" });
+  const chunking = h("select", { id: "opt-chunking", name: "chunking" }, config.chunking.map((c) => h("option", { value: c }, c)));
+  const queue = h("ul", { class: "uploads", "aria-label": "Uploads" });
+  const drop = h(
+    "label",
+    { class: "dropzone", for: "files" },
+    h("strong", {}, "Drop audio files here"),
+    h("span", {}, " or press to choose (several at once is fine)"),
+  );
+  const sendAll = async (files) => {
+    const fields = { model: model.value, language: language.value.trim(), chunking: chunking.value };
+    for (const file of files) {
+      const bar = h("progress", { max: "1", value: "0", "aria-label": `Upload of ${file.name}` });
+      const status = h("span", { class: "upload-status" }, "uploading");
+      const item = h("li", { class: "card", dataset: { file: file.name } }, h("div", { class: "row" }, h("span", {}, file.name), status), bar);
+      queue.append(item);
+      try {
+        const job = await uploadFile(file, fields, (fraction) => {
+          bar.value = fraction;
+        });
+        bar.value = 1;
+        clear(status, h("a", { href: `#/jobs/${job.id}`, class: "job-link" }, job.duplicate ? "already uploaded: open" : "open job"));
+        item.dataset.jobId = job.id;
+      } catch (err) {
+        status.textContent = `failed: ${err.message}`;
+        item.classList.add("error");
+      }
+    }
+  };
+  input.addEventListener("change", () => {
+    if (input.files.length) sendAll([...input.files]);
+    input.value = "";
+  });
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) sendAll([...e.dataTransfer.files]);
+  });
+  clear(
+    main,
+    heading("Upload audio"),
+    h(
+      "form",
+      { class: "stack", onsubmit: (e) => e.preventDefault() },
+      h(
+        "fieldset",
+        { class: "options" },
+        h("legend", {}, "Options"),
+        h("div", { class: "field" }, h("label", { for: "opt-model" }, "Model"), model),
+        h("div", { class: "field" }, h("label", { for: "opt-language" }, "Language"), language, h("small", { id: "lang-hint" }, "ISO code such as en or de; empty detects it")),
+        h("div", { class: "field" }, h("label", { for: "opt-chunking" }, "Chunking"), chunking),
+      ),
+      drop,
+      input,
+    ),
+    queue,
+    h("p", {}, h("a", { href: "#/jobs" }, "Follow your jobs live →")),
+  );
+  return () => {};
+}
+
+// ---- my jobs (and admin: all jobs) ----
+
+export function jobsView(main, config, { all = false } = {}) {
+  const list = h("ul", { class: "jobs", "aria-live": "polite", "aria-label": all ? "All jobs" : "Your jobs" });
+  const live = liveJobs(config, list);
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, "Show more");
+  let cursor = null;
+  const load = async () => {
+    try {
+      const params = new URLSearchParams({ limit: "20" });
+      if (cursor) params.set("cursor", cursor);
+      if (all) params.set("all", "true");
+      const page = await api(`/jobs?${params}`);
+      page.items.forEach((job) => live.show(job));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      if (!list.children.length) list.append(h("li", { class: "empty" }, "No jobs yet. ", h("a", { href: "#/upload" }, "Upload audio")));
+    } catch (err) {
+      failure(err);
+    }
+  };
+  more.addEventListener("click", load);
+  const section = h("section", { "aria-labelledby": all ? "all-jobs" : "page-title" }, all ? h("h2", { id: "all-jobs" }, "All jobs") : heading("My jobs"), list, more);
+  if (all) main.append(section);
+  else clear(main, section);
+  load();
+  return () => live.stop();
+}
+
+// ---- one job: player, transcript, chunks, downloads ----
+
+function seekAndPlay(player, seconds) {
+  const go = () => {
+    player.currentTime = seconds;
+    player.play().catch(() => {});
+  };
+  if (player.readyState >= 1) go();
+  else player.addEventListener("loadedmetadata", go, { once: true });
+}
+
+export function jobView(main, config, jobId) {
+  let stop = () => {};
+  let closed = false;
+  const player = h("audio", { id: "player", controls: true, preload: "metadata", "aria-label": "Audio of this job" });
+  const header = h("div");
+  const segments = h("ol", { class: "segments", "aria-label": "Transcript" });
+  const chunks = h("ol", { class: "chunks", "aria-label": "Topics" });
+  const downloads = h(
+    "div",
+    { class: "actions" },
+    config.formats.map((f) =>
+      h("button", { type: "button", class: "secondary", onclick: () => download(jobId, f).catch(failure) }, `Download ${f.toUpperCase()}`),
+    ),
+  );
+  clear(
+    main,
+    header,
+    h("div", { class: "player-bar" }, player),
+    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), segments),
+    h("section", { "aria-labelledby": "c-title" }, h("h2", { id: "c-title" }, "Topics"), chunks),
+    h("section", { "aria-labelledby": "d-title" }, h("h2", { id: "d-title" }, "Downloads"), downloads),
+  );
+
+  const renderHeader = (job) => {
+    const s = job.summary || {};
+    const facts = [
+      ["State", h("span", { class: `badge state-${job.state}`, dataset: { role: "state" } }, job.state)],
+      ["Progress", percent(job.progress)],
+      ["Language", s.language ? `${s.language}${s.language_probability ? ` (${Math.round(s.language_probability * 100)}%)` : ""}` : "–"],
+      ["Model", s.model || job.options.model || "default"],
+      ["Audio", s.audio_duration_s ? clock(s.audio_duration_s) : "–"],
+      ["Real-time factor", s.real_time_factor ? s.real_time_factor.toFixed(3) : "–"],
+    ];
+    clear(
+      header,
+      h("h1", { id: "page-title" }, job.filename || job.id),
+      h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+      job.error ? h("p", { class: "note error" }, `Failed: ${job.error}`) : "",
+      stageLine(job),
+      jobActions(job, (changed) => {
+        if (changed === null) location.hash = "#/jobs";
+        else refresh(changed);
+      }),
+    );
+  };
+
+  const loadResults = async (job) => {
+    if (job.stages.find((s) => s.stage === "transcribe")?.state === "done" || job.state === "done") {
+      const transcript = await api(`/jobs/${jobId}/transcript?format=json`).catch(() => null);
+      if (transcript) {
+        clear(
+          segments,
+          transcript.segments.map((seg) =>
+            h(
+              "li",
+              { class: "segment", dataset: { start: seg.start, end: seg.end } },
+              h(
+                "button",
+                { type: "button", class: "ts", dataset: { start: seg.start }, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
+                clock(seg.start),
+              ),
+              " ",
+              h("span", { class: "text" }, seg.text.trim()),
+            ),
+          ),
+        );
+      }
+    } else {
+      clear(segments, h("li", { class: "empty" }, "The transcript appears here when it is ready."));
+    }
+    if (job.state === "done" || job.stages.find((s) => s.stage === "chunk")?.state === "done") {
+      const list = await api(`/jobs/${jobId}/chunks`).catch(() => null);
+      if (list) {
+        clear(
+          chunks,
+          list.chunks.map((c) =>
+            h(
+              "li",
+              { class: "card chunk" },
+              h(
+                "div",
+                { class: "row" },
+                h("h3", {}, c.title || c.topic || `Part ${c.index + 1}`),
+                h("button", { type: "button", class: "ts", dataset: { start: c.start }, "aria-label": `Play topic from ${clock(c.start)}`, onclick: () => seekAndPlay(player, c.start) }, `${clock(c.start)}–${clock(c.end)}`),
+              ),
+              c.summary ? h("p", {}, c.summary) : "",
+              c.keywords.length ? h("ul", { class: "tags", "aria-label": "Keywords" }, c.keywords.map((k) => h("li", {}, k))) : "",
+            ),
+          ),
+        );
+      }
+    }
+  };
+
+  const refresh = async (job) => {
+    job = job || (await api(`/jobs/${jobId}`));
+    if (closed) return job;
+    renderHeader(job);
+    await loadResults(job);
+    if (!FINISHED.has(job.state)) {
+      stop();
+      stop = watchJob(
+        config,
+        jobId,
+        (msg) => {
+          const badge = header.querySelector("[data-role=state]");
+          if (badge) badge.textContent = `${msg.stage} ${msg.state}`;
+        },
+        () => refresh(),
+      );
+    }
+    return job;
+  };
+
+  refresh()
+    .then(() => audioUrl(jobId))
+    .then((url) => {
+      if (!closed) player.src = url;
+    })
+    .catch(failure);
+
+  // Highlight the segment being played.
+  let current = null;
+  player.addEventListener("timeupdate", () => {
+    const t = player.currentTime;
+    const items = segments.querySelectorAll("li.segment");
+    let found = null;
+    for (const li of items) {
+      if (t >= Number(li.dataset.start) && t < Number(li.dataset.end)) found = li;
+    }
+    if (found !== current) {
+      current?.classList.remove("current");
+      current?.removeAttribute("aria-current");
+      found?.classList.add("current");
+      found?.setAttribute("aria-current", "true");
+      current = found;
+    }
+  });
+  return () => {
+    closed = true;
+    stop();
+    player.pause();
+  };
+}
+
+// ---- search ----
+
+export function searchView(main, config, params) {
+  const q = h("input", { id: "q", type: "search", name: "q", required: true, value: params.get("q") || "", autocomplete: "off", maxlength: "1000" });
+  const mode = h(
+    "select",
+    { id: "mode", name: "mode" },
+    [
+      ["hybrid", "Meaning and words"],
+      ["vector", "Meaning only"],
+      ["text", "Words only"],
+    ].map(([v, label]) => h("option", { value: v, selected: params.get("mode") === v }, label)),
+  );
+  const player = h("audio", { id: "player", controls: true, preload: "none", "aria-label": "Audio of the chosen result" });
+  const nowPlaying = h("p", { class: "meta", "aria-live": "polite" });
+  const results = h("ol", { class: "results", "aria-label": "Results" });
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, "More results");
+  let nextOffset = null;
+
+  const play = async (hit) => {
+    try {
+      const url = await audioUrl(hit.job_id);
+      if (player.dataset.jobId !== hit.job_id) {
+        player.src = url;
+        player.dataset.jobId = hit.job_id;
+      }
+      nowPlaying.textContent = `Playing ${hit.filename || hit.job_id} from ${clock(hit.start_s)}`;
+      seekAndPlay(player, hit.start_s);
+    } catch (err) {
+      failure(err);
+    }
+  };
+
+  const show = (page, append) => {
+    if (!append) results.replaceChildren();
+    if (!page.results.length && !append) results.append(h("li", { class: "empty" }, "Nothing found."));
+    for (const hit of page.results) {
+      results.append(
+        h(
+          "li",
+          { class: "card hit", dataset: { jobId: hit.job_id, start: hit.start_s } },
+          h(
+            "div",
+            { class: "row" },
+            h("button", { type: "button", class: "play", dataset: { start: hit.start_s }, "aria-label": `Play ${hit.filename || ""} from ${clock(hit.start_s)}`, onclick: () => play(hit) }, `▶ ${clock(hit.start_s)}`),
+            h("a", { href: `#/jobs/${hit.job_id}` }, hit.filename || hit.job_id),
+            h("span", { class: "meta" }, `${clock(hit.start_s)}–${clock(hit.end_s)}`),
+          ),
+          hit.title ? h("h3", {}, hit.title) : "",
+          h("p", { class: "text" }, highlighted(hit.highlight || hit.text)),
+          hit.keywords.length ? h("ul", { class: "tags", "aria-label": "Keywords" }, hit.keywords.map((k) => h("li", {}, k))) : "",
+        ),
+      );
+    }
+    nextOffset = page.next_offset;
+    more.hidden = nextOffset === null || nextOffset === undefined;
+  };
+
+  const run = async (offset = 0) => {
+    const query = new URLSearchParams({ q: q.value.trim(), mode: mode.value, limit: "10", offset: String(offset) });
+    try {
+      show(await api(`/search?${query}`), offset > 0);
+    } catch (err) {
+      failure(err);
+    }
+  };
+  more.addEventListener("click", () => run(nextOffset));
+
+  clear(
+    main,
+    heading("Search what was said"),
+    h(
+      "form",
+      {
+        role: "search",
+        class: "search-form",
+        onsubmit: (e) => {
+          e.preventDefault();
+          history.replaceState(null, "", `#/search?${new URLSearchParams({ q: q.value.trim(), mode: mode.value })}`);
+          run();
+        },
+      },
+      h("div", { class: "field grow" }, h("label", { for: "q" }, "Search"), q),
+      h("div", { class: "field" }, h("label", { for: "mode" }, "Mode"), mode),
+      h("button", { type: "submit" }, "Search"),
+    ),
+    h("div", { class: "player-bar" }, player, nowPlaying),
+    results,
+    more,
+  );
+  if (q.value) run();
+  q.focus();
+  return () => player.pause();
+}
+
+// ---- admin ----
+
+export function adminView(main, config) {
+  const system = h("div");
+  const users = h("tbody");
+  const letters = h("ul", { class: "letters", "aria-label": "Dead letters" });
+  const loadSystem = async () => {
+    const s = await api("/admin/system");
+    clear(
+      system,
+      h("dl", { class: "facts" }, Object.entries(s.jobs_by_state).map(([k, v]) => [h("dt", {}, `Jobs ${k}`), h("dd", {}, v)]), Object.entries(s.dead_letters).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    );
+  };
+  const loadUsers = async () => {
+    const list = await api("/admin/users");
+    clear(
+      users,
+      list.map((u) => {
+        const role = h("select", { "aria-label": `Role of ${u.id}` }, ["user", "admin"].map((r) => h("option", { value: r, selected: u.role === r }, r)));
+        const disabled = h("input", { type: "checkbox", checked: u.disabled, "aria-label": `${u.id} disabled` });
+        const save = async (change) => {
+          try {
+            await api(`/admin/users/${encodeURIComponent(u.id)}`, { method: "PATCH", json: change });
+            toast(`Saved ${u.id}`);
+          } catch (err) {
+            failure(err);
+            loadUsers();
+          }
+        };
+        role.addEventListener("change", () => save({ role: role.value }));
+        disabled.addEventListener("change", () => save({ disabled: disabled.checked }));
+        return h("tr", { dataset: { user: u.id } }, h("th", { scope: "row" }, u.name && u.name !== u.id ? `${u.name} (${u.id})` : u.id), h("td", {}, role), h("td", {}, disabled), h("td", {}, u.job_count), h("td", {}, when(u.last_seen_at)));
+      }),
+    );
+  };
+  const loadLetters = async () => {
+    const list = await api("/admin/dead-letters?limit=50");
+    clear(
+      letters,
+      list.length
+        ? list.map((d) =>
+            h(
+              "li",
+              { class: "card" },
+              h("div", { class: "row" }, h("strong", {}, d.original_topic || d.topic), h("span", { class: "meta" }, when(d.time))),
+              h("p", {}, d.error || "no reason recorded"),
+              h("p", { class: "meta" }, `job ${d.job_id || "–"} · consumer ${d.consumer || "–"} · attempts ${d.attempts ?? "–"}`),
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "secondary",
+                  onclick: async () => {
+                    try {
+                      const r = await api(`/admin/dead-letters/${encodeURIComponent(d.id)}/replay`, { method: "POST" });
+                      toast(`Replayed: ${r.action}`);
+                    } catch (err) {
+                      failure(err);
+                    }
+                  },
+                },
+                "Replay",
+              ),
+            ),
+          )
+        : h("li", { class: "empty" }, "No dead letters."),
+    );
+  };
+  clear(
+    main,
+    heading("Administration"),
+    h("section", { "aria-labelledby": "sys-title" }, h("h2", { id: "sys-title" }, "System"), system),
+    h(
+      "section",
+      { "aria-labelledby": "users-title" },
+      h("h2", { id: "users-title" }, "Users and roles"),
+      h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["User", "Role", "Disabled", "Jobs", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), users)),
+    ),
+    h("section", { "aria-labelledby": "dl-title" }, h("h2", { id: "dl-title" }, "Dead letters"), letters),
+  );
+  Promise.all([loadSystem(), loadUsers(), loadLetters()]).catch(failure);
+  return jobsView(main, config, { all: true });
+}
