@@ -127,6 +127,7 @@ class Supervisor:
             env["MXW_EMBEDDER_SERVICE_TOKEN"] = token
             env["MXW_PUBLIC_BASE_URL"] = cfg.url("gateway")
             env["MXW_DEV_JWKS_PATH"] = str(self.data_dir / "auth" / "jwks.json")
+            env["MXW_WEB_NOTIFIER_URL"] = cfg.url("notifier")  # the web page's live feed
         if service == "embedder":
             env["MXW_SERVICE_TOKEN"] = token
         if service == "transcriber":
