@@ -1,14 +1,17 @@
 """Transactional outbox: events are rows written in the same transaction as the state change
 they announce; a relay publishes them to Kafka and marks them sent once the broker acked.
 
-One relay at a time publishes (a transaction-scoped advisory lock), so events of a job leave
-in the order they were written, whichever replica relays them.
+Every service process relays. Rows fall into LANES lanes by a hash of their key (the job
+id); one relay at a time publishes a lane (a transaction-scoped advisory lock per lane, the
+rows claimed FOR UPDATE SKIP LOCKED), so several replicas relay in parallel while the events
+of one job still leave in the order they were written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -21,6 +24,7 @@ from mxw_shared.telemetry import current_traceparent, publish_context
 
 log = get_logger(__name__)
 _RELAY_LOCK = 0x6D787701
+LANES = 8  # a power of two; the outbox_unsent_lane index uses the same expression
 RELAYED = Counter("mxw_outbox_relayed_total", "Outbox rows published to Kafka", ["topic"])
 
 
@@ -98,14 +102,34 @@ class OutboxRelay:
             log.warning("outbox LISTEN unavailable, polling only", error=repr(exc))
 
     async def relay_once(self) -> int:
-        """Publish one batch of unsent rows; returns how many were sent."""
+        """Publish one batch of unsent rows from each lane that has some; returns how many
+        were sent. Lanes another relay holds right now are skipped."""
+        lanes = [
+            r["lane"]
+            for r in await self._pool.fetch(
+                "SELECT DISTINCT hashtext(key) & $1 AS lane FROM outbox WHERE sent_at IS NULL",
+                LANES - 1,
+            )
+        ]
+        random.shuffle(lanes)  # replicas start on different lanes
+        sent = 0
+        for lane in lanes:
+            sent += await self._relay_lane(lane)
+        return sent
+
+    async def _relay_lane(self, lane: int) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, $2)", _RELAY_LOCK, lane
+            ):
                 return 0
             rows = await conn.fetch(
-                "SELECT id, topic, key, headers, payload FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, headers, payload FROM outbox"
+                " WHERE sent_at IS NULL AND hashtext(key) & $2 = $3"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch_size,
+                LANES - 1,
+                lane,
             )
             if not rows:
                 return 0

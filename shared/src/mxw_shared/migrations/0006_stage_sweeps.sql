@@ -18,3 +18,6 @@ CREATE INDEX job_events_created ON job_events (created_at);
 -- gateway: "is this stored file still referenced?" (upload clean-up and the blob janitor).
 CREATE INDEX blobs_uri ON blobs (uri);
 CREATE INDEX jobs_audio_uri ON jobs (audio_uri);
+
+-- every service: the outbox relay claims unsent rows per lane (hash of the key, see outbox.py).
+CREATE INDEX outbox_unsent_lane ON outbox ((hashtext(key) & 7), id) WHERE sent_at IS NULL;
