@@ -1,0 +1,283 @@
+"""The web page in a real browser against the real stack (`mxw up`): sign in, upload
+generated speech, watch live progress reach done without a reload, seek the player from the
+transcript, play a search result from its chunk's second, and keep another user out.
+
+With MXW_SCREENSHOTS=<dir> the same walk saves a screenshot of every page there
+(scripts/screenshots.py refreshes docs/screenshots/ this way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+AUDIO = FIXTURES / "solar_and_bread.ogg"  # espeak-ng speech, 15.7 s (see make_audio.sh)
+SCREENSHOTS = Path(os.environ["MXW_SCREENSHOTS"]) if os.environ.get("MXW_SCREENSHOTS") else None
+PIPELINE_TIMEOUT_MS = 240_000
+
+PLAYER_STATE = (
+    "() => { const a = document.querySelector('#player'); "
+    "return {t: a.currentTime, paused: a.paused}; }"
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, launch_stack: Any) -> Iterator[Any]:
+    with launch_stack(tmp_path_factory.mktemp("web-stack")) as running:
+        yield running
+
+
+class Tab:
+    """A signed-in browser tab that records what would betray a broken page."""
+
+    def __init__(self, page: Any, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.errors: list[str] = []
+        self.frames: list[dict[str, Any]] = []
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on(
+            "console",
+            lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+        )
+        page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, ws: Any) -> None:
+        def received(payload: str | bytes) -> None:
+            self.frames.append(json.loads(payload))
+
+        ws.on("framereceived", received)
+
+    async def go(self, hash_route: str) -> None:
+        """Navigate inside the page (a hash change: no reload)."""
+        await self.page.evaluate("(h) => { location.hash = h; }", hash_route)
+
+    async def shot(self, name: str) -> None:
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            await self.page.wait_for_timeout(300)  # let the toast and layout settle
+            await self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def sign_in(browser: Any, stack: Any, user: str, admin: bool = False, **context: Any) -> Tab:
+    ctx = await browser.new_context(viewport={"width": 1100, "height": 850}, **context)
+    page = await ctx.new_page()
+    page.set_default_timeout(60_000)
+    tab = Tab(page, stack.info.gateway_url)
+    await page.goto(stack.info.gateway_url + "/")  # redirects to /app/
+    await page.wait_for_selector("#dev-user")
+    if user == "alice":
+        await tab.shot("sign-in")
+    await page.fill("#dev-user", user)
+    if admin:
+        await page.check("#dev-admin")
+    await page.click("form button[type=submit]")
+    await page.wait_for_selector("#nav:not([hidden])")
+    assert await page.text_content("#who") == user
+    return tab
+
+
+@pytest.fixture(scope="module")
+async def alice(browser: Any, stack: Any) -> AsyncIterator[Tab]:
+    tab = await sign_in(browser, stack, "alice")
+    yield tab
+    await tab.page.context.close()
+
+
+@pytest.fixture(scope="module")
+async def done_job(alice: Tab) -> dict[str, Any]:
+    """Upload through the page, then follow it live on My jobs until done."""
+    page = alice.page
+    await alice.go("#/upload")
+    await page.wait_for_selector("#files", state="attached")
+    await page.fill("#opt-language", "en")
+    await page.set_input_files("#files", str(AUDIO))
+    item = await page.wait_for_selector(".uploads li[data-job-id]")
+    job_id = await item.get_attribute("data-job-id")
+    assert job_id
+    assert await page.eval_on_selector(".uploads progress", "p => p.value") == 1
+    await alice.shot("upload")
+    await page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    await page.click("text=Follow your jobs live")
+    card = f'li.job[data-job-id="{job_id}"]'
+    await page.wait_for_selector(card)
+    started = time.monotonic()
+    await page.wait_for_selector(f'{card}[data-state="done"]', timeout=PIPELINE_TIMEOUT_MS)
+    return {"id": job_id, "seconds": time.monotonic() - started}
+
+
+async def test_progress_reaches_done_live_over_the_websocket(alice: Tab, done_job: dict[str, Any]):
+    page = alice.page
+    assert await page.evaluate("window.__sameDocument === true"), "the page reloaded"
+    card = f'li.job[data-job-id="{done_job["id"]}"]'
+    assert await page.eval_on_selector(f"{card} progress", "p => p.value") == 1
+    assert (await page.text_content(f"{card} [data-role=state]")) == "done"
+    # Every stage is listed done with its own timing.
+    stages = await page.eval_on_selector_all(
+        f"{card} .stage", "els => els.map(e => [e.dataset.stage, e.textContent])"
+    )
+    assert [s for s, _ in stages] == ["transcribe", "chunk", "embed"]
+    assert all(" done · " in text and text.endswith(" s") for _, text in stages), stages
+    # The progress came over the notifier's WebSocket: its status events, in order, to done.
+    mine = [f for f in alice.frames if f.get("job_id") == done_job["id"]]
+    assert mine, "no status frame arrived over the WebSocket"
+    assert mine[-1]["state"] == "done"
+    assert mine[-1]["stage"] == "embed"
+    progress = [f["progress"] for f in mine]
+    assert progress == sorted(progress)
+    assert progress[-1] == pytest.approx(1.0)
+    await alice.shot("jobs")
+
+
+async def test_clicking_a_timestamp_seeks_the_player(alice: Tab, done_job: dict[str, Any]):
+    page = alice.page
+    await page.click(f'li.job[data-job-id="{done_job["id"]}"] a.job-link')
+    await page.wait_for_selector("li.segment >> nth=1")
+    # The audio is fetched with the token; the player has it once it knows the duration.
+    await page.wait_for_function("() => document.querySelector('#player').duration > 15")
+    segments = await page.eval_on_selector_all(
+        "li.segment", "els => els.map(e => [Number(e.dataset.start), Number(e.dataset.end)])"
+    )
+    assert len(segments) >= 2
+    index = len(segments) - 1  # the last one: far from where the player starts
+    start, _end = segments[index]
+    assert start > 3
+    await page.click(f"li.segment >> nth={index} >> button.ts")
+    await page.wait_for_function(
+        f"() => {{ const a = document.querySelector('#player'); "
+        f"return !a.paused && a.currentTime >= {start} - 0.05; }}"
+    )
+    state = await page.evaluate(PLAYER_STATE)
+    assert start - 0.05 <= state["t"] < start + 3, (state, start)
+    # The segment being played is highlighted (and announced as current).
+    await page.wait_for_selector(f"li.segment.current[data-start='{start}']")
+    assert await page.get_attribute("li.segment.current", "aria-current") == "true"
+    # Topics with their time ranges, and every download format.
+    assert await page.locator("ol.chunks li.chunk").count() >= 1
+    for fmt in ("TXT", "SRT", "VTT", "JSON"):
+        assert await page.locator(f"button:has-text('Download {fmt}')").count() == 1
+    async with page.expect_download() as download_info:
+        await page.click("button:has-text('Download SRT')")
+    download = await download_info.value
+    assert "-->" in Path(await download.path()).read_text()
+    await page.evaluate("document.querySelector('#player').pause()")
+    await alice.shot("job")
+
+
+async def test_search_paraphrase_plays_from_the_chunk_second(alice: Tab, done_job: dict[str, Any]):
+    page = alice.page
+    await page.click("nav a[data-route=search]")
+    await page.fill("#q", "how long should I bake a loaf")
+    await page.press("#q", "Enter")
+    first = page.locator("li.hit").first
+    await first.wait_for()
+    assert await first.get_attribute("data-job-id") == done_job["id"]
+    assert "bread" in (await first.locator(".text").text_content() or "").lower()
+    start = float(await first.get_attribute("data-start") or "nan")
+    assert start > 0  # the bread chunk follows the solar one
+    await first.locator("button.play").click()
+    await page.wait_for_function(
+        f"() => {{ const a = document.querySelector('#player'); "
+        f"return !a.paused && a.currentTime >= {start} - 0.05; }}"
+    )
+    state = await page.evaluate(PLAYER_STATE)
+    assert start - 0.05 <= state["t"] < start + 3, (state, start)
+    await page.evaluate("document.querySelector('#player').pause()")
+    await alice.shot("search")
+    # Words only: the matched word comes back highlighted.
+    await page.select_option("#mode", "text")
+    await page.fill("#q", "oven")
+    await page.press("#q", "Enter")
+    await page.wait_for_selector("li.hit mark")
+    assert (await page.text_content("li.hit >> nth=0 >> mark") or "").lower() == "oven"
+
+
+async def test_another_user_cannot_see_the_job(browser: Any, stack: Any, done_job: dict[str, Any]):
+    bob = await sign_in(browser, stack, "bob")
+    page = bob.page
+    try:
+        await page.wait_for_selector("ul.jobs li")
+        assert await page.locator(f'li.job[data-job-id="{done_job["id"]}"]').count() == 0
+        assert "No jobs yet" in (await page.text_content("ul.jobs") or "")
+        # The job's own page: the API answers 404, the page says so and shows nothing of it.
+        await bob.go(f"#/jobs/{done_job['id']}")
+        await page.wait_for_selector("#toast.shown")
+        assert "No such job" in (await page.text_content("#toast") or "")
+        assert await page.locator("li.segment").count() == 0
+        await bob.go("#/search")
+        await page.fill("#q", "bread oven flour")
+        await page.press("#q", "Enter")
+        await page.wait_for_selector("ol.results li")
+        assert await page.locator(f'li.hit[data-job-id="{done_job["id"]}"]').count() == 0
+        # Nor may bob follow its progress: the notifier refuses him the feed.
+        assert not [f for f in bob.frames if f.get("job_id") == done_job["id"]]
+        # No admin page for a user.
+        assert await page.is_hidden("#nav-admin")
+    finally:
+        await page.context.close()
+
+
+async def test_admin_sees_users_all_jobs_and_dead_letters(
+    browser: Any, stack: Any, done_job: dict[str, Any]
+):
+    admin = await sign_in(browser, stack, "root", admin=True)
+    page = admin.page
+    try:
+        await page.wait_for_selector("#nav-admin:not([hidden])")
+        await page.click("nav a[data-route=admin]")
+        await page.wait_for_selector("tr[data-user=alice]")
+        await page.wait_for_selector(f'li.job[data-job-id="{done_job["id"]}"]')
+        assert "owner alice" in (
+            await page.text_content(f'li.job[data-job-id="{done_job["id"]}"]') or ""
+        )
+        await page.wait_for_selector("ul.letters li")
+        # Making bob an admin through the page changes his role in the API.
+        await page.wait_for_selector("tr[data-user=bob]")
+        await page.select_option("tr[data-user=bob] select", "admin")
+        await page.wait_for_selector("#toast.shown")
+        async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+            users = (
+                await client.get("/admin/users", headers=stack.auth("root", admin=True))
+            ).json()
+        assert {u["id"]: u["role"] for u in users}["bob"] == "admin"
+        await admin.shot("admin")
+        assert not admin.errors, admin.errors
+    finally:
+        await page.context.close()
+
+
+async def test_phone_sized_screen_and_no_page_errors(
+    browser: Any, stack: Any, alice: Tab, done_job: dict[str, Any]
+):
+    phone = await sign_in(
+        browser,
+        stack,
+        "carol",
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+    )
+    page = phone.page
+    try:
+        await phone.go("#/upload")
+        await page.wait_for_selector(".dropzone")
+        # Nothing wider than the screen: no sideways scrolling on a phone.
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        # Keyboard: the skip link comes first and moves focus to the content.
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.className") == "skip-link"
+        await phone.shot("phone-upload")
+        assert not phone.errors, phone.errors
+    finally:
+        await page.context.close()
+    # Over the whole walk, alice's tab saw no script error and no CSP violation.
+    assert not alice.errors, alice.errors
