@@ -1,0 +1,204 @@
+"""docker-compose.yml, checked without a container engine: the Compose Specification schema
+(vendored by check-jsonschema) and the file against the code: every service's environment
+against its settings model, ports and health checks, start order, topics, auth wiring."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mxw_shared import topics
+from mxw_shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())  # merge keys resolved
+    return data
+
+
+def image_service(spec: dict[str, Any]) -> str | None:
+    match = re.fullmatch(r"mxwhisper/(\w+):.*", spec.get("image", ""))
+    return match.group(1) if match else None
+
+
+def runs_service(spec: dict[str, Any]) -> bool:
+    """True when the container runs the image's own service (not mxw-migrate or a script)."""
+    return "command" not in spec and "entrypoint" not in spec
+
+
+def env_value(value: str) -> str:
+    """${VAR:-default} → default (what runs when nothing overrides it)."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    result = check_compose_schema(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text("services:\n  web:\n    image: x\n    depends_on: {db: {condition: up}}\n")
+    result = check_compose_schema(broken)
+    assert result.returncode != 0
+    assert "condition" in result.stdout + result.stderr
+
+
+def test_every_service_runs_on_real_infrastructure(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    specs = compose["services"]
+    assert specs["kafka"]["image"].startswith("apache/kafka:")
+    assert "controller" in specs["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
+    assert specs["postgres"]["image"].startswith("pgvector/pgvector:")
+    assert {"otel-collector", "jaeger", "migrate", "kafka-topics"} <= set(specs)
+    default_profile = {
+        image_service(s) for s in specs.values() if runs_service(s) and "profiles" not in s
+    }
+    assert set(services) <= default_profile
+    profiles = {p for s in specs.values() for p in s.get("profiles", [])}
+    assert {"gpu", "llm", "auth"} <= profiles
+
+
+@pytest.mark.parametrize("name", ["gateway", "notifier", "transcriber", "chunker", "embedder"])
+def test_service_wiring_matches_its_code(
+    name: str, compose: dict[str, Any], services: dict[str, Any], env_check: Any
+) -> None:
+    code = services[name]
+    specs = [
+        (key, s)
+        for key, s in compose["services"].items()
+        if image_service(s) == name and runs_service(s)
+    ]
+    assert specs, f"no compose service runs mxwhisper/{name}"
+    for key, spec in specs:
+        env = {k: env_value(str(v)) for k, v in spec["environment"].items()}
+        assert env_check(set(env), code.settings_cls) == set(), key
+        # The consumer group is the service name: a wrong one would split the stage.
+        assert env.get("MXW_SERVICE_NAME", code.service_name) == code.service_name, key
+        port = int(env.get("MXW_PORT", code.port))
+        assert port == code.port, key
+        assert f"127.0.0.1:{port}/readyz" in " ".join(spec["healthcheck"]["test"]), key
+        for published in spec.get("ports", []):
+            assert str(published).endswith(f":{port}"), published
+        depends = spec["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", key
+        assert depends["kafka-topics"]["condition"] == "service_completed_successfully", key
+        assert spec.get("read_only") is True, key
+        assert "/tmp" in spec.get("tmpfs", []), key  # noqa: S108 - the writable tmpfs
+        assert env["MXW_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert "postgres:5432" in env["MXW_DATABASE_URL"]
+
+
+def test_one_shot_services_use_only_common_settings(
+    compose: dict[str, Any], env_check: Any
+) -> None:
+    one_shots = [
+        s for s in compose["services"].values() if image_service(s) and not runs_service(s)
+    ]
+    assert one_shots
+    for spec in one_shots:
+        assert env_check(set(spec.get("environment", {})), CommonSettings) == set()
+    assert compose["services"]["migrate"]["command"] == ["mxw-migrate"]
+
+
+def test_blob_volume_is_shared_by_writer_and_reader(compose: dict[str, Any]) -> None:
+    specs = compose["services"]
+
+    def blob_mount(spec: dict[str, Any]) -> str:
+        root = spec["environment"]["MXW_BLOB_ROOT"]
+        (volume,) = [v.split(":")[0] for v in spec["volumes"] if v.split(":")[1] == root]
+        return str(volume)
+
+    assert blob_mount(specs["gateway"]) == blob_mount(specs["transcriber"])
+    assert blob_mount(specs["transcriber-gpu"]) == blob_mount(specs["gateway"])
+
+
+def test_topic_script_creates_every_topic_the_code_uses(compose: dict[str, Any]) -> None:
+    script = (COMPOSE_DIR / "create-topics.sh").read_text()
+    arrays = {name: body.split() for name, body in re.findall(r"^(\w+)=\(([^)]*)\)", script, re.M)}
+    assert arrays["TOPICS"] == list(topics.ALL_TOPICS)
+    assert arrays["DLQ_TOPICS"] == [topics.dlq(t) for t in topics.ALL_TOPICS]
+    assert set(arrays["TOPICS"] + arrays["DLQ_TOPICS"]) == set(topics.all_topics_with_dlq())
+    # The services' own topic check uses the same partition count as the script.
+    creator = compose["services"]["kafka-topics"]["environment"]
+    common = compose["x-mxw-env"]
+    assert creator["PARTITIONS"] == common["MXW_KAFKA_PARTITIONS"]
+    assert creator["REPLICATION_FACTOR"] == common["MXW_KAFKA_REPLICATION_FACTOR"]
+    assert compose["services"]["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == (
+        "false"
+    )
+
+
+def test_gpu_profile_runs_the_cuda_image_on_the_nvidia_runtime(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["transcriber-gpu"]
+    assert gpu["build"]["dockerfile"] == "services/transcriber/Dockerfile.cuda"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert "gpu" in device["capabilities"]
+    assert gpu["environment"]["MXW_DEVICE"] == "cuda"
+
+
+def env_file(name: str) -> dict[str, str]:
+    lines = (COMPOSE_DIR / name).read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {k: v for k, v in pairs}
+
+
+def test_env_files_set_only_known_settings(services: dict[str, Any]) -> None:
+    known = set()
+    for code in services.values():
+        known |= {f"MXW_{n.upper()}" for n in code.settings_cls.model_fields}
+    for name in ("keycloak.env", "llm.env"):
+        assert set(env_file(name)) <= known, name
+
+
+def test_keycloak_realm_issues_tokens_the_services_accept(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    realm = json.loads((COMPOSE_DIR / "keycloak" / "mxwhisper-realm.json").read_text())
+    keycloak_env = env_file("keycloak.env")
+    hostname = compose["services"]["keycloak"]["environment"]["KC_HOSTNAME"]
+    issuer = f"{hostname}/realms/{realm['realm']}"
+    assert keycloak_env["MXW_AUTH_ISSUER"] == issuer
+    assert keycloak_env["MXW_WEB_OIDC_ISSUER"] == issuer
+    assert keycloak_env["MXW_AUTH_JWKS_URL"].endswith(
+        f"/realms/{realm['realm']}/protocol/openid-connect/certs"
+    )
+    common = services["gateway"].settings_cls.model_fields
+    clients = {c["clientId"]: c for c in realm["clients"]}
+    assert keycloak_env["MXW_WEB_OIDC_CLIENT_ID"] in clients
+    for client in clients.values():
+        mappers = {m["protocolMapper"]: m["config"] for m in client["protocolMappers"]}
+        audience = mappers["oidc-audience-mapper"]["included.custom.audience"]
+        assert audience == keycloak_env["MXW_AUTH_AUDIENCE"] == common["auth_audience"].default
+        groups = mappers["oidc-group-membership-mapper"]
+        assert groups["claim.name"] == common["auth_admin_claim"].default
+        assert groups["full.path"] == "false"  # "admin", not "/admin"
+    admins = [
+        u for u in realm["users"] if "/" + common["auth_admin_value"].default in u.get("groups", [])
+    ]
+    assert admins
