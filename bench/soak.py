@@ -5,8 +5,9 @@ Usage:
 
 Starts its own stack (`mxw up`, tiny.en, a temporary data directory), then at once: every
 upload (short speech, one user per upload) and, as each is accepted, `--watchers-per-job`
-WebSocket clients following that job. Bounded: everything stops at `--limit-s`. Prints the
-error counts, jobs completed, watchers that saw `done`, time until the last job finished,
+WebSocket clients following that job. Watchers reconnect after a failure, as
+real clients do. Bounded: everything stops at `--limit-s`. Prints the error counts (failed
+attempts), jobs completed, watchers that saw `done`, time until the last job finished,
 and the resident memory of every service at the start and the end. Never part of the tests.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import resource
 import tempfile
 import time
@@ -39,24 +41,35 @@ def rss_mib(stack: Stack) -> dict[str, float]:
     return sizes
 
 
-async def watch(stack: Stack, user: str, job_id: str, errors: Counter[str]) -> str | None:
+async def watch(
+    stack: Stack, user: str, job_id: str, errors: Counter[str], deadline: float
+) -> str | None:
+    """Follow a job like a real client: reconnect after a failure (with jitter) until the
+    job ended or the soak's time is up. Every failed attempt counts as an error."""
     url = stack.info.notifier_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}"
     last: str | None = None
-    try:
-        async with websockets.connect(
-            url, additional_headers=stack.auth(user), open_timeout=30
-        ) as ws:
-            async for raw in ws:
-                last = json.loads(raw).get("state")
-                if last in ("done", "failed", "cancelled"):
-                    break
-    except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-        errors[f"ws:{type(exc).__name__}"] += 1
+    while time.monotonic() < deadline:
+        try:
+            async with websockets.connect(
+                url, additional_headers=stack.auth(user), open_timeout=30
+            ) as ws:
+                async for raw in ws:
+                    last = json.loads(raw).get("state")
+                    if last in ("done", "failed", "cancelled"):
+                        return last
+        except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            errors[f"ws:{type(exc).__name__}"] += 1
+            await asyncio.sleep(random.uniform(1.0, 3.0))
     return last
 
 
 async def one_user(
-    stack: Stack, client: httpx.AsyncClient, index: int, watchers: int, errors: Counter[str]
+    stack: Stack,
+    client: httpx.AsyncClient,
+    index: int,
+    watchers: int,
+    errors: Counter[str],
+    limit_s: float,
 ) -> tuple[str | None, list[str | None]]:
     user = f"soak-{index:03d}"
     try:
@@ -73,7 +86,10 @@ async def one_user(
         errors[f"upload:{response.status_code}"] += 1
         return None, []
     job_id = response.json()["id"]
-    seen = await asyncio.gather(*(watch(stack, user, job_id, errors) for _ in range(watchers)))
+    deadline = time.monotonic() + limit_s
+    seen = await asyncio.gather(
+        *(watch(stack, user, job_id, errors, deadline) for _ in range(watchers))
+    )
     return job_id, list(seen)
 
 
@@ -86,7 +102,7 @@ async def soak(stack: Stack, uploads: int, watchers: int, limit_s: float) -> dic
         base_url=stack.info.gateway_url, timeout=120, limits=limits
     ) as client:
         tasks = [
-            asyncio.create_task(one_user(stack, client, i, watchers, errors))
+            asyncio.create_task(one_user(stack, client, i, watchers, errors, limit_s))
             for i in range(uploads)
         ]
         done, pending = await asyncio.wait(tasks, timeout=limit_s)
@@ -107,7 +123,7 @@ async def soak(stack: Stack, uploads: int, watchers: int, limit_s: float) -> dic
         "accepted": len(job_ids),
         "job_states": dict(states),
         "watchers_saw_done": sum(1 for _, seen in results for s in seen if s == "done"),
-        "errors": dict(errors),
+        "errors (failed attempts, retried)": dict(errors),
         "timed_out_users": len(pending),
         "seconds_to_last_done": round(elapsed, 1),
         "rss_mib_start": rss_start,
