@@ -1,0 +1,411 @@
+"""deploy/k8s, checked without a cluster: every overlay renders with `kubectl kustomize`; core
+objects validate against the Kubernetes schemas (kubernetes-validate, strict), KEDA objects
+against KEDA's models (cloudcoil-models-keda), Strimzi and CloudNativePG objects against the
+structural schemas in schemas/; and the manifests agree with the code: topics, consumer
+groups, settings, ports, health paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
+from mxw_shared import topics
+from mxw_shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+OVERLAYS = ("dev", "prod", "gpu")
+# The oldest Kubernetes release the manifests target (autoscaling/v2, policy/v1, restricted
+# pod security and sidecar-free probes all exist there).
+KUBERNETES_VERSION = "1.30.0"
+CUSTOM_SCHEMAS = {
+    ("kafka.strimzi.io", "Kafka"): "strimzi-kafka.json",
+    ("kafka.strimzi.io", "KafkaNodePool"): "strimzi-kafkanodepool.json",
+    ("kafka.strimzi.io", "KafkaTopic"): "strimzi-kafkatopic.json",
+    ("postgresql.cnpg.io", "Cluster"): "cnpg-cluster.json",
+}
+# Secrets the overlays reference but do not create: CloudNativePG writes <cluster>-app; the
+# service token is created by the operator of the cluster (docs/deploy.md says how).
+EXTERNAL_SECRETS = {"mxwhisper-service-token": {"token"}}
+CNPG_APP_SECRET_KEYS = {"uri", "username", "password", "host", "port", "dbname", "jdbc-uri"}
+# Metadata keys of KEDA's kafka scaler (keda.sh/docs/2.16/scalers/apache-kafka).
+KAFKA_TRIGGER_KEYS = {
+    "bootstrapServers",
+    "bootstrapServersFromEnv",
+    "consumerGroup",
+    "consumerGroupFromEnv",
+    "topic",
+    "topicFromEnv",
+    "lagThreshold",
+    "activationLagThreshold",
+    "offsetResetPolicy",
+    "allowIdleConsumers",
+    "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag",
+    "limitToPartitionsWithLag",
+    "ensureEvenDistributionOfPartitions",
+    "partitionLimitation",
+    "version",
+    "sasl",
+    "tls",
+}
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def by_name(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in of_kind(docs, kind)}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for d in docs:
+        if d["kind"] in {"Deployment", "Job"}:
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+
+
+def image_service(container: dict[str, Any]) -> str:
+    match = re.fullmatch(r"mxwhisper/(\w+):.+", container["image"])
+    assert match, container["image"]
+    return match.group(1)
+
+
+def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = by_name(docs, "ConfigMap")["mxwhisper-config"]["data"]
+    return data
+
+
+def effective_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the container's process sees: ConfigMaps from envFrom, then env (which wins)."""
+    env: dict[str, Any] = {}
+    maps = by_name(docs, "ConfigMap")
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env
+
+
+def workloads(
+    docs: list[dict[str, Any]], services: dict[str, Any]
+) -> Iterator[tuple[str, dict[str, Any], type[CommonSettings], dict[str, Any]]]:
+    """(workload, container, settings model it reads, env) for every container we run: a
+    container running another command than the image's (mxw-migrate) reads CommonSettings."""
+    for name, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            code = services[image_service(container)]
+            settings = code.settings_cls if "command" not in container else CommonSettings
+            yield name, container, settings, effective_env(container, docs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_objects_validate_against_kubernetes_schemas(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    checked = 0
+    for doc in rendered[overlay]:
+        group = doc["apiVersion"].rpartition("/")[0]
+        if "." in group and not group.endswith(".k8s.io"):
+            continue  # custom resources: the tests below
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc}")
+        checked += 1
+    assert checked >= 30  # 5 x (Deployment, Service, SA, PDB, NetworkPolicy) and the rest
+
+
+def test_strict_validation_catches_a_misspelt_field(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    deployment = json.loads(json.dumps(by_name(rendered["dev"], "Deployment")["gateway"]))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_validate(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered[overlay]
+    for doc in docs:
+        key = (doc["apiVersion"].split("/")[0], doc["kind"])
+        if key in CUSTOM_SCHEMAS:
+            schema = json.loads((SCHEMAS / CUSTOM_SCHEMAS[key]).read_text())
+            jsonschema.validate(doc, schema)
+    scaled = of_kind(docs, "ScaledObject")
+    assert scaled
+    for doc in scaled:
+        model = ScaledObject.model_validate(doc)
+        # The models accept unknown keys; a round trip that loses one shows a misspelling.
+        again = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        assert again == doc, f"{doc['metadata']['name']}: fields KEDA does not know"
+        for trigger in doc["spec"]["triggers"]:
+            assert trigger["type"] == "kafka"
+            assert set(trigger["metadata"]) <= KAFKA_TRIGGER_KEYS
+
+
+def test_custom_schemas_refuse_unknown_fields() -> None:
+    schema = json.loads((SCHEMAS / "strimzi-kafkatopic.json").read_text())
+    topic = {
+        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "kind": "KafkaTopic",
+        "metadata": {"name": "t", "labels": {"strimzi.io/cluster": "c"}},
+        "spec": {"partitions": 3, "replicas": 1, "partition": 3},
+    }
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(topic, schema)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_topic_in_the_code_has_its_kafka_topic(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[overlay]
+    kafka_topics = {d["spec"]["topicName"]: d for d in of_kind(docs, "KafkaTopic")}
+    assert set(kafka_topics) == set(topics.all_topics_with_dlq())
+    config = config_map(docs)
+    clusters = by_name(docs, "Kafka")
+    brokers = sum(
+        p["spec"]["replicas"]
+        for p in of_kind(docs, "KafkaNodePool")
+        if "broker" in p["spec"]["roles"]
+    )
+    for name, topic in kafka_topics.items():
+        spec = topic["spec"]
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] in clusters, name
+        assert spec["replicas"] == int(config["MXW_KAFKA_REPLICATION_FACTOR"]), name
+        assert spec["replicas"] <= brokers, name
+        min_isr = int(spec["config"]["min.insync.replicas"])
+        # acks=all writes survive a broker down only when replicas exceed min.insync.replicas.
+        assert min_isr < spec["replicas"] or spec["replicas"] == 1, name
+        if name.endswith(".dlq"):
+            assert spec["partitions"] == 1, name
+        else:
+            # The services' own start-up topic check creates what the KafkaTopic says.
+            assert spec["partitions"] == int(config["MXW_KAFKA_PARTITIONS"]), name
+    (cluster,) = clusters.values()
+    (plain,) = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if not lsn["tls"]]
+    bootstrap = f"{cluster['metadata']['name']}-kafka-bootstrap:{plain['port']}"
+    assert config["MXW_KAFKA_BOOTSTRAP_SERVERS"] == bootstrap
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_stage_consumer_scales_on_its_own_lag(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    docs = rendered[overlay]
+    deployments = by_name(docs, "Deployment")
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "ScaledObject")}
+    partitions = {
+        d["spec"]["topicName"]: d["spec"]["partitions"] for d in of_kind(docs, "KafkaTopic")
+    }
+    workers = {n: c for n, c in services.items() if c.consumes}
+    assert workers, "no StageRunner found in the services' code"
+    assert set(scaled) == set(workers)
+    for name, code in workers.items():
+        assert code.group_is_service_name, name
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        group = effective_env(container, docs).get("MXW_SERVICE_NAME", code.service_name)
+        (trigger,) = scaled[name]["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert meta["consumerGroup"] == group, name
+        assert meta["topic"] == code.consumes, name
+        env_name = meta["bootstrapServersFromEnv"]
+        assert env_name in effective_env(container, docs), name
+        spec = scaled[name]["spec"]
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name
+        # A replica beyond the partition count would own no partition and do nothing.
+        assert spec["maxReplicaCount"] <= partitions[code.consumes], name
+        assert int(meta["lagThreshold"]) >= 1, name
+        assert "replicas" not in deployments[name]["spec"], "the autoscaler owns replicas"
+    hpas = {
+        d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "HorizontalPodAutoscaler")
+    }
+    assert set(hpas) == set(services) - set(workers)
+    for name, hpa in hpas.items():
+        assert name in deployments
+        assert "replicas" not in deployments[name]["spec"], name
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_env_is_what_each_service_reads(
+    overlay: str,
+    rendered: dict[str, list[dict[str, Any]]],
+    services: dict[str, Any],
+    env_check: Any,
+) -> None:
+    docs = rendered[overlay]
+    secrets = by_name(docs, "Secret")
+    cnpg = {f"{name}-app" for name in by_name(docs, "Cluster")}
+    seen = 0
+    for name, _container, settings, env in workloads(docs, services):
+        assert env_check(set(env), settings) == set(), f"{name}: unknown settings"
+        assert "MXW_DATABASE_URL" in env, name
+        for value in env.values():
+            ref = value.get("secretKeyRef") if isinstance(value, dict) else None
+            if ref is None:
+                continue
+            if ref["name"] in secrets:
+                assert ref["key"] in secrets[ref["name"]]["data"], ref
+            elif ref["name"] in cnpg:
+                assert ref["key"] in CNPG_APP_SECRET_KEYS, ref
+            else:
+                assert ref["key"] in EXTERNAL_SECRETS[ref["name"]], ref
+        seen += 1
+    assert seen == len(services) + 1  # the services and the migrate Job
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_and_services_point_at_the_port_the_service_listens_on(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    docs = rendered[overlay]
+    k8s_services = by_name(docs, "Service")
+    for name, spec in pod_specs(docs):
+        (container,) = spec["containers"]
+        if "command" in container:
+            continue  # the migrate Job listens on nothing
+        code = services[image_service(container)]
+        listens = int(effective_env(container, docs).get("MXW_PORT", code.port))
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert set(ports.values()) == {listens}, name
+        for probe, path in (
+            ("livenessProbe", "/livez"),
+            ("readinessProbe", "/readyz"),
+            ("startupProbe", "/livez"),
+        ):
+            get = container[probe]["httpGet"]
+            assert get["path"] == path, (name, probe)
+            assert ports.get(get["port"], get["port"]) == listens, (name, probe)
+        service = k8s_services[name]["spec"]
+        assert service["selector"].items() <= spec_labels(docs, name).items()
+        for port in service["ports"]:
+            assert ports.get(port["targetPort"], port["targetPort"]) == listens, name
+
+
+def spec_labels(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    labels: dict[str, str] = by_name(docs, "Deployment")[deployment]["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    return labels
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_locked_down_and_covered(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[overlay]
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    policies = of_kind(docs, "NetworkPolicy")
+    for name, spec in pod_specs(docs):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["readOnlyRootFilesystem"] is True, name
+            assert ctx["capabilities"]["drop"] == ["ALL"], name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert "memory" in container["resources"]["limits"], name
+    service_accounts = by_name(docs, "ServiceAccount")
+    for name, deployment in by_name(docs, "Deployment").items():
+        labels = spec_labels(docs, name)
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in service_accounts
+        for group in (pdbs, policies):
+            selecting = [
+                d
+                for d in group
+                if (d["spec"].get("selector") or d["spec"]["podSelector"])["matchLabels"].items()
+                <= labels.items()
+            ]
+            assert len(selecting) == 1, (name, [d["kind"] for d in group][:1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_reaches_the_api_and_the_websocket_feed(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[overlay]
+    k8s_services = by_name(docs, "Service")
+    (ingress,) = of_kind(docs, "Ingress")
+    routes = {}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            port_names = {p["name"] for p in k8s_services[backend["name"]]["spec"]["ports"]}
+            assert backend["port"]["name"] in port_names
+            routes[path["path"]] = backend["name"]
+    assert routes["/"] == "gateway"
+    feed_source = (ROOT / "services" / "notifier" / "src" / "mxw_notifier").glob("*.py")
+    ws_paths = [
+        p for f in feed_source for p in re.findall(r'\.websocket\("([^"]+)"', f.read_text())
+    ]
+    assert ws_paths
+    for ws_path in ws_paths:
+        prefix = max((p for p in routes if ws_path.startswith(p)), key=len)
+        assert routes[prefix] == "notifier", ws_path
+    annotations = ingress["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 60
+
+
+def test_prod_tolerates_a_broker_down_and_a_lost_database_primary(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["prod"]
+    (kafka,) = of_kind(docs, "Kafka")
+    config = kafka["spec"]["kafka"]["config"]
+    assert config["min.insync.replicas"] == 2
+    assert config["default.replication.factor"] == 3
+    brokers = [p for p in of_kind(docs, "KafkaNodePool") if "broker" in p["spec"]["roles"]]
+    assert sum(p["spec"]["replicas"] for p in brokers) == 3
+    (cluster,) = of_kind(docs, "Cluster")
+    assert cluster["spec"]["instances"] == 3
+    dev_topics = {d["spec"]["topicName"]: d["spec"] for d in of_kind(rendered["dev"], "KafkaTopic")}
+    prod_topics = {d["spec"]["topicName"]: d["spec"] for d in of_kind(docs, "KafkaTopic")}
+    assert (
+        prod_topics[topics.AUDIO_UPLOADED]["partitions"]
+        > dev_topics[topics.AUDIO_UPLOADED]["partitions"]
+    )
+
+
+def test_gpu_overlay_puts_the_transcriber_on_a_gpu_and_scales_it_to_zero(
+    rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    docs = rendered["gpu"]
+    transcriber = next(n for n, c in services.items() if c.consumes == topics.AUDIO_UPLOADED)
+    pod = by_name(docs, "Deployment")[transcriber]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].endswith("-cuda")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    env = effective_env(container, docs)
+    assert env["MXW_DEVICE"] == "cuda"
+    scaled = by_name(docs, "ScaledObject")[transcriber]["spec"]
+    assert scaled["minReplicaCount"] == 0
+    # Each replica takes MXW_MAX_CONCURRENT_JOBS jobs: the lag per replica matches it.
+    (trigger,) = scaled["triggers"]
+    assert int(trigger["metadata"]["lagThreshold"]) == int(env["MXW_MAX_CONCURRENT_JOBS"])
+    # The other overlays never give the GPU image or GPUs to anything.
+    for overlay in ("dev", "prod"):
+        for _, spec in pod_specs(rendered[overlay]):
+            for c in spec["containers"]:
+                assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+                assert not c["image"].endswith("-cuda")
+    assert math.isfinite(scaled["cooldownPeriod"])
+
+
+def test_docs_name_what_a_cluster_must_provide() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    for needed in (*EXTERNAL_SECRETS, "Strimzi", "KEDA", "CloudNativePG", *OVERLAYS):
+        assert needed in text, needed
