@@ -502,7 +502,12 @@ export function jobView(main, config, jobId) {
     .then((url) => {
       if (!closed) player.src = url;
     })
-    .catch(failure);
+    .catch((err) => {
+      if (err.status === 404 && !closed) {
+        // Someone else's job reads exactly like one that does not exist.
+        clear(main, heading("Job not found"), h("p", {}, "There is no such job, or it is not yours. ", h("a", { href: "#/jobs" }, "Back to your jobs")));
+      } else failure(err);
+    });
 
   // Highlight the segment being played.
   let current = null;
