@@ -113,6 +113,24 @@ def test_service_wiring_matches_its_code(
         assert "postgres:5432" in env["MXW_DATABASE_URL"]
 
 
+def test_references_resolve(compose: dict[str, Any]) -> None:
+    specs = compose["services"]
+    for name, spec in specs.items():
+        for needed in spec.get("depends_on", {}):
+            assert needed in specs, (name, needed)
+            # A service in no profile must not wait for one that only runs in a profile.
+            assert "profiles" in spec or "profiles" not in specs[needed], (name, needed)
+        for volume in spec.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+            else:
+                assert source in compose["volumes"], (name, source)
+        build = spec.get("build")
+        if build:
+            assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
+
+
 def test_one_shot_services_use_only_common_settings(
     compose: dict[str, Any], env_check: Any
 ) -> None:
