@@ -248,8 +248,10 @@ def test_env_is_what_each_service_reads(
     secrets = by_name(docs, "Secret")
     cnpg = {f"{name}-app" for name in by_name(docs, "Cluster")}
     seen = 0
-    for name, _container, settings, env in workloads(docs, services):
+    for name, container, settings, env in workloads(docs, services):
         assert env_check(set(env), settings) == set(), f"{name}: unknown settings"
+        names = [item["name"] for item in container.get("env", [])]
+        assert len(names) == len(set(names)), f"{name}: a variable set twice"
         assert "MXW_DATABASE_URL" in env, name
         for value in env.values():
             ref = value.get("secretKeyRef") if isinstance(value, dict) else None
@@ -263,6 +265,23 @@ def test_env_is_what_each_service_reads(
                 assert ref["key"] in EXTERNAL_SECRETS[ref["name"]], ref
         seen += 1
     assert seen == len(services) + 1  # the services and the migrate Job
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_get_time_to_hand_back_their_jobs(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    # A stopping worker lets its job finish for shutdown_grace_s, then releases the lease;
+    # Kubernetes must not SIGKILL it before that (the redelivery would wait for the lease).
+    docs = rendered[overlay]
+    for name, container, settings, env in workloads(docs, services):
+        if settings is CommonSettings:
+            continue
+        pod = by_name(docs, "Deployment")[name]["spec"]["template"]["spec"]
+        grace = float(
+            env.get("MXW_SHUTDOWN_GRACE_S", settings.model_fields["shutdown_grace_s"].default)
+        )
+        assert pod["terminationGracePeriodSeconds"] > grace + 5, (name, container["name"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
