@@ -110,6 +110,12 @@ def test_service_wiring_matches_its_code(
         assert spec.get("read_only") is True, key
         assert "/tmp" in spec.get("tmpfs", []), key  # noqa: S108 - the writable tmpfs
         assert env["MXW_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        grace = float(
+            env.get(
+                "MXW_SHUTDOWN_GRACE_S", code.settings_cls.model_fields["shutdown_grace_s"].default
+            )
+        )
+        assert int(spec["stop_grace_period"].removesuffix("s")) > grace, key
         assert "postgres:5432" in env["MXW_DATABASE_URL"]
 
 
