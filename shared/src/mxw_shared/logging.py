@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -17,6 +18,8 @@ def configure_logging(
     level: str = "INFO", fmt: str = "console", service: str = "", stream: TextIO | None = None
 ) -> None:
     stream = stream or sys.stderr
+    if fmt == "json":
+        _quiet_progress_bars()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -59,6 +62,19 @@ def configure_logging(
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "faststream", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _quiet_progress_bars() -> None:
+    """Model-loading progress bars (Hugging Face, tqdm) are not log lines: in JSON mode they
+    would be the only lines a log pipeline cannot parse."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # libraries imported later
+    for module, disable in (
+        ("huggingface_hub.utils", "disable_progress_bars"),
+        ("transformers.utils.logging", "disable_progress_bar"),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            getattr(loaded, disable)()
 
 
 _SECRET_KEYS = ("authorization", "token", "password", "secret", "api_key", "cookie")
