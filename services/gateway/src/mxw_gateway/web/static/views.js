@@ -177,12 +177,15 @@ function liveJobs(config, list) {
   const stops = new Map();
   const cards = new Map();
   const live = {
-    show(job) {
+    render(job) {
       const card = jobCard(job, config, live);
       const old = cards.get(job.id);
       if (old) old.replaceWith(card);
       else list.append(card);
       cards.set(job.id, card);
+    },
+    show(job) {
+      live.render(job);
       if (!FINISHED.has(job.state) && !stops.has(job.id)) {
         stops.set(
           job.id,
@@ -191,9 +194,11 @@ function liveJobs(config, list) {
             job.id,
             (msg) => cards.get(job.id)?.applyStatus(msg),
             async () => {
+              // The feed ended: show the job as the API has it. watchJob itself follows
+              // an unfinished job again, so no second feed is opened here.
               const fresh = await api(`/jobs/${job.id}`);
-              stops.delete(job.id);
-              live.show(fresh);
+              if (FINISHED.has(fresh.state)) stops.delete(job.id);
+              live.render(fresh);
               return fresh;
             },
           ),
@@ -424,7 +429,7 @@ export function jobView(main, config, jobId) {
       stageLine(job),
       jobActions(job, (changed) => {
         if (changed === null) location.hash = "#/jobs";
-        else refresh(changed);
+        else show(changed).then(follow).catch(failure);
       }),
     );
   };
@@ -477,28 +482,40 @@ export function jobView(main, config, jobId) {
     }
   };
 
-  const refresh = async (job) => {
+  const show = async (job) => {
     job = job || (await api(`/jobs/${jobId}`));
-    if (closed) return job;
-    renderHeader(job);
-    await loadResults(job);
-    if (!FINISHED.has(job.state)) {
-      stop();
-      stop = watchJob(
-        config,
-        jobId,
-        (msg) => {
-          const badge = header.querySelector("[data-role=state]");
-          if (badge) badge.textContent = `${msg.stage} ${msg.state}`;
-        },
-        () => refresh(),
-      );
+    if (!closed) {
+      renderHeader(job);
+      await loadResults(job);
     }
     return job;
   };
 
-  refresh()
-    .then(() => audioUrl(jobId))
+  // One feed while the job runs; watchJob reconnects on its own, so its end only re-renders.
+  let watching = false;
+  const follow = (job) => {
+    if (closed || watching || FINISHED.has(job.state)) return;
+    watching = true;
+    stop = watchJob(
+      config,
+      jobId,
+      (msg) => {
+        const badge = header.querySelector("[data-role=state]");
+        if (badge) badge.textContent = `${msg.stage} ${msg.state}`;
+      },
+      async () => {
+        const fresh = await show();
+        if (FINISHED.has(fresh.state)) watching = false;
+        return fresh;
+      },
+    );
+  };
+
+  show()
+    .then((job) => {
+      follow(job);
+      return audioUrl(jobId);
+    })
     .then((url) => {
       if (!closed) player.src = url;
     })
