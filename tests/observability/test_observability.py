@@ -142,11 +142,22 @@ async def run(infra, dev_issuer, wait_for) -> AsyncIterator[Run]:
     }
     try:
         async with AsyncExitStack() as stack:
+            # All five start at once: model loads and consumer-group joins overlap.
+            managers = {
+                name: LifespanManager(app, startup_timeout=180, shutdown_timeout=60)
+                for name, app in apps.items()
+            }
+            started = await asyncio.gather(
+                *(manager.__aenter__() for manager in managers.values()), return_exceptions=True
+            )
+            for manager, outcome in zip(managers.values(), started, strict=True):
+                if not isinstance(outcome, BaseException):
+                    stack.push_async_exit(manager)
+            for outcome in started:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             clients: dict[str, httpx.AsyncClient] = {}
-            for name, app in apps.items():
-                manager = await stack.enter_async_context(
-                    LifespanManager(app, startup_timeout=180, shutdown_timeout=60)
-                )
+            for name, manager in managers.items():
                 clients[name] = await stack.enter_async_context(
                     httpx.AsyncClient(
                         transport=httpx.ASGITransport(app=manager.app),

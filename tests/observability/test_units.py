@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from mxw_shared import telemetry
-from mxw_shared.logging import redact_secrets
+from mxw_shared.logging import configure_logging, redact_secrets
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -108,6 +108,28 @@ def test_redaction_of_secret_keys_bearer_credentials_and_jwts() -> None:
     assert out["event"] == "request failed for Bearer [redacted]"
     assert out["job_id"] == event["job_id"]  # ids are not secrets
     assert out["count"] == 3
+
+
+def test_json_logging_turns_model_progress_bars_off() -> None:
+    """Progress bars would be the only non-JSON lines on a worker's stderr."""
+    import io
+    import logging
+
+    import huggingface_hub.utils
+    import structlog
+    import transformers.utils.logging as hf_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hf_logging.enable_progress_bar()
+    try:
+        configure_logging("INFO", "json", stream=io.StringIO())
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _defined_metric_names() -> set[str]:
