@@ -7,6 +7,7 @@ With MXW_SCREENSHOTS=<dir> the same walk saves a screenshot of every page there
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -279,6 +280,38 @@ async def test_admin_sees_users_all_jobs_and_dead_letters(
         assert not admin.errors, admin.errors
     finally:
         await page.context.close()
+
+
+async def test_dropping_several_files_uploads_each(alice: Tab, done_job: dict[str, Any]) -> None:
+    page = alice.page
+    await alice.go("#/upload")
+    await page.wait_for_selector(".dropzone")
+    files = [
+        {"name": name, "data": base64.b64encode((FIXTURES / name).read_bytes()).decode()}
+        for name in ("short_en.ogg", "kurz_de.ogg")
+    ]
+    # A drop as the browser delivers it: a DataTransfer holding File objects.
+    await page.evaluate(
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], f.name, { type: "audio/ogg" }));
+            }
+            const zone = document.querySelector(".dropzone");
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+        }""",
+        files,
+    )
+    for f in files:
+        item = page.locator(f'.uploads li[data-file="{f["name"]}"][data-job-id]')
+        await item.wait_for()
+        assert await item.locator("progress").evaluate("p => p.value") == 1
+    ids = await page.eval_on_selector_all(
+        ".uploads li[data-job-id]", "els => els.map(e => e.dataset.jobId)"
+    )
+    assert len(set(ids)) == 2
+    assert done_job["id"] not in ids
 
 
 async def test_keyboard_only_on_a_phone_sized_screen(browser: Any, stack: Any) -> None:
