@@ -1,5 +1,5 @@
-"""Blob storage for audio. Local directory here; the URI scheme keeps the door open for
-s3:// and http(s):// sources (read by the transcriber)."""
+"""Blob storage for audio: a local directory (LocalBlobStore, file:// URIs) or an S3 bucket
+(S3BlobStore, s3:// URIs, for deployments whose nodes share no disk)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+import obstore
+from obstore.exceptions import NotFoundError
+from obstore.store import S3Store
 
 _BLOCK_BYTES = 1024 * 1024
 
@@ -156,3 +160,107 @@ def local_path(uri: str) -> Path:
     if parsed.netloc not in ("", "localhost"):
         raise UnsupportedUri(f"file:// URI names a remote host: {uri!r}")
     return Path(unquote(parsed.path))
+
+
+class BlobNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+class S3BlobStore:
+    """Content-addressed objects in an S3 bucket, the same layout as LocalBlobStore:
+    `s3://<bucket>/<prefix>/<sha[:2]>/<sha>`. obstore (Rust object_store) does the S3
+    protocol: multipart uploads from a stream, retries, request signing, and the standard
+    AWS_* environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ALLOW_HTTP for a plain-http endpoint), so no S3 code of our own.
+
+    An upload streams to `<prefix>/tmp/<uuid>.part` while hashing, then is copied to its
+    content address and the part deleted: a reader never sees a partial object.
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise UnsupportedUri(f"not an s3://bucket[/prefix] URL: {url!r}")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self._store = S3Store(self.bucket)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def key_of(self, uri: str) -> str:
+        """The object key of an s3:// URI inside this store; UnsupportedUri otherwise (an
+        event must not make a service read arbitrary buckets)."""
+        parsed = urlparse(uri)
+        key = parsed.path.lstrip("/")
+        inside = not self.prefix or key.startswith(self.prefix + "/")
+        if (
+            parsed.scheme != "s3"
+            or parsed.netloc != self.bucket
+            or not inside
+            or ".." in key.split("/")
+        ):
+            raise UnsupportedUri(f"{uri!r} is outside the blob store s3://{self.bucket}")
+        return key
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
+        part = self._key(f"tmp/{uuid.uuid4().hex}.part")
+        digest = hashlib.sha256()
+        size = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BlobTooLarge(max_bytes)
+                digest.update(chunk)
+                yield chunk
+
+        try:
+            await obstore.put_async(self._store, part, counted())
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await obstore.delete_async(self._store, part)
+            if size > max_bytes and not isinstance(exc, BlobTooLarge):
+                raise BlobTooLarge(max_bytes) from exc  # raised inside the upload, wrapped
+            raise
+        sha = digest.hexdigest()
+        final = self._key(f"{sha[:2]}/{sha}")
+        try:
+            await obstore.copy_async(self._store, part, final)
+        finally:
+            with contextlib.suppress(Exception):
+                await obstore.delete_async(self._store, part)
+        return StoredObject(uri=f"s3://{self.bucket}/{final}", sha256=sha, size_bytes=size)
+
+    async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredObject:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
+
+    async def read_into(self, uri: str, write: Callable[[bytes], object], max_bytes: int) -> int:
+        """Stream the object at `uri` to `write` (called in a worker thread); its size."""
+        key = self.key_of(uri)
+        try:
+            result = await obstore.get_async(self._store, key)
+        except NotFoundError as exc:
+            raise BlobNotFound(f"no object at {uri!r}") from exc
+        if result.meta["size"] > max_bytes:
+            raise BlobTooLarge(max_bytes)
+        size = 0
+        async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
+            size += len(chunk)
+            await asyncio.to_thread(write, bytes(chunk))
+        return size
+
+    async def delete(self, uri: str) -> None:
+        await obstore.delete_async(self._store, self.key_of(uri))
