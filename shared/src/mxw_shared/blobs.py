@@ -252,7 +252,7 @@ class S3BlobStore:
         key = self.key_of(uri)
         try:
             result = await obstore.get_async(self._store, key)
-        except NotFoundError as exc:
+        except (NotFoundError, FileNotFoundError) as exc:  # obstore raises the builtin
             raise BlobNotFound(f"no object at {uri!r}") from exc
         if result.meta["size"] > max_bytes:
             raise BlobTooLarge(max_bytes)

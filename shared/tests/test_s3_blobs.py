@@ -1,0 +1,96 @@
+"""S3BlobStore against a real S3-protocol server (moto) on 127.0.0.1."""
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from mxw_shared.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, UnsupportedUri
+
+BUCKET = "mxw-audio"
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[str]:
+    """Runs the server with `bucket` created; yields its endpoint URL while the AWS_*
+    variables point at it (restored afterwards)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ENDPOINT_URL", endpoint)
+            env.setenv("AWS_ALLOW_HTTP", "true")
+            env.setenv("AWS_ACCESS_KEY_ID", "test")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            env.setenv("AWS_REGION", "us-east-1")
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with s3_server(BUCKET) as url:
+        yield url
+
+
+def keys(endpoint: str) -> list[str]:
+    listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=BUCKET)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+
+async def pieces(data: bytes, size: int = 64 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_a_multipart_stream_is_stored_content_addressed_and_read_back(endpoint):
+    store = S3BlobStore(f"s3://{BUCKET}/big")
+    data = os.urandom(11 * 1024 * 1024 + 7)  # over obstore's 5 MiB part size: multipart
+    sha = hashlib.sha256(data).hexdigest()
+    blob = await store.put_stream(pieces(data), max_bytes=len(data))
+    assert (blob.sha256, blob.size_bytes) == (sha, len(data))
+    assert blob.uri == f"s3://{BUCKET}/big/{sha[:2]}/{sha}"
+    assert keys(endpoint) == [f"big/{sha[:2]}/{sha}"]  # the part is gone
+    out = bytearray()
+    assert await store.read_into(blob.uri, out.extend, max_bytes=len(data)) == len(data)
+    assert bytes(out) == data
+
+
+async def test_over_the_limit_fails_while_streaming_and_leaves_nothing(endpoint):
+    store = S3BlobStore(f"s3://{BUCKET}/limit")
+    with pytest.raises(BlobTooLarge):
+        await store.put_stream(pieces(os.urandom(7 * 1024 * 1024)), max_bytes=6 * 1024 * 1024)
+    assert not [k for k in keys(endpoint) if k.startswith("limit/")]
+
+
+async def test_reads_are_confined_to_the_store_and_missing_objects_say_so(endpoint):
+    store = S3BlobStore(f"s3://{BUCKET}/audio")
+    blob = await store.put_bytes(b"hello")
+    for outside in (
+        f"s3://other-bucket/audio/{blob.sha256[:2]}/{blob.sha256}",
+        f"s3://{BUCKET}/elsewhere/x",
+        f"s3://{BUCKET}/audio/../elsewhere/x",
+        blob.uri.replace("s3://", "file:///"),
+    ):
+        with pytest.raises(UnsupportedUri):
+            await store.read_into(outside, print, max_bytes=100)
+    with pytest.raises(BlobNotFound):
+        await store.read_into(f"s3://{BUCKET}/audio/00/none", print, max_bytes=100)
+    with pytest.raises(BlobTooLarge):
+        await store.read_into(blob.uri, print, max_bytes=4)
+    await store.delete(blob.uri)
+    with pytest.raises(BlobNotFound):
+        await store.read_into(blob.uri, print, max_bytes=100)
+
+
+def test_only_s3_urls_configure_a_store():
+    for bad in ("file:///tmp/x", "s3://", "http://bucket/prefix"):
+        with pytest.raises(UnsupportedUri):
+            S3BlobStore(bad)
