@@ -8,12 +8,17 @@ import re
 import shutil
 import uuid
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from moto.server import ThreadedMotoServer
 from mxw_shared import topics
+from mxw_shared.blobs import S3BlobStore
 from mxw_shared.contracts import AudioUploaded, JobOptions, Task
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
@@ -26,14 +31,47 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9äöüß]+", text.lower())
 
 
+S3_BUCKET = "mxw-audio"
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[str]:
+    """A real S3-protocol server (moto) on 127.0.0.1 with `bucket` created; the AWS_*
+    variables point obstore at it while it runs."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_REGION": "us-east-1",
+            }.items():
+                env.setenv(name, value)
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            yield endpoint
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
-async def transcriber(infra):
+def s3_store():
+    with s3_server(S3_BUCKET):
+        yield S3BlobStore(f"s3://{S3_BUCKET}/blobs")
+
+
+@pytest.fixture(scope="module")
+async def transcriber(infra, s3_store):
     settings = infra.settings(
         TranscriberSettings,
         "transcriber",
         default_model="tiny.en",
         model_cache_dir=infra.root / "models",
         progress_interval_s=0.0,
+        blob_store_url=f"s3://{s3_store.bucket}/{s3_store.prefix}",
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
@@ -255,6 +293,41 @@ async def test_file_uri_outside_the_blob_store_is_refused(
         "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
     )
     assert "outside the blob store" in error
+
+
+async def test_audio_in_the_s3_blob_store_is_transcribed(
+    transcriber, s3_store, db, make_job, publish, wait_for
+):
+    blob = await s3_store.put_bytes((FIXTURES / "short_en.ogg").read_bytes())
+    assert blob.uri.startswith(f"s3://{S3_BUCKET}/blobs/")
+    job_id = await make_job()
+    await publish(uploaded(job_id, blob.uri, blob.sha256))
+
+    assert await stage_state(wait_for, job_id) == "done"
+    text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", job_id)
+    assert_heard(text, "short_en", missing_allowed=2)
+
+
+async def test_s3_uris_outside_the_store_or_missing_fail_with_a_reason(
+    transcriber, s3_store, db, make_job, publish, wait_for
+):
+    cases = {
+        f"s3://another-bucket/blobs/ab/{'a' * 64}": "outside the blob store",
+        f"s3://{S3_BUCKET}/elsewhere/ab/{'a' * 64}": "outside the blob store",
+        f"s3://{S3_BUCKET}/blobs/ab/{'a' * 64}": "no object at",
+    }
+    jobs = {}
+    for uri in cases:
+        jobs[uri] = await make_job()
+        await publish(uploaded(jobs[uri], uri, "a" * 64))
+    for uri, reason in cases.items():
+        assert await stage_state(wait_for, jobs[uri]) == "failed"
+        row = await db.fetchrow(
+            "SELECT error, attempts FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
+            jobs[uri],
+        )
+        assert reason in row["error"], (uri, row["error"])
+        assert row["attempts"] == 1  # permanent: not retried
 
 
 async def test_silence_is_done_with_an_empty_transcript(

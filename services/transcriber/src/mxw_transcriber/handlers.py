@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 from mxw_shared import metrics, telemetry
-from mxw_shared.blobs import UnsupportedUri, local_path
+from mxw_shared.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, UnsupportedUri, local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
@@ -45,8 +45,8 @@ log = get_logger(__name__)
 
 @contextlib.asynccontextmanager
 async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[Path]:
-    """A local path for the event's audio URI; downloads http(s):// to a temporary file that
-    is removed afterwards. PermanentError for sources that retrying cannot fix."""
+    """A local path for the event's audio URI; downloads http(s):// and s3:// to a temporary
+    file that is removed afterwards. PermanentError for sources that retrying cannot fix."""
     scheme = urlparse(uri).scheme.lower()
     if scheme == "file":
         try:
@@ -59,17 +59,34 @@ async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[P
         if not path.is_file():
             raise PermanentError(f"audio not found at {uri!r}")
         yield path
-    elif scheme in ("http", "https"):
+    elif scheme in ("http", "https", "s3"):
         fd, name = tempfile.mkstemp(prefix="mxw-audio-", suffix=".bin")
         path = Path(name)
         try:
             with open(fd, "wb") as fh:  # noqa: ASYNC230  # chunks are written as they arrive
-                await _download(uri, fh.write, settings)
+                if scheme == "s3":
+                    await _read_s3(uri, fh.write, settings)
+                else:
+                    await _download(uri, fh.write, settings)
             yield path
         finally:
             path.unlink(missing_ok=True)
     else:
         raise PermanentError(f"unsupported audio URI scheme {scheme or '(none)'!r}: {uri!r}")
+
+
+async def _read_s3(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:
+    if s.blob_store_url is None:
+        raise PermanentError(f"no S3 blob store is configured (MXW_BLOB_STORE_URL): {uri!r}")
+    try:
+        async with asyncio.timeout(s.download_timeout_s):
+            await S3BlobStore(s.blob_store_url).read_into(uri, write, s.download_max_bytes)
+    except (UnsupportedUri, BlobNotFound) as exc:
+        raise PermanentError(str(exc)) from exc
+    except BlobTooLarge as exc:
+        raise PermanentError(f"audio exceeds the limit of {exc.limit} bytes") from exc
+    except TimeoutError as exc:
+        raise TimeoutError(f"audio download took longer than {s.download_timeout_s} s") from exc
 
 
 async def _download(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:

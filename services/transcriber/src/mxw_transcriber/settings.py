@@ -30,7 +30,10 @@ class TranscriberSettings(CommonSettings):
     model_cache_dir: Path = Path(".data/models")
     # Longest wait between two checks for cancellation while no segment arrives.
     progress_interval_s: float = 0.5
-    # Limits for http(s):// audio sources.
+    # Where s3:// audio lives (s3://bucket/prefix, the gateway's MXW_BLOB_STORE_URL); endpoint
+    # and credentials from the standard AWS_* environment. Unset: s3:// URIs are refused.
+    blob_store_url: str | None = None
+    # Limits for http(s):// and s3:// audio sources.
     download_max_bytes: int = 2 * 1024**3
     download_timeout_s: float = 600.0
     # Check the audio's bytes against the event's sha256 before transcribing.
