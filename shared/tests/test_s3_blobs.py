@@ -8,7 +8,13 @@ from contextlib import contextmanager
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from mxw_shared.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, UnsupportedUri
+from mxw_shared.blobs import (
+    BlobNotFound,
+    BlobTooLarge,
+    S3BackedBlobStore,
+    S3BlobStore,
+    UnsupportedUri,
+)
 
 BUCKET = "mxw-audio"
 
@@ -94,3 +100,18 @@ def test_only_s3_urls_configure_a_store():
     for bad in ("file:///tmp/x", "s3://", "http://bucket/prefix"):
         with pytest.raises(UnsupportedUri):
             S3BlobStore(bad)
+
+
+async def test_the_s3_backed_store_stages_locally_and_references_the_object(endpoint, tmp_path):
+    store = S3BackedBlobStore(tmp_path, f"s3://{BUCKET}/gw")
+    data = os.urandom(300 * 1024)
+    sha = hashlib.sha256(data).hexdigest()
+    blob = await store.put_stream(pieces(data), max_bytes=len(data))
+    assert blob.uri == f"s3://{BUCKET}/gw/{sha[:2]}/{sha}"
+    assert blob.path.read_bytes() == data  # the staging copy the gateway probes
+    assert f"gw/{sha[:2]}/{sha}" in keys(endpoint)
+    # The staging copy is referenced by no job: the janitor sees it as a local orphan.
+    assert store.stored_uris(min_age_s=-1) == [blob.path.as_uri()]
+    store.delete(blob.uri)
+    assert f"gw/{sha[:2]}/{sha}" not in keys(endpoint)
+    assert not blob.path.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -247,6 +248,13 @@ class S3BlobStore:
 
         return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
 
+    async def put_file(self, path: Path, sha256: str) -> str:
+        """Upload a settled local blob (its sha256 known) to its content address; its URI.
+        A PUT or multipart upload becomes visible only when complete."""
+        key = self._key(f"{sha256[:2]}/{sha256}")
+        await obstore.put_async(self._store, key, path)
+        return f"s3://{self.bucket}/{key}"
+
     async def read_into(self, uri: str, write: Callable[[bytes], object], max_bytes: int) -> int:
         """Stream the object at `uri` to `write` (called in a worker thread); its size."""
         key = self.key_of(uri)
@@ -264,3 +272,30 @@ class S3BlobStore:
 
     async def delete(self, uri: str) -> None:
         await obstore.delete_async(self._store, self.key_of(uri))
+
+    def delete_blocking(self, uri: str) -> None:
+        obstore.delete(self._store, self.key_of(uri))
+
+
+class S3BackedBlobStore(LocalBlobStore):
+    """The gateway's store when nodes share no disk: an upload is received into the local
+    directory (a staging copy the gateway probes with ffprobe), then uploaded to S3; the
+    StoredBlob names the s3:// object, which is what jobs and events reference. Staging
+    copies are referenced by no job, so the blob janitor removes them like any orphan."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        super().__init__(root)
+        self.remote = S3BlobStore(url)
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredBlob:
+        staged = await super().put_stream(chunks, max_bytes)
+        uri = await self.remote.put_file(staged.path, staged.sha256)
+        return dataclasses.replace(staged, uri=uri)
+
+    def delete(self, uri: str) -> None:
+        if urlparse(uri).scheme != "s3":
+            super().delete(uri)
+            return
+        self.remote.delete_blocking(uri)
+        sha = uri.rsplit("/", 1)[-1]
+        (self.root / sha[:2] / sha).unlink(missing_ok=True)
