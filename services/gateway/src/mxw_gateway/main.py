@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from mxw_shared.auth import JwksVerifier
-from mxw_shared.blobs import LocalBlobStore
+from mxw_shared.blobs import LocalBlobStore, S3BackedBlobStore
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
@@ -38,7 +38,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
-        app.state.blob_store = LocalBlobStore(settings.blob_root)
+        app.state.blob_store = (
+            S3BackedBlobStore(settings.blob_root, settings.blob_store_url)
+            if settings.blob_store_url
+            else LocalBlobStore(settings.blob_root)
+        )
         app.state.verifier = JwksVerifier.from_settings(settings)
         app.state.embedder_client = httpx.AsyncClient(
             base_url=settings.embedder_url.rstrip("/"),

@@ -16,6 +16,9 @@ class GatewaySettings(CommonSettings):
     blob_janitor_interval_s: float = 3600.0
     orphan_blob_after_s: float = 3600.0
     abandoned_part_after_s: float = 30.0  # younger part files may not hold their lock yet
+    # s3://bucket/prefix: uploads are staged in blob_root, then stored in S3, and jobs name
+    # the s3:// object (nodes that share no disk). Endpoint/credentials: AWS_* environment.
+    blob_store_url: str | None = None
 
     # Query vectors come from the embedder's OpenAI-compatible endpoint.
     embedder_url: str = "http://127.0.0.1:8004"

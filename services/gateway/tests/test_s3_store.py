@@ -1,0 +1,92 @@
+"""MXW_BLOB_STORE_URL=s3://…: uploads land in a real S3-protocol server (moto on
+127.0.0.1), jobs and events name the s3:// object, and deleting the job removes it."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from mxw_shared.topics import AUDIO_UPLOADED
+
+BUCKET = "mxw-gateway"
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[str]:
+    """The server with `bucket` created; the AWS_* variables point obstore at it."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_REGION": "us-east-1",
+            }.items():
+                env.setenv(name, value)
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with s3_server(BUCKET) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def client(start_gateway, infra, endpoint):
+    async with start_gateway(
+        blob_root=infra.root / "gateway-s3-staging", blob_store_url=f"s3://{BUCKET}/audio"
+    ) as c:
+        yield c
+
+
+def keys(endpoint: str) -> set[str]:
+    listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=BUCKET)
+    return {obj["Key"] for obj in listing.get("Contents", [])}
+
+
+async def test_an_upload_is_stored_in_s3_and_the_job_names_the_object(
+    client, endpoint, token, db, upload_short, short_ogg, read_topic
+):
+    headers = token("s3-user")
+    data = short_ogg + b"\x02" * 5  # audio no other test stores
+    sha = hashlib.sha256(data).hexdigest()
+    response = await upload_short(client, headers, data=data)
+    assert response.status_code == 202, response.text
+    job_id = uuid.UUID(response.json()["id"])
+
+    uri = await db.fetchval("SELECT audio_uri FROM jobs WHERE id = $1", job_id)
+    assert uri == f"s3://{BUCKET}/audio/{sha[:2]}/{sha}"
+    assert f"audio/{sha[:2]}/{sha}" in keys(endpoint)
+    ((_, event),) = await read_topic(AUDIO_UPLOADED, job_id)
+    assert event["audio_uri"] == uri
+
+    for stage in ("transcribe", "chunk", "embed"):  # finished: a running job is not deleted
+        await db.execute(
+            "INSERT INTO job_stages (job_id, stage, state) VALUES ($1, $2, 'done')"
+            " ON CONFLICT (job_id, stage) DO UPDATE SET state = 'done'",
+            job_id,
+            stage,
+        )
+    assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 204
+    assert f"audio/{sha[:2]}/{sha}" not in keys(endpoint)
+
+
+async def test_a_rejected_upload_leaves_no_object(client, endpoint, token, upload_short):
+    before = keys(endpoint)
+    response = await upload_short(client, token("s3-user"), data=b"not audio at all\n" * 40)
+    assert response.status_code == 415
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert keys(endpoint) == before
