@@ -65,6 +65,9 @@ class EmbeddingsRequest(BaseModel):
     model: str | None = None
 
 
+EMBEDDED_TEXTS: list[str] = []  # every text the test embedder was asked for
+
+
 @pytest.fixture(scope="module")
 def embedder_url(model):
     """A real OpenAI-compatible embeddings endpoint, served by uvicorn on a free port."""
@@ -75,6 +78,7 @@ def embedder_url(model):
         if authorization != f"Bearer {EMBEDDER_TOKEN}":
             raise HTTPException(401, "service token required")
         texts = [body.input] if isinstance(body.input, str) else body.input
+        EMBEDDED_TEXTS.extend(texts)
         vectors = model.encode(texts, normalize_embeddings=True)
         return {
             "object": "list",
@@ -256,6 +260,18 @@ async def test_owner_filter_still_fills_the_page_past_other_users_vectors(
     vector_hits = {r["chunk_id"] for r in results if r["vector_rank"] is not None}
     # All three of Sam's embedded chunks come back by meaning, however far down they rank.
     assert vector_hits == set(sam_ids[:3])
+
+
+async def test_a_repeated_query_reuses_its_vector_per_user(client, token, corpus):
+    query = "which loaf did the baker bake"
+    first = await client.get("/search", params={"q": query}, headers=token("sam-search"))
+    again = await client.get("/search", params={"q": query}, headers=token("sam-search"))
+    assert first.status_code == again.status_code == 200
+    assert again.json()["results"] == first.json()["results"]
+    assert EMBEDDED_TEXTS.count(query) == 1  # the second search skipped the embedder
+    other = await client.get("/search", params={"q": query}, headers=token("kim-search"))
+    assert other.status_code == 200
+    assert EMBEDDED_TEXTS.count(query) == 2  # never shared across users
 
 
 async def test_embedder_down_is_503(start_gateway, token, corpus):
