@@ -150,6 +150,12 @@ class JobStatus(EventData):
     progress: float = Field(ge=0, le=1, description="Overall job progress, 0..1.")
     message: str | None = Field(default=None, max_length=2000)
     error: str | None = Field(default=None, max_length=4000)
+    seq: int | None = Field(
+        default=None,
+        ge=1,
+        description="Position in the job's status history (1, 2, 3… in commit order); set by "
+        "every MxWhisper service, absent from events other systems publish.",
+    )
 
 
 EVENT_TYPES: tuple[type[EventData], ...] = (

@@ -23,6 +23,7 @@ STAGE_SPAN: dict[Stage, tuple[float, float]] = {
     Stage.embed: (0.9, 1.0),
 }
 STAGE_ORDER = (Stage.transcribe, Stage.chunk, Stage.embed)
+_STATUS_SEQ_LOCK = 0x6D787702  # advisory lock namespace: one job's status numbering
 
 
 def overall_progress(stage: Stage, stage_fraction: float) -> float:
@@ -64,6 +65,7 @@ async def record_status(
 ) -> Envelope:
     """Append to the job's history and enqueue the matching job.status event, atomically
     with whatever else the caller's transaction does."""
+    seq = await next_status_seq(conn, job_id)
     event = JobStatus(
         job_id=job_id,
         owner_id=owner_id,
@@ -72,11 +74,12 @@ async def record_status(
         progress=progress,
         message=message,
         error=error[:4000] if error else None,
+        seq=seq,
     )
     envelope = await enqueue(conn, event, source=source)
     await conn.execute(
-        "INSERT INTO job_events (job_id, event_id, stage, state, progress, message, error) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO job_events (job_id, event_id, stage, state, progress, message, error, seq) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         job_id,
         envelope.id,
         stage.value,
@@ -84,8 +87,21 @@ async def record_status(
         progress,
         message,
         event.error,
+        seq,
     )
     return envelope
+
+
+async def next_status_seq(conn: Connection, job_id: uuid.UUID) -> int:
+    """The job's next status number. The per-job lock is held until the caller's transaction
+    ends, so numbers follow commit order: whoever saw n has seen 1..n (notifier resume)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _STATUS_SEQ_LOCK, str(job_id)
+    )
+    seq: int = await conn.fetchval(
+        "SELECT coalesce(max(seq), 0) + 1 FROM job_events WHERE job_id = $1", job_id
+    )
+    return seq
 
 
 async def start_stage(
