@@ -1,100 +1,266 @@
-"""Pure rules: resume points, tokens, ownership, and the non-blocking fan-out."""
+"""Pure rules: resume points, seq placement, tokens, ownership, the coalescing queue, the
+non-blocking fan-out, and the webhook rules (signatures, backoff, disabling, targets)."""
 
-import asyncio
+import ipaddress
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from mxw_notifier.domain import (
-    HistoryEntry,
+    ClientQueue,
+    CloseCode,
+    FellBehind,
     StatusMessage,
+    credentials,
     may_watch,
+    parse_after,
+    parse_resume,
+    place,
     select_history,
-    websocket_credentials,
 )
-from mxw_notifier.fanout import JobFanout
+from mxw_notifier.fanout import Hub, Subscriber
+from mxw_notifier.webhook_domain import (
+    BadTarget,
+    backoff_s,
+    body_of,
+    event_type,
+    job_event_payload,
+    parse_networks,
+    parse_target,
+    refusal,
+    should_disable,
+    signature_header,
+)
 from mxw_shared.auth import Principal
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 JOB = uuid.uuid4()
+ALICE = Principal(sub="alice", is_admin=False)
 
 
-def status(event_id: str, state: str = "running", job_id: uuid.UUID = JOB) -> StatusMessage:
+def status(
+    seq: int | None, state: str = "running", job_id: uuid.UUID = JOB, owner: str = "alice"
+) -> StatusMessage:
     return StatusMessage(
-        event_id=event_id,
+        event_id=f"e{seq}",
         job_id=job_id,
+        seq=seq,
         stage="transcribe",
         state=state,
         progress=0.5,
         message=None,
         error=None,
         time=datetime.now(UTC),
+        owner_id=owner,
     )
 
 
-HISTORY = [
-    HistoryEntry(11, status("a")),
-    HistoryEntry(12, status("b")),
-    HistoryEntry(15, status("c", "done")),
-]
+HISTORY = [status(1), status(2), status(3, "done")]
 
 
-def test_history_resumes_after_a_row_id_or_an_event_id() -> None:
-    assert [s.event_id for s in select_history(HISTORY, None).to_send] == ["a", "b", "c"]
-    assert [s.event_id for s in select_history(HISTORY, "11").to_send] == ["b", "c"]
-    assert [s.event_id for s in select_history(HISTORY, "13").to_send] == ["c"]
-    assert [s.event_id for s in select_history(HISTORY, "b").to_send] == ["c"]
-    assert select_history(HISTORY, "15").to_send == []
-    # An unknown event id cannot be placed: everything, the client de-duplicates.
-    assert len(select_history(HISTORY, "zzz").to_send) == 3
+def test_history_resumes_after_a_seq_and_knows_whether_the_job_ended() -> None:
+    assert [s.seq for s in select_history(HISTORY, 0).to_send] == [1, 2, 3]
+    assert [s.seq for s in select_history(HISTORY, 2).to_send] == [3]
+    assert select_history(HISTORY, 3).to_send == []
+    view = select_history(HISTORY, 1)
+    assert (view.latest_seq, view.finished) == (3, True)
+    assert not select_history(HISTORY[:2], 0).finished
+    # A job reprocessed after done is live again: the latest event decides.
+    assert not select_history([*HISTORY, status(4, "queued")], 0).finished
+    assert select_history([], 0) == select_history([], 0)
+    assert select_history([], 0).latest_seq == 0
 
 
-def test_history_knows_every_event_id_and_whether_the_job_ended() -> None:
-    view = select_history(HISTORY, "b")
-    assert view.seen == {"a", "b", "c"}
-    assert view.finished
-    assert not select_history(HISTORY[:2], None).finished
+def test_after_and_resume_parameters() -> None:
+    assert parse_after(None) == parse_after("") == 0
+    assert parse_after("17") == 17
+    for bad in ("-1", "x", "1.5", "9" * 11):
+        with pytest.raises(ValueError, match="sequence number"):
+            parse_after(bad)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert parse_resume(f"{a}:3,{b}:0", 10) == {a: 3, b: 0}
+    assert parse_resume(f"{a}:3,{a}:5", 10) == {a: 5}
+    assert parse_resume(None, 10) == {}
+    for bad, why in ((f"{a}", "<job id>:<seq>"), ("nope:1", "not a job id"), (f"{a}:x", "seq")):
+        with pytest.raises(ValueError, match=why):
+            parse_resume(bad, 10)
+    with pytest.raises(ValueError, match="more than 1"):
+        parse_resume(f"{a}:1,{b}:1", 1)
 
 
-def test_a_job_reprocessed_after_done_is_live_again() -> None:
-    rerun = [*HISTORY, HistoryEntry(16, status("d", "queued"))]
-    assert select_history(rerun, None).finished is False
-    assert select_history([*rerun, HistoryEntry(20, status("e", "done"))], None).finished
+def test_live_events_are_placed_by_seq() -> None:
+    assert place(status(5), None).send  # the first live event of a job starts the feed
+    assert not place(status(3), 3).send  # duplicate
+    assert not place(status(2), 3).send  # older than what was sent
+    assert place(status(4), 3) == place(status(4), 3).__class__(send=True)
+    gap = place(status(7), 3)
+    assert (gap.send, gap.fill_after, gap.fill_before) == (True, 3, 7)
+    # A coalesced event jumps on purpose: no fill.
+    coalesced = StatusMessage(**{**status(7).__dict__, "coalesced": True})
+    assert place(coalesced, 3).fill_after is None
+    # An event without seq (another system published it) only triggers a read of history.
+    unnumbered = place(status(None), 3)
+    assert (unnumbered.send, unnumbered.fill_after, unnumbered.fill_before) == (False, 3, None)
+    assert place(status(None), None).send is False
 
 
 def test_only_owner_or_admin_may_watch() -> None:
-    alice = Principal(sub="alice", is_admin=False)
     admin = Principal(sub="root", is_admin=True)
-    assert may_watch(alice, "alice")
-    assert not may_watch(alice, "bob")
+    assert may_watch(ALICE, "alice")
+    assert not may_watch(ALICE, "bob")
     assert may_watch(admin, "bob")
     assert not may_watch(admin, None)
 
 
 def test_token_sources_and_subprotocol_echo() -> None:
-    creds = websocket_credentials("q", "Bearer h", ["bearer.p"])
-    assert creds.token == "q"
-    assert websocket_credentials(None, "Bearer h", []).token == "h"
-    assert websocket_credentials(None, "Basic h", []).token is None
-    creds = websocket_credentials(None, None, ["bearer.p"])
-    assert (creds.token, creds.subprotocol) == ("p", "bearer.p")
-    creds = websocket_credentials(None, None, ["bearer.p", "mxw.v1"])
-    assert (creds.token, creds.subprotocol) == ("p", "mxw.v1")
-    # Only the first sub-protocol may carry the token.
-    assert websocket_credentials(None, None, ["mxw.v1", "bearer.p"]).token is None
+    # The header wins, then the sub-protocol, then the query parameter.
+    assert credentials("q", "Bearer h", ["bearer.p"]).token == "h"
+    assert credentials("q", None, ["bearer.p"]).token == "p"
+    assert credentials("q", "Basic h", []).token == "q"
+    assert credentials(None, None, []).token is None
+    found = credentials(None, None, ["bearer.p"])
+    assert (found.token, found.subprotocol) == ("p", "bearer.p")
+    found = credentials(None, None, ["bearer.p", "mxw.v1"])
+    assert (found.token, found.subprotocol) == ("p", "mxw.v1")
+    # The two-protocol convention: "bearer", then the token; "bearer" is echoed.
+    found = credentials(None, None, ["bearer", "tok"])
+    assert (found.token, found.subprotocol) == ("tok", "bearer")
+    assert credentials(None, None, ["mxw.v1"]).subprotocol == "mxw.v1"
 
 
-async def test_a_full_queue_drops_that_watcher_only() -> None:
-    fanout = JobFanout(queue_size=2)
-    slow = fanout.subscribe(JOB)
-    fast = fanout.subscribe(JOB)
-    other_job = fanout.subscribe(uuid.uuid4())
-    received: list[str] = []
-    for i in range(5):
-        fanout.publish(status(f"e{i}"))
-        received.append((await asyncio.wait_for(fast.get(), 1)).event_id)
+def test_close_codes_are_distinct_and_documented() -> None:
+    codes = [c.value for c in CloseCode]
+    assert len(codes) == len(set(codes))
+    assert CloseCode.UNAUTHORIZED == 4401
+    assert CloseCode.NOT_FOUND == 4404
+    assert CloseCode.TOO_SLOW == 4408
+    assert CloseCode.TOO_MANY == 4429
+    text = (Path(__file__).parents[3] / "docs" / "notifier.md").read_text()
+    for code in CloseCode:
+        assert f"`{code.value}`" in text, code
 
-    assert received == ["e0", "e1", "e2", "e3", "e4"]
+
+def test_queue_keeps_order_then_coalesces_per_job_then_gives_up() -> None:
+    queue = ClientQueue(capacity=3, max_behind_s=60)
+    other = uuid.uuid4()
+    for message in (status(1), status(2), status(1, job_id=other)):
+        queue.offer(message, now=0)
+    assert [m.seq for m in queue.take_all()] == [1, 2, 1]  # under capacity: every event
+
+    for message in (status(1), status(2), status(1, job_id=other), status(3, "done")):
+        queue.offer(message, now=0)
+    kept = queue.take_all()
+    # Over capacity: the latest of each job, in the order of their latest events.
+    assert [(m.job_id, m.seq, m.coalesced) for m in kept] == [(other, 1, False), (JOB, 3, True)]
+    assert kept[-1].state == "done"  # the terminal state is never lost
+
+    for _ in range(3):
+        queue.offer(status(1, job_id=uuid.uuid4()), now=0)
+    with pytest.raises(FellBehind, match="more than 3 jobs"):
+        queue.offer(status(1, job_id=uuid.uuid4()), now=0)
+
+
+def test_queue_gives_up_on_a_client_behind_for_too_long() -> None:
+    queue = ClientQueue(capacity=100, max_behind_s=5)
+    queue.offer(status(1), now=0)
+    queue.offer(status(2), now=4)
+    with pytest.raises(FellBehind, match="5 s"):
+        queue.offer(status(3), now=6)
+
+
+async def test_a_fallen_behind_feed_is_dropped_and_others_keep_getting_events() -> None:
+    hub = Hub()
+    # alice's feed of all her jobs that never reads: events of many jobs cannot coalesce.
+    slow = Subscriber(ALICE, job_id=None, everything=False, capacity=2, max_behind_s=60)
+    fast = Subscriber(ALICE, job_id=JOB, everything=False, capacity=2, max_behind_s=60)
+    mine = Subscriber(ALICE, job_id=None, everything=False, capacity=16, max_behind_s=60)
+    bobs = Subscriber(
+        Principal(sub="bob", is_admin=False), job_id=None, everything=False, capacity=8,
+        max_behind_s=60,
+    )  # fmt: skip
+    admin_all = Subscriber(
+        Principal(sub="root", is_admin=True), job_id=None, everything=True, capacity=16,
+        max_behind_s=60,
+    )  # fmt: skip
+    for s in (slow, fast, mine, bobs, admin_all):
+        hub.add(s)
+    received: list[int | None] = []
+    for i in range(1, 6):
+        # Three jobs' worth of events would coalesce; distinct jobs overflow the slow feed.
+        hub.publish(status(i, job_id=JOB))
+        hub.publish(status(i, job_id=uuid.uuid4(), owner="alice"))
+        received += [m.seq for m in await fast.next_batch(1)]
+    assert received == [1, 2, 3, 4, 5]
     assert slow.dropped.is_set()
     assert not fast.dropped.is_set()
-    assert fanout.watchers(JOB) == 1
-    assert other_job.queue.empty()
-    assert fanout.dropped_total == 1
+    with pytest.raises(FellBehind):
+        await slow.next_batch(1)
+    assert hub.dropped_total == 1
+    assert len(await mine.next_batch(1)) == 10  # every event of every job of alice's
+    assert await bobs.next_batch(0.01) == []
+    assert len(await admin_all.next_batch(1)) == 10
+    assert hub.open_feeds == 4
+    hub.remove(mine)
+    hub.remove(fast)
+    assert hub.open_feeds == 2
+    assert hub.watchers(JOB) == 0
+
+
+def test_webhook_events_body_and_signatures_verify_with_the_library() -> None:
+    assert (event_type("done"), event_type("failed"), event_type("running")) == (
+        "job.done",
+        "job.failed",
+        None,
+    )
+    payload = job_event_payload("job.done", status(9, "done"), "a.wav")
+    assert payload["type"] == "job.done"
+    assert payload["data"]["seq"] == 9
+    body = body_of(payload)
+    new, old = "whsec_" + "A" * 32, "whsec_" + "B" * 32
+    at = datetime.now(UTC)
+    header = signature_header([new, old], "msg_1", at, body)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": header,
+    }
+    # During a rotation either secret verifies; a third does not, nor a changed body.
+    assert Webhook(new).verify(body, headers)["data"]["filename"] == "a.wav"
+    assert Webhook(old).verify(body, headers)["type"] == "job.done"
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "C" * 32).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new).verify(body.replace("a.wav", "b.wav"), headers)
+
+
+def test_backoff_doubles_with_bounded_jitter_and_a_cap() -> None:
+    assert [backoff_s(n, 5, 3600, 0) for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
+    assert backoff_s(20, 5, 3600, 0) == 3600
+    assert backoff_s(1, 5, 3600, 1) == pytest.approx(6)
+    assert backoff_s(1, 5, 3600, -5) == pytest.approx(4)
+
+
+def test_disabling_needs_both_many_failures_and_time() -> None:
+    assert should_disable(20, 86400, 20, 86400)
+    assert not should_disable(19, 10**6, 20, 86400)
+    assert not should_disable(100, 3600, 20, 86400)
+
+
+def test_targets_private_addresses_are_refused_unless_allowed() -> None:
+    ip = ipaddress.ip_address
+    assert parse_target("https://hooks.example.com/x?y=1").port == 443
+    for bad in ("ftp://x/", "http:///nohost", "https://user:pw@example.com/"):
+        with pytest.raises(BadTarget):
+            parse_target(bad)
+    public = [ip("93.184.216.34")]
+    assert refusal("h", public, False, []) is None
+    for private in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:10.0.0.1"):
+        assert refusal("h", [ip(private)], False, []) is not None, private
+    # Every address must pass: one private answer among public ones is refused.
+    assert refusal("h", [*public, ip("192.168.1.1")], False, []) is not None
+    assert refusal("h", [ip("127.0.0.1")], False, parse_networks(["127.0.0.1/32"])) is None
+    assert refusal("h", [ip("127.0.0.2")], False, parse_networks(["127.0.0.1/32"])) is not None
+    assert refusal("h", [ip("10.0.0.1")], True, []) is None
+    assert refusal("h", [], True, []) is not None

@@ -1,58 +1,84 @@
-"""Entry point of the notifier: wires settings, runtime, the job.status consumer and the feed."""
+"""Entry point of the notifier: wires settings, runtime, the job.status consumers, the feeds
+and the webhook dispatcher."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from mxw_shared.auth import JwksVerifier
+from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
 from mxw_shared.telemetry import instrument_app
 
-from mxw_notifier.consumer import StatusConsumer, replica_group_id
-from mxw_notifier.fanout import JobFanout
+from mxw_notifier.consumer import StatusConsumer, WebhookTrigger, replica_group_id
+from mxw_notifier.fanout import Hub
 from mxw_notifier.feed import Feed, feed_router
 from mxw_notifier.settings import NotifierSettings
+from mxw_notifier.webhooks import WebhookDispatcher
 
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
-    # The notifier writes nothing to the database, so it has no outbox to relay.
+    # The notifier's own writes (webhook deliveries) announce nothing: no outbox to relay.
     runtime = ServiceRuntime(settings, relay_outbox=False)
-    fanout = JobFanout(settings.connection_queue_size)
-    feed = Feed(settings, JwksVerifier.from_settings(settings), fanout)
+    hub = Hub()
+    feed = Feed(settings, JwksVerifier.from_settings(settings), hub)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
         feed.pool = runtime.pool
-        consumer = StatusConsumer(
-            runtime.broker,
-            fanout,
-            replica_group_id(settings.service_name, settings.instance_id),
+        dispatcher = WebhookDispatcher(runtime.pool, settings)
+        app.state.dispatcher = dispatcher
+        consumers = (
+            StatusConsumer(
+                runtime.broker, hub, replica_group_id(settings.service_name, settings.instance_id)
+            ),
+            WebhookTrigger(runtime.broker, dispatcher, settings.webhook_group_id),
         )
-        runtime.ready_checks.append(consumer.check_ready)
+        for consumer in consumers:
+            runtime.ready_checks.append(consumer.check_ready)
         await runtime.start_messaging()
-        # Ready (and so given traffic) only once the consumer reads from the live end.
-        going_live = asyncio.create_task(consumer.wait_live(), name="status-consumer-live")
+        # Ready (and so given traffic) only once the consumers read from the live end.
+        background = [
+            asyncio.create_task(consumer.wait_live(), name=f"{consumer.name} live")
+            for consumer in consumers
+        ]
+        background.append(asyncio.create_task(dispatcher.run(), name="webhook-dispatcher"))
         try:
             yield
         finally:
-            going_live.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await going_live
+            await dispatcher.stop()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await runtime.stop()
 
     app = FastAPI(title="MxWhisper notifier", lifespan=lifespan)
     app.state.runtime = runtime
-    app.state.fanout = fanout
+    app.state.hub = hub
     install_problem_handlers(app)
+    # Browsers on other origins (the web page on the gateway) read the SSE feed; WebSockets
+    # are not subject to CORS. Bearer tokens only, never cookies: no credentials mode.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.sse_cors_origins,
+        allow_methods=["GET"],
+        allow_headers=["Authorization", "Last-Event-ID"],
+        allow_credentials=False,
+        max_age=600,
+    )
     app.include_router(health_router(lambda: runtime))
     instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     app.include_router(feed_router(feed))
@@ -72,9 +98,27 @@ def server_config(app: FastAPI, settings: NotifierSettings) -> uvicorn.Config:
     return uvicorn_config(app, settings, **server_options(settings))
 
 
+def listening_socket(settings: NotifierSettings) -> socket.socket | None:
+    """The server's socket when connections need a bounded send buffer (Linux passes
+    SO_SNDBUF on to every accepted connection); None: uvicorn binds as usual."""
+    if settings.send_buffer_bytes is None:
+        return None
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> None:
     settings = NotifierSettings()
-    serve(create_app(settings), settings, **server_options(settings))
+    sock = listening_socket(settings)
+    if sock is None:
+        serve(create_app(settings), settings, **server_options(settings))
+        return
+    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    uvicorn.Server(server_config(create_app(settings), settings)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

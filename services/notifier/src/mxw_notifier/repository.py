@@ -1,12 +1,15 @@
-"""The notifier's reads: a job's owner and its status history. It writes nothing."""
+"""The notifier's reads of jobs and their status history. (Its webhook tables are in
+webhooks.py.)"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
+from asyncpg import Record
 from mxw_shared.db import Pool
 
-from mxw_notifier.domain import HistoryEntry, StatusMessage
+from mxw_notifier.domain import StatusMessage
 
 
 async def job_owner(pool: Pool, job_id: uuid.UUID) -> str | None:
@@ -14,25 +17,44 @@ async def job_owner(pool: Pool, job_id: uuid.UUID) -> str | None:
     return owner
 
 
-async def job_history(pool: Pool, job_id: uuid.UUID) -> list[HistoryEntry]:
-    rows = await pool.fetch(
-        "SELECT id, event_id, stage, state, progress, message, error, created_at "
-        "FROM job_events WHERE job_id = $1 ORDER BY id",
-        job_id,
+async def job_owners(pool: Pool, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = await pool.fetch("SELECT id, owner_id FROM jobs WHERE id = ANY($1::uuid[])", job_ids)
+    return {row["id"]: row["owner_id"] for row in rows}
+
+
+_COLUMNS = "seq, event_id, stage, state, progress, message, error, created_at"
+
+
+def _status(job_id: uuid.UUID, row: Record) -> StatusMessage:
+    return StatusMessage(
+        event_id=row["event_id"],
+        job_id=job_id,
+        seq=row["seq"],
+        stage=row["stage"],
+        state=row["state"],
+        progress=round(float(row["progress"]), 4),
+        message=row["message"],
+        error=row["error"],
+        time=row["created_at"],
     )
-    return [
-        HistoryEntry(
-            id=row["id"],
-            status=StatusMessage(
-                event_id=row["event_id"],
-                job_id=job_id,
-                stage=row["stage"],
-                state=row["state"],
-                progress=round(float(row["progress"]), 4),
-                message=row["message"],
-                error=row["error"],
-                time=row["created_at"],
-            ),
-        )
-        for row in rows
-    ]
+
+
+async def job_history(
+    pool: Pool, job_id: uuid.UUID, after_seq: int = 0, before_seq: int | None = None
+) -> list[StatusMessage]:
+    """The job's status events with after_seq < seq (< before_seq), in order."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM job_events "
+        "WHERE job_id = $1 AND seq > $2 AND ($3::integer IS NULL OR seq < $3) ORDER BY seq",
+        job_id,
+        after_seq,
+        before_seq,
+    )
+    return [_status(job_id, row) for row in rows]
+
+
+async def latest_event(pool: Pool, job_id: uuid.UUID) -> StatusMessage | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1", job_id
+    )
+    return None if row is None else _status(job_id, row)

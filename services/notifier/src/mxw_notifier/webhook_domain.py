@@ -1,0 +1,139 @@
+"""Pure rules of webhook delivery: which events are sent, what the body and the Standard
+Webhooks headers are, when to retry, when an endpoint counts as dead, and which targets
+may be called at all (no private, loopback or link-local addresses unless allowed)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from standardwebhooks import Webhook
+
+from mxw_notifier.domain import StatusMessage
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+TEST_EVENT_TYPE = "webhook.test"
+USER_AGENT = "MxWhisper-Webhooks/1.0"
+
+
+def event_type(state: str) -> str | None:
+    """The webhook event a terminal job state is announced as."""
+    return f"job.{state}" if state in ("done", "failed", "cancelled") else None
+
+
+def job_event_payload(kind: str, status: StatusMessage, filename: str | None) -> dict[str, Any]:
+    """The body of a job event: the Standard Webhooks shape {type, timestamp, data}."""
+    return {
+        "type": kind,
+        "timestamp": status.time.isoformat(),
+        "data": {
+            "job_id": str(status.job_id),
+            "seq": status.seq,
+            "state": status.state,
+            "stage": status.stage,
+            "progress": status.progress,
+            "message": status.message,
+            "error": status.error,
+            "filename": filename,
+        },
+    }
+
+
+def body_of(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def signature_header(secrets: Iterable[str], msg_id: str, at: datetime, body: str) -> str:
+    """`webhook-signature`: one `v1,<base64>` per secret, space separated, so that during a
+    rotation receivers holding either the new or the previous secret can verify."""
+    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
+    """Delay after failed attempt `attempt` (1-based): base * 2^(attempt-1), capped, then
+    scaled by 1 + 0.2 * jitter (jitter in [-1, 1]) so retries of many endpoints spread."""
+    delay = min(base_s * 2.0 ** max(attempt - 1, 0), max_s)
+    return max(0.0, delay * (1 + 0.2 * max(-1.0, min(1.0, jitter))))
+
+
+def should_disable(
+    consecutive_failures: int,
+    failing_for_s: float,
+    after_failures: int,
+    after_s: float,
+) -> bool:
+    """Sustained failure: enough failed attempts in a row, and for long enough."""
+    return consecutive_failures >= after_failures and failing_for_s >= after_s
+
+
+# ---- targets (SSRF) ----
+
+
+class BadTarget(ValueError):
+    """Not an http(s) URL the notifier may call. The message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_target(url: str) -> Target:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise BadTarget(f"not a valid URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise BadTarget("only http and https URLs can receive webhooks")
+    if not parts.hostname:
+        raise BadTarget("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise BadTarget("URLs with credentials are not accepted")
+    return Target(
+        url=url.strip(),
+        scheme=scheme,
+        host=parts.hostname,
+        port=port or (443 if scheme == "https" else 80),
+    )
+
+
+def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
+    return [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable unicast: not private, loopback, link-local, multicast, reserved,
+    unspecified or shared (CGNAT) space. IPv4-mapped IPv6 is judged as the IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+def refusal(
+    host: str,
+    addresses: Sequence[IPAddress],
+    allow_private: bool,
+    allowed_networks: Sequence[IPNetwork],
+) -> str | None:
+    """Why the target may not be called, or None. Every address the host resolves to must
+    be allowed (an attacker's DNS may answer a public and a private one)."""
+    if not addresses:
+        return f"{host} does not resolve to any address"
+    for address in addresses:
+        if any(address in network for network in allowed_networks):
+            continue
+        if allow_private or is_public(address):
+            continue
+        return f"{host} resolves to {address}, which is not a public address"
+    return None
