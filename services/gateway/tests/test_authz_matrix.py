@@ -44,6 +44,7 @@ def fill(path: str, job_id: uuid.UUID, chunk_id: int) -> str:
         "user_id": USERS["owner"],
         "dead_letter_id": "transcript.ready.dlq:0:999999999",
         "model": "base",
+        "webhook_id": str(uuid.UUID(int=0)),  # nobody's: ownership is in test_webhooks.py
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
 
