@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
 from mxw_shared.auth import Principal
@@ -79,8 +80,13 @@ class StatusMessage:
             "coalesced": self.coalesced,
         }
 
-    def to_json(self) -> str:
+    @cached_property
+    def encoded(self) -> str:
+        """Encoded once, however many feeds send it."""
         return json.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        return self.encoded
 
     @classmethod
     def from_event(cls, envelope: Envelope, event: JobStatus) -> StatusMessage:

@@ -128,6 +128,12 @@ class Hub:
                 DROPPED_CLIENTS.inc()
         return taken
 
+    def wants(self, job_id: uuid.UUID, owner_id: str | None) -> bool:
+        """Whether any feed here may want an event of this job and owner."""
+        return bool(
+            self._everything or job_id in self._by_job or (owner_id or "") in self._by_owner
+        )
+
     def watchers(self, job_id: uuid.UUID) -> int:
         return len(self._by_job.get(job_id, ()))
 

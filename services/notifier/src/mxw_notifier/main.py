@@ -13,11 +13,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from mxw_shared import telemetry
 from mxw_shared.auth import JwksVerifier
 from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
-from mxw_shared.telemetry import instrument_app
 
 from mxw_notifier.consumer import StatusConsumer, WebhookTrigger, replica_group_id
 from mxw_notifier.fanout import Hub
@@ -41,13 +41,15 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         app.state.dispatcher = dispatcher
         consumers = (
             StatusConsumer(
-                runtime.broker, hub, replica_group_id(settings.service_name, settings.instance_id)
+                settings, hub, replica_group_id(settings.service_name, settings.instance_id)
             ),
-            WebhookTrigger(runtime.broker, dispatcher, settings.webhook_group_id),
+            WebhookTrigger(settings, dispatcher, settings.webhook_group_id),
         )
         for consumer in consumers:
             runtime.ready_checks.append(consumer.check_ready)
-        await runtime.start_messaging()
+        await runtime.start_messaging()  # topics exist before the consumers subscribe
+        for consumer in consumers:
+            await consumer.start()
         # Ready (and so given traffic) only once the consumers read from the live end.
         background = [
             asyncio.create_task(consumer.wait_live(), name=f"{consumer.name} live")
@@ -57,6 +59,8 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for consumer in consumers:
+                await consumer.stop()
             await dispatcher.stop()
             for task in background:
                 task.cancel()
@@ -80,9 +84,29 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         max_age=600,
     )
     app.include_router(health_router(lambda: runtime))
-    instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
+    instrument(app, settings.service_name)
     app.include_router(feed_router(feed))
     return app
+
+
+def instrument(app: FastAPI, service_name: str) -> None:
+    """Server spans as shared.telemetry.instrument_app makes them, but one per feed instead
+    of one more per message sent or received: a busy fan-out sends thousands a second."""
+    if not telemetry.setup_tracing(service_name):
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.trace import Span
+
+    def stamp(span: Span, scope: dict[str, Any]) -> None:
+        if span.is_recording():
+            span.set_attribute(telemetry.SERVICE_ATTR, service_name)
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls=telemetry.EXCLUDED_URLS,
+        server_request_hook=stamp,
+        exclude_spans=["send", "receive"],
+    )
 
 
 def server_options(settings: NotifierSettings) -> dict[str, Any]:

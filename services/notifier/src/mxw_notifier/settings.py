@@ -6,6 +6,10 @@ class NotifierSettings(CommonSettings):
     service_name: str = "notifier"
     port: int = 8001
 
+    # A fetch returns after at most this long even with little data: live events wait for
+    # it (aiokafka's default, 500 ms, suits batch consumers, not a live feed).
+    kafka_fetch_max_wait_ms: int = Field(default=20, ge=0)
+
     # ---- Feeds (WebSocket, SSE) ----
     # Undelivered events per feed before it coalesces to the latest event of each job; a
     # feed still over it afterwards, or whose oldest undelivered event waited longer than
