@@ -94,14 +94,23 @@ def make_job(db):  # type: ignore[no-untyped-def]
     import json
     import uuid
 
-    async def make(owner_id: str = "alice", **options: object) -> uuid.UUID:
+    async def make(
+        owner_id: str = "alice",
+        *,
+        audio_uri: str = "file:///nonexistent",
+        sha256: str = "0" * 64,
+        **options: object,
+    ) -> uuid.UUID:
+        """`audio_uri`/`sha256` matter where the stage sweeper may rebuild the event from
+        this row (a worker killed mid-job); other tests publish their own."""
         job_id = uuid.uuid4()
         await db.execute(
             "INSERT INTO jobs (id, owner_id, filename, audio_uri, sha256, options) "
-            "VALUES ($1, $2, 'test.wav', 'file:///nonexistent', $3, $4::jsonb)",
+            "VALUES ($1, $2, 'test.wav', $3, $4, $5::jsonb)",
             job_id,
             owner_id,
-            "0" * 64,
+            audio_uri,
+            sha256,
             json.loads(json.dumps(options)),
         )
         return job_id

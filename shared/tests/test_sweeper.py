@@ -43,6 +43,14 @@ async def lose_worker(db, job_id: uuid.UUID, stage: Stage) -> None:
 
 async def test_lost_worker_input_is_resent_once_then_backs_off(db, infra, make_job):
     job_id = await make_job(model="tiny.en")
+    # The job's trace so far: the gateway's audio.uploaded (already relayed).
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await db.execute(
+        "INSERT INTO outbox (topic, key, headers, payload, sent_at)"
+        " VALUES ('job.status', $1, $2, '\\x7b7d', now())",
+        str(job_id),
+        {"traceparent": trace},
+    )
     await lose_worker(db, job_id, Stage.transcribe)
     sweep = sweeper(db, infra, Stage.transcribe, AUDIO_UPLOADED)
 
@@ -52,6 +60,7 @@ async def test_lost_worker_input_is_resent_once_then_backs_off(db, infra, make_j
     assert resent["payload"]["audio_uri"] == "file:///nonexistent"
     assert resent["payload"]["options"]["model"] == "tiny.en"
     assert resent["headers"]["ce_source"] == "sweeper-test-sweeper"
+    assert resent["headers"]["traceparent"] == trace  # continues the job's trace
     message = await db.fetchval(
         "SELECT message FROM job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 1", job_id
     )

@@ -384,7 +384,7 @@ async def test_dead_letters_are_counted(run: Run, publish, make_job, db) -> None
         samples = (await scrape({"c": run.clients["chunker"]}))["c"]
         return value(samples, "mxw_dlq_events_total", topic="transcript.ready")
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while await counted() < before + 1:
         assert time.monotonic() < deadline, "DLQ counter did not move"
         await asyncio.sleep(0.2)

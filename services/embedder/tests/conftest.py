@@ -1,5 +1,5 @@
 """The embedder running in-process against the session's real Postgres and broker, shared
-by the API and pipeline tests (start-up loads the model: seconds)."""
+by the tests of one module (the model itself is loaded once per process)."""
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -14,7 +14,9 @@ def service_token() -> str:
     return SERVICE_TOKEN
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: a session-long consumer in group "embedder" would share the
+# group (and rebalance) with every later embedder in the suite (tests/observability).
+@pytest.fixture(scope="module")
 async def embedder_app(infra):
     settings = infra.settings(
         EmbedderSettings,

@@ -125,7 +125,7 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
     infra, db, make_job, publish, read_topic, wait_for, tmp_path
 ):
     uri, sha = store(infra, long_wav(8))  # about 125 s of speech
-    job_id = await make_job()
+    job_id = await make_job(audio_uri=uri, sha256=sha)
     log_path = tmp_path / "worker.log"
     worker = start_worker(infra, log_path)
     try:

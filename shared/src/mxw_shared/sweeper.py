@@ -189,7 +189,7 @@ class StageSweeper:
                 )
             await self._record(conn, row, reason)
             return SweepAction(job_id, "failed", reason)
-        await enqueue(conn, event, source=source)
+        await enqueue(conn, event, source=source, traceparent=await _job_trace(conn, job_id))
         await record_status(
             conn,
             job_id=job_id,
@@ -214,3 +214,14 @@ class StageSweeper:
             row["generation"],
             reason,
         )
+
+
+async def _job_trace(conn: Connection, job_id: uuid.UUID) -> str | None:
+    """The traceparent of the job's latest event still in the outbox, so that a re-send
+    continues the job's trace instead of starting one of its own (None once pruned)."""
+    value: str | None = await conn.fetchval(
+        "SELECT headers->>'traceparent' FROM outbox"
+        " WHERE key = $1 AND headers ? 'traceparent' ORDER BY id DESC LIMIT 1",
+        str(job_id),
+    )
+    return value
