@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import pkgutil
 import subprocess
 import sys
 import tomllib
@@ -18,16 +19,18 @@ import pytest
 import yaml
 from mxw_shared import topics
 from mxw_shared.settings import CommonSettings
+from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("dev", "prod", "gpu")
+OVERLAYS = ("dev", "prod", "gpu", "s3")
 
 # Variables a container may set besides the MXW_* settings: the OpenTelemetry SDK's standard
-# ones (mxw_shared.telemetry reads them), the offline switches of the model libraries, and
-# what images set for Python itself and the NVIDIA runtime.
-STANDARD_ENV_PREFIXES = ("OTEL_", "NVIDIA_")
+# ones (mxw_shared.telemetry reads them), the AWS environment obstore reads for an s3:// blob
+# store (mxw_shared.blobs), the offline switches of the model libraries, and what images set
+# for Python itself and the NVIDIA runtime.
+STANDARD_ENV_PREFIXES = ("OTEL_", "AWS_", "NVIDIA_")
 STANDARD_ENV = frozenset(
     {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HOME", "PATH", "PYTHONUNBUFFERED"}
     | {"PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS"}
@@ -104,15 +107,56 @@ def service_code() -> dict[str, ServiceCode]:
     return found
 
 
-def settings_env(settings_cls: type[CommonSettings]) -> set[str]:
+@cache
+def package_settings(package: str) -> tuple[type[BaseSettings], ...]:
+    """Every settings model defined in a package: a service may read more than its main one
+    (the gateway's WebhookSettings reads the MXW_WEBHOOK_* variables the notifier reads)."""
+    root = importlib.import_module(package)
+    modules = [root] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}.")
+        if not info.name.rpartition(".")[2].startswith("test")
+    ]
+    return tuple(
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseSettings)
+        and obj.__module__ == module.__name__
+    )
+
+
+def settings_env(settings_cls: type[BaseSettings]) -> set[str]:
+    """The variables one settings model reads."""
     prefix = str(settings_cls.model_config.get("env_prefix", ""))
     return {prefix + name.upper() for name in settings_cls.model_fields}
 
 
-def unknown_env(names: set[str], settings_cls: type[CommonSettings]) -> set[str]:
-    """Names a container sets that neither the settings model nor the standard list knows:
-    a typo or a removed setting would be ignored silently at run time (extra="ignore")."""
-    known = settings_env(settings_cls)
+def process_env(settings_cls: type[BaseSettings]) -> set[str]:
+    """The variables a process whose main settings model is settings_cls reads: that model's
+    and every other settings model of the same package."""
+    names = settings_env(settings_cls)
+    for other in package_settings(settings_cls.__module__.partition(".")[0]):
+        names |= settings_env(other)
+    return names
+
+
+@cache
+def all_settings_env() -> frozenset[str]:
+    """Every MXW_* variable any settings model of the project reads."""
+    names: set[str] = set(process_env(CommonSettings))
+    for code in service_code().values():
+        names |= process_env(code.settings_cls)
+    assert names
+    assert all(n.startswith("MXW_") for n in names), sorted(names)[:5]
+    return frozenset(names)
+
+
+def unknown_env(names: set[str], settings_cls: type[BaseSettings]) -> set[str]:
+    """Names a container sets that neither the settings models it reads nor the standard list
+    know: a typo or a removed setting would be ignored silently at run time (extra="ignore")."""
+    known = process_env(settings_cls)
     return {
         n
         for n in names
@@ -144,6 +188,12 @@ def env_check() -> Any:
     """unknown_env(names, settings_cls), handed to the test modules (they cannot import
     this conftest under --import-mode=importlib)."""
     return unknown_env
+
+
+@pytest.fixture(scope="module")
+def known_settings_env() -> frozenset[str]:
+    """all_settings_env(), for the test modules."""
+    return all_settings_env()
 
 
 @pytest.fixture(scope="module")

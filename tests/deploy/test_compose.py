@@ -194,12 +194,21 @@ def env_file(name: str) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def test_env_files_set_only_known_settings(services: dict[str, Any]) -> None:
-    known = set()
-    for code in services.values():
-        known |= {f"MXW_{n.upper()}" for n in code.settings_cls.model_fields}
-    for name in ("keycloak.env", "llm.env"):
-        assert set(env_file(name)) <= known, name
+def test_env_files_set_only_known_settings(known_settings_env: frozenset[str]) -> None:
+    for path in sorted(COMPOSE_DIR.glob("*.env")):
+        names = set(env_file(path.name))
+        # s3.env also sets the AWS environment obstore reads.
+        assert {n for n in names if not n.startswith("AWS_")} <= known_settings_env, path.name
+
+
+def test_s3_settings_reach_the_writer_and_the_reader(compose: dict[str, Any]) -> None:
+    s3_names = set(env_file("s3.env"))
+    assert "MXW_BLOB_STORE_URL" in s3_names
+    for name in ("gateway", "transcriber", "transcriber-gpu"):
+        env = compose["services"][name]["environment"]
+        # Valueless: passed through when set, absent otherwise (an empty string would be an
+        # invalid s3:// URL, or a list setting that does not parse).
+        assert {n: env.get(n, "missing") for n in s3_names} == dict.fromkeys(s3_names), name
 
 
 def test_keycloak_realm_issues_tokens_the_services_accept(

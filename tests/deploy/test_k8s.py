@@ -19,10 +19,11 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from mxw_shared import topics
 from mxw_shared.settings import CommonSettings
+from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-OVERLAYS = ("dev", "prod", "gpu")
+OVERLAYS = ("dev", "prod", "gpu", "s3")
 # The oldest Kubernetes release the manifests target (autoscaling/v2, policy/v1, restricted
 # pod security and sidecar-free probes all exist there).
 KUBERNETES_VERSION = "1.30.0"
@@ -33,8 +34,14 @@ CUSTOM_SCHEMAS = {
     ("postgresql.cnpg.io", "Cluster"): "cnpg-cluster.json",
 }
 # Secrets the overlays reference but do not create: CloudNativePG writes <cluster>-app; the
-# service token is created by the operator of the cluster (docs/deploy.md says how).
-EXTERNAL_SECRETS = {"mxwhisper-service-token": {"token"}}
+# service token and the S3 keys are created by the operator of the cluster (docs/deploy.md
+# says how).
+EXTERNAL_SECRETS = {
+    "mxwhisper-service-token": {"token"},
+    "mxwhisper-s3": {"access-key-id", "secret-access-key"},
+}
+# Credentials of the standard environments the services read besides their settings.
+SECRET_STANDARD_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 CNPG_APP_SECRET_KEYS = {"uri", "username", "password", "host", "port", "dbname", "jdbc-uri"}
 # Metadata keys of KEDA's kafka scaler (keda.sh/docs/2.16/scalers/apache-kafka).
 KAFKA_TRIGGER_KEYS = {
@@ -89,6 +96,7 @@ def effective_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict
     env: dict[str, Any] = {}
     maps = by_name(docs, "ConfigMap")
     for source in container.get("envFrom", []):
+        assert "configMapRef" in source, source  # secrets by reference, one variable each
         env.update(maps[source["configMapRef"]["name"]]["data"])
     for item in container.get("env", []):
         env[item["name"]] = item.get("value", item.get("valueFrom"))
@@ -254,6 +262,9 @@ def test_env_is_what_each_service_reads(
         assert len(names) == len(set(names)), f"{name}: a variable set twice"
         assert "MXW_DATABASE_URL" in env, name
         for value in env.values():
+            map_ref = value.get("configMapKeyRef") if isinstance(value, dict) else None
+            if map_ref is not None:
+                assert map_ref["key"] in by_name(docs, "ConfigMap")[map_ref["name"]]["data"]
             ref = value.get("secretKeyRef") if isinstance(value, dict) else None
             if ref is None:
                 continue
@@ -265,6 +276,37 @@ def test_env_is_what_each_service_reads(
                 assert ref["key"] in EXTERNAL_SECRETS[ref["name"]], ref
         seen += 1
     assert seen == len(services) + 1  # the services and the migrate Job
+
+
+def secret_settings(settings: type[CommonSettings]) -> set[str]:
+    """The variables of a settings model's SecretStr fields (credentials, the database URL
+    with its password)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return {
+        prefix + name.upper()
+        for name, field in settings.model_fields.items()
+        if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_come_from_secrets(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    # A ConfigMap is readable by anyone who may read the namespace's configuration and lands
+    # in logs and diffs; credentials belong in Secrets, referenced one key at a time.
+    docs = rendered[overlay]
+    assert "MXW_DATABASE_URL" in secret_settings(CommonSettings)
+    for config in of_kind(docs, "ConfigMap"):
+        for name in config.get("data", {}):
+            owners = [c.settings_cls for c in services.values()] + [CommonSettings]
+            assert all(name not in secret_settings(s) for s in owners), (config, name)
+            assert name not in SECRET_STANDARD_ENV, name
+    for name, container, settings, _ in workloads(docs, services):
+        for item in container.get("env", []):
+            if item["name"] in secret_settings(settings) | SECRET_STANDARD_ENV:
+                assert "value" not in item, (name, item["name"])
+                assert "secretKeyRef" in item["valueFrom"], (name, item["name"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -358,23 +400,47 @@ def test_ingress_reaches_the_api_and_the_websocket_feed(
     docs = rendered[overlay]
     k8s_services = by_name(docs, "Service")
     (ingress,) = of_kind(docs, "Ingress")
-    routes = {}
+    annotations = ingress["metadata"]["annotations"]
+    regex = annotations.get("nginx.ingress.kubernetes.io/use-regex") == "true"
+    routes: dict[str, str] = {}
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
             backend = path["backend"]["service"]
             port_names = {p["name"] for p in k8s_services[backend["name"]]["spec"]["ports"]}
             assert backend["port"]["name"] in port_names
+            # Without use-regex, ingress-nginx takes an ImplementationSpecific path literally.
+            assert path["pathType"] == "Prefix" or regex, path
             routes[path["path"]] = backend["name"]
-    assert routes["/"] == "gateway"
-    feed_source = (ROOT / "services" / "notifier" / "src" / "mxw_notifier").glob("*.py")
-    ws_paths = [
-        p for f in feed_source for p in re.findall(r'\.websocket\("([^"]+)"', f.read_text())
-    ]
-    assert ws_paths
-    for ws_path in ws_paths:
-        prefix = max((p for p in routes if ws_path.startswith(p)), key=len)
-        assert routes[prefix] == "notifier", ws_path
-    annotations = ingress["metadata"]["annotations"]
+
+    def route(url_path: str) -> str:
+        """The service ingress-nginx sends a path to: with use-regex every path is a
+        case-insensitive regex anchored at the start, the longest matching one wins."""
+        matching = [
+            p for p in routes if (re.match(p, url_path, re.I) if regex else url_path.startswith(p))
+        ]
+        return routes[max(matching, key=len)]
+
+    def concrete(template: str) -> str:
+        return re.sub(r"\{\w+\}", "0b6a3c8e-6f0a-4a57-9d4e-2f1c2b3a4d5e", template)
+
+    source = "\n".join(
+        f.read_text() for f in (ROOT / "services" / "notifier" / "src").rglob("*.py")
+    )
+    ws_paths = re.findall(r'\.websocket\(\s*"(/[^"]*)"', source)
+    http_paths = re.findall(r'\.get\(\s*"(/[^"]*)"', source)
+    own = {"/livez", "/readyz", "/metrics"}  # every service's; scraped and probed in-cluster
+    feed_paths = [p for p in http_paths if p not in own]
+    assert ws_paths  # the WebSockets
+    assert feed_paths  # the SSE feed / event history
+    for path in ws_paths + feed_paths:
+        assert route(concrete(path)) == "notifier", path
+    gateway_source = "\n".join(
+        f.read_text() for f in (ROOT / "services" / "gateway" / "src").rglob("*.py")
+    )
+    gateway_paths = re.findall(r'\.(?:get|post|put|patch|delete)\(\s*"(/[^"]*)"', gateway_source)
+    assert "/jobs/{job_id}" in gateway_paths
+    for path in gateway_paths:
+        assert route(concrete(path)) == "gateway", path
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 60
 
 
@@ -428,3 +494,38 @@ def test_docs_name_what_a_cluster_must_provide() -> None:
     text = (ROOT / "docs" / "deploy.md").read_text()
     for needed in (*EXTERNAL_SECRETS, "Strimzi", "KEDA", "CloudNativePG", *OVERLAYS):
         assert needed in text, needed
+
+
+def test_s3_overlay_keeps_audio_in_the_bucket(
+    rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    # Gateway (writes) and transcriber (reads) name the same bucket, and nothing needs a
+    # shared volume any more.
+    docs = rendered["s3"]
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    deployments = by_name(docs, "Deployment")
+    stores = {}
+    for name in ("gateway", "transcriber"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), name
+        (container,) = pod["containers"]
+        env = effective_env(container, docs)
+        ref = env["MXW_BLOB_STORE_URL"]["configMapKeyRef"]
+        stores[name] = by_name(docs, "ConfigMap")[ref["name"]]["data"][ref["key"]]
+        assert {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env), name
+        assert "blob_store_url" in services[name].settings_cls.model_fields
+    assert stores["gateway"] == stores["transcriber"]
+    assert stores["gateway"].startswith("s3://")
+    # Staging copies on the gateway's emptyDir go sooner than the default hour.
+    gateway_env = effective_env(
+        deployments["gateway"]["spec"]["template"]["spec"]["containers"][0], docs
+    )
+    assert float(gateway_env["MXW_ORPHAN_BLOB_AFTER_S"]) < float(
+        services["gateway"].settings_cls.model_fields["orphan_blob_after_s"].default
+    )
+    # The other overlays keep the shared claim and set no S3 store.
+    for overlay in ("dev", "prod", "gpu"):
+        assert of_kind(rendered[overlay], "PersistentVolumeClaim"), overlay
+        for _, spec in pod_specs(rendered[overlay]):
+            for c in spec["containers"]:
+                assert "MXW_BLOB_STORE_URL" not in effective_env(c, rendered[overlay])
