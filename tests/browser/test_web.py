@@ -7,13 +7,15 @@ With MXW_SCREENSHOTS=<dir> the same walk saves a screenshot of every page there
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -48,6 +50,7 @@ class Tab:
         self.base_url = base_url
         self.errors: list[str] = []
         self.frames: list[dict[str, Any]] = []
+        self.sockets: list[Any] = []  # every WebSocket the page opened, in order
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on("console", self._on_console)
         page.on("websocket", self._on_websocket)
@@ -62,6 +65,8 @@ class Tab:
         self.errors.append(f"console: {msg.text} ({msg.location.get('url')})")
 
     def _on_websocket(self, ws: Any) -> None:
+        self.sockets.append(ws)
+
         def received(payload: str | bytes) -> None:
             self.frames.append(json.loads(payload))
 
@@ -76,6 +81,32 @@ class Tab:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             await self.page.wait_for_timeout(300)  # let the toast and layout settle
             await self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Wait for a condition that no page selector expresses (sockets, routed frames)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def upload(stack: Any, user: str, fixture: str) -> str:
+    """Start a job through the API, not the page: the page must learn of it by itself."""
+    path = FIXTURES / fixture
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=60) as client:
+        response = await client.post(
+            "/jobs",
+            headers=stack.auth(user),
+            files={"file": (path.name, path.read_bytes(), "audio/ogg")},
+            data={"language": "en"},
+        )
+    assert response.status_code in (200, 201, 202), response.text
+    return str(response.json()["id"])
+
+
+def feed_urls(tab: Tab) -> list[str]:
+    return [ws.url for ws in tab.sockets if "/ws/jobs" in ws.url]
 
 
 async def sign_in(
@@ -312,6 +343,145 @@ async def test_dropping_several_files_uploads_each(alice: Tab, done_job: dict[st
     )
     assert len(set(ids)) == 2
     assert done_job["id"] not in ids
+
+
+async def test_the_jobs_list_follows_every_job_on_one_socket(browser: Any, stack: Any) -> None:
+    dave = await sign_in(browser, stack, "dave")
+    page = dave.page
+    try:
+        await page.wait_for_selector("ul.jobs li.empty")
+        await until(lambda: len(dave.sockets) == 1, "the jobs feed")
+        # Two jobs at once, started elsewhere: the page hears of them on its socket alone and
+        # fetches the list for the unknown jobs.
+        ids = [await upload(stack, "dave", f) for f in ("short_en.ogg", "solar_and_bread.ogg")]
+        for job_id in ids:
+            await page.wait_for_selector(f'li.job[data-job-id="{job_id}"]')
+        for job_id in ids:
+            await page.wait_for_selector(
+                f'li.job[data-job-id="{job_id}"][data-state="done"]', timeout=PIPELINE_TIMEOUT_MS
+            )
+            card = f'li.job[data-job-id="{job_id}"]'
+            assert await page.eval_on_selector(f"{card} progress", "p => p.value") == 1
+            assert (await page.text_content(f"{card} [data-role=state]")) == "done"
+            # Its statuses came in seq order, none twice, ending with done.
+            mine = [f for f in dave.frames if f["job_id"] == job_id]
+            assert mine, f"no status of {job_id} arrived"
+            assert mine[-1]["state"] == "done", mine
+            seqs = [f["seq"] for f in mine]
+            assert seqs == sorted(set(seqs)), seqs
+        # All of it over ONE WebSocket, to /ws/jobs: none per job, no second one.
+        assert feed_urls(dave) == [ws.url for ws in dave.sockets]
+        assert len(dave.sockets) == 1, feed_urls(dave)
+        url = urlsplit(dave.sockets[0].url)
+        assert url.path == "/ws/jobs"
+        assert "all" not in parse_qs(url.query)
+        # Leaving the list closes it.
+        assert not dave.sockets[0].is_closed()
+        await dave.go("#/search")
+        await until(lambda: dave.sockets[0].is_closed(), "the feed to close")
+        assert len(dave.sockets) == 1
+        assert not dave.errors, dave.errors
+    finally:
+        await page.context.close()
+
+
+async def test_a_dropped_feed_resumes_where_it_left_off(browser: Any, stack: Any) -> None:
+    frank = await sign_in(browser, stack, "frank")
+    page = frank.page
+    urls: list[str] = []
+    delivered: list[dict[str, Any]] = []
+    watched: dict[str, Any] = {"job": None, "cut_after": None}
+    cuts: list[asyncio.Task[None]] = []
+
+    async def cut(ws: Any, server: Any) -> None:
+        # The notifier's own words for a client that fell behind: reconnect and resume.
+        ws.on_close(lambda code, reason: None)
+        server.on_close(lambda code, reason: None)
+        await server.close()
+        await ws.close(code=4408, reason="client too slow")
+
+    def route(ws: Any) -> None:
+        """Between the page and the real notifier: passes every frame on, and cuts the feed
+        once, right after the page got a status of the running job."""
+        urls.append(ws.url)
+        server = ws.connect_to_server()
+
+        def forward(message: str | bytes) -> None:
+            frame = json.loads(message)
+            delivered.append(frame)
+            ws.send(message)
+            if (
+                watched["cut_after"] is None
+                and frame["job_id"] == watched["job"]
+                and frame["state"] not in ("done", "failed", "cancelled")
+            ):
+                watched["cut_after"] = frame["seq"]
+                cuts.append(asyncio.ensure_future(cut(ws, server)))
+
+        server.on_message(forward)
+
+    try:
+        await page.wait_for_selector("ul.jobs li.empty")
+        await frank.go("#/upload")  # the list's socket closes; the next one goes through route
+        await until(lambda: all(ws.is_closed() for ws in frank.sockets), "the feed to close")
+        await page.route_web_socket(lambda url: "/ws/jobs" in url, route)
+        await frank.go("#/jobs")
+        await page.wait_for_selector("ul.jobs li.empty")
+        await until(lambda: len(urls) == 1, "the jobs feed")
+        job_id = await upload(stack, "frank", "solar_and_bread.ogg")
+        card = f'li.job[data-job-id="{job_id}"]'
+        await page.wait_for_selector(card)
+        watched["job"] = job_id
+        await page.wait_for_selector(f'{card}[data-state="done"]', timeout=PIPELINE_TIMEOUT_MS)
+        cut_after = watched["cut_after"]
+        assert cut_after is not None, "the job finished before its feed could be cut"
+        assert len(cuts) == 1
+        assert cuts[0].done()
+        assert cuts[0].exception() is None
+        # One new socket, resuming the job from the last status the page had.
+        assert len(urls) == 2, urls
+        resume = parse_qs(urlsplit(urls[1]).query)["resume"][0].split(",")
+        assert f"{job_id}:{cut_after}" in resume, resume
+        # Across both sockets: each status once, in order, nothing missing after the cut.
+        seqs = [f["seq"] for f in delivered if f["job_id"] == job_id]
+        assert seqs == sorted(set(seqs)), seqs
+        later = [s for s in seqs if s > cut_after]
+        assert later, seqs
+        assert later == list(range(cut_after + 1, later[-1] + 1)), seqs
+        assert [f for f in delivered if f["job_id"] == job_id][-1]["state"] == "done"
+        assert (await page.text_content(f"{card} [data-role=state]")) == "done"
+        assert await page.is_hidden(".live-status")  # "reconnecting" is gone again
+        assert not frank.errors, frank.errors
+    finally:
+        await page.context.close()
+
+
+async def test_a_refused_feed_is_explained_and_not_reopened(browser: Any, stack: Any) -> None:
+    # An administrator by the users table only: the API lets erin in as admin, but her token
+    # carries no admin claim, so the notifier refuses her every job's feed (all=true: 4403).
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        assert (await client.get("/jobs", headers=stack.auth("erin"))).status_code == 200
+        promoted = await client.patch(
+            "/admin/users/erin", headers=stack.auth("root", admin=True), json={"role": "admin"}
+        )
+        assert promoted.status_code == 200, promoted.text
+    erin = await sign_in(browser, stack, "erin")
+    page = erin.page
+    try:
+        await page.wait_for_selector("#nav-admin:not([hidden])")
+        await page.click("nav a[data-route=admin]")
+        notice = page.locator(".live-status.error")
+        await notice.wait_for()
+        assert "administrator role" in (await notice.text_content() or "")
+        await page.wait_for_selector("ul.jobs li.job")  # the list itself is there
+        refused = [u for u in feed_urls(erin) if "all=true" in u]
+        assert len(refused) == 1, feed_urls(erin)
+        # Not reopened: wait past the first retry's delay (at most 0.6 s) several times over.
+        await page.wait_for_timeout(3000)
+        assert [u for u in feed_urls(erin) if "all=true" in u] == refused
+        assert not erin.errors, erin.errors
+    finally:
+        await page.context.close()
 
 
 async def test_keyboard_only_on_a_phone_sized_screen(browser: Any, stack: Any) -> None:

@@ -59,7 +59,7 @@ async def test_the_page_and_every_module_it_loads_are_served(dev_gateway: httpx.
             assert asset.headers["content-type"].startswith("text/javascript")
             # Follow the module graph: every import must be served too.
             wanted |= set(re.findall(r'from "\./([\w.]+)"', asset.text))
-    assert {"api.js", "auth.js", "dom.js", "views.js"} <= seen
+    assert {"api.js", "auth.js", "dom.js", "live.js", "views.js"} <= seen
 
 
 async def test_only_whitelisted_assets_are_served(dev_gateway: httpx.AsyncClient):

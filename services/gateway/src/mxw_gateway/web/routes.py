@@ -23,6 +23,7 @@ _ASSETS: dict[str, str] = {
     "api.js": "text/javascript; charset=utf-8",
     "auth.js": "text/javascript; charset=utf-8",
     "dom.js": "text/javascript; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
     "views.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",

@@ -1,9 +1,8 @@
 // The pages. Each view renders into <main> and returns a clean-up function (sockets, timers).
 import { api, audioUrl, download, uploadFile } from "./api.js";
-import { devSignIn, session, startOidc } from "./auth.js";
+import { devSignIn, session, signOut, startOidc } from "./auth.js";
 import { clear, clock, duration, h, highlighted, toast, when } from "./dom.js";
-
-const FINISHED = new Set(["done", "failed", "cancelled"]);
+import { FINISHED, watchJob, watchJobs } from "./live.js";
 
 function heading(text) {
   return h("h1", { id: "page-title" }, text);
@@ -17,38 +16,23 @@ function percent(progress) {
   return `${Math.round((progress || 0) * 100)}%`;
 }
 
-// ---- live progress: the notifier's WebSocket feed of one job ----
+/** Where the live feeds say what they are doing (reconnecting, refused). */
+function liveNotice() {
+  const el = h("p", { class: "note live-status", role: "status", hidden: true });
+  el.show = (text, kind = "info", code = 0) => {
+    el.textContent = text;
+    el.hidden = !text;
+    el.classList.toggle("error", kind === "error");
+    if (code === 4401) {
+      el.append(" ", h("button", { type: "button", class: "link-button", onclick: () => signOutAndReturn() }, "Sign in again"));
+    }
+  };
+  return el;
+}
 
-/** Follow a job until its feed ends; the token travels as a sub-protocol (browsers cannot
- * set headers on a WebSocket, and a query string would end up in access logs). */
-export function watchJob(config, jobId, onStatus, onEnd) {
-  let socket = null;
-  let stopped = false;
-  let retries = 0;
-  const connect = () => {
-    const s = session();
-    if (!s || stopped) return;
-    socket = new WebSocket(`${config.notifier_ws}/ws/jobs/${jobId}`, [`bearer.${s.token}`]);
-    socket.onmessage = (e) => {
-      retries = 0;
-      onStatus(JSON.parse(e.data));
-    };
-    socket.onclose = async (e) => {
-      if (stopped) return;
-      const job = await onEnd(e).catch(() => null);
-      // An unfinished job whose feed dropped (notifier restart, network): follow it again.
-      const refused = e.code === 4401 || e.code === 4404;
-      if (job && !FINISHED.has(job.state) && !refused && retries < 10) {
-        retries += 1;
-        setTimeout(connect, Math.min(500 * 2 ** retries, 10_000));
-      }
-    };
-  };
-  connect();
-  return () => {
-    stopped = true;
-    if (socket) socket.close();
-  };
+function signOutAndReturn() {
+  signOut();
+  location.hash = "#/sign-in";
 }
 
 function stageLine(job) {
@@ -168,60 +152,123 @@ function jobCard(job, config, live) {
     const label = FINISHED.has(msg.state) && (msg.state !== "done" || msg.stage === "embed") ? msg.state : `${msg.stage} ${msg.state}`;
     state.textContent = label;
     note.textContent = msg.error ? `Failed: ${msg.error}` : msg.message || "";
+    // "done" etc. is set by the card the API renders next, with the stage timings.
+    if (!FINISHED.has(msg.state)) card.dataset.state = msg.state;
   };
   return card;
 }
 
-/** Keeps job cards in a list live: one feed per unfinished job, a fresh card at its end. */
-function liveJobs(config, list) {
-  const stops = new Map();
+/** Keeps job cards in a list live over ONE `/ws/jobs` socket for all of them (live.js).
+ * A message updates its job's card; a message of a job not on screen fetches the list's
+ * first page again (a job uploaded elsewhere); a job that finishes, or starts again, is
+ * fetched once for its stage timings and actions. */
+function liveJobs(config, list, { all, notice, pageQuery }) {
   const cards = new Map();
+  // When a card last took a live message: an API answer fetched before that is older.
+  const touched = new Map();
+  // Jobs not on screen whose messages already asked for the list once; with their latest
+  // message, applied when the fetch brings the card.
+  const sought = new Map();
+  let feed = null;
+  let stopped = false;
+
+  const fetchJob = async (jobId) => {
+    const fetchedAt = performance.now();
+    try {
+      live.render(await api(`/jobs/${jobId}`), fetchedAt);
+    } catch (err) {
+      if (err.status === 404) live.changed(jobId, null);
+      else failure(err);
+    }
+  };
+
+  const apply = (msg) => {
+    const card = cards.get(msg.job_id);
+    if (!card) return false;
+    const wasFinished = FINISHED.has(card.dataset.state);
+    card.applyStatus(msg);
+    touched.set(msg.job_id, performance.now());
+    // Finished (or reprocessed after it ended): the API has the stage timings and actions.
+    if (FINISHED.has(msg.state) || wasFinished) fetchJob(msg.job_id);
+    return true;
+  };
+
   const live = {
-    render(job) {
-      const card = jobCard(job, config, live);
+    render(job, fetchedAt = Infinity) {
+      if (stopped) return;
       const old = cards.get(job.id);
+      // A live message that arrived after this answer was asked for is newer: keep it.
+      if (old && (touched.get(job.id) || 0) > fetchedAt) return;
+      const card = jobCard(job, config, live);
       if (old) old.replaceWith(card);
-      else list.append(card);
+      else {
+        list.querySelector("li.empty")?.remove();
+        list.append(card);
+      }
       cards.set(job.id, card);
     },
-    show(job) {
-      live.render(job);
-      if (!FINISHED.has(job.state) && !stops.has(job.id)) {
-        stops.set(
-          job.id,
-          watchJob(
-            config,
-            job.id,
-            (msg) => cards.get(job.id)?.applyStatus(msg),
-            async () => {
-              // The feed ended: show the job as the API has it. watchJob itself follows
-              // an unfinished job again, so no second feed is opened here.
-              const fresh = await api(`/jobs/${job.id}`);
-              if (FINISHED.has(fresh.state)) stops.delete(job.id);
-              live.render(fresh);
-              return fresh;
-            },
-          ),
-        );
+    /** The list's first page again: jobs created since it was read go on top. */
+    async refresh() {
+      const fetchedAt = performance.now();
+      let page;
+      try {
+        page = await api(`/jobs?${pageQuery(null)}`);
+      } catch (err) {
+        failure(err);
+        return;
       }
-    },
-    prepend(job) {
-      live.show(job);
-      list.prepend(cards.get(job.id));
+      if (stopped) return;
+      let anchor = null;
+      for (const job of page.items) {
+        const known = cards.has(job.id);
+        live.render(job, fetchedAt);
+        const card = cards.get(job.id);
+        if (!known) {
+          if (anchor) anchor.after(card);
+          else list.prepend(card);
+        }
+        anchor = card;
+        const waiting = sought.get(job.id);
+        if (waiting && waiting.at > fetchedAt) apply(waiting.msg);
+        sought.delete(job.id);
+      }
     },
     changed(jobId, job) {
       if (job === null) {
         cards.get(jobId)?.remove();
         cards.delete(jobId);
-        stops.get(jobId)?.();
-        stops.delete(jobId);
+        touched.delete(jobId);
+        feed?.forget(jobId);
       } else {
-        live.show(job);
+        live.render(job);
       }
     },
+    /** Open the socket once the first page is on screen: it resumes those jobs from their
+     * start, so nothing that happened after the list was read is missed. */
+    follow() {
+      if (feed || stopped) return;
+      feed = watchJobs(config, {
+        all,
+        unfinished: () => [...cards].filter(([, card]) => !FINISHED.has(card.dataset.state)).map(([id]) => id),
+        onStatus: (msg) => {
+          if (apply(msg)) return;
+          const waiting = sought.get(msg.job_id);
+          if (waiting) {
+            waiting.msg = msg;
+            waiting.at = performance.now();
+            return;
+          }
+          sought.set(msg.job_id, { msg, at: performance.now() });
+          live.refresh();
+        },
+        onGone: (jobId) => live.changed(jobId, null),
+        onReopened: () => live.refresh(),
+        onNotice: (text, kind, code) => notice.show(text, kind, code),
+      });
+    },
     stop() {
-      for (const stop of stops.values()) stop();
-      stops.clear();
+      stopped = true;
+      feed?.stop();
     },
   };
   return live;
@@ -352,16 +399,21 @@ export function uploadView(main, config) {
 
 export function jobsView(main, config, { all = false } = {}) {
   const list = h("ul", { class: "jobs", "aria-live": "polite", "aria-label": all ? "All jobs" : "Your jobs" });
-  const live = liveJobs(config, list);
+  const notice = liveNotice();
+  const pageQuery = (cursor) => {
+    const params = new URLSearchParams({ limit: "20" });
+    if (cursor) params.set("cursor", cursor);
+    if (all) params.set("all", "true");
+    return params;
+  };
+  const live = liveJobs(config, list, { all, notice, pageQuery });
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Show more");
   let cursor = null;
   const load = async () => {
     try {
-      const params = new URLSearchParams({ limit: "20" });
-      if (cursor) params.set("cursor", cursor);
-      if (all) params.set("all", "true");
-      const page = await api(`/jobs?${params}`);
-      page.items.forEach((job) => live.show(job));
+      const fetchedAt = performance.now();
+      const page = await api(`/jobs?${pageQuery(cursor)}`);
+      page.items.forEach((job) => live.render(job, fetchedAt));
       cursor = page.next_cursor;
       more.hidden = !cursor;
       if (!list.children.length) list.append(h("li", { class: "empty" }, "No jobs yet. ", h("a", { href: "#/upload" }, "Upload audio")));
@@ -370,10 +422,17 @@ export function jobsView(main, config, { all = false } = {}) {
     }
   };
   more.addEventListener("click", load);
-  const section = h("section", { "aria-labelledby": all ? "all-jobs" : "page-title" }, all ? h("h2", { id: "all-jobs" }, "All jobs") : heading("My jobs"), list, more);
+  const section = h(
+    "section",
+    { "aria-labelledby": all ? "all-jobs" : "page-title" },
+    all ? h("h2", { id: "all-jobs" }, "All jobs") : heading("My jobs"),
+    notice,
+    list,
+    more,
+  );
   if (all) main.append(section);
   else clear(main, section);
-  load();
+  load().then(() => live.follow());
   return () => live.stop();
 }
 
@@ -393,6 +452,7 @@ export function jobView(main, config, jobId) {
   let closed = false;
   const player = h("audio", { id: "player", controls: true, preload: "metadata", "aria-label": "Audio of this job" });
   const header = h("div");
+  const notice = liveNotice();
   const segments = h("ol", { class: "segments", "aria-label": "Transcript" });
   const chunks = h("ol", { class: "chunks", "aria-label": "Topics" });
   const downloads = h(
@@ -404,6 +464,7 @@ export function jobView(main, config, jobId) {
   );
   clear(
     main,
+    notice,
     header,
     h("div", { class: "player-bar" }, player),
     h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), segments),
@@ -491,7 +552,8 @@ export function jobView(main, config, jobId) {
     return job;
   };
 
-  // One feed while the job runs; watchJob reconnects on its own, so its end only re-renders.
+  // One feed of this job while it runs (`/ws/jobs/{id}`: its history, then live, closed when
+  // it ends); watchJob reconnects on its own, so its end only re-renders.
   let watching = false;
   const follow = (job) => {
     if (closed || watching || FINISHED.has(job.state)) return;
@@ -499,14 +561,17 @@ export function jobView(main, config, jobId) {
     stop = watchJob(
       config,
       jobId,
-      (msg) => {
-        const badge = header.querySelector("[data-role=state]");
-        if (badge) badge.textContent = `${msg.stage} ${msg.state}`;
-      },
-      async () => {
-        const fresh = await show();
-        if (FINISHED.has(fresh.state)) watching = false;
-        return fresh;
+      {
+        onStatus: (msg) => {
+          const badge = header.querySelector("[data-role=state]");
+          if (badge) badge.textContent = `${msg.stage} ${msg.state}`;
+        },
+        onEnd: async () => {
+          const fresh = await show();
+          if (FINISHED.has(fresh.state)) watching = false;
+          return fresh;
+        },
+        onRefused: (text, code) => notice.show(text, "error", code),
       },
     );
   };
