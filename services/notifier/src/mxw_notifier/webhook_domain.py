@@ -4,20 +4,19 @@ may be called at all (no private, loopback or link-local addresses unless allowe
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from mxw_shared.netguard import parse_networks, refusal
 from standardwebhooks import Webhook
 
 from mxw_notifier.domain import StatusMessage
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["parse_networks", "refusal"]  # from mxw_shared.netguard, for the tests
 TEST_EVENT_TYPE = "webhook.test"
 USER_AGENT = "MxWhisper-Webhooks/1.0"
 
@@ -106,34 +105,3 @@ def parse_target(url: str) -> Target:
         host=parts.hostname,
         port=port or (443 if scheme == "https" else 80),
     )
-
-
-def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
-    return [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
-
-
-def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast: not private, loopback, link-local, multicast, reserved,
-    unspecified or shared (CGNAT) space. IPv4-mapped IPv6 is judged as the IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast and not address.is_reserved
-
-
-def refusal(
-    host: str,
-    addresses: Sequence[IPAddress],
-    allow_private: bool,
-    allowed_networks: Sequence[IPNetwork],
-) -> str | None:
-    """Why the target may not be called, or None. Every address the host resolves to must
-    be allowed (an attacker's DNS may answer a public and a private one)."""
-    if not addresses:
-        return f"{host} does not resolve to any address"
-    for address in addresses:
-        if any(address in network for network in allowed_networks):
-            continue
-        if allow_private or is_public(address):
-            continue
-        return f"{host} resolves to {address}, which is not a public address"
-    return None

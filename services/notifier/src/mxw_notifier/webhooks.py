@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import random
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any
 import httpx
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
+from mxw_shared.netguard import IPAddress, parse_networks, refusal, resolve
 from prometheus_client import Counter
 
 from mxw_notifier.domain import StatusMessage
@@ -28,15 +27,12 @@ from mxw_notifier.webhook_domain import (
     TEST_EVENT_TYPE,
     USER_AGENT,
     BadTarget,
-    IPAddress,
     Target,
     backoff_s,
     body_of,
     event_type,
     job_event_payload,
-    parse_networks,
     parse_target,
-    refusal,
     should_disable,
     signature_header,
 )
@@ -348,7 +344,7 @@ class WebhookDispatcher:
         except BadTarget as exc:
             return AttemptResult("refused", error=str(exc))
         try:
-            addresses = await _resolve(target)
+            addresses = await resolve(target.host, target.port)
         except OSError:
             return AttemptResult("failed", error=f"cannot resolve {target.host}")
         refused = refusal(
@@ -389,18 +385,6 @@ class WebhookDispatcher:
             error=f"the endpoint answered {response.status_code}",
             excerpt=excerpt,
         )
-
-
-async def _resolve(target: Target) -> list[IPAddress]:
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        target.host, target.port, type=socket.SOCK_STREAM
-    )
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])  # no IPv6 zone id
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
 
 
 def _pinned_request(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from mxw_shared.netguard import IPAddress, IPNetwork, parse_networks, refusal
+
+__all__ = ["IPAddress", "IPNetwork", "parse_networks"]  # re-exported for the callers here
+
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -59,34 +60,16 @@ def parse_url(url: str, max_chars: int) -> Target:
     )
 
 
-def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
-    return [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
-
-
-def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast: not private, loopback, link-local, multicast, reserved,
-    unspecified or shared (CGNAT) space. IPv4-mapped IPv6 is judged as the IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast and not address.is_reserved
-
-
 def check_addresses(
     host: str,
     addresses: Sequence[IPAddress],
     allow_private: bool,
     allowed_networks: Sequence[IPNetwork],
 ) -> None:
-    """Every address the host resolves to must be allowed (an attacker's DNS may return a
-    public and a private address and let the connection pick)."""
-    if not addresses:
-        raise ForbiddenTarget(f"{host} does not resolve to any address")
-    for address in addresses:
-        if any(address in network for network in allowed_networks):
-            continue
-        if allow_private or is_public(address):
-            continue
-        raise ForbiddenTarget(f"{host} resolves to {address}, which is not a public address")
+    """Raises ForbiddenTarget unless every address `host` resolves to is allowed."""
+    refused = refusal(host, addresses, allow_private, allowed_networks)
+    if refused is not None:
+        raise ForbiddenTarget(refused)
 
 
 def filename_from_url(url: str) -> str | None:

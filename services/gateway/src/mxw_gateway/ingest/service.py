@@ -4,12 +4,12 @@ limited, every hop's target checked), then create the job exactly as an upload d
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
+from mxw_shared import netguard
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
@@ -43,18 +43,9 @@ class Downloaded:
 
 async def resolve(target: Target) -> list[IPAddress]:
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM
-        )
+        return await netguard.resolve(target.host, target.port)
     except (socket.gaierror, UnicodeError) as exc:
         raise Problem(502, "Upstream failure", f"cannot resolve {target.host}") from exc
-    addresses: list[IPAddress] = []
-    for info in infos:
-        raw = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
-        address = ipaddress.ip_address(raw)
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
 
 
 def _pinned_request(client: httpx.AsyncClient, target: Target, address: IPAddress) -> httpx.Request:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import secrets
-import socket
 import uuid
 from datetime import datetime
 from typing import Any
 
 from asyncpg import Record
+from mxw_shared import netguard
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
 
@@ -20,7 +19,6 @@ from mxw_gateway.auth import CurrentUser
 from mxw_gateway.ingest.domain import (
     BadUrl,
     ForbiddenTarget,
-    IPAddress,
     check_addresses,
     parse_networks,
     parse_url,
@@ -73,16 +71,9 @@ async def check_target(settings: WebhookSettings, url: str) -> str:
         raise Problem(422, "Invalid webhook URL", str(exc).replace("ingested", "called")) from exc
     try:
         async with asyncio.timeout(settings.webhook_resolve_timeout_s):
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM
-            )
+            addresses = await netguard.resolve(target.host, target.port)
     except (OSError, UnicodeError, TimeoutError) as exc:
         raise Problem(422, "Invalid webhook URL", f"cannot resolve {target.host}") from exc
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
     try:
         check_addresses(
             target.host,
