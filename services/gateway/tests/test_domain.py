@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from mxw_gateway.jobs.domain import (
     NotAudio,
+    RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
     job_progress,
+    parse_byte_range,
     probe_audio,
     sanitize_filename,
 )
@@ -86,3 +88,30 @@ def test_parse_options_validates_through_job_options():
     assert {e["loc"][-1] for e in bad.value.extra["errors"]} == {"language", "task"}
     with pytest.raises(Problem):
         parse_options({"temperature": "0.3"})
+
+
+@pytest.mark.parametrize(
+    ("header", "served"),
+    [
+        (None, None),
+        ("bytes=0-99", (0, 100)),
+        ("bytes=100-", (100, 1000)),
+        ("bytes=-10", (990, 1000)),
+        ("bytes=-5000", (0, 1000)),  # longer than the file: all of it
+        ("bytes=900-5000", (900, 1000)),  # clipped at the end
+        ("bytes=0-0", (0, 1)),
+        ("bytes=0-9,20-29", None),  # several ranges: the whole file (allowed by RFC 9110)
+        ("items=0-9", None),
+        ("bytes=9-3", None),
+        ("bytes=abc", None),
+        ("bytes=a-b", None),
+    ],
+)
+def test_byte_ranges(header: str | None, served: tuple[int, int] | None) -> None:
+    assert parse_byte_range(header, 1000) == served
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+def test_byte_ranges_past_the_end_are_not_satisfiable(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_byte_range(header, 1000)

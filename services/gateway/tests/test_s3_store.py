@@ -90,3 +90,39 @@ async def test_a_rejected_upload_leaves_no_object(client, endpoint, token, uploa
     assert response.status_code == 415
     assert response.headers["content-type"].startswith("application/problem+json")
     assert keys(endpoint) == before
+
+
+async def test_audio_in_s3_is_streamed_to_its_owner_with_ranges(
+    client, endpoint, token, upload_short, short_ogg
+):
+    headers = token("s3-listener")
+    data = short_ogg + b"\x03" * 7  # audio no other test stores
+    response = await upload_short(client, headers, data=data)
+    assert response.status_code == 202, response.text
+    url = f"/jobs/{response.json()['id']}/audio"
+
+    whole = await client.get(url, headers=headers)
+    assert whole.status_code == 200
+    assert whole.content == data
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-length"] == str(len(data))
+    assert whole.headers["content-disposition"].startswith("inline")
+
+    # Seeking: what a browser's audio element asks for when the link says #t=<seconds>.
+    middle = await client.get(url, headers={**headers, "Range": "bytes=100-199"})
+    assert middle.status_code == 206
+    assert middle.content == data[100:200]
+    assert middle.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert middle.headers["content-length"] == "100"
+    tail = await client.get(url, headers={**headers, "Range": "bytes=-10"})
+    assert (tail.status_code, tail.content) == (206, data[-10:])
+    rest = await client.get(url, headers={**headers, "Range": f"bytes={len(data) - 5}-"})
+    assert (rest.status_code, rest.content) == (206, data[-5:])
+
+    past = await client.get(url, headers={**headers, "Range": f"bytes={len(data)}-"})
+    assert past.status_code == 416
+    assert past.headers["content-type"].startswith("application/problem+json")
+    assert past.headers["content-range"] == f"bytes */{len(data)}"
+
+    # Someone else's job does not exist for them.
+    assert (await client.get(url, headers=token("s3-stranger"))).status_code == 404

@@ -270,6 +270,29 @@ class S3BlobStore:
             await asyncio.to_thread(write, bytes(chunk))
         return size
 
+    async def size_of(self, uri: str) -> int:
+        try:
+            meta = await obstore.head_async(self._store, self.key_of(uri))
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise BlobNotFound(f"no object at {uri!r}") from exc
+        return int(meta["size"])
+
+    async def open_range(self, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the object at `uri` as they arrive (one ranged GET). The
+        request is made here, so a missing object raises BlobNotFound before any byte."""
+        try:
+            result = await obstore.get_async(
+                self._store, self.key_of(uri), options={"range": (start, end)}
+            )
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise BlobNotFound(f"no object at {uri!r}") from exc
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
+                yield bytes(chunk)
+
+        return chunks()
+
     async def delete(self, uri: str) -> None:
         await obstore.delete_async(self._store, self.key_of(uri))
 

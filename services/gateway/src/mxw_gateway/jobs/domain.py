@@ -135,3 +135,39 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(job)
     except ValueError as exc:  # bad base64, bad UTF-8, bad date or bad UUID
         raise ValueError("invalid cursor") from exc
+
+
+class RangeNotSatisfiable(ValueError):
+    """A Range header none of whose bytes exist in the file (HTTP 416)."""
+
+
+def parse_byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (start, end exclusive) a `Range: bytes=…` header asks for, or None to send the
+    whole file (no header, another unit, several ranges or a malformed one: RFC 9110 lets a
+    server ignore those). Raises RangeNotSatisfiable when the range starts past the end."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        start = int(first) if first else None
+        end = int(last) if last else None
+    except ValueError:
+        return None
+    if start is None:  # bytes=-N: the last N bytes
+        if end is None:
+            return None
+        if end <= 0:
+            raise RangeNotSatisfiable(header)
+        return max(0, size - end), size
+    if start >= size:
+        raise RangeNotSatisfiable(header)
+    if end is None:
+        return start, size
+    if end < start:
+        return None
+    return start, min(end + 1, size)

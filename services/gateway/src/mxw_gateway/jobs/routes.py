@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from mxw_shared.blobs import S3BackedBlobStore
 from mxw_shared.contracts import JobState
 from mxw_shared.problems import PROBLEM_JSON
 
@@ -306,14 +308,52 @@ async def get_chunks(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> 
         **_NOT_FOUND,
         200: {"content": {"audio/*": {}}, "description": "The audio; HTTP Range supported."},
         206: {"description": "Partial content (Range)."},
+        416: _problem("The Range starts past the end of the audio."),
     },
     summary="Stream the job's audio (append #t=<seconds> to play from a point)",
 )
-async def get_audio(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> FileResponse:
-    path, content_type, filename = await service.audio_file(pool, user, job_id)
-    return FileResponse(
-        path,
-        media_type=content_type,
-        filename=filename,
-        content_disposition_type="inline",
+async def get_audio(
+    job_id: uuid.UUID,
+    request: Request,
+    user: CurrentUserDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+) -> Response:
+    audio = await service.audio_file(pool, store, user, job_id)
+    if audio.path is not None:
+        return FileResponse(
+            audio.path,
+            media_type=audio.content_type,
+            filename=audio.filename,
+            content_disposition_type="inline",
+        )
+    # In the S3 store: streamed through the gateway (auth and scoping stay here, and the
+    # bucket need not be reachable by browsers), one ranged GET per request so seeking works.
+    assert audio.uri is not None
+    assert isinstance(store, S3BackedBlobStore)
+    size, served, chunks = await service.open_remote_audio(
+        store, audio.uri, request.headers.get("range")
     )
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _inline_disposition(audio.filename),
+    }
+    if served is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(chunks, media_type=audio.content_type, headers=headers)
+    start, end = served
+    headers["Content-Length"] = str(end - start)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(
+        chunks, status_code=206, media_type=audio.content_type, headers=headers
+    )
+
+
+def _inline_disposition(filename: str | None) -> str:
+    """As FileResponse writes it: RFC 5987 encoding when the name is not plain ASCII."""
+    if not filename:
+        return "inline"
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"inline; filename*=utf-8''{quoted}"
+    return f'inline; filename="{filename}"'

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob, UnsupportedUri, local_path
+from mxw_shared.blobs import (
+    BlobNotFound,
+    BlobTooLarge,
+    LocalBlobStore,
+    S3BackedBlobStore,
+    StoredBlob,
+    UnsupportedUri,
+    local_path,
+)
 from mxw_shared.contracts import (
     AudioUploaded,
     JobOptions,
@@ -35,9 +43,11 @@ from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository, subtitles
 from mxw_gateway.jobs.domain import (
     NotAudio,
+    RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
     job_progress,
+    parse_byte_range,
     probe_audio,
     sanitize_filename,
 )
@@ -578,17 +588,64 @@ async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkL
     )
 
 
+@dataclass(frozen=True)
+class StoredAudio:
+    """Where a job's audio is: a local file (`path`) or an object of the S3 store (`uri`)."""
+
+    content_type: str
+    filename: str | None
+    path: Path | None = None
+    uri: str | None = None
+
+
 async def audio_file(
-    pool: Pool, user: CurrentUser, job_id: uuid.UUID
-) -> tuple[Path, str, str | None]:
-    """(path, content type, download filename) of the job's stored audio."""
+    pool: Pool, store: LocalBlobStore, user: CurrentUser, job_id: uuid.UUID
+) -> StoredAudio:
+    """The job's stored audio, local or in the gateway's S3 store."""
     job = await load_owned_job(pool, user, job_id)
+    content_type = job["content_type"] or "application/octet-stream"
+    uri: str = job["audio_uri"]
+    if uri.startswith("s3://") and isinstance(store, S3BackedBlobStore):
+        try:
+            store.remote.key_of(uri)
+        except UnsupportedUri as exc:
+            raise Problem(
+                409, "Audio not stored here", "this job's audio lives outside the gateway's store"
+            ) from exc
+        return StoredAudio(content_type, job["filename"], uri=uri)
     try:
-        path = local_path(job["audio_uri"])
+        path = local_path(uri)
     except UnsupportedUri as exc:
         raise Problem(
             409, "Audio not stored here", "this job's audio lives outside the gateway's store"
         ) from exc
     if not await asyncio.to_thread(path.is_file):
         raise Problem(404, "Not found", "the audio file is no longer stored")
-    return path, job["content_type"] or "application/octet-stream", job["filename"]
+    return StoredAudio(content_type, job["filename"], path=path)
+
+
+async def open_remote_audio(
+    store: S3BackedBlobStore, uri: str, range_header: str | None
+) -> tuple[int, tuple[int, int] | None, AsyncIterator[bytes]]:
+    """(object size, the range served or None for all of it, its bytes) of an S3 object."""
+    try:
+        size = await store.remote.size_of(uri)
+        try:
+            wanted = parse_byte_range(range_header, size)
+        except RangeNotSatisfiable as exc:
+            raise Problem(
+                416,
+                "Range not satisfiable",
+                f"the audio has {size} bytes",
+                headers={"Content-Range": f"bytes */{size}"},
+            ) from exc
+        start, end = wanted if wanted is not None else (0, size)
+        chunks = await store.remote.open_range(uri, start, end) if size else _no_bytes()
+    except BlobNotFound as exc:
+        raise Problem(404, "Not found", "the audio file is no longer stored") from exc
+    return size, wanted, chunks
+
+
+async def _no_bytes() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an empty async generator
