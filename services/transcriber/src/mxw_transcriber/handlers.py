@@ -76,7 +76,7 @@ async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[P
 
 
 async def _read_s3(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:
-    if s.blob_store_url is None:
+    if not s.blob_store_url:  # unset or empty (compose passes "" through)
         raise PermanentError(f"no S3 blob store is configured (MXW_BLOB_STORE_URL): {uri!r}")
     try:
         async with asyncio.timeout(s.download_timeout_s):
