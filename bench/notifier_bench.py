@@ -56,6 +56,7 @@ async def _clients(
     from websockets.asyncio.client import connect
 
     latencies: list[float] = []
+    sent_at: list[float] = []
     received = 0
     handshakes = asyncio.Semaphore(100)
 
@@ -81,13 +82,15 @@ async def _clients(
             now = time.time()
             received += 1
             if start.is_set():
-                latencies.append(now - float(json.loads(raw)["message"]))
+                published = float(json.loads(raw)["message"])
+                latencies.append(now - published)
+                sent_at.append(published)
 
     readers = [asyncio.create_task(read(ws)) for ws in sockets]
     await asyncio.to_thread(stop.wait)  # a multiprocessing event, set by the parent
     for task in readers:
         task.cancel()
-    out.put({"latencies": latencies, "received": received})
+    out.put({"latencies": latencies, "sent_at": sent_at, "received": received})
     for ws in sockets:
         await ws.close()
 
@@ -244,6 +247,13 @@ async def run_one(
         for p in procs:
             p.join(60)
         latencies = [x for r in results for x in r["latencies"]]
+        # Per 5-second window of publication: shows whether a tail is a start-up transient
+        # or steady.
+        pairs = [p for r in results for p in zip(r["sent_at"], r["latencies"], strict=True)]
+        first = min((t for t, _ in pairs), default=0.0)
+        windows: dict[int, list[float]] = {}
+        for t, latency in pairs:
+            windows.setdefault(int((t - first) // 5), []).append(latency)
         return {
             "clients": clients,
             "events_per_s": round(clients * rate),
@@ -254,6 +264,9 @@ async def run_one(
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
             "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
             "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+            "p99_ms_per_5s": [
+                round(percentile(w, 0.99) * 1000) for _, w in sorted(windows.items())
+            ],
             "notifier_cpu_percent": round(cpu, 0),
             "rss_idle_mib": round(rss_idle / 2**20, 1),
             "rss_connected_mib": round(rss_connected / 2**20, 1),
