@@ -9,10 +9,11 @@ corpus with COPY while the HNSW and GIN indexes are dropped, builds them afterwa
 (maintenance_work_mem raised, one parallel worker) and reports build time and size. Then,
 for a large user (10 % of all chunks) and a small user (0.05 %), in vector and hybrid
 mode: p50/p99 latency of `mxw_gateway.search.repository.search` (the gateway's own SQL
-and settings: iterative relaxed-order scan, ef_search 200, exact fallback) and recall@10
-against the same search with index scans off (exact nearest neighbours). Finally the
-filter strategies side by side for the small user: plain HNSW (no iterative scan), the
-iterative scan alone, and the gateway's strategy, counted by rows returned.
+and settings: iterative relaxed-order scan, ef_search 200, 100 candidates for a page of
+10, exact fallback) and recall@10 against the same search with index scans off (exact
+nearest neighbours). Then the filter strategies side by side (plain HNSW, the iterative
+scan alone, the gateway's strategy, counted by rows returned), and the large user's
+recall and latency for several (candidates, ef_search) pairs.
 
 The corpus is a documented synthetic stand-in: 384-d unit vectors drawn around 2 000
 random cluster centres (centre + Gaussian noise, normalised), and per chunk a text of
@@ -48,7 +49,8 @@ CHUNKS_PER_JOB = 100
 BIG_USER, SMALL_USER = "user-big", "user-small"
 BIG_SHARE, SMALL_SHARE = 0.10, 0.0005
 NOISE = 0.06  # per-dimension sigma around a unit centre: cosine to the centre ≈ 0.65
-GATEWAY_TUNING = Tuning(candidates=50, rrf_k=60, ef_search=200, max_scan_tuples=40_000)
+# The gateway's defaults for a page of 10 (candidates = 10 per result, ef_search 200).
+GATEWAY_TUNING = Tuning(candidates=100, rrf_k=60, ef_search=200, max_scan_tuples=40_000)
 F32 = npt.NDArray[np.float32]
 
 
@@ -76,9 +78,10 @@ def unit(x: F32) -> F32:
 
 
 class Corpus:
-    def __init__(self, n: int, seed: int = 7) -> None:
+    def __init__(self, n: int, seed: int = 7, hnsw_m: int = 16, ef_construction: int = 64) -> None:
         self.rng = np.random.default_rng(seed)
         self.n = n
+        self.hnsw_m, self.ef_construction = hnsw_m, ef_construction  # pgvector's defaults
         self.centres = unit(self.rng.standard_normal((CLUSTERS, DIM)).astype(np.float32))
         self.cluster_words = [
             [f"k{c}x{w}" for w in range(8)] for c in range(CLUSTERS)
@@ -174,6 +177,7 @@ async def load(pool: Pool, corpus: Corpus) -> dict[str, float]:
         await conn.execute(
             "CREATE INDEX chunk_embeddings_hnsw ON chunk_embeddings "
             "USING hnsw (embedding vector_cosine_ops)"
+            f" WITH (m = {int(corpus.hnsw_m)}, ef_construction = {int(corpus.ef_construction)})"
         )
         figures["hnsw_build_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -264,7 +268,53 @@ async def measure(pool: Pool, corpus: Corpus, queries: int) -> dict[str, Any]:
             }
             print(key, results[key], flush=True)
     results["filter_strategies"] = await strategies(pool, vectors[: min(queries, 100)])
+    results["tuning_sweep"] = await sweep(pool, vectors, texts)
     return results
+
+
+SWEEP = [(50, 200), (50, 400), (100, 200), (100, 400), (100, 800), (200, 800)]
+
+
+async def sweep(pool: Pool, vectors: F32, texts: list[str]) -> dict[str, Any]:
+    """Recall and latency of the large user's vector search against (candidates,
+    ef_search): the recall/latency trade-off behind the gateway's defaults."""
+    out: dict[str, Any] = {}
+    queries = [[float(x) for x in v] for v in vectors]
+    truths = [
+        set(await exact_ids(pool, SearchMode.vector, t, q, BIG_USER))
+        for t, q in zip(texts, queries, strict=True)
+    ]
+    for candidates, ef_search in SWEEP:
+        tuning = Tuning(
+            candidates=candidates,
+            rrf_k=GATEWAY_TUNING.rrf_k,
+            ef_search=ef_search,
+            max_scan_tuples=GATEWAY_TUNING.max_scan_tuples,
+        )
+        latencies: list[float] = []
+        recalls: list[float] = []
+        for text, vector, truth in zip(texts, queries, truths, strict=True):
+            started = time.perf_counter()
+            rows = await repository.search(
+                pool,
+                mode=SearchMode.vector,
+                query_text=text,
+                query_vector=vector,
+                scope=Scope(owner_id=BIG_USER),
+                tuning=tuning,
+                limit=10,
+                offset=0,
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            recalls.append(len({r["chunk_id"] for r in rows} & truth) / max(1, len(truth)))
+        key = f"vector/{BIG_USER}/candidates={candidates}/ef_search={ef_search}"
+        out[key] = {
+            "p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(pct(latencies, 0.99), 2),
+            "recall_at_10": round(statistics.mean(recalls), 4),
+        }
+        print(key, out[key], flush=True)
+    return out
 
 
 async def strategies(pool: Pool, vectors: F32) -> dict[str, Any]:
@@ -342,6 +392,8 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--shared-buffers", default="1GB")
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mxw-search-bench-") as tmp:
         postgres = tuned_postgres(Path(tmp) / "pg", free_port(), args.shared_buffers)
@@ -349,9 +401,13 @@ async def main() -> None:
         try:
             await migrate(dsn)
             pool = await create_pool(dsn, 1, 4)
-            corpus = Corpus(args.chunks)
+            corpus = Corpus(args.chunks, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
             print(f"corpus: {args.chunks} chunks, {USERS} users", flush=True)
-            figures: dict[str, Any] = {"chunks": args.chunks, "users": USERS}
+            figures: dict[str, Any] = {
+                "chunks": args.chunks,
+                "users": USERS,
+                "hnsw": {"m": args.hnsw_m, "ef_construction": args.ef_construction},
+            }
             figures["build"] = await load(pool, corpus)
             print("build", figures["build"], flush=True)
             await warm(pool)

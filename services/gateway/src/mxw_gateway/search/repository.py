@@ -209,6 +209,11 @@ async def _run(pool: Pool, sql: str, args: list[Any], tuning: Tuning) -> list[as
         await conn.execute("SET LOCAL hnsw.iterative_scan = 'relaxed_order'")
         await conn.execute(f"SET LOCAL hnsw.ef_search = {int(tuning.ef_search)}")
         await conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(tuning.max_scan_tuples)}")
+        # Planned for the actual owner every time: after five runs of a prepared statement
+        # PostgreSQL may switch to a generic plan, which cannot tell an owner of 100k chunks
+        # from one of 50 and then sorts all of a large owner's vectors exactly
+        # (docs/benchmarks.md, 1M chunks: ~150 ms instead of ~10 ms). Planning costs ~2 ms.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
 
