@@ -78,10 +78,17 @@ def unit(x: F32) -> F32:
 
 
 class Corpus:
-    def __init__(self, n: int, seed: int = 7, hnsw_m: int = 16, ef_construction: int = 64) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int = 7,
+        hnsw_m: int | None = None,
+        ef_construction: int | None = None,
+    ) -> None:
         self.rng = np.random.default_rng(seed)
         self.n = n
-        self.hnsw_m, self.ef_construction = hnsw_m, ef_construction  # pgvector's defaults
+        # None: the graph parameters of the migrated index.
+        self.hnsw_m, self.ef_construction = hnsw_m, ef_construction
         self.centres = unit(self.rng.standard_normal((CLUSTERS, DIM)).astype(np.float32))
         self.cluster_words = [
             [f"k{c}x{w}" for w in range(8)] for c in range(CLUSTERS)
@@ -106,9 +113,22 @@ class Corpus:
         return " ".join([*own, *common])
 
 
-async def load(pool: Pool, corpus: Corpus) -> dict[str, float]:
-    figures: dict[str, float] = {}
+async def load(pool: Pool, corpus: Corpus) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
     async with pool.acquire() as conn:
+        # Rebuilt after the load exactly as the migrations define it (m, ef_construction),
+        # unless the command line asks for other graph parameters.
+        hnsw_definition: str = await conn.fetchval(
+            "SELECT pg_get_indexdef('chunk_embeddings_hnsw'::regclass)"
+        )
+        if corpus.hnsw_m is not None or corpus.ef_construction is not None:
+            hnsw_definition = (
+                "CREATE INDEX chunk_embeddings_hnsw ON chunk_embeddings"
+                " USING hnsw (embedding vector_cosine_ops)"
+                f" WITH (m = {corpus.hnsw_m or 16},"
+                f" ef_construction = {corpus.ef_construction or 64})"
+            )
+        figures["hnsw_definition"] = hnsw_definition
         await conn.execute("DROP INDEX chunk_embeddings_hnsw")
         await conn.execute("DROP INDEX chunks_tsv")
         # Jobs: each owner's chunks in jobs of CHUNKS_PER_JOB.
@@ -174,11 +194,7 @@ async def load(pool: Pool, corpus: Corpus) -> dict[str, float]:
         await conn.execute("SET maintenance_work_mem = '4GB'")
         await conn.execute("SET max_parallel_maintenance_workers = 1")
         started = time.perf_counter()
-        await conn.execute(
-            "CREATE INDEX chunk_embeddings_hnsw ON chunk_embeddings "
-            "USING hnsw (embedding vector_cosine_ops)"
-            f" WITH (m = {int(corpus.hnsw_m)}, ef_construction = {int(corpus.ef_construction)})"
-        )
+        await conn.execute(hnsw_definition)
         figures["hnsw_build_s"] = time.perf_counter() - started
         started = time.perf_counter()
         await conn.execute("CREATE INDEX chunks_tsv ON chunks USING gin (tsv)")
@@ -392,8 +408,8 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--shared-buffers", default="1GB")
-    parser.add_argument("--hnsw-m", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=64)
+    parser.add_argument("--hnsw-m", type=int, default=None, help="default: as migrated")
+    parser.add_argument("--ef-construction", type=int, default=None, help="default: as migrated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mxw-search-bench-") as tmp:
         postgres = tuned_postgres(Path(tmp) / "pg", free_port(), args.shared_buffers)
@@ -406,7 +422,6 @@ async def main() -> None:
             figures: dict[str, Any] = {
                 "chunks": args.chunks,
                 "users": USERS,
-                "hnsw": {"m": args.hnsw_m, "ef_construction": args.ef_construction},
             }
             figures["build"] = await load(pool, corpus)
             print("build", figures["build"], flush=True)

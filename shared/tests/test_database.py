@@ -25,6 +25,8 @@ async def test_migrate_is_idempotent_and_schema_check_passes(infra, db):
         "WHERE c.relname = 'chunk_embeddings_hnsw'"
     )
     assert method == "hnsw"
+    definition = await db.fetchval("SELECT pg_get_indexdef('chunk_embeddings_hnsw'::regclass)")
+    assert "ef_construction='128'" in definition, definition  # migration 7 (recall at 1M)
 
 
 async def test_empty_database_is_refused_by_services(infra):
