@@ -408,17 +408,37 @@ async def test_database_restart_mid_pipeline_every_job_still_finishes(stack, db)
         assert b"restarting in" not in fh.read()
 
 
+def repeated_wav(path: Path, times: int) -> bytes:
+    """`path`'s speech `times` over as 16 kHz mono WAV: work that cannot finish within
+    the shutdown grace on an idle machine (the fixture alone takes ~2 s with tiny.en)."""
+    import io
+    import wave
+
+    import numpy as np
+    from mxw_transcriber.domain import decode_audio
+
+    samples = np.tile(decode_audio(path), times)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((samples * 32767).clip(-32768, 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
 async def test_sigterm_releases_the_job_in_hand_for_the_next_worker(stack, db):
+    audio = repeated_wav(FIXTURES / "solar_and_bread.ogg", 12)  # ~3 minutes of speech
     async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=60) as client:
         response = await client.post(
             "/jobs",
             headers=stack.auth("terminus"),
-            files={"file": ("long.ogg", (FIXTURES / "solar_and_bread.ogg").read_bytes())},
+            files={"file": ("long.wav", audio)},
             data={"force": "true", "language": "en"},
         )
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    await wait_stage_running(db, [job_id], "transcribe", timeout_s=60)
+    assert await wait_stage_running(db, [job_id], "transcribe", timeout_s=60)
     log_before = stack.log.stat().st_size
     old = stack.service_pid("transcriber")
     assert old is not None
@@ -432,7 +452,7 @@ async def test_sigterm_releases_the_job_in_hand_for_the_next_worker(stack, db):
     )
     assert released["state"] == "running"
     assert released["lease_owner"] is None
-    await wait_done(db, [job_id], 120, stack)
+    await wait_done(db, [job_id], 240, stack)
 
     with stack.log.open("rb") as fh:
         fh.seek(log_before)

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +87,22 @@ def _forged(token: str) -> str:
 
 
 @pytest.fixture(scope="module")
-async def run(infra, dev_issuer, wait_for) -> AsyncIterator[Run]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module's own: the five services join consumer groups named after
+    themselves ("chunker", "notifier-webhooks", ...), which on the session's broker other
+    modules' services may still be leaving or rebalancing."""
+    from mxw_local.infra import EmbeddedKafka, free_port
+
+    kafka = EmbeddedKafka(free_port(), log_path=tmp_path_factory.mktemp("obs") / "tansu.log")
+    kafka.start()
+    try:
+        yield kafka.bootstrap_servers
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="module")
+async def run(infra, broker, dev_issuer, wait_for) -> AsyncIterator[Run]:
     from mxw_chunker.main import create_app as chunker_app
     from mxw_chunker.settings import ChunkerSettings
     from mxw_embedder.main import create_app as embedder_app
@@ -122,6 +137,7 @@ async def run(infra, dev_issuer, wait_for) -> AsyncIterator[Run]:
             infra.settings(
                 GatewaySettings,
                 "gateway",
+                kafka_bootstrap_servers=broker,
                 rate_limits={"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
             )
         ),
@@ -129,16 +145,27 @@ async def run(infra, dev_issuer, wait_for) -> AsyncIterator[Run]:
             infra.settings(
                 TranscriberSettings,
                 "transcriber",
+                kafka_bootstrap_servers=broker,
                 default_model="tiny.en",
                 model_cache_dir=infra.root / "models",
             )
         ),
-        "chunker": chunker_app(infra.settings(ChunkerSettings, "chunker")),
+        "chunker": chunker_app(
+            infra.settings(ChunkerSettings, "chunker", kafka_bootstrap_servers=broker)
+        ),
         # One consumer: several in one group join one by one, each costing a rebalance.
         "embedder": embedder_app(
-            infra.settings(EmbedderSettings, "embedder", device="cpu", stage_consumers=1)
+            infra.settings(
+                EmbedderSettings,
+                "embedder",
+                kafka_bootstrap_servers=broker,
+                device="cpu",
+                stage_consumers=1,
+            )
         ),
-        "notifier": notifier_app(infra.settings(NotifierSettings, "notifier")),
+        "notifier": notifier_app(
+            infra.settings(NotifierSettings, "notifier", kafka_bootstrap_servers=broker)
+        ),
     }
     try:
         async with AsyncExitStack() as stack:
@@ -166,7 +193,7 @@ async def run(infra, dev_issuer, wait_for) -> AsyncIterator[Run]:
                     )
                 )
             notifier = clients["notifier"]
-            for _ in range(600):  # ready once its job.status consumer reads the live end
+            for _ in range(1200):  # ready once its job.status consumer reads the live end
                 if (await notifier.get("/readyz")).status_code == 200:
                     break
                 await asyncio.sleep(0.1)
@@ -368,21 +395,34 @@ async def test_metrics_parse_and_move_as_the_job_runs(run: Run) -> None:
                 assert str(run.job_id) not in label_value, (service, name, labels)
 
 
-async def test_dead_letters_are_counted(run: Run, publish, make_job, db) -> None:
-    from mxw_shared.contracts import TranscriptReady
-
-    job_id = await make_job(OWNER)
-    before = value((await scrape({"c": run.clients["chunker"]}))["c"], "mxw_dlq_events_total")
-    # Owner mismatch: the chunker rejects the event and dead-letters it.
-    await publish(
-        TranscriptReady(
-            job_id=job_id, owner_id="intruder", segment_count=1, duration_s=1, model="tiny.en"
-        )
-    )
+async def test_dead_letters_are_counted(run: Run, broker: str, make_job) -> None:
+    from aiokafka import AIOKafkaProducer
+    from mxw_shared.contracts import Envelope, TranscriptReady
 
     async def counted() -> float:
         samples = (await scrape({"c": run.clients["chunker"]}))["c"]
         return value(samples, "mxw_dlq_events_total", topic="transcript.ready")
+
+    job_id = await make_job(OWNER)
+    before = await counted()
+    # Owner mismatch: the chunker rejects the event and dead-letters it.
+    event = TranscriptReady(
+        job_id=job_id, owner_id="intruder", segment_count=1, duration_s=1, model="tiny.en"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            event.topic,
+            value=event.model_dump_json().encode(),
+            key=str(job_id).encode(),
+            headers=[
+                (k, v.encode())
+                for k, v in Envelope.for_event(event, source="tests").to_headers().items()
+            ],
+        )
+    finally:
+        await producer.stop()
 
     deadline = time.monotonic() + 90
     while await counted() < before + 1:
