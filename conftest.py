@@ -205,3 +205,36 @@ def wait_for(db):  # type: ignore[no-untyped-def]
         raise AssertionError(f"timed out waiting on {sql!r}: last value {value!r}")
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def s3_server():  # type: ignore[no-untyped-def]
+    """Context manager: a real S3-protocol server (moto) on 127.0.0.1 with `bucket`
+    created; yields its endpoint URL while the AWS_* variables point obstore at it
+    (restored afterwards)."""
+    from contextlib import contextmanager
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    @contextmanager
+    def serve(bucket: str) -> Iterator[str]:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+            with pytest.MonkeyPatch.context() as env:
+                for name, value in {
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ALLOW_HTTP": "true",
+                    "AWS_ACCESS_KEY_ID": "test",
+                    "AWS_SECRET_ACCESS_KEY": "test",
+                    "AWS_REGION": "us-east-1",
+                }.items():
+                    env.setenv(name, value)
+                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+                yield endpoint
+        finally:
+            server.stop()
+
+    return serve

@@ -2,12 +2,9 @@
 
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from mxw_shared.blobs import (
     BlobNotFound,
     BlobTooLarge,
@@ -19,29 +16,8 @@ from mxw_shared.blobs import (
 BUCKET = "mxw-audio"
 
 
-@contextmanager
-def s3_server(bucket: str) -> Iterator[str]:
-    """Runs the server with `bucket` created; yields its endpoint URL while the AWS_*
-    variables point at it (restored afterwards)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        _, port = server.get_host_and_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("AWS_ENDPOINT_URL", endpoint)
-            env.setenv("AWS_ALLOW_HTTP", "true")
-            env.setenv("AWS_ACCESS_KEY_ID", "test")
-            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
-            env.setenv("AWS_REGION", "us-east-1")
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-            yield endpoint
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
-def endpoint():
+def endpoint(s3_server):
     with s3_server(BUCKET) as url:
         yield url
 

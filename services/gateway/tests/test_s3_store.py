@@ -5,41 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from mxw_shared.topics import AUDIO_UPLOADED
 
 BUCKET = "mxw-gateway"
 
 
-@contextmanager
-def s3_server(bucket: str) -> Iterator[str]:
-    """The server with `bucket` created; the AWS_* variables point obstore at it."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ALLOW_HTTP": "true",
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_REGION": "us-east-1",
-            }.items():
-                env.setenv(name, value)
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-            yield endpoint
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
-def endpoint():
+def endpoint(s3_server):
     with s3_server(BUCKET) as url:
         yield url
 

@@ -8,15 +8,11 @@ import re
 import shutil
 import uuid
 import wave
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from moto.server import ThreadedMotoServer
 from mxw_shared import topics
 from mxw_shared.blobs import S3BlobStore
 from mxw_shared.contracts import AudioUploaded, JobOptions, Task
@@ -34,31 +30,8 @@ def words(text: str) -> list[str]:
 S3_BUCKET = "mxw-audio"
 
 
-@contextmanager
-def s3_server(bucket: str) -> Iterator[str]:
-    """A real S3-protocol server (moto) on 127.0.0.1 with `bucket` created; the AWS_*
-    variables point obstore at it while it runs."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ALLOW_HTTP": "true",
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_REGION": "us-east-1",
-            }.items():
-                env.setenv(name, value)
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-            yield endpoint
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
-def s3_store():
+def s3_store(s3_server):
     with s3_server(S3_BUCKET):
         yield S3BlobStore(f"s3://{S3_BUCKET}/blobs")
 
