@@ -5,9 +5,11 @@ Usage:
 
 In one process, on the same texts (sentences of transcript-like length, 40-90 words):
 - raw: `SentenceTransformer.encode(texts, batch_size=64, normalize_embeddings=True)` in
-  one call;
-- service path: the embedder's own code — the micro-batcher fed by the stage handler's
-  slicing (longest first, slices of `batch_size`), as a job's chunks go through it;
+  one call (PyTorch, the model's own API);
+- service path: the embedder's own code on `--runtime` (auto = what the service runs:
+  ONNX Runtime on CPU) — the micro-batcher fed by the stage handler's slicing (longest
+  first, slices of `batch_size`), as a job's chunks go through it;
+- model alone, one query: PyTorch `encode([q])` and the service's runtime `embed([q])`;
 - queries: POST /v1/embeddings through the app (ASGI, service token), one at a time and
   32 at once (the micro-batcher shares model calls between them).
 Never part of the test suite; the model is the packaged all-MiniLM-L6-v2 on CPU.
@@ -21,6 +23,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -86,9 +89,12 @@ async def main() -> None:
     parser.add_argument("--chunks", type=int, default=512)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
     args = parser.parse_args()
-    settings = EmbedderSettings(service_token=TOKEN, device="cpu")
-    embedder = load_embedder(DEFAULT_MODEL, "cpu")
+    settings = EmbedderSettings(service_token=TOKEN, device="cpu", embedding_runtime=args.runtime)
+    embedder = load_embedder(
+        DEFAULT_MODEL, "cpu", args.runtime, settings.onnx_cache_dir, settings.onnx_threads
+    )
     model = embedder._model  # the raw SentenceTransformer, for the baseline
     corpus = texts(args.chunks)
     batcher = MicroBatcher(
@@ -123,6 +129,19 @@ async def main() -> None:
     raw_rate = args.chunks / min(raw_s)
     service_rate = args.chunks / min(service_s)
 
+    def alone(embed: Callable[[list[str]], object]) -> list[float]:
+        timings = []
+        for i in range(args.queries + 5):
+            started = time.perf_counter()
+            embed([f"what did we say about the {WORDS[i % len(WORDS)]} last week"])
+            timings.append((time.perf_counter() - started) * 1000)
+        return timings[5:]  # the first few warm caches up
+
+    model_alone = {
+        "torch_encode": alone(lambda q: model.encode(q, normalize_embeddings=True)),
+        f"service_runtime_{embedder.runtime}": alone(embedder.embed),
+    }
+
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -154,11 +173,16 @@ async def main() -> None:
             wall.append((time.perf_counter() - started) * 1000)
     await batcher.stop()
     figures = {
+        "runtime": embedder.runtime,
         "throughput": {
             "chunks": args.chunks,
             "raw_encode_chunks_per_s": round(raw_rate, 1),
             "service_path_chunks_per_s": round(service_rate, 1),
             "ratio": round(service_rate / raw_rate, 3),
+        },
+        "model_alone_single_query_ms": {
+            name: {"p50": round(statistics.median(t), 2), "p99": round(pct(t, 0.99), 2)}
+            for name, t in model_alone.items()
         },
         "query_single_ms": {
             "p50": round(statistics.median(single), 2),

@@ -49,7 +49,20 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
             # Seconds of CPU: off the event loop. A model that cannot load, or whose
             # vectors do not fit the column, stops start-up with its reason rather than
             # failing every job later.
-            embedder = await asyncio.to_thread(load_embedder, settings.model, settings.device)
+            embedder = await asyncio.to_thread(
+                load_embedder,
+                settings.model,
+                settings.device,
+                settings.embedding_runtime,
+                settings.onnx_cache_dir,
+                settings.onnx_threads,
+            )
+            log.info(
+                "embedding model loaded",
+                model=embedder.name,
+                device=embedder.device,
+                runtime=embedder.runtime,
+            )
             column = await repository.embedding_column_type(runtime.pool)
             problem = dimension_mismatch(
                 embedder.name, embedder.dimensions, vector_column_dimensions(column)

@@ -16,15 +16,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
+from mxw_shared.logging import get_logger
+
+from mxw_embedder.onnx_runtime import OnnxSentenceEncoder, OnnxUnsupported, load_onnx_encoder
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+log = get_logger(__name__)
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+# "auto": ONNX Runtime on CPU for models it can export (faster on this hardware), PyTorch
+# otherwise; "onnx" insists (start-up fails if it cannot); "torch" never exports.
+Runtime = Literal["auto", "onnx", "torch"]
+DEFAULT_ONNX_CACHE = Path.home() / ".cache" / "mxwhisper" / "onnx"
 
 Vectors = npt.NDArray[np.float32]
 
@@ -103,10 +114,19 @@ class Embedder:
     """A loaded model. Inference is serialised: the fast tokenizer is not safe to share
     between threads, and on a CPU one batch at a time already uses every core."""
 
-    def __init__(self, name: str, model: SentenceTransformer, device: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: SentenceTransformer,
+        device: str,
+        onnx: OnnxSentenceEncoder | None = None,
+    ) -> None:
         self.name = canonical_name(name)
         self.device = device
         self._model = model
+        # When set, inference runs here; the PyTorch model still tokenises.
+        self._onnx = onnx
+        self.runtime: str = "onnx" if onnx is not None else "torch"
         self._lock = threading.Lock()
         get_dimension = getattr(model, "get_embedding_dimension", None) or (
             model.get_sentence_embedding_dimension
@@ -127,6 +147,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         with self._lock:
+            if self._onnx is not None:
+                return self._embed_onnx(self._onnx, list(texts), batch_size)
             vectors = self._model.encode(
                 list(texts),
                 batch_size=batch_size,
@@ -135,6 +157,21 @@ class Embedder:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _embed_onnx(
+        self, encoder: OnnxSentenceEncoder, texts: list[str], batch_size: int
+    ) -> Vectors:
+        # As encode() does: longest first, so each batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            features = self._model.preprocess([texts[i] for i in rows])
+            vectors = encoder.run({name: features[name].numpy() for name in encoder.plan.inputs})
+            if not encoder.plan.normalize:  # the contract is unit length whatever the model
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            out[rows] = vectors
+        return out
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens the model actually reads per text: special tokens included, cut at the
@@ -149,23 +186,31 @@ class Embedder:
         return [len(ids) for ids in encoded["input_ids"]]
 
 
-_cache: dict[tuple[str, str], Embedder] = {}
+_cache: dict[tuple[str, str, str, Path, int], Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto") -> Embedder:
-    """The process's one instance of `name` on `device`; loads it on first use (seconds),
-    under a lock so concurrent first callers do not load it twice."""
+def load_embedder(
+    name: str = DEFAULT_MODEL,
+    device: str = "auto",
+    runtime: Runtime = "auto",
+    onnx_cache_dir: Path = DEFAULT_ONNX_CACHE,
+    onnx_threads: int = 0,
+) -> Embedder:
+    """The process's one instance of `name` on `device` and `runtime`; loads it on first
+    use (seconds; the first ONNX export of a model a few more), under a lock so concurrent
+    first callers do not load it twice."""
     resolved_device = resolve_device(device)
-    key = (canonical_name(name), resolved_device)
+    key = (canonical_name(name), resolved_device, runtime, onnx_cache_dir, onnx_threads)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
         from sentence_transformers import SentenceTransformer
 
+        location = resolve_model_path(name)
         try:
-            model = SentenceTransformer(resolve_model_path(name), device=resolved_device)
+            model = SentenceTransformer(location, device=resolved_device)
         except Exception as exc:  # OSError, ValueError, HF errors: all mean "not here"
             raise ModelUnavailable(
                 f"embedding model {name!r} is not available offline: only "
@@ -173,6 +218,31 @@ def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto") -> Embedder:
                 f"other models "
                 f"must be a local directory or already in the Hugging Face cache ({exc})"
             ) from exc
-        embedder = Embedder(name, model, resolved_device)
+        onnx = _onnx_encoder(
+            name, model, location, resolved_device, runtime, onnx_cache_dir, onnx_threads
+        )
+        embedder = Embedder(name, model, resolved_device, onnx)
         _cache[key] = embedder
         return embedder
+
+
+def _onnx_encoder(
+    name: str,
+    model: SentenceTransformer,
+    location: str,
+    device: str,
+    runtime: Runtime,
+    cache_dir: Path,
+    threads: int,
+) -> OnnxSentenceEncoder | None:
+    if runtime == "torch" or (runtime == "auto" and device != "cpu"):
+        return None
+    try:
+        if device != "cpu":
+            raise OnnxUnsupported(f"device {device!r}: the ONNX runtime here is CPU only")
+        return load_onnx_encoder(model, location, cache_dir, threads)
+    except OnnxUnsupported as exc:
+        if runtime == "onnx":
+            raise ModelUnavailable(f"embedding model {name!r} cannot run on ONNX: {exc}") from exc
+        log.info("embedding model stays on PyTorch", model=name, reason=str(exc))
+        return None

@@ -1,5 +1,9 @@
+from pathlib import Path
+
 from mxw_shared.settings import CommonSettings
 from pydantic import Field, SecretStr
+
+from mxw_embedder.models import DEFAULT_ONNX_CACHE, Runtime
 
 
 class EmbedderSettings(CommonSettings):
@@ -10,6 +14,15 @@ class EmbedderSettings(CommonSettings):
     model: str = "all-MiniLM-L6-v2"
     # "auto": cuda when torch sees a GPU, else cpu.
     device: str = "auto"
+    # Inference engine. "auto": ONNX Runtime on CPU when the model is a plain
+    # transformer + pooling (exported once, cached below), else PyTorch; "onnx" fails
+    # start-up when it cannot export; "torch" never exports. Same vectors either way.
+    embedding_runtime: Runtime = "auto"
+    # Exported graphs, keyed by the model's files and library versions. A read-only
+    # directory holding a pre-built export works (the container image ships one).
+    onnx_cache_dir: Path = DEFAULT_ONNX_CACHE
+    # ONNX Runtime threads per model call; 0 = one per core.
+    onnx_threads: int = Field(default=0, ge=0, le=256)
     # Texts per encode() batch, and per slice a job submits to the micro-batcher.
     batch_size: int = Field(default=64, ge=1, le=4096)
     # Most texts one model call of the micro-batcher takes from the queue (queries and
