@@ -80,8 +80,12 @@ class ServiceRuntime:
             self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
         if self._broker is not None:
             await self._broker.start()
+        # Together: a consumer's start waits for its partitions, and members that join one
+        # by one each force another rebalance round of the whole group (~20 s for three).
+        async with asyncio.TaskGroup() as starting:
+            for consumer in self.stage_consumers:
+                starting.create_task(consumer.start())
         for consumer in self.stage_consumers:
-            await consumer.start()
             if self.settings.sweep_interval_s > 0:
                 sweeper = StageSweeper(
                     self.pool, self.settings, consumer.runner.stage, consumer.runner.topic
@@ -206,7 +210,12 @@ class StageConsumer:
             max_poll_interval_ms=self.settings.kafka_max_poll_interval_ms,
         )
         consumer.subscribe([self.runner.topic], listener=_Rebalance(self))
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # no broker, or cancelled with a sibling: leave no client behind
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            raise
         self._consumer = consumer
         self._task = asyncio.create_task(self._poll(), name=f"consume:{self.runner.topic}")
 
