@@ -129,21 +129,30 @@ async def kafka_producer(infra: Infra):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def publish(kafka_producer):  # type: ignore[no-untyped-def]
-    """Publish an event straight to Kafka as another system would; returns its envelope."""
+def publisher():  # type: ignore[no-untyped-def]
+    """publisher(producer) -> `publish` through that producer (a module's own broker)."""
     from mxw_shared.contracts import Envelope, EventData
 
-    async def send(event: EventData, envelope: Envelope | None = None) -> Envelope:
-        envelope = envelope or Envelope.for_event(event, source="tests")
-        await kafka_producer.send_and_wait(
-            event.topic,
-            value=event.model_dump_json().encode(),
-            key=str(event.job_id).encode(),
-            headers=[(k, v.encode()) for k, v in envelope.to_headers().items()],
-        )
-        return envelope
+    def through(producer):  # type: ignore[no-untyped-def]
+        async def send(event: EventData, envelope: Envelope | None = None) -> Envelope:
+            envelope = envelope or Envelope.for_event(event, source="tests")
+            await producer.send_and_wait(
+                event.topic,
+                value=event.model_dump_json().encode(),
+                key=str(event.job_id).encode(),
+                headers=[(k, v.encode()) for k, v in envelope.to_headers().items()],
+            )
+            return envelope
 
-    return send
+        return send
+
+    return through
+
+
+@pytest.fixture(scope="session")
+def publish(kafka_producer, publisher):  # type: ignore[no-untyped-def]
+    """Publish an event straight to Kafka as another system would; returns its envelope."""
+    return publisher(kafka_producer)
 
 
 @pytest.fixture(scope="session")

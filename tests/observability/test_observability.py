@@ -153,7 +153,7 @@ async def run(infra, broker, dev_issuer, wait_for) -> AsyncIterator[Run]:
         "chunker": chunker_app(
             infra.settings(ChunkerSettings, "chunker", kafka_bootstrap_servers=broker)
         ),
-        # One consumer: several in one group join one by one, each costing a rebalance.
+        # One consumer is enough for this module's few jobs; fewer group members to settle.
         "embedder": embedder_app(
             infra.settings(
                 EmbedderSettings,
@@ -395,9 +395,9 @@ async def test_metrics_parse_and_move_as_the_job_runs(run: Run) -> None:
                 assert str(run.job_id) not in label_value, (service, name, labels)
 
 
-async def test_dead_letters_are_counted(run: Run, broker: str, make_job) -> None:
+async def test_dead_letters_are_counted(run: Run, broker: str, make_job, publisher) -> None:
     from aiokafka import AIOKafkaProducer
-    from mxw_shared.contracts import Envelope, TranscriptReady
+    from mxw_shared.contracts import TranscriptReady
 
     async def counted() -> float:
         samples = (await scrape({"c": run.clients["chunker"]}))["c"]
@@ -412,15 +412,7 @@ async def test_dead_letters_are_counted(run: Run, broker: str, make_job) -> None
     producer = AIOKafkaProducer(bootstrap_servers=broker)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            event.topic,
-            value=event.model_dump_json().encode(),
-            key=str(job_id).encode(),
-            headers=[
-                (k, v.encode())
-                for k, v in Envelope.for_event(event, source="tests").to_headers().items()
-            ],
-        )
+        await publisher(producer)(event)
     finally:
         await producer.stop()
 
