@@ -40,17 +40,6 @@ def onnx_embedder(cache_dir):
     return load_embedder(DEFAULT_MODEL, "cpu", "onnx", cache_dir)
 
 
-@pytest.fixture(scope="module")
-def model_128d(tmp_path_factory, torch_embedder):
-    from sentence_transformers import SentenceTransformer, models
-
-    base = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
-    dense = models.Dense(in_features=384, out_features=128)
-    path = tmp_path_factory.mktemp("models") / "minilm-128d"
-    SentenceTransformer(modules=[*base, dense], device="cpu").save(str(path))
-    return path
-
-
 def test_the_packaged_model_exports_with_mean_pooling_and_normalisation(torch_embedder):
     plan = plan_export(torch_embedder._model)
     assert plan.inputs == ("input_ids", "attention_mask", "token_type_ids")

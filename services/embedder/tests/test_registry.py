@@ -26,18 +26,6 @@ def minilm_copy(tmp_path_factory):
     return target
 
 
-@pytest.fixture(scope="module")
-def model_128d(tmp_path_factory):
-    from sentence_transformers import SentenceTransformer, models
-
-    base = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
-    dense = models.Dense(in_features=384, out_features=128)
-    model = SentenceTransformer(modules=[*base, dense], device="cpu")
-    path = tmp_path_factory.mktemp("models") / "minilm-128d"
-    model.save(str(path))
-    return path
-
-
 def test_the_default_registry_knows_the_packaged_model():
     assert registry.names() == [DEFAULT_MODEL]
     assert registry.canonical_name("sentence-transformers/all-MiniLM-L6-v2") == DEFAULT_MODEL

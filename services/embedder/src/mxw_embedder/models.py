@@ -126,7 +126,6 @@ class Embedder:
         self._model = model
         # When set, inference runs here; the PyTorch model still tokenises.
         self._onnx = onnx
-        self.runtime: str = "onnx" if onnx is not None else "torch"
         self._lock = threading.Lock()
         get_dimension = getattr(model, "get_embedding_dimension", None) or (
             model.get_sentence_embedding_dimension
@@ -137,6 +136,11 @@ class Embedder:
         self.dimensions: int = int(dimensions)
         # Texts longer than this are cut by encode(); MiniLM reads 256 word pieces.
         self.max_tokens: int = int(model.max_seq_length or model.tokenizer.model_max_length)
+
+    @property
+    def runtime(self) -> str:
+        """The engine that runs inference: "onnx" or "torch"."""
+        return "onnx" if self._onnx is not None else "torch"
 
     def accepts(self, requested: str) -> bool:
         """Whether a request naming `requested` is served by this model."""
