@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -122,11 +123,14 @@ async def load(pool: Pool, corpus: Corpus) -> dict[str, Any]:
             "SELECT pg_get_indexdef('chunk_embeddings_hnsw'::regclass)"
         )
         if corpus.hnsw_m is not None or corpus.ef_construction is not None:
+            # A parameter not asked for keeps its migrated value.
+            migrated = dict(re.findall(r"(\w+)='(\d+)'", hnsw_definition))
+            m = corpus.hnsw_m or int(migrated.get("m", 16))
+            ef_construction = corpus.ef_construction or int(migrated.get("ef_construction", 64))
             hnsw_definition = (
                 "CREATE INDEX chunk_embeddings_hnsw ON chunk_embeddings"
                 " USING hnsw (embedding vector_cosine_ops)"
-                f" WITH (m = {corpus.hnsw_m or 16},"
-                f" ef_construction = {corpus.ef_construction or 64})"
+                f" WITH (m = {m}, ef_construction = {ef_construction})"
             )
         figures["hnsw_definition"] = hnsw_definition
         await conn.execute("DROP INDEX chunk_embeddings_hnsw")
