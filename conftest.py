@@ -366,8 +366,9 @@ def _read_pcm(path: Path) -> bytes:
         return clip.readframes(clip.getnframes())
 
 
-def speech_clip(language: str) -> Speech:
-    """SPEECH_PROMPTS[language] read one after the other, as one WAV, with their text."""
+def speech_clip(language: str, times: int = 1) -> Speech:
+    """SPEECH_PROMPTS[language] read one after the other (`times` over), as one WAV, with
+    their text."""
     import gzip
     import wave
 
@@ -385,12 +386,12 @@ def speech_clip(language: str) -> Speech:
     (voice,) = (root / "asterisk" / "sounds").glob(f"{language}_*")  # e.g. fr_CA_f_June
     gap = b"\x00\x00" * int(8000 * _GAP_S)
     pcm, prompts = b"", []
-    for name in SPEECH_PROMPTS[language]:
+    for name in SPEECH_PROMPTS[language] * times:
         pcm += gap if pcm else b""
         start_s = len(pcm) / 2 / 8000
         pcm += _read_pcm(voice / f"{name}.wav")
         prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
-    path = SOUNDS_CACHE / f"clip-{language}.wav"
+    path = SOUNDS_CACHE / f"clip-{language}-x{times}.wav"
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -403,7 +404,8 @@ def speech_clip(language: str) -> Speech:
 
 @pytest.fixture(scope="session")
 def speech():  # type: ignore[no-untyped-def]
-    """speech(language) -> Speech: a clip of real human speech with its reference text.
+    """speech(language, times=1) -> Speech: a clip of real human speech with its reference
+    text (`times` over, for audio longer than one 30-s Whisper window).
     Skips where Debian's packages cannot be had (no apt-get, e.g. macOS); where apt-get is
     present a failed download fails the test."""
     import shutil
@@ -413,12 +415,12 @@ def speech():  # type: ignore[no-untyped-def]
             "real-speech tests need Debian's asterisk-core-sounds packages, and this machine "
             "has no apt-get/dpkg-deb to fetch them (not Debian or Ubuntu)"
         )
-    clips: dict[str, Speech] = {}
+    clips: dict[tuple[str, int], Speech] = {}
 
-    def get(language: str) -> Speech:
-        if language not in clips:
-            clips[language] = speech_clip(language)
-        return clips[language]
+    def get(language: str, times: int = 1) -> Speech:
+        if (language, times) not in clips:
+            clips[language, times] = speech_clip(language, times)
+        return clips[language, times]
 
     return get
 
