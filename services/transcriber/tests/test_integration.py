@@ -25,6 +25,9 @@ FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
 # on English, base 7.0 % on French), far below what a wrong or truncated transcript gives.
 TINY_EN_WER_MARGIN = 0.15
 BASE_WER_MARGIN = 0.2
+# `model_words` marks the tests of what each model hears (`./mxw test` repeats them under
+# another CPU ISA); the transport tests (S3, HTTP, formats, adoption) check the same clip
+# through the same model, so repeating them would only cost time.
 
 
 def words(text: str) -> list[str]:
@@ -169,7 +172,6 @@ async def test_audio_is_transcribed_stored_and_announced(
     assert metrics["segment_writes"] >= 1
 
 
-@pytest.mark.model_words
 async def test_event_from_an_external_publisher_is_adopted_and_transcribed(
     transcriber, infra, db, publish, read_topic, wait_for, speech
 ):
@@ -279,7 +281,6 @@ async def test_file_uri_outside_the_blob_store_is_refused(
     assert "outside the blob store" in error
 
 
-@pytest.mark.model_words
 async def test_audio_in_the_s3_blob_store_is_transcribed(
     transcriber, s3_store, db, make_job, publish, wait_for, speech
 ):
@@ -460,7 +461,6 @@ async def test_cancelling_a_job_stops_its_transcription(
     assert statuses[-1]["state"] == "cancelled"
 
 
-@pytest.mark.model_words
 async def test_audio_is_fetched_from_an_http_url(
     transcriber, infra, db, make_job, publish, wait_for, speech
 ):
@@ -528,7 +528,6 @@ def encode(samples, container: str, codec: str) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.model_words
 async def test_the_same_speech_is_heard_in_each_of_five_formats(
     transcriber, infra, db, make_job, publish, wait_for, speech
 ):
