@@ -164,7 +164,7 @@ async def test_verbose_json_with_words_and_segments(client, db, clip):
         response_format="verbose_json",
         timestamp_granularities=["word", "segment"],
         language="en",
-        prompt="Calls and mailboxes.",
+        prompt="A telephone menu.",
     )
     assert result.words, "word granularity gives words"
     assert result.segments
@@ -177,7 +177,7 @@ async def test_verbose_json_with_words_and_segments(client, db, clip):
         " AND (options->>'word_timestamps')::boolean ORDER BY created_at DESC LIMIT 1"
     )
     assert options["language"] == "en"
-    assert options["initial_prompt"] == "Calls and mailboxes."
+    assert options["initial_prompt"] == "A telephone menu."
 
 
 async def test_same_audio_and_options_reuse_the_job(client, db, clip):
