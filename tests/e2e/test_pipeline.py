@@ -27,9 +27,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
 # The pipeline needs speech with two topics (solar power, baking) for chunking and search,
 # so this is the synthetic espeak-ng fixture, which tiny.en hears less surely than real
-# speech: WER SOLAR_WER_SEEN, and the margin leaves room for another CPU's kernels while
-# failing a transcript that lost a sentence (about 25 %).
-SOLAR_WER_MARGIN = 0.2
+# speech: WER 14.6 % under AVX2 and 17.1 % under AVX and GENERIC (2026-12-02: "40" for
+# "forty", "to cup some" for "two cups of", "phones", "pinch on salt"). The margin leaves
+# room for other kernels; a lost sentence (about 25 %) on top of those errors exceeds it.
+SOLAR_WER_MARGIN = 0.3
 
 
 @pytest.fixture(scope="module")
