@@ -247,3 +247,187 @@ def s3_server():  # type: ignore[no-untyped-def]
             server.stop()
 
     return serve
+
+
+# ---- real human speech, and the word error rate of what a model heard ----
+#
+# Tests that check the words a model heard use real speech and assert a word error rate
+# with a margin, never exact words: synthetic speech sits at small models' accuracy edge,
+# where CTranslate2's CPU kernels (AVX2, AVX512, ...) can tip a word either way.
+# The speech comes from Debian's asterisk-core-sounds packages (one real speaker per
+# language, 8 kHz telephone prompts, shipped with their transcripts), fetched with
+# `apt-get download` (no root needed) and extracted once per checkout into .data/.
+
+SOUNDS_CACHE = Path(__file__).resolve().parent / ".data" / "test-sounds"
+# Prompts each model hears clearly, about 15-20 s per clip. Word error rates seen
+# 2026-12-02 on an AMD EPYC (no AVX512), the same under CT2_FORCE_CPU_ISA=AVX2, AVX and
+# GENERIC: en with tiny.en 4.8 % ("you are" heard as "or"), fr with base 7.0 %
+# ("personnel invalides" heard as "personnelle invalid", "autre" missed).
+SPEECH_PROMPTS: dict[str, tuple[str, ...]] = {
+    "en": ("queue-youarenext", "privacy-unident", "vm-nobox"),
+    "fr": ("conf-onlyperson", "confbridge-rest-list-vol-in", "dir-nomore", "confbridge-pin-bad"),
+}
+_GAP_S = 0.5  # silence between prompts, as between sentences
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "model_words: checks the words a Whisper model heard; `./mxw test` runs these once "
+        "more under a CTranslate2 CPU ISA other than the machine's default",
+    )
+
+
+def speech_words(text: str) -> list[str]:
+    """The words of a transcript for comparison: lower case, without punctuation;
+    apostrophes are dropped so "n'y" and "party's" stay one word on both sides."""
+    import re
+
+    return re.findall(r"[^\W_]+", re.sub(r"['’]", "", text.lower()))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / words of the reference: the word-level
+    edit distance (Levenshtein), normalised by `speech_words`."""
+    ref, hyp = speech_words(reference), speech_words(hypothesis)
+    if not ref:
+        raise ValueError("the reference has no words")
+    row = list(range(len(hyp) + 1))  # distances from ref[:i] to every prefix of hyp
+    for i, ref_word in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, hyp_word in enumerate(hyp, 1):
+            diagonal, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word)),
+            )
+    return row[len(hyp)] / len(ref)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Speech:
+    path: Path  # 16-bit mono WAV, 8 kHz
+    language: str
+    duration_s: float
+    prompts: tuple[Prompt, ...]  # in order, with silence between them
+
+    @property
+    def text(self) -> str:
+        """What is said, from the package's transcript."""
+        return " ".join(p.text for p in self.prompts)
+
+    def wer(self, heard: str) -> float:
+        return word_error_rate(self.text, heard)
+
+
+def _fetch_sounds(language: str) -> Path:
+    """The extracted packages of one language (audio + transcripts), downloaded once."""
+    import fcntl
+    import shutil
+    import subprocess
+    import tempfile
+
+    target = SOUNDS_CACHE / language
+    SOUNDS_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SOUNDS_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download even with parallel test runs
+        if target.is_dir():
+            return target
+        packages = [f"asterisk-core-sounds-{language}-wav", f"asterisk-core-sounds-{language}"]
+        with tempfile.TemporaryDirectory(dir=SOUNDS_CACHE) as work:
+            done = subprocess.run(
+                ["apt-get", "download", *packages], cwd=work, capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"`apt-get download {' '.join(packages)}` failed (the package lists may "
+                    f"need `apt-get update`): {done.stderr.strip()}"
+                )
+            extracted = Path(work) / "root"
+            for deb in Path(work).glob("*.deb"):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(extracted)], check=True)
+            shutil.move(extracted / "usr" / "share", target)  # complete, or absent
+    return target
+
+
+def _read_pcm(path: Path) -> bytes:
+    import wave
+
+    with wave.open(str(path), "rb") as clip:
+        params = (clip.getnchannels(), clip.getsampwidth(), clip.getframerate())
+        if params != (1, 2, 8000):
+            raise ValueError(f"{path}: expected 8 kHz 16-bit mono, found {params}")
+        return clip.readframes(clip.getnframes())
+
+
+def speech_clip(language: str, times: int = 1) -> Speech:
+    """SPEECH_PROMPTS[language] read one after the other (`times` over), as one WAV, with
+    their text."""
+    import gzip
+    import wave
+
+    root = _fetch_sounds(language)
+    texts: dict[str, str] = {}
+    transcript = (
+        root / "doc" / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt.gz"
+    )
+    with gzip.open(transcript, "rt", encoding="utf-8") as lines:
+        listing = lines.read().splitlines()
+    for line in listing:
+        name, sep, text = line.partition(":")
+        if sep and not line.startswith(";"):
+            texts[name.strip()] = text.strip()
+    (voice,) = (root / "asterisk" / "sounds").glob(f"{language}_*")  # e.g. fr_CA_f_June
+    gap = b"\x00\x00" * int(8000 * _GAP_S)
+    pcm, prompts = b"", []
+    for name in SPEECH_PROMPTS[language] * times:
+        pcm += gap if pcm else b""
+        start_s = len(pcm) / 2 / 8000
+        pcm += _read_pcm(voice / f"{name}.wav")
+        prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
+    path = SOUNDS_CACHE / f"clip-{language}-x{times}.wav"
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    with wave.open(str(partial), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm)
+    partial.replace(path)  # a parallel test run reads the old clip or this one, never half
+    return Speech(
+        path=path, language=language, duration_s=len(pcm) / 2 / 8000, prompts=tuple(prompts)
+    )
+
+
+@pytest.fixture(scope="session")
+def speech():  # type: ignore[no-untyped-def]
+    """speech(language, times=1) -> Speech: a clip of real human speech with its reference
+    text (`times` over, for audio longer than one 30-s Whisper window).
+    Skips where Debian's packages cannot be had (no apt-get, e.g. macOS); where apt-get is
+    present a failed download fails the test."""
+    import shutil
+
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip(
+            "real-speech tests need Debian's asterisk-core-sounds packages, and this machine "
+            "has no apt-get/dpkg-deb to fetch them (not Debian or Ubuntu)"
+        )
+    clips: dict[tuple[str, int], Speech] = {}
+
+    def get(language: str, times: int = 1) -> Speech:
+        if (language, times) not in clips:
+            clips[language, times] = speech_clip(language, times)
+        return clips[language, times]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def wer():  # type: ignore[no-untyped-def]
+    """wer(reference, heard) -> word error rate (0.0 = every word heard)."""
+    return word_error_rate

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import shutil
 import time
 import uuid
@@ -26,6 +25,12 @@ pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
+# The pipeline needs speech with two topics (solar power, baking) for chunking and search,
+# so this is the synthetic espeak-ng fixture, which tiny.en hears less surely than real
+# speech: WER 14.6 % under AVX2 and 17.1 % under AVX and GENERIC (2026-12-02: "40" for
+# "forty", "to cup some" for "two cups of", "phones", "pinch on salt"). The margin leaves
+# room for other kernels; a lost sentence (about 25 %) on top of those errors exceeds it.
+SOLAR_WER_MARGIN = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +62,6 @@ async def watch(stack: Any, user: str, job_id: str, timeout_s: float = 240) -> l
     return events
 
 
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
 @pytest.fixture(scope="module")
 async def finished_job(stack: Any) -> dict:
     """One real job through the whole pipeline, followed over the WebSocket."""
@@ -81,7 +82,7 @@ async def test_status_stream_ends_in_done_with_monotonic_progress(finished_job):
     assert len({e["event_id"] for e in events}) == len(events), "duplicate events delivered"
 
 
-async def test_transcript_contains_the_spoken_words(stack, finished_job):
+async def test_transcript_contains_the_spoken_words(stack, finished_job, wer):
     job_id = finished_job["job"]["id"]
     async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
         status = (await client.get(f"/jobs/{job_id}", headers=stack.auth("alice"))).json()
@@ -89,10 +90,7 @@ async def test_transcript_contains_the_spoken_words(stack, finished_job):
             await client.get(f"/jobs/{job_id}/transcript.txt", headers=stack.auth("alice"))
         ).text
     assert status["state"] == "done"
-    spoken = words(SENTENCES["solar_and_bread"]["text"])
-    heard = words(text)
-    assert {"solar", "sunlight", "electricity", "bread", "oven", "flour"} <= heard
-    assert len(spoken & heard) / len(spoken) > 0.8
+    assert wer(SENTENCES["solar_and_bread"]["text"], text) <= SOLAR_WER_MARGIN, text
 
 
 async def test_searching_a_paraphrase_lands_on_the_right_chunk(stack, finished_job):

@@ -1,11 +1,11 @@
 """The OpenAI-compatible API, end to end: the official `openai` client talks to a gateway
 served by uvicorn on a local port; the gateway's outbox relay publishes audio.uploaded to the
-real broker, where an in-process transcriber (real tiny.en) picks it up."""
+real broker, where an in-process transcriber (real tiny.en) picks it up. What it heard is
+checked on real human speech (the `speech` fixture) as a word error rate with a margin."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from pathlib import Path
@@ -23,17 +23,20 @@ from mxw_transcriber.settings import TranscriberSettings
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
 SHORT = FIXTURES / "short_en.ogg"
 SOLAR = FIXTURES / "solar_and_bread.ogg"
-EXPECTED = json.loads((FIXTURES / "sentences.json").read_text())["short_en"]["text"]
+# tiny.en's word error rate on the English clip was 4.8 % under every CPU ISA (AVX2, AVX,
+# GENERIC); three times that still fails a wrong, truncated or mangled transcript.
+WER_MARGIN = 0.15
+_CUE_LINE = re.compile(r"^(WEBVTT|\d+|.*-->.*)$")  # SRT/VTT lines that are not speech
 
 
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
+@pytest.fixture(scope="module")
+def clip(speech):
+    return speech("en")
 
 
-def assert_heard(text: str) -> None:
-    expected = words(EXPECTED)
-    # tiny.en on synthetic speech: most words, not necessarily every one.
-    assert len(expected & words(text)) >= len(expected) - 2, text
+def assert_heard(text: str, clip) -> None:
+    spoken = "\n".join(line for line in text.splitlines() if not _CUE_LINE.match(line))
+    assert clip.wer(spoken) <= WER_MARGIN, text
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +105,11 @@ async def test_models_lists_whisper_1_and_the_served_models(client):
         await client.models.retrieve("gpt-4o")
 
 
-async def test_json(client, db):
+async def test_json(client, db, clip):
     result = await client.audio.transcriptions.create(
-        model="whisper-1", file=SHORT.open("rb"), response_format="json", temperature=0.2
+        model="whisper-1", file=clip.path.open("rb"), response_format="json", temperature=0.2
     )
-    assert_heard(result.text)
+    assert_heard(result.text, clip)
     # It ran through the pipeline: a job of this user with this transcript.
     text = await db.fetchval(
         "SELECT t.text FROM transcripts t JOIN jobs j ON j.id = t.job_id"
@@ -115,57 +118,57 @@ async def test_json(client, db):
     assert text.strip() == result.text
 
 
-async def test_text(client):
+async def test_text(client, clip):
     result = await client.audio.transcriptions.create(
-        model="tiny.en", file=SHORT.open("rb"), response_format="text"
+        model="tiny.en", file=clip.path.open("rb"), response_format="text"
     )
     assert isinstance(result, str)
     assert not result.lstrip().startswith("{")
-    assert_heard(result)
+    assert_heard(result, clip)
 
 
-async def test_srt(client):
+async def test_srt(client, clip):
     result = await client.audio.transcriptions.create(
-        model="whisper-1", file=SHORT.open("rb"), response_format="srt"
+        model="whisper-1", file=clip.path.open("rb"), response_format="srt"
     )
     assert re.match(r"1\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}\n\S", result), result
-    assert_heard(result)
+    assert_heard(result, clip)
 
 
-async def test_vtt(client):
+async def test_vtt(client, clip):
     result = await client.audio.transcriptions.create(
-        model="whisper-1", file=SHORT.open("rb"), response_format="vtt"
+        model="whisper-1", file=clip.path.open("rb"), response_format="vtt"
     )
     assert result.startswith("WEBVTT\n")
     assert re.search(r"00:00:\d\d\.\d{3} --> 00:00:\d\d\.\d{3}\n\S", result), result
-    assert_heard(result)
+    assert_heard(result, clip)
 
 
-async def test_verbose_json_with_segments(client):
+async def test_verbose_json_with_segments(client, clip):
     result = await client.audio.transcriptions.create(
-        model="whisper-1", file=SHORT.open("rb"), response_format="verbose_json"
+        model="whisper-1", file=clip.path.open("rb"), response_format="verbose_json"
     )
     assert result.language == "english"
-    assert 2.0 < result.duration < 10.0
+    assert result.duration == pytest.approx(clip.duration_s, abs=0.1)
     assert result.segments
     assert result.segments[0].id == 0
     assert all(s.end >= s.start for s in result.segments)
     assert result.words is None  # only asked for segments (the default)
-    assert_heard(result.text)
+    assert_heard(result.text, clip)
 
 
-async def test_verbose_json_with_words_and_segments(client, db):
+async def test_verbose_json_with_words_and_segments(client, db, clip):
     result = await client.audio.transcriptions.create(
         model="whisper-1",
-        file=SHORT.open("rb"),
+        file=clip.path.open("rb"),
         response_format="verbose_json",
         timestamp_granularities=["word", "segment"],
         language="en",
-        prompt="Foxes and dogs.",
+        prompt="A telephone menu.",
     )
     assert result.words, "word granularity gives words"
     assert result.segments
-    assert_heard(" ".join(w.word for w in result.words))
+    assert_heard(" ".join(w.word for w in result.words), clip)
     starts = [w.start for w in result.words]
     assert starts == sorted(starts)
     # The options reached the job: a separate job with word timestamps, language and prompt.
@@ -174,12 +177,12 @@ async def test_verbose_json_with_words_and_segments(client, db):
         " AND (options->>'word_timestamps')::boolean ORDER BY created_at DESC LIMIT 1"
     )
     assert options["language"] == "en"
-    assert options["initial_prompt"] == "Foxes and dogs."
+    assert options["initial_prompt"] == "A telephone menu."
 
 
-async def test_same_audio_and_options_reuse_the_job(client, db):
+async def test_same_audio_and_options_reuse_the_job(client, db, clip):
     before = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
-    await client.audio.transcriptions.create(model="whisper-1", file=SHORT.open("rb"))
+    await client.audio.transcriptions.create(model="whisper-1", file=clip.path.open("rb"))
     after = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
     assert after == before
 

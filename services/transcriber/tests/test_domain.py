@@ -1,8 +1,7 @@
 """Transcription with the real tiny.en model: options are honoured or rejected, progress is
-reported, silence gives an empty transcript, non-audio is a decode error."""
+reported, silence gives an empty transcript, non-audio is a decode error. Words are checked
+on real human speech (the `speech` fixture) as a word error rate with a margin."""
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,9 @@ from mxw_transcriber.domain import (
 from mxw_transcriber.models import LoadedModel, ModelRegistry
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
+# tiny.en's word error rate on the English clip was 4.8 % under every CPU ISA (AVX2, AVX,
+# GENERIC); three times that still fails a wrong, truncated or repeated transcript.
+WER_MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +28,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return ModelRegistry(tmp_path_factory.mktemp("models"), device="cpu").load("tiny.en")
 
 
-def test_short_fixture_is_transcribed_with_progress(tiny: LoadedModel) -> None:
-    audio = decode_audio(FIXTURES / "short_en.ogg")
+@pytest.mark.model_words
+def test_speech_is_transcribed_with_progress(tiny: LoadedModel, speech) -> None:
+    clip = speech("en")
+    audio = decode_audio(clip.path)
     fractions: list[float] = []
     transcript = transcribe(tiny.model, audio, JobOptions(), DecodeSettings(), fractions.append)
 
     assert transcript.language == "en"
     assert transcript.language_probability is None, "an English-only model detects nothing"
     assert transcript.duration_s == pytest.approx(len(audio) / 16000, abs=0.01)
-    expected = words(json.loads((FIXTURES / "sentences.json").read_text())["short_en"]["text"])
-    heard = words(transcript.text)
-    assert len(set(expected) & set(heard)) >= len(set(expected)) - 2, heard
+    assert clip.wer(transcript.text) <= WER_MARGIN, transcript.text
     assert fractions
     assert fractions == sorted(fractions)
     assert 0 < fractions[-1] <= 1
@@ -99,13 +97,17 @@ def test_multilingual_models_accept_languages_and_translation() -> None:
     check_options(JobOptions(language="en"), False, "tiny.en")
 
 
-def test_a_resumed_transcription_continues_after_the_given_point(tiny: LoadedModel) -> None:
+@pytest.mark.model_words
+def test_a_resumed_transcription_continues_after_the_given_point(
+    tiny: LoadedModel, speech, wer
+) -> None:
     from mxw_transcriber.domain import Resume
 
-    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
-    full = transcribe(tiny.model, audio, JobOptions(word_timestamps=True), DecodeSettings())
-    assert len(full.segments) >= 2
-    first = full.segments[0]
+    clip = speech("en")
+    audio = decode_audio(clip.path)
+    # Resume in the silence after the first prompt, as if a segment had ended there.
+    first_prompt, *rest_prompts = clip.prompts
+    cut_s = (first_prompt.end_s + rest_prompts[0].start_s) / 2
     seen: list[float] = []
     rest = transcribe(
         tiny.model,
@@ -113,23 +115,24 @@ def test_a_resumed_transcription_continues_after_the_given_point(tiny: LoadedMod
         JobOptions(word_timestamps=True),
         DecodeSettings(),
         resume=Resume(
-            start_s=first.end_s,
+            start_s=cut_s,
             next_idx=1,
             language="en",
             language_probability=None,
-            previous_text=first.text,
+            previous_text=first_prompt.text,
         ),
         on_segment=lambda _segment, position: seen.append(position),
     )
     assert rest.segments
     assert [s.idx for s in rest.segments] == list(range(1, len(rest.segments) + 1))
-    assert rest.duration_s == full.duration_s
+    assert rest.duration_s == pytest.approx(clip.duration_s, abs=0.01)
     for seg in rest.segments:
-        assert first.end_s <= seg.start_s < seg.end_s <= full.duration_s
+        assert cut_s <= seg.start_s < seg.end_s <= rest.duration_s
         for w in seg.words or ():
             assert seg.start_s <= w.start_s <= w.end_s <= seg.end_s
     assert seen == sorted(seen)
-    assert seen[-1] > first.end_s
-    # What comes after the first segment is heard again, and nothing of the first one.
-    assert "bread" in words(rest.text)
-    assert "solar" not in words(rest.text)
+    assert seen[-1] > cut_s
+    # What comes after the first prompt is heard, and nothing of it: words of the first
+    # prompt would count as insertions.
+    later = " ".join(p.text for p in rest_prompts)
+    assert wer(later, rest.text) <= WER_MARGIN, rest.text

@@ -1,9 +1,9 @@
 """The transcriber as a running service against the real broker, the real database and the
-real tiny.en model (base for the multilingual test)."""
+real tiny.en model (base for the multilingual tests). Where words are checked, the audio is
+real human speech (the `speech` fixture) and the check is a word error rate with a margin."""
 
 import hashlib
 import io
-import json
 import re
 import shutil
 import uuid
@@ -20,7 +20,14 @@ from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
-SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())
+# Word error rates allowed on the real-speech clips (conftest.py, SPEECH_PROMPTS): about
+# three times what the models were seen to make there under every CPU ISA (tiny.en 4.8 %
+# on English, base 7.0 % on French), far below what a wrong or truncated transcript gives.
+TINY_EN_WER_MARGIN = 0.15
+BASE_WER_MARGIN = 0.2
+# `model_words` marks the tests of what each model hears (`./mxw test` repeats them under
+# another CPU ISA); the transport tests (S3, HTTP, formats, adoption) check the same clip
+# through the same model, so repeating them would only cost time.
 
 
 def words(text: str) -> list[str]:
@@ -66,14 +73,20 @@ def store_fixture(infra, name: str) -> tuple[str, str, int]:
     return uri, sha, len(data)
 
 
-def uploaded(job_id, uri, sha, owner="alice", **options) -> AudioUploaded:
+def store_speech(infra, clip) -> tuple[str, str, int]:
+    data = clip.path.read_bytes()
+    uri, sha = store(infra, data)
+    return uri, sha, len(data)
+
+
+def uploaded(job_id, uri, sha, owner="alice", *, wav=False, **options) -> AudioUploaded:
     return AudioUploaded(
         job_id=job_id,
         owner_id=owner,
         audio_uri=uri,
         sha256=sha,
-        filename="clip.ogg",
-        content_type="audio/ogg",
+        filename="clip.wav" if wav else "clip.ogg",
+        content_type="audio/wav" if wav else "audio/ogg",
         options=JobOptions(**options),
     )
 
@@ -87,11 +100,9 @@ async def stage_state(wait_for, job_id, states=("done", "failed")):
     )
 
 
-def assert_heard(text: str, fixture: str, missing_allowed: int) -> None:
-    expected = set(words(SENTENCES[fixture]["text"]))
-    heard = set(words(text))
-    missing = expected - heard
-    assert len(missing) <= missing_allowed, f"missing {sorted(missing)} from {text!r}"
+def assert_heard(text: str, clip, margin: float = TINY_EN_WER_MARGIN) -> None:
+    error_rate = clip.wer(text)
+    assert error_rate <= margin, f"WER {error_rate:.1%} > {margin:.0%}: heard {text!r}"
 
 
 async def test_ready_once_the_default_model_resolves(transcriber):
@@ -101,19 +112,22 @@ async def test_ready_once_the_default_model_resolves(transcriber):
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.model_words
 async def test_audio_is_transcribed_stored_and_announced(
-    transcriber, infra, db, make_job, publish, read_topic, wait_for
+    transcriber, infra, db, make_job, publish, read_topic, wait_for, speech
 ):
-    uri, sha, _ = store_fixture(infra, "solar_and_bread")
+    # Twice over (33 s): longer than one 30-s Whisper window, so progress comes in steps.
+    clip = speech("en", times=2)
+    uri, sha, _ = store_speech(infra, clip)
     job_id = await make_job()
-    await publish(uploaded(job_id, uri, sha))
+    await publish(uploaded(job_id, uri, sha, wav=True))
 
     assert await stage_state(wait_for, job_id) == "done"
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
     assert transcript["model"] == "tiny.en"
     assert transcript["language"] == "en"
     assert transcript["complete"] is True
-    assert 14 < transcript["duration_s"] < 17
+    assert transcript["duration_s"] == pytest.approx(clip.duration_s, abs=0.01)
     segments = await db.fetch("SELECT * FROM segments WHERE job_id = $1 ORDER BY idx", job_id)
     assert len(segments) >= 2
     assert [s["idx"] for s in segments] == list(range(len(segments)))
@@ -121,10 +135,8 @@ async def test_audio_is_transcribed_stored_and_announced(
         assert 0 <= seg["start_s"] < seg["end_s"] <= transcript["duration_s"]
         assert seg["words"] is None
     assert [s["start_s"] for s in segments] == sorted(s["start_s"] for s in segments)
-    assert "solar panels turn sunlight into electricity" in " ".join(
-        words(" ".join(s["text"] for s in segments))
-    )
-    assert_heard(transcript["text"], "solar_and_bread", missing_allowed=5)
+    assert_heard(" ".join(s["text"] for s in segments), clip)
+    assert_heard(transcript["text"], clip)
 
     ((headers, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
     assert headers["ce_type"] == "io.mxwhisper.transcript.ready.v1"
@@ -161,11 +173,12 @@ async def test_audio_is_transcribed_stored_and_announced(
 
 
 async def test_event_from_an_external_publisher_is_adopted_and_transcribed(
-    transcriber, infra, db, publish, read_topic, wait_for
+    transcriber, infra, db, publish, read_topic, wait_for, speech
 ):
-    uri, sha, size = store_fixture(infra, "short_en")
+    clip = speech("en")
+    uri, sha, size = store_speech(infra, clip)
     job_id = uuid.uuid4()  # no jobs row: another system announced this audio
-    event = uploaded(job_id, uri, sha, owner="partner-7", language="en").model_copy(
+    event = uploaded(job_id, uri, sha, owner="partner-7", wav=True, language="en").model_copy(
         update={"size_bytes": size}
     )
     await publish(event)
@@ -177,10 +190,10 @@ async def test_event_from_an_external_publisher_is_adopted_and_transcribed(
     assert job["audio_uri"] == uri
     assert job["sha256"] == sha
     assert job["size_bytes"] == size
-    assert job["content_type"] == "audio/ogg"
+    assert job["content_type"] == "audio/wav"
     assert job["options"]["language"] == "en"
     text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", job_id)
-    assert_heard(text, "short_en", missing_allowed=2)
+    assert_heard(text, clip)
     ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
     assert body["owner_id"] == "partner-7"
 
@@ -269,16 +282,17 @@ async def test_file_uri_outside_the_blob_store_is_refused(
 
 
 async def test_audio_in_the_s3_blob_store_is_transcribed(
-    transcriber, s3_store, db, make_job, publish, wait_for
+    transcriber, s3_store, db, make_job, publish, wait_for, speech
 ):
-    blob = await s3_store.put_bytes((FIXTURES / "short_en.ogg").read_bytes())
+    clip = speech("en")
+    blob = await s3_store.put_bytes(clip.path.read_bytes())
     assert blob.uri.startswith(f"s3://{S3_BUCKET}/blobs/")
     job_id = await make_job()
-    await publish(uploaded(job_id, blob.uri, blob.sha256))
+    await publish(uploaded(job_id, blob.uri, blob.sha256, wav=True))
 
     assert await stage_state(wait_for, job_id) == "done"
     text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", job_id)
-    assert_heard(text, "short_en", missing_allowed=2)
+    assert_heard(text, clip)
 
 
 async def test_s3_uris_outside_the_store_or_missing_fail_with_a_reason(
@@ -369,19 +383,21 @@ async def test_redelivered_event_leaves_one_transcript(
     assert ready[0][1]["options"]["initial_prompt"] == "A fox and a dog."
 
 
+@pytest.mark.model_words
 async def test_multilingual_base_model_detects_the_language(
-    transcriber, infra, db, make_job, publish, read_topic, wait_for
+    transcriber, infra, db, make_job, publish, read_topic, wait_for, speech
 ):
-    uri, sha, _ = store_fixture(infra, "short_en")
+    clip = speech("en")
+    uri, sha, _ = store_speech(infra, clip)
     job_id = await make_job()
-    await publish(uploaded(job_id, uri, sha, model="base", task=Task.transcribe))
+    await publish(uploaded(job_id, uri, sha, wav=True, model="base", task=Task.transcribe))
 
     assert await stage_state(wait_for, job_id) == "done"
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
     assert transcript["model"] == "base"
     assert transcript["language"] == "en"
     assert 0.5 < transcript["language_probability"] <= 1.0
-    assert_heard(transcript["text"], "short_en", missing_allowed=2)
+    assert_heard(transcript["text"], clip, BASE_WER_MARGIN)
     assert (infra.root / "models" / "base" / "model.bin").is_file()
     ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
     assert body["model"] == "base"
@@ -446,13 +462,14 @@ async def test_cancelling_a_job_stops_its_transcription(
 
 
 async def test_audio_is_fetched_from_an_http_url(
-    transcriber, infra, db, make_job, publish, wait_for
+    transcriber, infra, db, make_job, publish, wait_for, speech
 ):
     import functools
     import http.server
     import threading
 
-    _uri, sha, _ = store_fixture(infra, "short_en")
+    clip = speech("en")
+    _uri, sha, _ = store_speech(infra, clip)
     handler = functools.partial(
         http.server.SimpleHTTPRequestHandler, directory=str(infra.root / "blobs")
     )
@@ -462,12 +479,12 @@ async def test_audio_is_fetched_from_an_http_url(
     try:
         base = f"http://127.0.0.1:{server.server_port}"
         ok_job, missing_job = await make_job(), await make_job()
-        await publish(uploaded(ok_job, f"{base}/{sha[:2]}/{sha}", sha))
-        await publish(uploaded(missing_job, f"{base}/no/such/file", sha))
+        await publish(uploaded(ok_job, f"{base}/{sha[:2]}/{sha}", sha, wav=True))
+        await publish(uploaded(missing_job, f"{base}/no/such/file", sha, wav=True))
 
         assert await stage_state(wait_for, ok_job) == "done"
         text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", ok_job)
-        assert_heard(text, "short_en", missing_allowed=2)
+        assert_heard(text, clip)
         assert await stage_state(wait_for, missing_job) == "failed"
         error = await db.fetchval(
             "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
@@ -479,7 +496,7 @@ async def test_audio_is_fetched_from_an_http_url(
         server.server_close()
 
 
-# PyAV encoders for the formats test, all at the fixture's own 16 kHz (opus, AAC and MP3
+# PyAV encoders for the formats test, all at the decoded audio's 16 kHz (opus, AAC and MP3
 # all support it), so every file carries the same sound.
 ENCODINGS = {  # name: (container, encoder, what the decoder's name contains)
     "wav": ("wav", "pcm_s16le", "pcm_s16le"),
@@ -511,13 +528,14 @@ def encode(samples, container: str, codec: str) -> bytes:
     return buffer.getvalue()
 
 
-async def test_the_same_sentence_in_five_formats_gives_the_same_words(
-    transcriber, infra, db, make_job, publish, wait_for
+async def test_the_same_speech_is_heard_in_each_of_five_formats(
+    transcriber, infra, db, make_job, publish, wait_for, speech
 ):
     import av
     from mxw_transcriber.domain import decode_audio
 
-    samples = decode_audio(FIXTURES / "short_en.ogg")
+    clip = speech("en")
+    samples = decode_audio(clip.path)
     jobs = {}
     for name, (container, codec, decoder) in ENCODINGS.items():
         data = encode(samples, container, codec)
@@ -534,33 +552,40 @@ async def test_the_same_sentence_in_five_formats_gives_the_same_words(
             "SELECT text, duration_s FROM transcripts WHERE job_id = $1", job_id
         )
         assert row["duration_s"] == pytest.approx(len(samples) / 16000, abs=0.1), name
-        heard[name] = words(row["text"])
-    assert_heard(" ".join(heard["wav"]), "short_en", missing_allowed=2)
-    assert all(h == heard["wav"] for h in heard.values()), heard
+        heard[name] = row["text"]
+    # Lossy codecs may tip a word, so each format is held to the reference, not to the WAV.
+    for name, text in heard.items():
+        assert clip.wer(text) <= TINY_EN_WER_MARGIN, (name, f"{clip.wer(text):.1%}", text)
 
 
-async def test_german_speech_is_detected_and_transcribed_by_the_multilingual_model(
-    transcriber, infra, db, make_job, publish, wait_for
+# Forced to English, base renders the French as English words (95 % WER against the French
+# seen under AVX2 and AVX, with different words under each): far from the French, whatever
+# the kernels choose.
+FORCED_ENGLISH_MIN_WER = 0.7
+
+
+@pytest.mark.model_words
+async def test_french_speech_is_detected_and_transcribed_by_the_multilingual_model(
+    transcriber, infra, db, make_job, publish, wait_for, speech
 ):
-    uri, sha, _ = store_fixture(infra, "kurz_de")
+    clip = speech("fr")
+    uri, sha, _ = store_speech(infra, clip)
     detect, forced = await make_job(), await make_job()
-    await publish(uploaded(detect, uri, sha, model="base"))
-    await publish(uploaded(forced, uri, sha, model="base", language="en"))
+    await publish(uploaded(detect, uri, sha, wav=True, model="base"))
+    await publish(uploaded(forced, uri, sha, wav=True, model="base", language="en"))
 
     assert await stage_state(wait_for, detect) == "done"
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", detect)
-    assert transcript["language"] == "de"
-    assert 0.3 < transcript["language_probability"] <= 1.0
-    heard = set(words(transcript["text"]))
-    assert {"zug", "berlin", "uhr", "bitte"} <= heard, transcript["text"]
-    assert {"der", "nach", "heute"} & heard
+    assert transcript["language"] == "fr"
+    assert 0.5 < transcript["language_probability"] <= 1.0
+    assert_heard(transcript["text"], clip, BASE_WER_MARGIN)
 
     # An explicit language is honoured, even a wrong one: no detection, English output.
     assert await stage_state(wait_for, forced) == "done"
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", forced)
     assert transcript["language"] == "en"
     assert transcript["language_probability"] is None
-    assert not {"zug", "uhr", "bitte", "fährt"} & set(words(transcript["text"]))
+    assert clip.wer(transcript["text"]) >= FORCED_ENGLISH_MIN_WER, transcript["text"]
     metrics = await db.fetchval(
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", forced
     )

@@ -3,6 +3,7 @@ rebalance; a worker killed mid-job (SIGKILL) resumes after its last persisted se
 
 import asyncio
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,12 @@ from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
 
 from .test_integration import FIXTURES, stage_state, store, uploaded
+
+SOLAR_TEXT = json.loads((FIXTURES / "sentences.json").read_text())["solar_and_bread"]["text"]
+# tiny.en on the synthetic solar fixture: WER 14.6 % (AVX2) to 17.1 % (AVX, GENERIC) in one
+# piece, seen 2026-12-02; the margin adds room for a resume that repeats or drops a few words
+# at the kill, and still fails a transcript that lost two of the eight repeats.
+RESUMED_WER_MARGIN = 0.3
 
 
 def long_wav(repeats: int) -> bytes:
@@ -122,7 +129,7 @@ def start_worker(infra, log_path):
 
 
 async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
-    infra, db, make_job, publish, read_topic, wait_for, tmp_path
+    infra, db, make_job, publish, read_topic, wait_for, tmp_path, wer
 ):
     uri, sha = store(infra, long_wav(8))  # about 125 s of speech
     job_id = await make_job(audio_uri=uri, sha256=sha)
@@ -186,7 +193,8 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
     assert transcript["complete"] is True
     assert after[-1]["end_s"] > transcript["duration_s"] - 20
-    assert transcript["text"].lower().count("solar panels") >= 6
+    spoken = " ".join([SOLAR_TEXT] * 8)
+    assert wer(spoken, transcript["text"]) <= RESUMED_WER_MARGIN, transcript["text"]
     ready = await read_topic(topics.TRANSCRIPT_READY, job_id, count=2, timeout_s=3)
     assert len(ready) == 1
     assert ready[0][1]["segment_count"] == len(after)
