@@ -22,6 +22,26 @@ from obstore.store import S3Store
 
 _BLOCK_BYTES = 1024 * 1024
 
+# Container (FFmpeg demuxer) name → the content type a job's audio is stored and served with.
+AUDIO_CONTENT_TYPES: dict[str, str] = {
+    "ogg": "audio/ogg",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+    "matroska,webm": "audio/webm",
+    "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4",
+    "aiff": "audio/aiff",
+    "amr": "audio/amr",
+    "caf": "audio/x-caf",
+    "asf": "audio/x-ms-wma",
+}
+# Audio in a container outside the map: served as bytes, never as something a browser runs.
+UNKNOWN_AUDIO_TYPE = "application/octet-stream"
+# The only content types a job's audio may have: the gateway serves nothing else, and an
+# audio.uploaded event of another system naming another one is refused.
+ALLOWED_AUDIO_CONTENT_TYPES = frozenset(AUDIO_CONTENT_TYPES.values()) | {UNKNOWN_AUDIO_TYPE}
+
 
 class BlobTooLarge(Exception):
     def __init__(self, limit: int) -> None:
@@ -31,6 +51,10 @@ class BlobTooLarge(Exception):
 
 class UnsupportedUri(ValueError):
     pass
+
+
+class OutsideBlobStore(UnsupportedUri):
+    """A file:// URI that names a file outside the blob store's root."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +135,13 @@ class LocalBlobStore:
         return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
 
     def delete(self, uri: str) -> None:
-        path = local_path(uri)
-        if path.is_relative_to(self.root):
-            path.unlink(missing_ok=True)
+        """Remove a stored blob; a URI outside the store (a job adopted from another system's
+        event) is never deleted, whatever it names."""
+        try:
+            path = resolve_in_root(uri, self.root)
+        except UnsupportedUri:
+            return
+        path.unlink(missing_ok=True)
 
     def remove_abandoned_parts(self, min_age_s: float = 30.0) -> int:
         """Delete partial uploads whose writer is gone (a killed or crashed process): its
@@ -161,6 +189,16 @@ def local_path(uri: str) -> Path:
     if parsed.netloc not in ("", "localhost"):
         raise UnsupportedUri(f"file:// URI names a remote host: {uri!r}")
     return Path(unquote(parsed.path))
+
+
+def resolve_in_root(uri: str, root: Path) -> Path:
+    """The file a file:// URI names, resolved first (symlinks, `..`), then checked to lie
+    under `root`: an event or a job row must never make a service read or delete a file
+    elsewhere. UnsupportedUri (OutsideBlobStore when outside) otherwise."""
+    path = local_path(uri).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise OutsideBlobStore(f"audio URI {uri!r} is outside the blob store")
+    return path
 
 
 class BlobNotFound(Exception):

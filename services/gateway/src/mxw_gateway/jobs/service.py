@@ -12,13 +12,15 @@ from typing import Any
 
 import asyncpg
 from mxw_shared.blobs import (
+    ALLOWED_AUDIO_CONTENT_TYPES,
+    UNKNOWN_AUDIO_TYPE,
     BlobNotFound,
     BlobTooLarge,
     LocalBlobStore,
     S3BackedBlobStore,
     StoredBlob,
     UnsupportedUri,
-    local_path,
+    resolve_in_root,
 )
 from mxw_shared.contracts import (
     AudioUploaded,
@@ -603,7 +605,9 @@ async def audio_file(
 ) -> StoredAudio:
     """The job's stored audio, local or in the gateway's S3 store."""
     job = await load_owned_job(pool, user, job_id)
-    content_type = job["content_type"] or "application/octet-stream"
+    content_type = job["content_type"]
+    if content_type not in ALLOWED_AUDIO_CONTENT_TYPES:  # never serve what a browser runs
+        content_type = UNKNOWN_AUDIO_TYPE
     uri: str = job["audio_uri"]
     if uri.startswith("s3://") and isinstance(store, S3BackedBlobStore):
         try:
@@ -614,7 +618,7 @@ async def audio_file(
             ) from exc
         return StoredAudio(content_type, job["filename"], uri=uri)
     try:
-        path = local_path(uri)
+        path = await asyncio.to_thread(resolve_in_root, uri, store.root)
     except UnsupportedUri as exc:
         raise Problem(
             409, "Audio not stored here", "this job's audio lives outside the gateway's store"
