@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from mxw_shared import topics
 from mxw_shared.contracts import Envelope, JobState, Stage
-from mxw_shared.db import Pool
+from mxw_shared.db import BIGINT_MAX, INT_MAX, Pool
 from mxw_shared.outbox import enqueue_raw
 from mxw_shared.problems import Problem
 
@@ -112,7 +112,11 @@ async def dead_letters(settings: GatewaySettings, limit: int) -> list[DeadLetter
 def _parse_id(dead_letter_id: str) -> tuple[str, int, int]:
     topic, _, rest = dead_letter_id.rpartition(":")
     topic, _, partition = topic.rpartition(":")
-    if not topic.endswith(".dlq") or not partition.isdigit() or not rest.isdigit():
+    if (
+        not topic.endswith(".dlq")
+        or not (partition.isascii() and partition.isdigit() and int(partition) <= INT_MAX)
+        or not (rest.isascii() and rest.isdigit() and int(rest) <= BIGINT_MAX)
+    ):
         raise Problem(422, "Invalid request", "dead-letter ids look like <topic>.dlq:<p>:<offset>")
     return topic, int(partition), int(rest)
 
