@@ -63,6 +63,10 @@ class StoredBlob:
     sha256: str
     size_bytes: int
     path: Path
+    # A second link to the bytes, kept until the blob's rows committed: a concurrent
+    # deletion of the same content (another job's) may remove `path` meanwhile, and the
+    # commit puts it back from here (restore_blob, under the blob's lock), then lets go.
+    pin: Path | None = None
 
 
 class LocalBlobStore:
@@ -124,9 +128,11 @@ class LocalBlobStore:
         sha = digest.hexdigest()
         final = self.root / sha[:2] / sha
         final.parent.mkdir(parents=True, exist_ok=True)
+        pin = tmp.with_suffix(".pin")
+        os.link(tmp, pin)
         os.replace(tmp, final)
         await asyncio.to_thread(_fsync_dir, final.parent)  # the rename itself is durable
-        return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final)
+        return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final, pin=pin)
 
     async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
         async def one() -> AsyncIterator[bytes]:
@@ -163,6 +169,18 @@ class LocalBlobStore:
                 continue
         return removed
 
+    def remove_stale_pins(self, min_age_s: float) -> int:
+        """Delete pins older than `min_age_s`: left by a process that died between storing a
+        blob and committing its rows (a live upload lets go of its pin at the commit)."""
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for pin in (self.root / "tmp").glob("*.pin"):
+            with contextlib.suppress(FileNotFoundError):
+                if pin.stat().st_mtime < cutoff:
+                    pin.unlink()
+                    removed += 1
+        return removed
+
     def stored_uris(self, min_age_s: float) -> list[str]:
         """URIs of stored blobs older than `min_age_s` (candidates for orphan checks)."""
         cutoff = time.time() - min_age_s
@@ -189,6 +207,20 @@ def local_path(uri: str) -> Path:
     if parsed.netloc not in ("", "localhost"):
         raise UnsupportedUri(f"file:// URI names a remote host: {uri!r}")
     return Path(unquote(parsed.path))
+
+
+def restore_blob(blob: StoredBlob) -> None:
+    """Put a stored blob's file back from its pin if a concurrent deletion removed it. Call
+    it holding the blob's lock, before committing the rows that reference it."""
+    if blob.pin is not None and not blob.path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.link(blob.pin, blob.path)
+
+
+def release_blob(blob: StoredBlob) -> None:
+    """Let go of a stored blob's pin once its rows committed (or the upload was given up)."""
+    if blob.pin is not None:
+        blob.pin.unlink(missing_ok=True)
 
 
 def resolve_in_root(uri: str, root: Path) -> Path:

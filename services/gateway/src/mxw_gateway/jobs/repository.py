@@ -98,8 +98,8 @@ async def insert_job(
     )
 
 
-async def blob_in_use(pool: Pool, uri: str) -> bool:
-    used: bool = await pool.fetchval(
+async def blob_in_use(conn: Connection, uri: str) -> bool:
+    used: bool = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM blobs WHERE uri = $1)"
         " OR EXISTS (SELECT 1 FROM jobs WHERE audio_uri = $1)",
         uri,
