@@ -2,7 +2,15 @@ import hashlib
 import time
 
 import pytest
-from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, UnsupportedUri, local_path
+from mxw_shared.blobs import (
+    ALLOWED_AUDIO_CONTENT_TYPES,
+    BlobTooLarge,
+    LocalBlobStore,
+    OutsideBlobStore,
+    UnsupportedUri,
+    local_path,
+    resolve_in_root,
+)
 
 
 async def chunks(*parts: bytes):
@@ -80,3 +88,47 @@ async def test_stored_uris_lists_only_settled_blobs(tmp_path):
     blob = await store.put_bytes(b"settled")
     assert store.stored_uris(min_age_s=3600) == []
     assert store.stored_uris(min_age_s=-60) == [blob.uri]
+
+
+def test_h1_resolve_in_root_resolves_before_checking(tmp_path):
+    root = tmp_path / "blobs"
+    root.mkdir()
+    (root / "ab").mkdir()
+    inside = root / "ab" / "cd"
+    inside.write_bytes(b"x")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"key")
+    assert resolve_in_root(inside.as_uri(), root) == inside.resolve()
+    # `..` that leaves the root passed Path.is_relative_to on the unresolved path.
+    escape = f"{root.as_uri()}/../secret"
+    assert local_path(escape).is_relative_to(root)
+    (root / "ab" / "link").symlink_to(outside)
+    for uri in (escape, outside.as_uri(), (root / "ab" / "link").as_uri(), "file:///etc/passwd"):
+        with pytest.raises(OutsideBlobStore, match="outside the blob store"):
+            resolve_in_root(uri, root)
+    with pytest.raises(UnsupportedUri):
+        resolve_in_root("https://example.org/a.ogg", root)
+
+
+async def test_h1_delete_never_removes_a_file_outside_the_store(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"key")
+    (store.root / "ab").mkdir()
+    link = store.root / "ab" / "link"
+    link.symlink_to(outside)
+    for uri in (f"{store.root.as_uri()}/../secret", outside.as_uri(), link.as_uri()):
+        store.delete(uri)
+        assert outside.read_bytes() == b"key"
+    blob = await store.put_bytes(b"audio")
+    store.delete(blob.uri)
+    assert not blob.path.exists()
+
+
+def test_h1_allowed_audio_content_types_are_audio_or_plain_bytes():
+    assert "audio/ogg" in ALLOWED_AUDIO_CONTENT_TYPES
+    assert "text/html" not in ALLOWED_AUDIO_CONTENT_TYPES
+    assert all(
+        t.startswith("audio/") or t == "application/octet-stream"
+        for t in ALLOWED_AUDIO_CONTENT_TYPES
+    )

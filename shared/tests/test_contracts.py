@@ -113,3 +113,12 @@ def test_options_reject_unknown_keys():
 def test_sha256_must_be_hex():
     with pytest.raises(ValidationError):
         AudioUploaded(job_id=JOB, owner_id="a", audio_uri="file:///x", sha256="xyz")
+
+
+def test_l3_job_options_refuse_control_characters():
+    for field in ("model", "initial_prompt"):
+        for bad in ("a\x00b", "a\x07b", "a\x7fb"):
+            with pytest.raises(ValidationError, match="control characters"):
+                JobOptions.model_validate({field: bad})
+    # Tabs and line breaks are text.
+    assert JobOptions(initial_prompt="Foxes,\n\tdogs.\r\n").initial_prompt == "Foxes,\n\tdogs.\r\n"

@@ -1,6 +1,6 @@
 """The web page's routes on an in-process gateway (real Postgres and broker): what the page
-gets, the headers that keep it safe, and the dev sign-in that exists only with the dev
-issuer."""
+gets, the headers that keep it safe, and the dev sign-in that exists only when enabled
+(MXW_DEV_SIGN_IN) with the dev issuer."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ async def dev_gateway(
     start: Start, infra: Any, dev_issuer: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with start(
-        dev_jwks_path=dev_issuer.jwks_path, web_notifier_url="https://notify.example:8443/"
+        dev_jwks_path=dev_issuer.jwks_path,
+        dev_sign_in=True,
+        web_notifier_url="https://notify.example:8443/",
     ) as client:
         yield client
 

@@ -237,3 +237,52 @@ def test_keycloak_realm_issues_tokens_the_services_accept(
         u for u in realm["users"] if "/" + common["auth_admin_value"].default in u.get("groups", [])
     ]
     assert admins
+
+
+def env_value_in(text: str) -> str:
+    """Every ${VAR:-default} in `text` replaced by its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def test_c1_compose_publishes_ports_on_loopback_by_default(compose: dict[str, Any]) -> None:
+    published = 0
+    for name, spec in compose["services"].items():
+        for port in spec.get("ports", []):
+            # "<host address>:<host port>:<container port>", the address maybe interpolated.
+            address, _, _ = env_value_in(str(port)).rpartition(":")[0].rpartition(":")
+            assert address == "127.0.0.1", (name, port)  # never every interface
+            published += 1
+    assert published >= 3
+
+
+def test_c1_compose_never_enables_dev_sign_in(compose: dict[str, Any]) -> None:
+    for name, spec in compose["services"].items():
+        assert "MXW_DEV_SIGN_IN" not in spec.get("environment", {}), name
+    for path in COMPOSE_DIR.glob("*.env"):
+        assert "MXW_DEV_SIGN_IN" not in env_file(path.name), path.name
+
+
+def test_c1_only_the_token_minters_mount_the_signing_key(compose: dict[str, Any]) -> None:
+    specs = compose["services"]
+    command = " ".join(specs["dev-issuer"]["command"])
+    (key_dir,) = re.findall(r"DevIssuer\.ensure\(Path\('([^']+)'\)\)", command)
+    key_volumes = {
+        v.split(":")[0] for v in specs["dev-issuer"]["volumes"] if v.split(":")[1] == key_dir
+    }
+    assert key_volumes == {"devauth"}
+    mounting = {
+        name
+        for name, spec in specs.items()
+        for v in spec.get("volumes", [])
+        if v.split(":")[0] in key_volumes
+    }
+    # One-shots only: the long-running services (the gateway above all) never hold the key.
+    assert mounting == {"dev-issuer", "token"}
+    assert all(not runs_service(specs[name]) for name in mounting)
+    # The services verify with the public JWKS, which they do get.
+    jwks_url = env_value(specs["gateway"]["environment"]["MXW_AUTH_JWKS_URL"])
+    jwks_dir = str(Path(jwks_url.removeprefix("file://")).parent)
+    for name in ("gateway", "notifier", "embedder"):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in specs[name]["volumes"]}
+        assert mounts[jwks_dir] not in key_volumes, name
+    assert env_value(specs["gateway"]["environment"]["MXW_DEV_JWKS_PATH"]).startswith(jwks_dir)

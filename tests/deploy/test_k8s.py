@@ -10,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -393,32 +394,99 @@ def test_pods_are_locked_down_and_covered(
             assert len(selecting) == 1, (name, [d["kind"] for d in group][:1])
 
 
+# Every service's own endpoints: scraped and probed in-cluster, never public.
+OWN_PATHS = ("/livez", "/readyz", "/metrics")
+DENY_ALL = {"0.0.0.0/0", "::/0"}
+
+
+@dataclass
+class IngressRoutes:
+    """The paths of every Ingress of one host as ingress-nginx serves them."""
+
+    backends: dict[str, str]  # path -> service
+    denied_paths: set[str]  # paths of an Ingress that denies every source address
+    regex: bool
+
+    def _match(self, url_path: str) -> str:
+        """With use-regex on any Ingress of the host, every path is a case-insensitive
+        regex anchored at the start; the longest matching one wins."""
+        matching = [
+            p
+            for p in self.backends
+            if (re.match(p, url_path, re.I) if self.regex else url_path.startswith(p))
+        ]
+        return max(matching, key=len)
+
+    def route(self, url_path: str) -> str:
+        return self.backends[self._match(url_path)]
+
+    def denied(self, url_path: str) -> bool:
+        return self._match(url_path) in self.denied_paths
+
+
+def ingress_routes(docs: list[dict[str, Any]]) -> IngressRoutes:
+    k8s_services = by_name(docs, "Service")
+    ingresses = of_kind(docs, "Ingress")
+    regex = any(
+        i["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/use-regex") == "true"
+        for i in ingresses
+    )
+    routes = IngressRoutes({}, set(), regex)
+    hosts = set()
+    for ingress in ingresses:
+        annotations = ingress["metadata"].get("annotations", {})
+        denylist = annotations.get("nginx.ingress.kubernetes.io/denylist-source-range", "")
+        deny_all = {c.strip() for c in denylist.split(",")} >= DENY_ALL
+        for rule in ingress["spec"]["rules"]:
+            hosts.add(rule["host"])
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                port_names = {p["name"] for p in k8s_services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in port_names
+                # Without use-regex, ingress-nginx takes an ImplementationSpecific path
+                # literally.
+                assert path["pathType"] == "Prefix" or regex, path
+                assert path["path"] not in routes.backends, path  # one owner per path
+                routes.backends[path["path"]] = backend["name"]
+                if deny_all:
+                    routes.denied_paths.add(path["path"])
+    assert len(hosts) == 1, hosts  # one host: the regex rule spans all its Ingresses
+    return routes
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_l11_metrics_and_readiness_are_not_reachable_through_the_ingress(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    routes = ingress_routes(rendered[overlay])
+    for path in OWN_PATHS:
+        assert routes.denied(path), path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_c1_k8s_never_enables_dev_sign_in_or_the_dev_issuer(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    docs = rendered[overlay]
+    for name, container, _, env in workloads(docs, services):
+        assert "MXW_DEV_SIGN_IN" not in env, (name, container["name"])
+        assert "MXW_DEV_JWKS_PATH" not in env, (name, container["name"])
+    for _, spec in pod_specs(docs):
+        assert not spec.get("hostNetwork"), spec
+        for container in spec["containers"]:
+            assert all("hostPort" not in p for p in container.get("ports", [])), container
+    for service in of_kind(docs, "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ingress_reaches_the_api_and_the_websocket_feed(
     overlay: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
     docs = rendered[overlay]
-    k8s_services = by_name(docs, "Service")
-    (ingress,) = of_kind(docs, "Ingress")
-    annotations = ingress["metadata"]["annotations"]
-    regex = annotations.get("nginx.ingress.kubernetes.io/use-regex") == "true"
-    routes: dict[str, str] = {}
-    for rule in ingress["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            backend = path["backend"]["service"]
-            port_names = {p["name"] for p in k8s_services[backend["name"]]["spec"]["ports"]}
-            assert backend["port"]["name"] in port_names
-            # Without use-regex, ingress-nginx takes an ImplementationSpecific path literally.
-            assert path["pathType"] == "Prefix" or regex, path
-            routes[path["path"]] = backend["name"]
-
-    def route(url_path: str) -> str:
-        """The service ingress-nginx sends a path to: with use-regex every path is a
-        case-insensitive regex anchored at the start, the longest matching one wins."""
-        matching = [
-            p for p in routes if (re.match(p, url_path, re.I) if regex else url_path.startswith(p))
-        ]
-        return routes[max(matching, key=len)]
+    routes = ingress_routes(docs)
+    route = routes.route
+    annotations = by_name(docs, "Ingress")["mxwhisper"]["metadata"]["annotations"]
 
     def concrete(template: str) -> str:
         return re.sub(r"\{\w+\}", "0b6a3c8e-6f0a-4a57-9d4e-2f1c2b3a4d5e", template)
@@ -428,7 +496,7 @@ def test_ingress_reaches_the_api_and_the_websocket_feed(
     )
     ws_paths = re.findall(r'\.websocket\(\s*"(/[^"]*)"', source)
     http_paths = re.findall(r'\.get\(\s*"(/[^"]*)"', source)
-    own = {"/livez", "/readyz", "/metrics"}  # every service's; scraped and probed in-cluster
+    own = set(OWN_PATHS)
     feed_paths = [p for p in http_paths if p not in own]
     assert ws_paths  # the WebSockets
     assert feed_paths  # the SSE feed / event history
@@ -441,6 +509,7 @@ def test_ingress_reaches_the_api_and_the_websocket_feed(
     assert "/jobs/{job_id}" in gateway_paths
     for path in gateway_paths:
         assert route(concrete(path)) == "gateway", path
+        assert not routes.denied(concrete(path)), path
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 60
 
 

@@ -53,3 +53,26 @@ def test_submit_without_a_token_explains_how_to_get_one(tmp_path: Path):
     )
     assert result.exit_code == 2
     assert "mxw token" in result.output
+
+
+def test_c1_local_stack_enables_dev_sign_in_and_warns_beyond_loopback(tmp_path: Path):
+    local = StackConfig(data_dir=tmp_path)
+    assert Supervisor(local).service_env("gateway")["MXW_DEV_SIGN_IN"] == "true"
+    assert local.exposure_warning() is None
+    assert StackConfig(data_dir=tmp_path, host="::1").exposure_warning() is None
+    exposed = StackConfig(data_dir=tmp_path, host="0.0.0.0")
+    warning = exposed.exposure_warning()
+    assert warning is not None
+    assert "0.0.0.0" in warning
+    assert "admin" in warning
+    assert StackConfig(data_dir=tmp_path, host="box.lan").exposure_warning() is not None
+    # Without dev sign-in nothing mints tokens over HTTP: no warning, and the gateway is told.
+    closed = StackConfig(data_dir=tmp_path, host="0.0.0.0", dev_sign_in=False)
+    assert closed.exposure_warning() is None
+    assert Supervisor(closed).service_env("gateway")["MXW_DEV_SIGN_IN"] == "false"
+
+
+def test_c1_up_has_a_switch_for_dev_sign_in():
+    result = CliRunner().invoke(app, ["up", "--help"])
+    assert result.exit_code == 0
+    assert "--no-dev-sign-in" in result.output

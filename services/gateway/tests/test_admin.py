@@ -145,3 +145,28 @@ async def test_dead_letters_are_listed_and_replayed(
         await client.post("/admin/dead-letters/not-an-id/replay", headers=admin)
     ).status_code == 422
     assert (await client.get("/admin/dead-letters", headers=token("dl-user"))).status_code == 403
+
+
+async def test_l10_an_admin_from_the_token_claim_can_be_demoted_in_the_database(client, token):
+    boss, claimed = token("boss", admin=True), token("l10-claimed", admin=True)
+    # The identity provider's claim makes an admin; the table's role is still "user".
+    assert (await client.get("/admin/users", headers=claimed)).status_code == 200
+    seen = (await client.get("/admin/users/l10-claimed", headers=boss)).json()
+    assert (seen["role"], seen["role_set_by_admin"]) == ("user", False)
+    # Admins cannot demote themselves, claim or not.
+    refused = await client.patch("/admin/users/l10-claimed", headers=claimed, json={"role": "user"})
+    assert refused.status_code == 409
+
+    demoted = await client.patch("/admin/users/l10-claimed", headers=boss, json={"role": "user"})
+    assert demoted.status_code == 200, demoted.text
+    assert (demoted.json()["role"], demoted.json()["role_set_by_admin"]) == ("user", True)
+    # The same token, still carrying the claim: the role an admin set wins.
+    assert (await client.get("/admin/users", headers=claimed)).status_code == 403
+    assert (await client.get("/jobs", headers=claimed)).status_code == 200  # still a user
+    # A later change of anything else keeps the decision.
+    await client.patch("/admin/users/l10-claimed", headers=boss, json={"disabled": False})
+    assert (await client.get("/admin/users", headers=claimed)).status_code == 403
+
+    restored = await client.patch("/admin/users/l10-claimed", headers=boss, json={"role": "admin"})
+    assert restored.json()["role"] == "admin"
+    assert (await client.get("/admin/users", headers=claimed)).status_code == 200

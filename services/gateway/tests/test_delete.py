@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
-from mxw_shared.blobs import local_path
-from mxw_shared.contracts import AudioUploaded, Envelope, Stage
+from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import repository
+from mxw_gateway.jobs import service as jobs_service
+from mxw_gateway.settings import GatewaySettings
+from mxw_shared.blobs import LocalBlobStore, local_path
+from mxw_shared.contracts import AudioUploaded, Envelope, JobOptions, Stage
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.settings import CommonSettings
 from mxw_shared.topics import AUDIO_UPLOADED
@@ -116,3 +121,52 @@ async def test_a_late_event_does_not_bring_a_deleted_job_back(
     assert await runner.handle(headers_, event.model_dump_json().encode()) == "deleted"
     assert adopted == []
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE id = $1", job_id) == 0
+
+
+async def test_l5_an_upload_whose_file_a_concurrent_delete_removed_keeps_it(
+    client, token, db, infra, upload_short, short_ogg
+):
+    data = short_ogg + b"\x05" * 7
+    first = await finished_job(upload_short, client, token("l5-a"), db, data)
+    # Another user's upload of the same bytes, stored but not yet committed.
+    store = LocalBlobStore(infra.root / "gateway-blobs")
+    blob = await store.put_bytes(data)
+    # The first job is deleted in that window: nothing references the file yet.
+    assert (await client.delete(f"/jobs/{first}", headers=token("l5-a"))).status_code == 204
+    assert not blob.path.exists()
+    settings = infra.settings(GatewaySettings, "gateway", blob_root=store.root)
+    user = CurrentUser(sub="l5-b", is_admin=False, name=None, email=None)
+    job_id, created = await jobs_service._create_job(
+        db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True
+    )
+    assert created
+    assert blob.path.read_bytes() == data  # put back from the upload's pin
+    assert blob.pin is not None
+    assert not blob.pin.exists()  # and the pin let go
+    audio = await client.get(f"/jobs/{job_id}/audio", headers=token("l5-b"))
+    assert audio.status_code == 200
+    assert audio.content == data
+
+
+async def test_l5_a_delete_waits_for_an_upload_commit_of_the_same_bytes(
+    client, token, db, infra, wait_for, upload_short, short_ogg
+):
+    data = short_ogg + b"\x06" * 7
+    first = await finished_job(upload_short, client, token("l5-c"), db, data)
+    uri = await db.fetchval("SELECT audio_uri FROM jobs WHERE id = $1", first)
+    store = LocalBlobStore(infra.root / "gateway-blobs")
+    blob = await store.put_bytes(data)
+    async with db.acquire() as conn:
+        # An upload of the same bytes by another user commits its rows under the blob lock.
+        async with conn.transaction():
+            await repository.lock_blob(conn, blob.sha256)
+            await repository.ensure_blob(conn, "l5-d", blob, "audio/ogg")
+            deleting = asyncio.create_task(client.delete(f"/jobs/{first}", headers=token("l5-c")))
+            await wait_for(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                predicate=lambda waiting: waiting >= 1,
+            )
+            assert not deleting.done()
+        assert (await deleting).status_code == 204
+    assert blob.uri == uri
+    assert blob.path.read_bytes() == data  # still referenced by the other user's blob row

@@ -111,3 +111,20 @@ async def test_uploads_are_rate_limited_before_the_body_is_stored(client, token,
     limited = await client.post("/upload", headers=headers, files={"file": ("a.wav", b"x" * 1000)})
     assert limited.status_code == 429
     assert sorted(p for p in blobs.rglob("*") if p.is_file()) == before
+
+
+async def test_info_cors_preflight_allows_every_method_the_api_uses(client):
+    spec = (await client.get("/openapi.json")).json()
+    methods = {m.upper() for item in spec["paths"].values() for m in item}
+    assert "PATCH" in methods  # PATCH /webhooks/{id}, PATCH /admin/users/{id}
+    for method in methods:
+        preflight = await client.options(
+            "/webhooks/0b6a3c8e-6f0a-4a57-9d4e-2f1c2b3a4d5e",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code == 200, (method, preflight.text)
+        assert method in preflight.headers["access-control-allow-methods"], method

@@ -264,3 +264,12 @@ def test_targets_private_addresses_are_refused_unless_allowed() -> None:
     assert refusal("h", [ip("127.0.0.2")], False, parse_networks(["127.0.0.1/32"])) is not None
     assert refusal("h", [ip("10.0.0.1")], True, []) is None
     assert refusal("h", [], True, []) is not None
+
+
+def test_l2_after_is_bounded_by_the_integer_seq_column():
+    assert parse_after("2147483647") == 2147483647
+    for bad in ("2147483648", "9999999999", "٣", "-1", "1e3"):
+        with pytest.raises(ValueError, match="2147483647"):
+            parse_after(bad)
+    with pytest.raises(ValueError, match="2147483647"):
+        parse_resume(f"{uuid.uuid4()}:2147483648", max_jobs=10)

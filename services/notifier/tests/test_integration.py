@@ -588,3 +588,30 @@ async def test_metrics_name_the_feeds(notifier):
         "mxw_notifier_status_events_total",
     ):
         assert name in text, name
+
+
+async def test_l2_a_sequence_number_beyond_the_seq_column_is_a_bad_request(
+    notifier, make_job, record, dev_issuer
+):
+    """job_events.seq is an integer: a larger `after` (or Last-Event-ID, or resume position)
+    is refused as bad input instead of failing in the database (500, WebSocket 1011)."""
+    job_id = await make_job("lena")
+    await record(job_id, JobState.running, progress=0.1)
+    token = dev_issuer.mint("lena")
+    for bad in (f"/ws/jobs/{job_id}?after=9999999999", f"/ws/jobs?resume={job_id}:2147483648"):
+        async with connect(f"{notifier.ws}{bad}&access_token={token}") as ws:
+            assert await drain(ws) == ([], 4400), bad
+    url = f"{notifier.http}/jobs/{job_id}/events"
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for params, headers in (
+            ({"after": "9999999999"}, auth),
+            ({}, {**auth, "Last-Event-ID": "2147483648"}),
+        ):
+            response = await client.get(url, params=params, headers=headers)
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert "2147483647" in response.json()["detail"]
+        # The largest seq the column holds is still a valid position.
+        response = await client.get(url, params={"after": "2147483647"}, headers=auth)
+        assert response.status_code == 200, response.text

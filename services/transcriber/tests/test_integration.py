@@ -590,3 +590,36 @@ async def test_french_speech_is_detected_and_transcribed_by_the_multilingual_mod
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", forced
     )
     assert metrics["language"] == "en"
+
+
+async def test_h1_adoption_refuses_audio_outside_the_blob_store_or_of_a_foreign_type(
+    transcriber, infra, db, publish, read_topic, wait_for
+):
+    """Events of other systems naming files outside the store (a secret, a `..` escape), an
+    unknown scheme or a content type the gateway would not serve become no job: the event is
+    dead-lettered with the reason, so the gateway can never read or delete such a file."""
+    inside_uri, sha, _ = store_fixture(infra, "short_en")
+    escape = f"{(infra.root / 'blobs').as_uri()}/../x"
+    cases = {
+        "file:///etc/passwd": "outside the blob store",
+        escape: "outside the blob store",
+        "ftp://example.org/a.ogg": "unsupported audio URI scheme",
+    }
+    jobs: dict[uuid.UUID, tuple[AudioUploaded, str]] = {}
+    for uri, reason in cases.items():
+        event = uploaded(uuid.uuid4(), uri, sha, owner="mallory")
+        jobs[event.job_id] = (event, reason)
+    html = uploaded(uuid.uuid4(), inside_uri, sha, owner="mallory").model_copy(
+        update={"content_type": "text/html"}
+    )
+    jobs[html.job_id] = (html, "content type 'text/html'")
+    for event, _ in jobs.values():
+        await publish(event)
+
+    for job_id, (event, reason) in jobs.items():
+        ((headers, body),) = await read_topic(topics.dlq(topics.AUDIO_UPLOADED), job_id)
+        assert headers["x_error"].startswith("job not adopted: "), headers["x_error"]
+        assert reason in headers["x_error"], (event.audio_uri, headers["x_error"])
+        assert body["audio_uri"] == event.audio_uri
+        assert await db.fetchval("SELECT count(*) FROM jobs WHERE id = $1", job_id) == 0
+        assert await db.fetchval("SELECT count(*) FROM job_stages WHERE job_id = $1", job_id) == 0

@@ -22,6 +22,26 @@ from obstore.store import S3Store
 
 _BLOCK_BYTES = 1024 * 1024
 
+# Container (FFmpeg demuxer) name → the content type a job's audio is stored and served with.
+AUDIO_CONTENT_TYPES: dict[str, str] = {
+    "ogg": "audio/ogg",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+    "matroska,webm": "audio/webm",
+    "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4",
+    "aiff": "audio/aiff",
+    "amr": "audio/amr",
+    "caf": "audio/x-caf",
+    "asf": "audio/x-ms-wma",
+}
+# Audio in a container outside the map: served as bytes, never as something a browser runs.
+UNKNOWN_AUDIO_TYPE = "application/octet-stream"
+# The only content types a job's audio may have: the gateway serves nothing else, and an
+# audio.uploaded event of another system naming another one is refused.
+ALLOWED_AUDIO_CONTENT_TYPES = frozenset(AUDIO_CONTENT_TYPES.values()) | {UNKNOWN_AUDIO_TYPE}
+
 
 class BlobTooLarge(Exception):
     def __init__(self, limit: int) -> None:
@@ -33,12 +53,20 @@ class UnsupportedUri(ValueError):
     pass
 
 
+class OutsideBlobStore(UnsupportedUri):
+    """A file:// URI that names a file outside the blob store's root."""
+
+
 @dataclass(frozen=True)
 class StoredBlob:
     uri: str
     sha256: str
     size_bytes: int
     path: Path
+    # A second link to the bytes, kept until the blob's rows committed: a concurrent
+    # deletion of the same content (another job's) may remove `path` meanwhile, and the
+    # commit puts it back from here (restore_blob, under the blob's lock), then lets go.
+    pin: Path | None = None
 
 
 class LocalBlobStore:
@@ -100,9 +128,11 @@ class LocalBlobStore:
         sha = digest.hexdigest()
         final = self.root / sha[:2] / sha
         final.parent.mkdir(parents=True, exist_ok=True)
+        pin = tmp.with_suffix(".pin")
+        os.link(tmp, pin)
         os.replace(tmp, final)
         await asyncio.to_thread(_fsync_dir, final.parent)  # the rename itself is durable
-        return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final)
+        return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final, pin=pin)
 
     async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
         async def one() -> AsyncIterator[bytes]:
@@ -111,9 +141,13 @@ class LocalBlobStore:
         return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
 
     def delete(self, uri: str) -> None:
-        path = local_path(uri)
-        if path.is_relative_to(self.root):
-            path.unlink(missing_ok=True)
+        """Remove a stored blob; a URI outside the store (a job adopted from another system's
+        event) is never deleted, whatever it names."""
+        try:
+            path = resolve_in_root(uri, self.root)
+        except UnsupportedUri:
+            return
+        path.unlink(missing_ok=True)
 
     def remove_abandoned_parts(self, min_age_s: float = 30.0) -> int:
         """Delete partial uploads whose writer is gone (a killed or crashed process): its
@@ -133,6 +167,18 @@ class LocalBlobStore:
                     removed += 1
             except FileNotFoundError:
                 continue
+        return removed
+
+    def remove_stale_pins(self, min_age_s: float) -> int:
+        """Delete pins older than `min_age_s`: left by a process that died between storing a
+        blob and committing its rows (a live upload lets go of its pin at the commit)."""
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for pin in (self.root / "tmp").glob("*.pin"):
+            with contextlib.suppress(FileNotFoundError):
+                if pin.stat().st_mtime < cutoff:
+                    pin.unlink()
+                    removed += 1
         return removed
 
     def stored_uris(self, min_age_s: float) -> list[str]:
@@ -161,6 +207,30 @@ def local_path(uri: str) -> Path:
     if parsed.netloc not in ("", "localhost"):
         raise UnsupportedUri(f"file:// URI names a remote host: {uri!r}")
     return Path(unquote(parsed.path))
+
+
+def restore_blob(blob: StoredBlob) -> None:
+    """Put a stored blob's file back from its pin if a concurrent deletion removed it. Call
+    it holding the blob's lock, before committing the rows that reference it."""
+    if blob.pin is not None and not blob.path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.link(blob.pin, blob.path)
+
+
+def release_blob(blob: StoredBlob) -> None:
+    """Let go of a stored blob's pin once its rows committed (or the upload was given up)."""
+    if blob.pin is not None:
+        blob.pin.unlink(missing_ok=True)
+
+
+def resolve_in_root(uri: str, root: Path) -> Path:
+    """The file a file:// URI names, resolved first (symlinks, `..`), then checked to lie
+    under `root`: an event or a job row must never make a service read or delete a file
+    elsewhere. UnsupportedUri (OutsideBlobStore when outside) otherwise."""
+    path = local_path(uri).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise OutsideBlobStore(f"audio URI {uri!r} is outside the blob store")
+    return path
 
 
 class BlobNotFound(Exception):

@@ -7,6 +7,7 @@ the major version it knows and ignores unknown fields, so producers may add fiel
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -64,6 +65,14 @@ class EventData(BaseModel):
     )
 
 
+# C0 control characters other than tab and line breaks, and DEL: never meaningful in text a
+# client sends, and Postgres cannot store NUL in text or jsonb at all (a 500 otherwise).
+_CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+CONTROL_CHARACTERS = re.compile(f"[{_CONTROL}]")
+# The same rule as a `pattern` for path and query parameters.
+NO_CONTROL_CHARACTERS = f"^[^{_CONTROL}]*$"
+
+
 class JobOptions(BaseModel):
     """Per-job options; every one is honoured by the stage it concerns."""
 
@@ -83,6 +92,13 @@ class JobOptions(BaseModel):
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=2000)
     chunking: ChunkingMethod = ChunkingMethod.auto
+
+    @field_validator("model", "initial_prompt")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value is not None and CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters")
+        return value
 
     @field_validator("language")
     @classmethod

@@ -11,6 +11,12 @@ from pgvector.asyncpg import register_vector
 
 from mxw_shared.migrations import latest_version
 
+# The largest signed 32- and 64-bit integers: Postgres integer and bigint columns (and Kafka
+# partitions and offsets). A number from a request that meets such a column must be bounded
+# by these: asyncpg refuses a larger one, which would otherwise be a 500.
+INT_MAX = 2**31 - 1
+BIGINT_MAX = 2**63 - 1
+
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 

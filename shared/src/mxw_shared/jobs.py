@@ -14,6 +14,7 @@ from typing import Any
 
 from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
 from mxw_shared.db import Connection
+from mxw_shared.locks import JOB_STATUS_SEQ as _STATUS_SEQ_LOCK
 from mxw_shared.outbox import enqueue
 
 # Share of overall progress each stage covers: transcription is most of the work.
@@ -23,7 +24,6 @@ STAGE_SPAN: dict[Stage, tuple[float, float]] = {
     Stage.embed: (0.9, 1.0),
 }
 STAGE_ORDER = (Stage.transcribe, Stage.chunk, Stage.embed)
-_STATUS_SEQ_LOCK = 0x6D787702  # advisory lock namespace: one job's status numbering
 
 
 def overall_progress(stage: Stage, stage_fraction: float) -> float:

@@ -9,12 +9,12 @@ import asyncio
 
 import asyncpg
 
+from mxw_shared.locks import MIGRATIONS as _LOCK_ID
 from mxw_shared.logging import configure_logging, get_logger
 from mxw_shared.migrations import load_migrations
 from mxw_shared.settings import CommonSettings
 
 log = get_logger(__name__)
-_LOCK_ID = 0x6D7877  # "mxw"
 
 
 async def migrate(dsn: str) -> list[int]:

@@ -19,11 +19,11 @@ from prometheus_client import Counter
 
 from mxw_shared.contracts import Envelope, EventData
 from mxw_shared.db import Connection, Pool
+from mxw_shared.locks import OUTBOX_RELAY_LANE as _RELAY_LOCK
 from mxw_shared.logging import get_logger
 from mxw_shared.telemetry import current_traceparent, publish_context
 
 log = get_logger(__name__)
-_RELAY_LOCK = 0x6D787701
 LANES = 8  # a power of two; the outbox_unsent_lane index uses the same expression
 RELAYED = Counter("mxw_outbox_relayed_total", "Outbox rows published to Kafka", ["topic"])
 

@@ -172,9 +172,13 @@ class StageRunner(Generic[In]):
                     await self._mark_processed(conn, envelope.id)
                     bound.info("event for a deleted job skipped")
                     return "deleted"
+                reason: str | None = None
                 if job is None and self.adopt_job is not None:
-                    job = await self.adopt_job(conn, envelope, typed)
-                reason = self._reject_reason(job, data)
+                    try:
+                        job = await self.adopt_job(conn, envelope, typed)
+                    except PermanentError as exc:  # refused before any row was written
+                        reason = f"job not adopted: {exc}"
+                reason = reason or self._reject_reason(job, data)
                 if reason is not None:
                     bound.warning("event rejected", reason=reason)
                     await self._dead_letter(conn, headers, body, key, reason, 0)

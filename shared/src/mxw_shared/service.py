@@ -144,24 +144,39 @@ class ServiceRuntime:
         await metrics.refresh(refreshers)
 
     async def check_ready(self) -> list[str]:
-        problems: list[str] = []
+        """What keeps this service from being ready, as names safe to show anyone (/readyz
+        is reachable without a token): the errors themselves, which may name hosts, users or
+        paths, go to the log only."""
         if not self.started:
             return ["starting"]
-        try:
+        producer = self._producer
+
+        async def database() -> None:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0)
-        except Exception as exc:
-            problems.append(f"database: {exc!r}")
-        if self._producer is not None:
-            try:  # a metadata round trip: fails while no broker answers
-                await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2.0)
-            except Exception as exc:
-                problems.append(f"broker: {exc!r}")
-        for check in self.ready_checks:
+
+        async def broker() -> None:  # a metadata round trip: fails while no broker answers
+            if producer is not None:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+
+        checks: list[tuple[str, ReadyCheck]] = [
+            ("database unavailable", database),
+            ("broker unavailable", broker),
+            *((f"{_check_name(c)} not ready", c) for c in self.ready_checks),
+        ]
+        problems: list[str] = []
+        for public, check in checks:
             try:
                 await check()
             except Exception as exc:
-                problems.append(str(exc))
+                log.warning("not ready", check=public, error=repr(exc)[:500])
+                problems.append(public)
         return problems
+
+
+def _check_name(check: ReadyCheck) -> str:
+    """A service's own readiness check by what it checks: its object's class, or its name."""
+    owner = getattr(check, "__self__", None)
+    return type(owner).__name__ if owner is not None else getattr(check, "__name__", "check")
 
 
 class StageConsumer:

@@ -30,6 +30,7 @@ from prometheus_client import Counter
 from mxw_shared.contracts import Envelope, JobState, Stage
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import STAGE_ORDER, finish_stage, overall_progress, record_status
+from mxw_shared.locks import STAGE_SWEEP as _SWEEP_LOCK
 from mxw_shared.logging import get_logger
 from mxw_shared.outbox import enqueue, enqueue_raw
 from mxw_shared.settings import CommonSettings
@@ -37,7 +38,6 @@ from mxw_shared.stage_inputs import rebuild_stage_input
 from mxw_shared.topics import dlq
 
 log = get_logger(__name__)
-_SWEEP_LOCK = 0x6D787702
 SWEPT = Counter(
     "mxw_sweeper_actions_total", "Stage inputs re-sent or given up", ["stage", "action"]
 )

@@ -53,6 +53,12 @@ def up(
     ] = "base",
     log_format: str = "console",
     color: bool = True,
+    dev_sign_in: Annotated[
+        bool,
+        typer.Option(
+            help="The web page's sign-in as any user (mints dev tokens); keep it on loopback."
+        ),
+    ] = True,
 ) -> None:
     """Start PostgreSQL, the broker and all five services; Ctrl-C stops everything."""
     config = StackConfig(
@@ -70,6 +76,7 @@ def up(
         whisper_model=whisper_model,
         log_format=log_format,
         color=color and sys.stdout.isatty(),
+        dev_sign_in=dev_sign_in,
     )
     raise typer.Exit(asyncio.run(Supervisor(config).run()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -49,9 +50,31 @@ class StackConfig:
     whisper_model: str = "base"
     log_format: str = "console"
     color: bool = True
+    # The web page's "sign in as anyone" (MXW_DEV_SIGN_IN): anyone who reaches the gateway
+    # can mint admin tokens, which is what a stack for one developer wants on loopback.
+    dev_sign_in: bool = True
 
     def url(self, service: str) -> str:
         return f"http://{self.host}:{self.ports[service]}"
+
+    def exposure_warning(self) -> str | None:
+        """A warning when dev sign-in is reachable from beyond this machine."""
+        if not self.dev_sign_in or _is_loopback(self.host):
+            return None
+        return (
+            f"WARNING: dev sign-in is on and the services listen on {self.host}: anyone who"
+            f" reaches {self.url('gateway')} can sign in as any user, admin included."
+            " Use --host 127.0.0.1, or --no-dev-sign-in with a real token issuer."
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 @dataclass
@@ -127,6 +150,7 @@ class Supervisor:
             env["MXW_EMBEDDER_SERVICE_TOKEN"] = token
             env["MXW_PUBLIC_BASE_URL"] = cfg.url("gateway")
             env["MXW_DEV_JWKS_PATH"] = str(self.data_dir / "auth" / "jwks.json")
+            env["MXW_DEV_SIGN_IN"] = "true" if cfg.dev_sign_in else "false"
             env["MXW_WEB_NOTIFIER_URL"] = cfg.url("notifier")  # the web page's live feed
         if service == "embedder":
             env["MXW_SERVICE_TOKEN"] = token
@@ -137,6 +161,8 @@ class Supervisor:
     async def start_infra(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.say("stack", f"data directory {self.data_dir}")
+        if warning := self.config.exposure_warning():
+            self.say("stack", warning)
         dsn = await asyncio.to_thread(self.postgres.start)
         self.say("postgres", f"ready on 127.0.0.1:{self.config.postgres_port}")
         applied = await migrate(dsn)
@@ -250,6 +276,8 @@ class Supervisor:
                 ready.result()
                 self.write_info()
                 self.say("stack", f"up: API {self.config.url('gateway')}/docs · Ctrl-C stops")
+                if warning := self.config.exposure_warning():
+                    self.say("stack", warning)  # again: the services' logs scrolled it away
             else:
                 ready.cancel()
             await self.stopping.wait()

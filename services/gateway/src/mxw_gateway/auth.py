@@ -1,5 +1,5 @@
 """Bearer-token authentication: verify the JWT, upsert the user on first sight, apply the
-users table's role and disabled flag."""
+users table's role and disabled flag (an admin-set role overrides the token's admin claim)."""
 
 from __future__ import annotations
 
@@ -44,20 +44,29 @@ async def authenticate(
         principal = await verifier.verify(credentials.credentials)
     except AuthError as exc:
         raise unauthorized(str(exc), invalid_token=True) from exc
-    role, disabled = await upsert_user(pool, principal)
+    role, disabled, role_set_by_admin = await upsert_user(pool, principal)
     if disabled:
         raise Problem(403, "Forbidden", "this account is disabled")
     return CurrentUser(
         sub=principal.sub,
-        is_admin=principal.is_admin or role == "admin",
+        is_admin=effective_admin(principal.is_admin, role, role_set_by_admin),
         name=principal.name,
         email=principal.email,
     )
 
 
-async def upsert_user(pool: Pool, principal: Principal) -> tuple[str, bool]:
+def effective_admin(claim_admin: bool, role: str, role_set_by_admin: bool) -> bool:
+    """A role an admin set (PATCH /admin/users/{id}) is final, so a claim admin can be demoted
+    in the database; until then the token's admin claim or the stored role grants admin."""
+    if role_set_by_admin:
+        return role == "admin"
+    return claim_admin or role == "admin"
+
+
+async def upsert_user(pool: Pool, principal: Principal) -> tuple[str, bool, bool]:
     """Create the user on first sight; refresh name, email and last_seen_at at most once a
-    minute so that every request does not write. Returns (role, disabled)."""
+    minute so that every request does not write. Returns (role, disabled, role set by an
+    admin)."""
     row = await pool.fetchrow(
         """INSERT INTO users (id, name, email) VALUES ($1, $2, $3)
            ON CONFLICT (id) DO UPDATE SET
@@ -67,12 +76,14 @@ async def upsert_user(pool: Pool, principal: Principal) -> tuple[str, bool]:
            WHERE users.last_seen_at < now() - interval '60 seconds'
               OR users.name IS DISTINCT FROM coalesce(excluded.name, users.name)
               OR users.email IS DISTINCT FROM coalesce(excluded.email, users.email)
-           RETURNING role, disabled""",
+           RETURNING role, disabled, role_set_by_admin""",
         principal.sub,
         principal.name,
         principal.email,
     )
     if row is None:  # already known and fresh: nothing was written
-        row = await pool.fetchrow("SELECT role, disabled FROM users WHERE id = $1", principal.sub)
+        row = await pool.fetchrow(
+            "SELECT role, disabled, role_set_by_admin FROM users WHERE id = $1", principal.sub
+        )
         assert row is not None
-    return str(row["role"]), bool(row["disabled"])
+    return str(row["role"]), bool(row["disabled"]), bool(row["role_set_by_admin"])

@@ -43,6 +43,11 @@ class GatewaySettings(CommonSettings):
 
     # Set by the local stack: serve the dev issuer's JWKS at /.well-known/jwks.json.
     dev_jwks_path: Path | None = None
+    # The web page's unauthenticated "sign in as anyone" (POST /app/dev-sign-in): it mints
+    # admin tokens for whoever reaches the gateway, so it exists only when this is set (the
+    # local stack, `mxw up`, sets it) and the dev issuer's signing key lies beside
+    # dev_jwks_path. Never in compose or a cluster.
+    dev_sign_in: bool = False
 
     # ---- Web page (/app) ----
     # Where browsers reach the notifier's WebSocket feed (the local stack's by default).

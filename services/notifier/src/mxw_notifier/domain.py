@@ -16,6 +16,7 @@ from typing import Any
 
 from mxw_shared.auth import Principal
 from mxw_shared.contracts import Envelope, JobState, JobStatus
+from mxw_shared.db import INT_MAX
 
 TERMINAL_STATES = frozenset({JobState.done.value, JobState.failed.value, JobState.cancelled.value})
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
@@ -128,8 +129,8 @@ def parse_after(raw: str | None) -> int:
     if raw is None or raw.strip() == "":
         return 0
     value = raw.strip()
-    if not value.isdigit() or len(value) > 10:
-        raise ValueError("after must be a sequence number (a non-negative integer)")
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > INT_MAX:
+        raise ValueError(f"after must be a sequence number (an integer from 0 to {INT_MAX})")
     return int(value)
 
 

@@ -17,12 +17,19 @@ from urllib.parse import urlparse
 
 import httpx
 from mxw_shared import metrics, telemetry
-from mxw_shared.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, UnsupportedUri, local_path
+from mxw_shared.blobs import (
+    ALLOWED_AUDIO_CONTENT_TYPES,
+    BlobNotFound,
+    BlobTooLarge,
+    S3BlobStore,
+    UnsupportedUri,
+    resolve_in_root,
+)
 from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
-from mxw_shared.pipeline import JobCancelled, PermanentError, Progress, StageOutcome
+from mxw_shared.pipeline import AdoptJob, JobCancelled, PermanentError, Progress, StageOutcome
 
 from mxw_transcriber import repository
 from mxw_transcriber.domain import (
@@ -50,12 +57,10 @@ async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[P
     scheme = urlparse(uri).scheme.lower()
     if scheme == "file":
         try:
-            path = local_path(uri).resolve()
+            # Only the blob store: an event must not make this service read arbitrary files.
+            path = resolve_in_root(uri, settings.blob_root)
         except UnsupportedUri as exc:
             raise PermanentError(str(exc)) from exc
-        # Only the blob store: an event must not make this service read arbitrary files.
-        if not path.is_relative_to(settings.blob_root.resolve()):
-            raise PermanentError(f"audio URI {uri!r} is outside the blob store")
         if not path.is_file():
             raise PermanentError(f"audio not found at {uri!r}")
         yield path
@@ -73,6 +78,39 @@ async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[P
             path.unlink(missing_ok=True)
     else:
         raise PermanentError(f"unsupported audio URI scheme {scheme or '(none)'!r}: {uri!r}")
+
+
+def check_adoptable(event: AudioUploaded, settings: TranscriberSettings) -> None:
+    """PermanentError when an audio.uploaded event of another system must not become a job:
+    its audio lies where this service may not read (a file outside the blob store, an object
+    outside the configured S3 store, an unknown scheme), or its content type is not one the
+    gateway serves audio with. Checked before the job row exists, so a refused event leaves
+    no job whose audio the gateway would then read or delete."""
+    uri = event.audio_uri
+    scheme = urlparse(uri).scheme.lower()
+    try:
+        if scheme == "file":
+            resolve_in_root(uri, settings.blob_root)
+        elif scheme == "s3":
+            if not settings.blob_store_url:
+                raise PermanentError(f"no S3 blob store is configured: {uri!r}")
+            S3BlobStore(settings.blob_store_url).key_of(uri)
+        elif scheme not in ("http", "https"):
+            raise PermanentError(f"unsupported audio URI scheme {scheme or '(none)'!r}: {uri!r}")
+    except UnsupportedUri as exc:
+        raise PermanentError(str(exc)) from exc
+    if event.content_type is not None and event.content_type not in ALLOWED_AUDIO_CONTENT_TYPES:
+        raise PermanentError(f"content type {event.content_type!r} is not an audio type served")
+
+
+def job_adopter(settings: TranscriberSettings) -> AdoptJob[AudioUploaded]:
+    """The StageRunner's adoption of jobs announced by other systems: checked, then a row."""
+
+    async def adopt(conn: Connection, envelope: Envelope, event: AudioUploaded) -> JobRow:
+        check_adoptable(event, settings)
+        return await repository.adopt_job(conn, envelope, event)
+
+    return adopt
 
 
 async def _read_s3(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:

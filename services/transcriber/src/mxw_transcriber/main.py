@@ -16,8 +16,7 @@ from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 
-from mxw_transcriber import repository
-from mxw_transcriber.handlers import TranscribeWork
+from mxw_transcriber.handlers import TranscribeWork, job_adopter
 from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 
@@ -70,7 +69,7 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
             stage=Stage.transcribe,
             topic=topics.AUDIO_UPLOADED,
             work=work,
-            adopt_job=repository.adopt_job,
+            adopt_job=job_adopter(settings),
         )
         work.worker_id = runner.worker_id
         app.state.consumer = runtime.subscribe_stage(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
+from mxw_shared.contracts import NO_CONTROL_CHARACTERS
+from mxw_shared.db import BIGINT_MAX
 from mxw_shared.problems import PROBLEM_JSON, Problem
 
 from mxw_gateway.admin import service
@@ -25,7 +27,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "Not an admin.", "content": {PROBLEM_JSON: {}}},
     404: {"description": "No such thing.", "content": {PROBLEM_JSON: {}}},
 }
-UserId = Annotated[str, Path(min_length=1, max_length=255)]
+UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_CONTROL_CHARACTERS)]
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses=_ERRORS)
 
@@ -35,7 +37,7 @@ async def list_users(
     admin: AdminDep,
     pool: PoolDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[UserView]:
     return await service.list_users(pool, limit, offset)
 
@@ -72,7 +74,7 @@ async def dead_letters(
     summary="Reprocess the failed job, or publish the event again",
 )
 async def replay(
-    dead_letter_id: Annotated[str, Path(max_length=300)],
+    dead_letter_id: Annotated[str, Path(max_length=300, pattern=NO_CONTROL_CHARACTERS)],
     admin: AdminDep,
     pool: PoolDep,
     settings: SettingsDep,

@@ -13,6 +13,10 @@ class UserView(BaseModel):
     name: str | None
     email: str | None
     role: str
+    role_set_by_admin: bool = Field(
+        description="An admin set the role: it is final, the token's admin claim no longer "
+        "counts. Otherwise the claim also makes the user an admin."
+    )
     disabled: bool
     created_at: datetime
     last_seen_at: datetime

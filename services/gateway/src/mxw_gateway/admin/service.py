@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from mxw_shared import topics
 from mxw_shared.contracts import Envelope, JobState, Stage
-from mxw_shared.db import Pool
+from mxw_shared.db import BIGINT_MAX, INT_MAX, Pool
 from mxw_shared.outbox import enqueue_raw
 from mxw_shared.problems import Problem
 
@@ -26,7 +26,8 @@ from mxw_gateway.jobs import service as jobs
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
 from mxw_gateway.settings import GatewaySettings
 
-_USER_COLUMNS = """u.id, u.name, u.email, u.role, u.disabled, u.created_at, u.last_seen_at,
+_USER_COLUMNS = """u.id, u.name, u.email, u.role, u.role_set_by_admin, u.disabled, u.created_at,
+    u.last_seen_at,
     (SELECT count(*) FROM jobs j WHERE j.owner_id = u.id) AS job_count"""
 STAGE_OF_TOPIC = {
     topics.AUDIO_UPLOADED: Stage.transcribe,
@@ -55,7 +56,8 @@ async def change_user(pool: Pool, admin: CurrentUser, user_id: str, change: User
     if user_id == admin.sub and (change.disabled or change.role == "user"):
         raise Problem(409, "Refused", "admins cannot disable or demote themselves")
     result = await pool.execute(
-        "UPDATE users SET role = coalesce($2, role), disabled = coalesce($3, disabled)"
+        "UPDATE users SET role = coalesce($2, role), disabled = coalesce($3, disabled),"
+        " role_set_by_admin = role_set_by_admin OR $2 IS NOT NULL"
         " WHERE id = $1",
         user_id,
         change.role,
@@ -112,7 +114,11 @@ async def dead_letters(settings: GatewaySettings, limit: int) -> list[DeadLetter
 def _parse_id(dead_letter_id: str) -> tuple[str, int, int]:
     topic, _, rest = dead_letter_id.rpartition(":")
     topic, _, partition = topic.rpartition(":")
-    if not topic.endswith(".dlq") or not partition.isdigit() or not rest.isdigit():
+    if (
+        not topic.endswith(".dlq")
+        or not (partition.isascii() and partition.isdigit() and int(partition) <= INT_MAX)
+        or not (rest.isascii() and rest.isdigit() and int(rest) <= BIGINT_MAX)
+    ):
         raise Problem(422, "Invalid request", "dead-letter ids look like <topic>.dlq:<p>:<offset>")
     return topic, int(partition), int(rest)
 

@@ -10,23 +10,9 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import av
+from mxw_shared.blobs import AUDIO_CONTENT_TYPES, UNKNOWN_AUDIO_TYPE
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.jobs import STAGE_SPAN
-
-# Container (FFmpeg demuxer) name → the content type the audio is served with.
-_CONTENT_TYPES: dict[str, str] = {
-    "ogg": "audio/ogg",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "flac": "audio/flac",
-    "aac": "audio/aac",
-    "matroska,webm": "audio/webm",
-    "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4",
-    "aiff": "audio/aiff",
-    "amr": "audio/amr",
-    "caf": "audio/x-caf",
-    "asf": "audio/x-ms-wma",
-}
 
 
 class NotAudio(ValueError):
@@ -43,7 +29,7 @@ class AudioInfo:
 
     @property
     def content_type(self) -> str:
-        return _CONTENT_TYPES.get(self.container, "application/octet-stream")
+        return AUDIO_CONTENT_TYPES.get(self.container, UNKNOWN_AUDIO_TYPE)
 
 
 def probe_audio(path: Path) -> AudioInfo:

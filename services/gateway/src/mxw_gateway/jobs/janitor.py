@@ -13,6 +13,7 @@ from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 
 from mxw_gateway.jobs import repository
+from mxw_gateway.jobs.service import delete_unreferenced
 
 log = get_logger(__name__)
 
@@ -55,8 +56,14 @@ class BlobJanitor:
             orphans += await repository.unreferenced_blobs(
                 self.pool, candidates[start : start + 1000]
             )
-        for uri in orphans:
-            await asyncio.to_thread(self.store.delete, uri)
-        if parts or orphans:
-            log.info("abandoned uploads removed", part_files=parts, stored_files=len(orphans))
+        for uri in orphans:  # checked again under the blob's lock: an upload may commit now
+            await delete_unreferenced(self.pool, self.store, uri)
+        pins = await asyncio.to_thread(self.store.remove_stale_pins, self.orphan_after_s)
+        if parts or orphans or pins:
+            log.info(
+                "abandoned uploads removed",
+                part_files=parts,
+                stored_files=len(orphans),
+                pins=pins,
+            )
         return parts, len(orphans)

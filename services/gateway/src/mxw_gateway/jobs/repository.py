@@ -11,6 +11,7 @@ import asyncpg
 from mxw_shared.blobs import StoredBlob
 from mxw_shared.contracts import JobOptions
 from mxw_shared.db import Connection, Pool
+from mxw_shared.locks import BLOB_CONTENT, UPLOAD_CONTENT, text_key
 
 _JOB_COLUMNS = (
     "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
@@ -21,7 +22,16 @@ _JOB_COLUMNS = (
 async def lock_owner_content(conn: Connection, owner_id: str, sha256: str) -> None:
     """Serialise concurrent uploads of the same audio by the same owner (de-duplication)."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"upload:{owner_id}:{sha256}"
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        text_key(UPLOAD_CONTENT, owner_id, sha256),
+    )
+
+
+async def lock_blob(conn: Connection, sha256: str) -> None:
+    """Serialise an upload's commit with the deletion of the stored file of the same bytes
+    (any owner's), until the transaction ends."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", text_key(BLOB_CONTENT, sha256)
     )
 
 
@@ -88,8 +98,8 @@ async def insert_job(
     )
 
 
-async def blob_in_use(pool: Pool, uri: str) -> bool:
-    used: bool = await pool.fetchval(
+async def blob_in_use(conn: Connection, uri: str) -> bool:
+    used: bool = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM blobs WHERE uri = $1)"
         " OR EXISTS (SELECT 1 FROM jobs WHERE audio_uri = $1)",
         uri,

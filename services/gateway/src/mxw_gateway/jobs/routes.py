@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from mxw_shared.blobs import S3BackedBlobStore
-from mxw_shared.contracts import JobState
+from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
@@ -143,7 +143,12 @@ async def list_jobs(
     ] = None,
     created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
     filename: Annotated[
-        str | None, Query(max_length=255, description="Filename contains (case-insensitive).")
+        str | None,
+        Query(
+            max_length=255,
+            pattern=NO_CONTROL_CHARACTERS,
+            description="Filename contains (case-insensitive).",
+        ),
     ] = None,
 ) -> JobPage:
     size = min(limit or settings.jobs_default_page_size, settings.jobs_max_page_size)

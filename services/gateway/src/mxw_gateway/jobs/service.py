@@ -12,13 +12,17 @@ from typing import Any
 
 import asyncpg
 from mxw_shared.blobs import (
+    ALLOWED_AUDIO_CONTENT_TYPES,
+    UNKNOWN_AUDIO_TYPE,
     BlobNotFound,
     BlobTooLarge,
     LocalBlobStore,
     S3BackedBlobStore,
     StoredBlob,
     UnsupportedUri,
-    local_path,
+    release_blob,
+    resolve_in_root,
+    restore_blob,
 )
 from mxw_shared.contracts import (
     AudioUploaded,
@@ -182,8 +186,28 @@ async def _create_job(
     options: JobOptions,
     force: bool,
 ) -> tuple[uuid.UUID, bool]:
-    """Blob row, job row, the queued status and AudioUploaded: one transaction."""
+    """Blob row, job row, the queued status and AudioUploaded: one transaction, holding the
+    blob's lock (a deletion of the same stored file waits, or already removed it, and the
+    file is put back before the rows commit)."""
+    try:
+        return await _commit_job(pool, settings, user, blob, content_type, filename, options, force)
+    finally:
+        await asyncio.to_thread(release_blob, blob)
+
+
+async def _commit_job(
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    blob: StoredBlob,
+    content_type: str,
+    filename: str | None,
+    options: JobOptions,
+    force: bool,
+) -> tuple[uuid.UUID, bool]:
     async with pool.acquire() as conn, conn.transaction():
+        await repository.lock_blob(conn, blob.sha256)
+        await asyncio.to_thread(restore_blob, blob)
         await repository.lock_owner_content(conn, user.sub, blob.sha256)
         if not force:
             existing = await repository.find_reusable_job(conn, user.sub, blob.sha256)
@@ -230,11 +254,22 @@ async def _create_job(
 async def discard_unreferenced(pool: Pool, store: LocalBlobStore, blob: StoredBlob) -> None:
     """Delete a rejected upload's file unless a job already uses the same content."""
     try:
-        if await repository.blob_in_use(pool, blob.uri):
-            return
+        await delete_unreferenced(pool, store, blob.uri)
     except (OSError, asyncpg.PostgresError):
-        return  # keep the file when unsure: a dangling file is better than a broken job
-    await asyncio.to_thread(store.delete, blob.uri)
+        pass  # keep the file when unsure: a dangling file is better than a broken job
+    finally:
+        await asyncio.to_thread(release_blob, blob)
+
+
+async def delete_unreferenced(pool: Pool, store: LocalBlobStore, uri: str) -> None:
+    """Delete a stored file unless a job or blob row references it, checked and done under
+    the blob's lock (per sha256, the file's name): an upload of the same bytes commits either
+    before (the file stays) or after (and puts the file back first)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.lock_blob(conn, uri.rsplit("/", 1)[-1])
+        if await repository.blob_in_use(conn, uri):
+            return
+        await asyncio.to_thread(store.delete, uri)
 
 
 def _too_large(limit: int) -> Problem:
@@ -465,8 +500,7 @@ async def delete_job(
                 state=state.value,
             )
         uri = await repository.delete_job(conn, job_id, job["owner_id"])
-    if not await repository.blob_in_use(pool, uri):
-        await asyncio.to_thread(store.delete, uri)
+    await delete_unreferenced(pool, store, uri)
 
 
 async def reprocess_job(
@@ -603,7 +637,9 @@ async def audio_file(
 ) -> StoredAudio:
     """The job's stored audio, local or in the gateway's S3 store."""
     job = await load_owned_job(pool, user, job_id)
-    content_type = job["content_type"] or "application/octet-stream"
+    content_type = job["content_type"]
+    if content_type not in ALLOWED_AUDIO_CONTENT_TYPES:  # never serve what a browser runs
+        content_type = UNKNOWN_AUDIO_TYPE
     uri: str = job["audio_uri"]
     if uri.startswith("s3://") and isinstance(store, S3BackedBlobStore):
         try:
@@ -614,7 +650,7 @@ async def audio_file(
             ) from exc
         return StoredAudio(content_type, job["filename"], uri=uri)
     try:
-        path = local_path(uri)
+        path = await asyncio.to_thread(resolve_in_root, uri, store.root)
     except UnsupportedUri as exc:
         raise Problem(
             409, "Audio not stored here", "this job's audio lives outside the gateway's store"

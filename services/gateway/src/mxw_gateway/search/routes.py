@@ -7,7 +7,9 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from mxw_shared.contracts import NO_CONTROL_CHARACTERS
+from mxw_shared.db import BIGINT_MAX
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import CurrentUserDep, EmbedderClientDep, PoolDep, SettingsDep
@@ -28,13 +30,13 @@ async def search_get(
     settings: SettingsDep,
     pool: PoolDep,
     client: EmbedderClientDep,
-    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    q: Annotated[str, Query(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)],
     mode: SearchMode = SearchMode.hybrid,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
     job_id: Annotated[list[uuid.UUID] | None, Query(description="Repeatable.")] = None,
-    language: Annotated[str | None, Query(max_length=16)] = None,
+    language: Annotated[str | None, Query(max_length=16, pattern=NO_CONTROL_CHARACTERS)] = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
 ) -> SearchResults:
@@ -81,7 +83,7 @@ async def search_post(
 
 @router.get("/search/similar/{chunk_id}", response_model=SearchResults)
 async def similar_get(
-    chunk_id: int,
+    chunk_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
     user: CurrentUserDep,
     settings: SettingsDep,
     pool: PoolDep,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+from mxw_shared.contracts import NO_CONTROL_CHARACTERS
 from pydantic import BaseModel, ConfigDict, Field
 
 from mxw_gateway.search.repository import SearchMode
@@ -20,7 +21,10 @@ class SearchFilters(BaseModel):
         default_factory=list, max_length=1000, description="Only these jobs' chunks."
     )
     language: str | None = Field(
-        default=None, max_length=16, description="Spoken language detected by the transcriber."
+        default=None,
+        max_length=16,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="Spoken language detected by the transcriber.",
     )
     created_from: dt.datetime | None = Field(
         default=None, description="Jobs uploaded at or after this time."
@@ -31,7 +35,12 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(SearchFilters):
-    q: str = Field(min_length=1, max_length=1000, description="What to look for, in words.")
+    q: str = Field(
+        min_length=1,
+        max_length=1000,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="What to look for, in words.",
+    )
     mode: SearchMode = Field(
         default=SearchMode.hybrid,
         description="hybrid: meaning and words fused by reciprocal rank; vector: meaning "

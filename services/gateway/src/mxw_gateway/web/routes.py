@@ -1,6 +1,7 @@
 """The web page: one HTML document and its static modules under /app, the page's public
-configuration, and — only when the local dev issuer is enabled — a simple sign-in that mints
-a dev token. The page itself calls the same public API as any client, with a bearer token."""
+configuration, and — only when MXW_DEV_SIGN_IN is set (the local stack) — a simple sign-in
+that mints a dev token. The page itself calls the same public API as any client, with a
+bearer token."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from mxw_shared.devissuer import DevIssuer
+from mxw_shared.logging import get_logger
 from mxw_shared.problems import Problem
 from pydantic import BaseModel, ConfigDict, Field
 
 from mxw_gateway.settings import GatewaySettings
+
+log = get_logger(__name__)
 
 # Whitelisted assets (no path from the request ever reaches the file system).
 _ASSETS: dict[str, str] = {
@@ -83,18 +87,25 @@ def content_security_policy(settings: GatewaySettings) -> str:
     )
 
 
+class DevSignInUnavailable(RuntimeError):
+    """MXW_DEV_SIGN_IN is set but there is no dev issuer to sign with."""
+
+
 def dev_issuer_for(settings: GatewaySettings) -> DevIssuer | None:
-    """The local dev issuer (its signing key lies beside the JWKS the gateway serves), or
-    None when this gateway is not running the local stack."""
-    if settings.dev_jwks_path is None:
+    """The local dev issuer when dev sign-in is enabled (MXW_DEV_SIGN_IN; its signing key
+    lies beside the JWKS the gateway serves), else None: no route can mint tokens."""
+    if not settings.dev_sign_in:
         return None
-    key_path = settings.dev_jwks_path.parent / "dev-signing-key.pem"
-    if not key_path.is_file() or not settings.dev_jwks_path.is_file():
-        return None
-    keys = json.loads(settings.dev_jwks_path.read_text()).get("keys") or []
+    jwks_path = settings.dev_jwks_path
+    if jwks_path is None:
+        raise DevSignInUnavailable("MXW_DEV_SIGN_IN needs MXW_DEV_JWKS_PATH (the dev issuer)")
+    key_path = jwks_path.parent / "dev-signing-key.pem"
+    if not key_path.is_file() or not jwks_path.is_file():
+        raise DevSignInUnavailable(f"MXW_DEV_SIGN_IN: no dev signing key beside {jwks_path}")
+    keys = json.loads(jwks_path.read_text()).get("keys") or []
     if not keys or not keys[0].get("kid"):
-        return None
-    return DevIssuer(key_path=key_path, jwks_path=settings.dev_jwks_path, kid=str(keys[0]["kid"]))
+        raise DevSignInUnavailable(f"MXW_DEV_SIGN_IN: {jwks_path} names no key id")
+    return DevIssuer(key_path=key_path, jwks_path=jwks_path, kid=str(keys[0]["kid"]))
 
 
 def web_router(settings: GatewaySettings) -> APIRouter:
@@ -147,6 +158,10 @@ def web_router(settings: GatewaySettings) -> APIRouter:
         )
 
     if dev_issuer is not None:
+        log.warning(
+            "dev sign-in enabled (MXW_DEV_SIGN_IN): anyone who reaches this gateway can mint"
+            " admin tokens; for the local stack only"
+        )
 
         @router.post("/app/dev-sign-in")
         async def dev_sign_in(body: DevSignIn) -> JSONResponse:

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
+from mxw_shared.db import BIGINT_MAX
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import CurrentUserDep, PoolDep
@@ -129,6 +130,8 @@ async def list_webhook_attempts(
     user: CurrentUserDep,
     pool: PoolDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="Attempts older than this id.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=BIGINT_MAX, description="Attempts older than this id.")
+    ] = None,
 ) -> AttemptPage:
     return await service.attempts(pool, user, webhook_id, limit, before)

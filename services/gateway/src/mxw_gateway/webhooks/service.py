@@ -13,6 +13,7 @@ from typing import Any
 from asyncpg import Record
 from mxw_shared import netguard
 from mxw_shared.db import Pool
+from mxw_shared.locks import WEBHOOKS_OF_USER, text_key
 from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
@@ -102,7 +103,8 @@ async def create(
     async with pool.acquire() as conn, conn.transaction():
         # One user's creations are serialised, so the limit holds under concurrency.
         await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"webhooks:{user.sub}"
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            text_key(WEBHOOKS_OF_USER, user.sub),
         )
         count = await conn.fetchval(
             "SELECT count(*) FROM webhook_endpoints WHERE owner_id = $1", user.sub
