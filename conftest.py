@@ -198,6 +198,42 @@ def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def read_probes(infra: Infra):  # type: ignore[no-untyped-def]
+    """Collect the records of a topic that carry a `probe` header among `probes` (records
+    without a usable key, e.g. dead letters of malformed events), from the beginning, until
+    all arrived or `timeout_s` passed. Returns {probe: (headers, value, key)}."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def read(
+        topic: str, probes: set[str], timeout_s: float = 60.0
+    ) -> dict[str, tuple[dict[str, str], bytes, bytes | None]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=infra.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        found: dict[str, tuple[dict[str, str], bytes, bytes | None]] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while set(found) != probes and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        headers = {k: v.decode() for k, v in r.headers}
+                        if headers.get("probe") in probes:
+                            found[headers["probe"]] = (headers, r.value, r.key)
+        finally:
+            await consumer.stop()
+        return found
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def wait_for(db):  # type: ignore[no-untyped-def]
     """Poll a SQL query until `predicate(value)` holds; returns the value."""
     import asyncio

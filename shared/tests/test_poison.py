@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 
 import asyncpg
@@ -99,26 +98,6 @@ def ce_headers(event: TranscriptReady, **override: bytes) -> list[tuple[str, byt
     return list({**headers, **override}.items())
 
 
-async def dead_letters(bootstrap: str, topic: str, probes: set[str], timeout_s: float = 60.0):
-    """The records of `topic` carrying a `probe` header among `probes`, by probe."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: dict[str, tuple[dict[str, str], bytes, bytes | None]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while set(found) != probes and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    headers = {k: v.decode() for k, v in r.headers}
-                    if headers.get("probe") in probes:
-                        found[headers["probe"]] = (headers, r.value, r.key)
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def stage_state(db, job_id: uuid.UUID) -> str | None:
     return await db.fetchval(
         "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
@@ -126,7 +105,7 @@ async def stage_state(db, job_id: uuid.UUID) -> str | None:
 
 
 async def test_h3_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
-    stage, infra, db, make_job, kafka_producer, wait_for
+    stage, db, make_job, kafka_producer, wait_for, read_probes
 ):
     job_id = await make_job()
     event = ready(job_id)
@@ -177,9 +156,7 @@ async def test_h3_poison_records_are_dead_lettered_and_the_partition_keeps_flowi
         good,
         predicate=lambda s: s == "done",
     )
-    found = await dead_letters(
-        infra.bootstrap_servers, topics.dlq(topics.TRANSCRIPT_READY), set(probes)
-    )
+    found = await read_probes(topics.dlq(topics.TRANSCRIPT_READY), set(probes))
     assert {probes[p] for p in found} == set(cases)
     for probe, (headers, value, key) in found.items():
         name = probes[probe]
@@ -206,7 +183,7 @@ async def test_h3_poison_records_are_dead_lettered_and_the_partition_keeps_flowi
 
 
 async def test_h3_deterministic_handler_error_is_dead_lettered_after_n_attempts(
-    stage, infra, db, make_job, kafka_producer, wait_for
+    stage, db, make_job, kafka_producer, wait_for, read_probes
 ):
     work, consumer = stage
     job_id = await make_job()
@@ -245,9 +222,7 @@ async def test_h3_deterministic_handler_error_is_dead_lettered_after_n_attempts(
         "SELECT error FROM job_events WHERE job_id = $1 AND state = 'failed'", job_id
     )
     assert failed == error  # the job's readable reason, announced on job.status
-    ((headers, _, _),) = (
-        await dead_letters(infra.bootstrap_servers, topics.dlq(topics.TRANSCRIPT_READY), {probe})
-    ).values()
+    ((headers, _, _),) = (await read_probes(topics.dlq(topics.TRANSCRIPT_READY), {probe})).values()
     assert headers["x_attempts"] == "3"
     assert "title is not storable" in headers["x_error"]
 

@@ -28,8 +28,9 @@ from mxw_notifier.webhooks import WebhookDispatcher
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
-    # The notifier's own writes (webhook deliveries) announce nothing: no outbox to relay.
-    runtime = ServiceRuntime(settings, relay_outbox=False)
+    # Its one kind of event is a dead letter of job.status (the webhook trigger's): relayed
+    # from the outbox like every other service's events.
+    runtime = ServiceRuntime(settings)
     hub = Hub()
     feed = Feed(settings, JwksVerifier.from_settings(settings), hub)
 
