@@ -6,20 +6,36 @@ still delivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from mxw_shared import topics
 from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
+from mxw_shared.outbox import OutboxRelay
 from websockets.asyncio.client import ClientConnection, connect
 
 
 @pytest.fixture(scope="module")
-async def notifier(start_notifier):
-    async with start_notifier() as running:
-        yield running
+async def notifier(start_notifier, infra, db):
+    """A notifier, and an outbox relay standing in for the gateway's and the workers' (the
+    notifier relays nothing itself): it publishes the dead letters the trigger writes."""
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers, acks="all")
+    await producer.start()
+    relay = OutboxRelay(db, producer, poll_interval_s=0.2)
+    relaying = asyncio.create_task(relay.run())
+    try:
+        async with start_notifier() as running:
+            yield running
+    finally:
+        await relay.stop()
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
+        await producer.stop()
 
 
 async def recv(ws: ClientConnection, timeout_s: float = 30) -> dict:

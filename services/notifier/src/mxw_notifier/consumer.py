@@ -7,7 +7,8 @@
 
 A malformed record (undecodable headers, invalid or deeply nested JSON, NUL characters, over
 `max_event_bytes`) never stops either loop: the webhook trigger, the one reader the replicas
-share, dead-letters it to `job.status.dlq` with the reason; the live feed skips it. A
+share, dead-letters it to `job.status.dlq` with the reason (an outbox row, which the relays
+of the other services publish); the live feed skips it. A
 handler error that is no outage is retried `max_handler_attempts` times, then given up.
 
 Both are plain aiokafka loops over `getmany` batches. FastStream's per-message machinery
