@@ -39,31 +39,36 @@ def clean_text(value: str, limit: int | None = None) -> str:
     return text if limit is None else text[:limit]
 
 
+def _is_text(raw: bytes) -> bool:
+    try:
+        return "\x00" not in raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+
+
 def _header_value(value: object) -> str:
     if isinstance(value, bytes | bytearray):
-        try:
-            text = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return (BASE64_PREFIX + base64.b64encode(bytes(value)).decode())[:MAX_HEADER_CHARS]
-        if "\x00" in text:
-            return (BASE64_PREFIX + base64.b64encode(bytes(value)).decode())[:MAX_HEADER_CHARS]
-        return text[:MAX_HEADER_CHARS]
-    return clean_text(str(value), MAX_HEADER_CHARS)
+        raw = bytes(value)
+    else:
+        raw = str(value).encode(errors="surrogatepass")
+    if _is_text(raw):
+        return raw.decode("utf-8")[:MAX_HEADER_CHARS]
+    return (BASE64_PREFIX + base64.b64encode(raw).decode())[:MAX_HEADER_CHARS]
 
 
 def dlq_headers(
     raw_headers: object, *, reason: str, consumer: str, attempts: int, original_topic: str
 ) -> dict[str, str]:
     """The original headers, sanitised, plus the x_* headers that say why the record is
-    here. Header values with a NUL or bytes that are not UTF-8 are kept as `base64:…`."""
+    here (they replace any the record brought). Header values with a NUL or bytes that are
+    not UTF-8 are kept as `base64:…`."""
     copied: dict[str, str] = {}
     try:
         items = header_items(raw_headers)
     except Exception:  # headers of an unknown shape: the reason says what is known
         items = []
     for key, value in items[:MAX_HEADERS]:
-        name = clean_text(str(key), 255)
-        if name and not name.startswith("x_"):
+        if name := clean_text(str(key), 255):
             copied[name] = _header_value(value)
     return {
         **copied,
@@ -78,8 +83,8 @@ def record_key(key: bytes | str | None, body: bytes) -> str:
     """The DLQ record's key: the original one, else the job id found in the body."""
     if isinstance(key, bytes):
         key = key.decode(errors="replace")
-    if key:
-        return clean_text(key, 255) or "unknown"
+    if key and (cleaned := clean_text(key, 255)):
+        return cleaned
     try:
         value = json.loads(body)
         job_id = value.get("job_id", "unknown") if isinstance(value, dict) else "unknown"
