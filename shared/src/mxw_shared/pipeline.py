@@ -5,7 +5,10 @@ already done) → start the stage under a lease → do the work with retries and
 commit results, stage state, next event, status event and the processed-event record in one
 transaction. After the last attempt, or at once for errors that retrying cannot fix, the
 stage fails with a readable reason, the event goes to `<topic>.dlq`, and the pipeline moves
-on. The Kafka offset is committed by the caller only after this returns.
+on. A malformed record goes there at once; one whose handling raises something other than an
+outage `max_handler_attempts` times the consumer hands to `give_up`. The stage's end is
+written only while this worker holds its lease: a worker that lost it drops its result.
+The Kafka offset is committed by the caller only after this returns.
 """
 
 from __future__ import annotations
