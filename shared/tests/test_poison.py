@@ -182,6 +182,35 @@ async def test_h3_poison_records_are_dead_lettered_and_the_partition_keeps_flowi
     assert await stage_state(db, job_id) is None  # no bad record touched the job
 
 
+async def test_h3_record_the_client_cannot_parse_is_skipped_and_dead_lettered(
+    stage, make_job, kafka_producer, wait_for, read_probes, publish_unreadable
+):
+    """A header *name* that is not UTF-8 makes aiokafka itself fail on every fetch."""
+    offset = await publish_unreadable(topics.TRANSCRIPT_READY, PARTITION, b"{}")
+    good = await make_job()
+    await kafka_producer.send_and_wait(
+        topics.TRANSCRIPT_READY,
+        value=ready(good).model_dump_json().encode(),
+        key=str(good).encode(),
+        headers=ce_headers(ready(good)),
+        partition=PARTITION,
+    )
+
+    await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'chunk'",
+        good,
+        predicate=lambda s: s == "done",
+    )
+    marker = f"record at offset {offset} of partition {PARTITION} cannot be read"
+    found = await read_probes(
+        topics.dlq(topics.TRANSCRIPT_READY),
+        {marker},
+        probe_of=lambda h: marker if marker in h.get("x_error", "") else None,
+    )
+    ((headers, _, _),) = found.values()
+    assert "header name is not UTF-8" in headers["x_error"]
+
+
 async def test_h3_deterministic_handler_error_is_dead_lettered_after_n_attempts(
     stage, db, make_job, kafka_producer, wait_for, read_probes
 ):

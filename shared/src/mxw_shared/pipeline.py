@@ -395,9 +395,15 @@ class StageRunner(Generic[In]):
                 raise
             # Failing the job is what fails: the record still leaves the partition.
             log.error("job of a dead-lettered record not failed", error=repr(exc)[:500])
-            async with self.pool.acquire() as conn, conn.transaction():
-                await self._dead_letter(conn, headers, body, key, reason, attempts)
+            await self.dead_letter(headers, body, key, reason, attempts)
         EVENTS.labels(self.topic, "gave-up").inc()
+
+    async def dead_letter(
+        self, headers: object, body: bytes, key: bytes | None, reason: str, attempts: int = 0
+    ) -> None:
+        """Dead-letter a record in a transaction of its own."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._dead_letter(conn, headers, body, key, reason, attempts)
 
     async def _fail_stage_of(
         self, conn: Connection, headers: object, body: bytes, reason: str

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mxw_shared import metrics, telemetry
 from mxw_shared.db import Pool, check_schema, create_pool
 from mxw_shared.deadletter import FailureCounter, is_outage
-from mxw_shared.kafka import ensure_topics, make_broker, make_producer
+from mxw_shared.kafka import ensure_topics, make_broker, make_producer, skip_unreadable
 from mxw_shared.logging import configure_logging, get_logger
 from mxw_shared.outbox import OutboxRelay
 from mxw_shared.pipeline import StageRunner
@@ -230,6 +230,9 @@ class StageConsumer:
                 batch = await consumer.getmany(timeout_ms=500, max_records=1)
             except asyncio.CancelledError:
                 raise
+            except UnicodeDecodeError as exc:  # a record the client itself cannot parse
+                await self._skip_unreadable(exc)
+                continue
             except Exception as exc:  # broker trouble: aiokafka reconnects, keep polling
                 log.warning("stage consumer poll failed", topic=self.runner.topic, error=repr(exc))
                 await asyncio.sleep(1.0)
@@ -247,6 +250,23 @@ class StageConsumer:
             self._sync_pauses()
             with contextlib.suppress(Exception):  # lag is best effort, never stops polling
                 await asyncio.wait_for(metrics.observe_lag(consumer, self.group_id), 0.5)
+
+    async def _skip_unreadable(self, exc: UnicodeDecodeError) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
+            if skipped is None:
+                return
+            tp, offset = skipped
+            reason = (
+                f"invalid event: record at offset {offset} of partition {tp.partition} cannot"
+                f" be read (a header name is not UTF-8: {exc})"
+            )
+            await self.runner.dead_letter([], b"", None, reason)
+        except Exception as error:  # an outage meanwhile: the record fails the next poll too
+            log.warning("unreadable record not skipped", topic=self.runner.topic, error=repr(error))
+            await asyncio.sleep(self.retry_delay_s)
 
     def _sync_pauses(self) -> None:
         """Paused: partitions with a record in hand, and all of them while no slot is free."""
