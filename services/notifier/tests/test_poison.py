@@ -75,12 +75,20 @@ REASONS = {
     "nul-in-ce-id": "NUL",
     "nul-in-value": "NUL",
     "oversize": "MXW_MAX_EVENT_BYTES",
+    "unreadable": "a header name is not UTF-8",
 }
 
 
-async def publish_poison(kafka_producer, job_id: uuid.UUID, owner: str) -> dict[str, str]:
-    """Publish the poison under the job's key (the partition of its good events)."""
-    probes = {}
+PARTITION = 0  # every record of a test on one partition: the good one queues behind the bad
+
+
+async def publish_poison(
+    kafka_producer, publish_unreadable, job_id: uuid.UUID, owner: str
+) -> dict[str, str]:
+    """Publish the poison; returns {probe: kind}. The record aiokafka cannot parse (a header
+    name that is not UTF-8) carries no probe: its dead letter is found by its offset."""
+    offset = await publish_unreadable(topics.JOB_STATUS, PARTITION, b"{}")
+    probes = {f"record at offset {offset} of partition {PARTITION}": "unreadable"}
     for name, (headers, value) in poison(job_id, owner).items():
         probe = f"{name}-{uuid.uuid4().hex[:8]}"
         probes[probe] = name
@@ -89,12 +97,33 @@ async def publish_poison(kafka_producer, job_id: uuid.UUID, owner: str) -> dict[
             value=value,
             key=str(job_id).encode(),
             headers=[*headers, ("probe", probe.encode())],
+            partition=PARTITION,
         )
     return probes
 
 
+async def send_good(record, kafka_producer, job_id: uuid.UUID, state: JobState, **kw) -> Envelope:
+    """Record a status the way the stages do and publish it on PARTITION, behind the poison."""
+    envelope, event = await record(job_id, state, **kw)
+    await kafka_producer.send_and_wait(
+        topics.JOB_STATUS,
+        value=event.model_dump_json().encode(),
+        key=str(job_id).encode(),
+        headers=[(k, v.encode()) for k, v in envelope.to_headers().items()],
+        partition=PARTITION,
+    )
+    return envelope
+
+
+def probe_of(headers: dict[str, str]) -> str | None:
+    if "probe" in headers:
+        return headers["probe"]
+    # The unreadable record's dead letter: "invalid event: record at offset N of partition P …"
+    return headers.get("x_error", "").removeprefix("invalid event: ").split(" cannot be read")[0]
+
+
 async def assert_dead_lettered(read_probes, probes: dict[str, str]) -> None:
-    found = await read_probes(topics.dlq(topics.JOB_STATUS), set(probes))
+    found = await read_probes(topics.dlq(topics.JOB_STATUS), set(probes), probe_of=probe_of)
     assert {probes[p] for p in found} == set(probes.values())
     for probe, (headers, value, _) in found.items():
         name = probes[probe]
@@ -108,22 +137,24 @@ async def assert_dead_lettered(read_probes, probes: dict[str, str]) -> None:
 
 
 async def test_h3_live_feed_skips_malformed_records_and_keeps_flowing(
-    notifier, make_job, emit, dev_issuer, kafka_producer, read_probes
+    notifier, make_job, record, dev_issuer, kafka_producer, publish_unreadable, read_probes
 ):
     job_id = await make_job("alice")
     url = f"{notifier.ws}/ws/jobs/{job_id}?access_token={dev_issuer.mint('alice')}"
     async with connect(url) as ws:
-        first = await emit(job_id, JobState.running, progress=0.1)
+        first = await send_good(record, kafka_producer, job_id, JobState.running, progress=0.1)
         assert (await recv(ws))["event_id"] == first.id  # subscribed and live
-        probes = await publish_poison(kafka_producer, job_id, "alice")
-        good = await emit(job_id, JobState.running, stage=Stage.chunk, progress=0.85)
+        probes = await publish_poison(kafka_producer, publish_unreadable, job_id, "alice")
+        good = await send_good(
+            record, kafka_producer, job_id, JobState.running, stage=Stage.chunk, progress=0.85
+        )
         got = await recv(ws)
     assert (got["event_id"], got["seq"]) == (good.id, 2)
     await assert_dead_lettered(read_probes, probes)
 
 
 async def test_h3_webhook_trigger_dead_letters_malformed_records_and_keeps_flowing(
-    notifier, db, make_job, emit, kafka_producer, wait_for, read_probes
+    notifier, db, make_job, record, kafka_producer, publish_unreadable, wait_for, read_probes
 ):
     owner = f"hooked-{uuid.uuid4().hex[:8]}"
     await db.execute(
@@ -134,8 +165,10 @@ async def test_h3_webhook_trigger_dead_letters_malformed_records_and_keeps_flowi
         "whsec_" + secrets.token_urlsafe(24),
     )
     job_id = await make_job(owner)
-    probes = await publish_poison(kafka_producer, job_id, owner)
-    good = await emit(job_id, JobState.done, stage=Stage.embed, progress=1.0)
+    probes = await publish_poison(kafka_producer, publish_unreadable, job_id, owner)
+    good = await send_good(
+        record, kafka_producer, job_id, JobState.done, stage=Stage.embed, progress=1.0
+    )
 
     await wait_for(
         "SELECT count(*) FROM webhook_deliveries WHERE msg_id = $1",

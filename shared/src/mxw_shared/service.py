@@ -230,8 +230,8 @@ class StageConsumer:
                 batch = await consumer.getmany(timeout_ms=500, max_records=1)
             except asyncio.CancelledError:
                 raise
-            except UnicodeDecodeError as exc:  # a record the client itself cannot parse
-                await self._skip_unreadable(exc)
+            except UnicodeDecodeError:  # a record the client itself cannot parse
+                await self._skip_unreadable()
                 continue
             except Exception as exc:  # broker trouble: aiokafka reconnects, keep polling
                 log.warning("stage consumer poll failed", topic=self.runner.topic, error=repr(exc))
@@ -251,19 +251,13 @@ class StageConsumer:
             with contextlib.suppress(Exception):  # lag is best effort, never stops polling
                 await asyncio.wait_for(metrics.observe_lag(consumer, self.group_id), 0.5)
 
-    async def _skip_unreadable(self, exc: UnicodeDecodeError) -> None:
+    async def _skip_unreadable(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         try:
             skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
-            if skipped is None:
-                return
-            tp, offset = skipped
-            reason = (
-                f"invalid event: record at offset {offset} of partition {tp.partition} cannot"
-                f" be read (a header name is not UTF-8: {exc})"
-            )
-            await self.runner.dead_letter([], b"", None, reason)
+            if skipped is not None:
+                await self.runner.dead_letter([], b"", None, skipped.reason)
         except Exception as error:  # an outage meanwhile: the record fails the next poll too
             log.warning("unreadable record not skipped", topic=self.runner.topic, error=repr(error))
             await asyncio.sleep(self.retry_delay_s)

@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from mxw_shared import telemetry, topics
 from mxw_shared.contracts import Envelope, JobStatus, decode_headers, parse_event
 from mxw_shared.deadletter import FailureCounter, clean_text, dead_letter, is_outage
+from mxw_shared.kafka import Unreadable, skip_unreadable
 from mxw_shared.logging import get_logger
 from prometheus_client import Counter
 
@@ -113,6 +114,9 @@ class _GroupLoop:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
             except asyncio.CancelledError:
                 raise
+            except UnicodeDecodeError:  # a record the client itself cannot parse
+                await self._skip_unreadable()
+                continue
             except Exception as exc:  # broker trouble: aiokafka reconnects; keep polling
                 log.warning(f"{self.name} poll failed", error=repr(exc))
                 await asyncio.sleep(1.0)
@@ -149,6 +153,22 @@ class _GroupLoop:
         """A record whose handler failed `attempts` times with errors that are no outage."""
         STATUS_EVENTS.labels("failed").inc()
         log.error(f"{self.name} record skipped after repeated errors", error=reason[:1000])
+
+    async def _skip_unreadable(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
+            if skipped is not None:
+                await self.unreadable(skipped)
+        except Exception as error:  # an outage meanwhile: the record fails the next poll too
+            log.warning(f"{self.name} unreadable record not skipped", error=repr(error))
+            await asyncio.sleep(1.0)
+
+    async def unreadable(self, skipped: Unreadable) -> None:
+        """A record the client cannot parse was skipped."""
+        STATUS_EVENTS.labels("invalid").inc()
+        log.warning(f"{self.name} skipped a record", error=skipped.reason)
 
     async def wait_live(self) -> None:
         while not self._tracker.assigned:
@@ -238,7 +258,9 @@ class WebhookTrigger(_GroupLoop):
     async def on_record(self, record: Record) -> None:
         parsed = _parse(record, self.settings.max_event_bytes)
         if isinstance(parsed, str):
-            await self._dead_letter(record, parsed, 0)
+            await self._dead_letter(
+                record.topic, record.headers, record.value or b"", record.key, parsed, 0
+            )
             return
         envelope, event = parsed
         if event.state not in TERMINAL_STATES:
@@ -251,16 +273,30 @@ class WebhookTrigger(_GroupLoop):
     async def give_up(self, record: Record, reason: str, attempts: int) -> None:
         log.error("webhook trigger dead-letters a record after repeated errors", error=reason)
         reason = f"webhook trigger failed {attempts} times: {reason}"
-        await self._dead_letter(record, reason, attempts)
+        await self._dead_letter(
+            record.topic, record.headers, record.value or b"", record.key, reason, attempts
+        )
 
-    async def _dead_letter(self, record: Record, reason: str, attempts: int) -> None:
+    async def unreadable(self, skipped: Unreadable) -> None:
+        await super().unreadable(skipped)
+        await self._dead_letter(skipped.partition.topic, [], b"", None, skipped.reason, 0)
+
+    async def _dead_letter(
+        self,
+        topic: str,
+        headers: object,
+        body: bytes,
+        key: bytes | None,
+        reason: str,
+        attempts: int,
+    ) -> None:
         async with self.dispatcher.pool.acquire() as conn, conn.transaction():
             await dead_letter(
                 conn,
-                topic=record.topic,
-                raw_headers=record.headers,
-                body=record.value or b"",
-                key=record.key,
+                topic=topic,
+                raw_headers=headers,
+                body=body,
+                key=key,
                 reason=reason,
                 consumer=self.group_id,
                 attempts=attempts,
