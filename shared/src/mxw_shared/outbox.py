@@ -164,18 +164,21 @@ class OutboxRelay:
                     sending.append((row, await self._send(row)))
                 except UNPUBLISHABLE as exc:  # refused before it left (aiokafka checks size)
                     failed.append((row, exc))
-                except Exception:
-                    break  # the broker or the producer is in trouble: the rest next round
+                except Exception as exc:  # the broker or the producer is in trouble
+                    log.warning("outbox send failed; the rest next round", error=repr(exc))
+                    break
             acks = await asyncio.gather(*(f for _, f in sending), return_exceptions=True)
             sent = []
             for (row, _), ack in zip(sending, acks, strict=True):
                 if isinstance(ack, UNPUBLISHABLE):
                     failed.append((row, ack))
                 elif isinstance(ack, BaseException):
-                    break  # not acked: it and the rows after it (same lane, order) go again
+                    # Not acked: it and the rows after it (same lane, order) go again.
+                    log.warning("outbox row not acked; sent again", error=repr(ack))
+                    break
                 else:
                     sent.append(row)
-            # Acked rows are marked sent even when a later one failed: never published twice.
+            # The rows acked before the first failure are sent for good: never published again.
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
                 [r["id"] for r in sent],
