@@ -6,10 +6,10 @@
   once, and committed offsets carry over what was published while no replica ran.
 
 A malformed record (undecodable headers, invalid or deeply nested JSON, NUL characters, over
-`max_event_bytes`) never stops either loop: the webhook trigger, the one reader the replicas
-share, dead-letters it to `job.status.dlq` with the reason (an outbox row, which the relays
-of the other services publish); the live feed skips it. A
-handler error that is no outage is retried `max_handler_attempts` times, then given up.
+`max_event_bytes`, a header name aiokafka cannot parse) never stops either loop: the webhook
+trigger, the one reader the replicas share, dead-letters it to `job.status.dlq` with the
+reason (an outbox row, which the relays of the other services publish); the live feed skips
+it. A handler error that is no outage is retried `max_handler_attempts` times, then given up.
 
 Both are plain aiokafka loops over `getmany` batches. FastStream's per-message machinery
 (dependency injection, middlewares, a commit per message) cost about 1 ms of CPU per event
