@@ -198,6 +198,77 @@ def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def read_probes(infra: Infra):  # type: ignore[no-untyped-def]
+    """Collect the records of a topic that carry a `probe` header among `probes` (records
+    without a usable key, e.g. dead letters of malformed events), from the beginning, until
+    all arrived or `timeout_s` passed. Returns {probe: (headers, value, key)}. `probe_of`
+    finds a record's probe in its headers another way."""
+    import time
+    from collections.abc import Callable
+
+    from aiokafka import AIOKafkaConsumer
+
+    def probe_header(headers: dict[str, str]) -> str | None:
+        return headers.get("probe")
+
+    async def read(
+        topic: str,
+        probes: set[str],
+        timeout_s: float = 60.0,
+        probe_of: Callable[[dict[str, str]], str | None] = probe_header,
+    ) -> dict[str, tuple[dict[str, str], bytes, bytes | None]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=infra.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        found: dict[str, tuple[dict[str, str], bytes, bytes | None]] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while set(found) != probes and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        headers = {k: v.decode() for k, v in r.headers}
+                        if (probe := probe_of(headers)) in probes:
+                            found[probe] = (headers, r.value, r.key)
+        finally:
+            await consumer.stop()
+        return found
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def publish_unreadable(kafka_producer):  # type: ignore[no-untyped-def]
+    """Write a record whose header *name* is not UTF-8 to `topic`/`partition`, as a client
+    other than aiokafka may: aiokafka cannot produce one, and cannot parse one either."""
+    from aiokafka import TopicPartition
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    class RawName(str):
+        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+            return b"\xff\xfe"
+
+    async def send(topic: str, partition: int, value: bytes) -> int:
+        batch = _DefaultRecordBatchBuilderPy(2, 0, False, -1, -1, -1, 1 << 20)
+        batch.append(0, timestamp=None, key=None, value=value, headers=[(RawName(), b"v")])
+        client = kafka_producer.client
+        await client._wait_on_metadata(topic)
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(None, -1, 30_000, [(topic, [(partition, bytes(batch.build()))])])
+        response = await client.send(leader, request)
+        (_, ((_, error_code, offset, *_),)), *_ = response.topics
+        assert error_code == 0, response
+        return int(offset)
+
+    return send
+
+
+@pytest.fixture(scope="session")
 def wait_for(db):  # type: ignore[no-untyped-def]
     """Poll a SQL query until `predicate(value)` holds; returns the value."""
     import asyncio

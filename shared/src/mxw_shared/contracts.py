@@ -220,6 +220,9 @@ class Envelope(BaseModel):
         ]
         if missing:
             raise ValueError(f"not a CloudEvent: missing headers {', '.join(missing)}")
+        # Postgres text cannot hold NUL: an id or trace with one could never be recorded.
+        if bad := [h for h in (*CE_HEADERS, "traceparent") if "\x00" in headers.get(h, "")]:
+            raise ValueError(f"NUL character in header {', '.join(bad)}")
         if headers["ce_specversion"] != SPEC_VERSION:
             raise ValueError(f"unsupported CloudEvents specversion {headers['ce_specversion']!r}")
         return cls(
@@ -234,19 +237,24 @@ class Envelope(BaseModel):
         )
 
 
-def decode_headers(raw: object) -> dict[str, str]:
-    """Kafka headers as a str→str dict, whatever shape the client library hands them in."""
-    items: list[tuple[str, object]]
+def header_items(raw: object) -> list[tuple[str, object]]:
+    """Kafka headers as (name, value) pairs, whatever shape the client library hands them in."""
     if isinstance(raw, dict):
-        items = list(raw.items())
-    elif raw is None:
-        items = []
-    else:
-        items = list(raw)  # type: ignore[call-overload]
-    out: dict[str, str] = {}
-    for key, value in items:
-        out[str(key)] = value.decode() if isinstance(value, bytes | bytearray) else str(value)
-    return out
+        return list(raw.items())
+    if raw is None:
+        return []
+    return [(str(key), value) for key, value in raw]  # type: ignore[attr-defined]
+
+
+def decode_headers(raw: object) -> dict[str, str]:
+    """Kafka headers as a str→str dict. Bytes that are not UTF-8 become U+FFFD: a record
+    with such a header is then refused by its contract, never a decoding crash."""
+    return {
+        str(key): value.decode(errors="replace")
+        if isinstance(value, bytes | bytearray)
+        else str(value)
+        for key, value in header_items(raw)
+    }
 
 
 def parse_event(topic: str, headers: dict[str, str], body: bytes) -> tuple[Envelope, EventData]:
@@ -257,4 +265,17 @@ def parse_event(topic: str, headers: dict[str, str], body: bytes) -> tuple[Envel
     envelope = Envelope.from_headers(headers)
     if envelope.type != model.ce_type:
         raise ValueError(f"event type {envelope.type!r} does not belong on {topic!r}")
-    return envelope, model.model_validate_json(body)
+    event = model.model_validate_json(body)
+    if _contains_nul(event.model_dump()):
+        raise ValueError("NUL character in the event")  # Postgres text cannot hold it
+    return envelope, event
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False

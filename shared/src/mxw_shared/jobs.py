@@ -176,7 +176,27 @@ async def finish_stage(
     *,
     error: str | None = None,
     metrics: dict[str, Any] | None = None,
-) -> None:
+    worker: str | None = None,
+) -> bool:
+    """Record the stage's end. With `worker`, only while that worker holds the stage (it
+    is running under its lease): a worker whose lease another one took over cannot
+    overwrite the newer attempt. Returns whether the stage row was written."""
+    if worker is not None:
+        result: str = await conn.execute(
+            """UPDATE job_stages SET
+                   state = $3,
+                   progress = CASE WHEN $3 = 'done' THEN 1 ELSE progress END,
+                   error = $4, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                   metrics = metrics || coalesce($5, '{}'::jsonb)
+               WHERE job_id = $1 AND stage = $2 AND lease_owner = $6 AND state = 'running'""",
+            job_id,
+            stage.value,
+            state.value,
+            error,
+            metrics,
+            worker,
+        )
+        return result.endswith(" 1")
     await conn.execute(
         """INSERT INTO job_stages (job_id, stage, state, progress, error, finished_at, metrics,
                                    started_at)
@@ -193,6 +213,7 @@ async def finish_stage(
         error,
         metrics,
     )
+    return True
 
 
 def is_stale(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -68,3 +69,39 @@ async def ensure_topics(settings: CommonSettings) -> list[str]:
         return wanted
     finally:
         await admin.close()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record the client could not parse, skipped."""
+
+    partition: TopicPartition
+    offset: int
+    error: UnicodeDecodeError
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"invalid event: record at offset {self.offset} of partition"
+            f" {self.partition.partition} cannot be read (a header name is not UTF-8:"
+            f" {self.error})"
+        )
+
+
+async def skip_unreadable(
+    consumer: AIOKafkaConsumer, partitions: set[TopicPartition]
+) -> Unreadable | None:
+    """Call after `getmany` raised UnicodeDecodeError: a record whose header *name* is not
+    UTF-8, which aiokafka cannot parse and raises on at every fetch, so the consumer would
+    never get past it. Finds which of `partitions` it is next on, moves that partition past
+    it and says which; None when none of them fails now. The records the probe reads from
+    the other partitions are read again (their positions are restored)."""
+    for tp in sorted(partitions):
+        offset = await consumer.position(tp)
+        try:
+            await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+        except UnicodeDecodeError as exc:
+            consumer.seek(tp, offset + 1)
+            return Unreadable(tp, offset, exc)
+        consumer.seek(tp, offset)
+    return None

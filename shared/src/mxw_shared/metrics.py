@@ -50,6 +50,19 @@ OUTBOX_OLDEST_AGE = Gauge(
 DLQ_EVENTS = Counter(
     "mxw_dlq_events_total", "Events sent to a dead-letter topic, by original topic", ["topic"]
 )
+STAGE_RESULTS_DROPPED = Counter(
+    "mxw_stage_results_dropped_total",
+    "Stage results dropped because another worker had taken the stage over (lease lapsed)",
+    ["stage"],
+)
+OUTBOX_QUARANTINED = Counter(
+    "mxw_outbox_quarantined_total",
+    "Outbox rows the broker can never take (too large, invalid topic), set aside as failed",
+    ["topic"],
+)
+OUTBOX_QUARANTINED_ROWS = Gauge(
+    "mxw_outbox_quarantined_rows", "Outbox rows set aside as unpublishable, waiting for a person"
+)
 SEARCH_SECONDS = Histogram(
     "mxw_search_duration_seconds",
     "Search latency, query embedding included",
@@ -83,11 +96,14 @@ async def observe_lag(consumer: Any, group: str) -> None:
 async def refresh_outbox(pool: Pool) -> None:
     row = await pool.fetchrow(
         "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age"
-        " FROM outbox WHERE sent_at IS NULL"
+        " FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL"
     )
     if row is not None:
         OUTBOX_BACKLOG.set(int(row["n"]))
         OUTBOX_OLDEST_AGE.set(float(row["age"]))
+    OUTBOX_QUARANTINED_ROWS.set(
+        int(await pool.fetchval("SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL"))
+    )
 
 
 def set_jobs_by_state(counts: dict[str, int]) -> None:

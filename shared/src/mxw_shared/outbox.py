@@ -5,6 +5,10 @@ Every service process relays. Rows fall into LANES lanes by a hash of their key 
 id); one relay at a time publishes a lane (a transaction-scoped advisory lock per lane, the
 rows claimed FOR UPDATE SKIP LOCKED), so several replicas relay in parallel while the events
 of one job still leave in the order they were written.
+
+A row the broker can never take (larger than its record limit, an invalid topic) is
+quarantined: marked failed with the producer's error, counted, and skipped, so it cannot
+hold back the rows behind it in its lane (M1).
 """
 
 from __future__ import annotations
@@ -15,8 +19,16 @@ import random
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from prometheus_client import Counter
 
+from mxw_shared import metrics
 from mxw_shared.contracts import Envelope, EventData
 from mxw_shared.db import Connection, Pool
 from mxw_shared.locks import OUTBOX_RELAY_LANE as _RELAY_LOCK
@@ -26,6 +38,17 @@ from mxw_shared.telemetry import current_traceparent, publish_context
 log = get_logger(__name__)
 LANES = 8  # a power of two; the outbox_unsent_lane index uses the same expression
 RELAYED = Counter("mxw_outbox_relayed_total", "Outbox rows published to Kafka", ["topic"])
+# Errors about the record itself: sending it again can never succeed. Anything else (broker
+# unreachable, timeouts, producer closing) leaves the row for the next round.
+UNPUBLISHABLE = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+    TypeError,
+    ValueError,
+)
 
 
 async def enqueue(
@@ -107,7 +130,8 @@ class OutboxRelay:
         lanes = [
             r["lane"]
             for r in await self._pool.fetch(
-                "SELECT DISTINCT hashtext(key) & $1 AS lane FROM outbox WHERE sent_at IS NULL",
+                "SELECT DISTINCT hashtext(key) & $1 AS lane FROM outbox"
+                " WHERE sent_at IS NULL AND failed_at IS NULL",
                 LANES - 1,
             )
         ]
@@ -125,7 +149,7 @@ class OutboxRelay:
                 return 0
             rows = await conn.fetch(
                 "SELECT id, topic, key, headers, payload FROM outbox"
-                " WHERE sent_at IS NULL AND hashtext(key) & $2 = $3"
+                " WHERE sent_at IS NULL AND failed_at IS NULL AND hashtext(key) & $2 = $3"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch_size,
                 LANES - 1,
@@ -133,23 +157,59 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            futures = []
+            sending: list[tuple[asyncpg.Record, asyncio.Future[object]]] = []
+            failed: list[tuple[asyncpg.Record, BaseException]] = []
             for row in rows:
-                value = bytes(row["payload"])
-                with publish_context(row["headers"]) as headers:  # the send span joins its trace
-                    futures.append(
-                        await self._producer.send(
-                            row["topic"], value=value, key=row["key"].encode(), headers=headers
-                        )
-                    )
-            await asyncio.gather(*futures)  # every ack, or the transaction rolls back
+                try:
+                    sending.append((row, await self._send(row)))
+                except UNPUBLISHABLE as exc:  # refused before it left (aiokafka checks size)
+                    failed.append((row, exc))
+                except Exception as exc:  # the broker or the producer is in trouble
+                    log.warning("outbox send failed; the rest next round", error=repr(exc))
+                    break
+            acks = await asyncio.gather(*(f for _, f in sending), return_exceptions=True)
+            sent = []
+            for (row, _), ack in zip(sending, acks, strict=True):
+                if isinstance(ack, UNPUBLISHABLE):
+                    failed.append((row, ack))
+                elif isinstance(ack, BaseException):
+                    # Not acked: it and the rows after it (same lane, order) go again.
+                    log.warning("outbox row not acked; sent again", error=repr(ack))
+                    break
+                else:
+                    sent.append(row)
+            # The rows acked before the first failure are sent for good: never published again.
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
+                [r["id"] for r in sent],
             )
-            for row in rows:
+            for row, error in failed:
+                await self._quarantine(conn, row, error)
+            for row in sent:
                 RELAYED.labels(row["topic"]).inc()
-            return len(rows)
+            return len(sent) + len(failed)
+
+    async def _send(self, row: asyncpg.Record) -> asyncio.Future[object]:
+        value = bytes(row["payload"])
+        with publish_context(row["headers"]) as headers:  # the send span joins its trace
+            future: asyncio.Future[object] = await self._producer.send(
+                row["topic"], value=value, key=row["key"].encode(), headers=headers
+            )
+        return future
+
+    async def _quarantine(self, conn: Connection, row: asyncpg.Record, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}".replace("\x00", "")[:4000]
+        await conn.execute(
+            "UPDATE outbox SET failed_at = now(), error = $2 WHERE id = $1", row["id"], error
+        )
+        metrics.OUTBOX_QUARANTINED.labels(row["topic"]).inc()
+        log.error(
+            "outbox row cannot be published; quarantined",
+            outbox_id=row["id"],
+            topic=row["topic"],
+            bytes=len(row["payload"]),
+            error=error[:500],
+        )
 
     async def _prune(self) -> None:
         await self._pool.execute(

@@ -5,14 +5,16 @@ already done) → start the stage under a lease → do the work with retries and
 commit results, stage state, next event, status event and the processed-event record in one
 transaction. After the last attempt, or at once for errors that retrying cannot fix, the
 stage fails with a readable reason, the event goes to `<topic>.dlq`, and the pipeline moves
-on. The Kafka offset is committed by the caller only after this returns.
+on. A malformed record goes there at once; one whose handling raises something other than an
+outage `max_handler_attempts` times the consumer hands to `give_up`. The stage's end is
+written only while this worker holds its lease: a worker that lost it drops its result.
+The Kafka offset is committed by the caller only after this returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 import uuid
@@ -23,8 +25,16 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter, Histogram
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.contracts import Envelope, EventData, JobState, Stage, parse_event
+from mxw_shared.contracts import (
+    Envelope,
+    EventData,
+    JobState,
+    Stage,
+    decode_headers,
+    parse_event,
+)
 from mxw_shared.db import Connection, Pool
+from mxw_shared.deadletter import MAX_REASON_CHARS, clean_text, dead_letter, is_outage
 from mxw_shared.jobs import (
     JobRow,
     extend_lease,
@@ -36,9 +46,8 @@ from mxw_shared.jobs import (
     start_stage,
 )
 from mxw_shared.logging import get_logger
-from mxw_shared.outbox import enqueue, enqueue_raw
+from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
-from mxw_shared.topics import dlq
 
 log = get_logger(__name__)
 
@@ -137,25 +146,37 @@ class StageRunner(Generic[In]):
         self.consumer = settings.service_name
         self.worker_id = f"{settings.service_name}-{settings.instance_id}-{uuid.uuid4().hex[:8]}"
 
-    async def handle(self, headers: dict[str, str], body: bytes, key: bytes | None = None) -> str:
-        """Handle one record; returns the outcome. Raises only when the database is
-        unreachable, so the caller does not commit the offset and the record comes back."""
-        record_key = key.decode(errors="replace") if key else None
+    async def handle(self, headers: object, body: bytes, key: bytes | None = None) -> str:
+        """Handle one record (`headers` as the Kafka client hands them over); returns the
+        outcome. A malformed record is dead-lettered here. Raises when the database is
+        unreachable, so the caller does not commit the offset and the record comes back;
+        an error that is no outage the caller counts, and after `max_handler_attempts` it
+        hands the record to `give_up`."""
+        try:
+            decoded = decode_headers(headers)
+        except Exception:  # headers of an unknown shape: the contract check refuses them
+            decoded = {}
         # One span per event handled, a child of the span that published it (traceparent).
         service = self.settings.service_name
-        with telemetry.consume_span(self.topic, headers, service, self.consumer) as span:
-            outcome = await self._handle(headers, body, record_key)
+        with telemetry.consume_span(self.topic, decoded, service, self.consumer) as span:
+            outcome = await self._handle(headers, decoded, body, key)
             span.set_attribute("mxw.outcome", outcome)
         EVENTS.labels(self.topic, outcome).inc()
         return outcome
 
-    async def _handle(self, headers: dict[str, str], body: bytes, key: str | None) -> str:
+    async def _handle(
+        self, headers: object, decoded: dict[str, str], body: bytes, key: bytes | None
+    ) -> str:
+        limit = self.settings.max_event_bytes
         try:
-            envelope, data = parse_event(self.topic, headers, body)
-        except ValueError as exc:
-            log.warning("invalid event dead-lettered", topic=self.topic, error=str(exc)[:500])
+            if len(body) > limit:
+                raise ValueError(f"{len(body)} bytes, more than MXW_MAX_EVENT_BYTES ({limit})")
+            envelope, data = parse_event(self.topic, decoded, body)
+        except Exception as exc:  # whatever a record can cause: ValueError, RecursionError
+            invalid = f"invalid event: {exc}"
+            log.warning("invalid event dead-lettered", topic=self.topic, error=invalid[:500])
             async with self.pool.acquire() as conn, conn.transaction():
-                await self._dead_letter(conn, headers, body, key, f"invalid event: {exc}", 0)
+                await self._dead_letter(conn, headers, body, key, invalid, 0)
             return "invalid"
         typed: In = data  # type: ignore[assignment]  # parse_event checked the topic's model
         bound = log.bind(job_id=str(data.job_id), event_id=envelope.id, topic=self.topic)
@@ -245,9 +266,9 @@ class StageRunner(Generic[In]):
         envelope: Envelope,
         data: In,
         job: JobRow,
-        headers: dict[str, str],
+        headers: object,
         body: bytes,
-        key: str | None,
+        key: bytes | None,
         bound: Any,
     ) -> str:
         progress = Progress(self.pool, job, self.stage, self.settings.service_name)
@@ -290,7 +311,10 @@ class StageRunner(Generic[In]):
             reason = error or "unknown error"
             bound.error("stage failed", error=reason)
             async with self.pool.acquire() as conn, conn.transaction():
-                await finish_stage(conn, job.id, self.stage, JobState.failed, error=reason)
+                if not await finish_stage(
+                    conn, job.id, self.stage, JobState.failed, error=reason, worker=self.worker_id
+                ):
+                    return await self._lease_lost(conn, envelope, bound)
                 await self._status(
                     conn,
                     job,
@@ -307,7 +331,7 @@ class StageRunner(Generic[In]):
 
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT state, generation FROM job_stages "
+                "SELECT state, generation, lease_owner FROM job_stages "
                 "WHERE job_id = $1 AND stage = $2 FOR UPDATE",
                 job.id,
                 self.stage.value,
@@ -320,9 +344,13 @@ class StageRunner(Generic[In]):
             ):
                 await self._mark_processed(conn, envelope.id)
                 return "already-finished"
+            if row is None or row["lease_owner"] != self.worker_id:
+                return await self._lease_lost(conn, envelope, bound)
             await outcome.persist(conn)
             metrics = {**outcome.metrics, "wall_s": round(time.monotonic() - started, 3)}
-            await finish_stage(conn, job.id, self.stage, JobState.done, metrics=metrics)
+            await finish_stage(
+                conn, job.id, self.stage, JobState.done, metrics=metrics, worker=self.worker_id
+            )
             if outcome.next_event is not None:
                 await enqueue(
                     conn,
@@ -342,6 +370,74 @@ class StageRunner(Generic[In]):
             await self._mark_processed(conn, envelope.id)
         bound.info("stage done", message=outcome.message)
         return "done"
+
+    async def _lease_lost(self, conn: Connection, envelope: Envelope, bound: Any) -> str:
+        """Another worker took this stage over while this one worked (its lease lapsed, the
+        work was sent again): the newer attempt owns the outcome, this result is dropped."""
+        await self._mark_processed(conn, envelope.id)
+        metrics.STAGE_RESULTS_DROPPED.labels(self.stage.value).inc()
+        bound.warning("stage result dropped: another worker holds the stage now")
+        return "lease-lost"
+
+    async def give_up(
+        self, headers: object, body: bytes, key: bytes | None, error: BaseException, attempts: int
+    ) -> None:
+        """The record failed `attempts` times with errors that are no outage (the same on
+        every try): dead-letter it and fail its job's stage with the reason, so the
+        partition moves on. Raises only on an outage."""
+        reason = clean_text(
+            f"{self.stage.value} failed {attempts} times: {type(error).__name__}: {error}",
+            MAX_REASON_CHARS,
+        )
+        log.error("record dead-lettered after repeated errors", topic=self.topic, error=reason)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._fail_stage_of(conn, headers, body, reason)
+                await self._dead_letter(conn, headers, body, key, reason, attempts)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            # Failing the job is what fails: the record still leaves the partition.
+            log.error("job of a dead-lettered record not failed", error=repr(exc)[:500])
+            await self.dead_letter(headers, body, key, reason, attempts)
+        EVENTS.labels(self.topic, "gave-up").inc()
+
+    async def dead_letter(
+        self, headers: object, body: bytes, key: bytes | None, reason: str, attempts: int = 0
+    ) -> None:
+        """Dead-letter a record in a transaction of its own."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._dead_letter(conn, headers, body, key, reason, attempts)
+
+    async def _fail_stage_of(
+        self, conn: Connection, headers: object, body: bytes, reason: str
+    ) -> None:
+        """Fail the stage of the record's job, unless the record names no job of its owner,
+        or the stage finished or runs under another worker's live lease meanwhile."""
+        try:
+            envelope, data = parse_event(self.topic, decode_headers(headers), body)
+        except Exception:
+            return
+        job = await get_job(conn, data.job_id)
+        if job is None or self._reject_reason(job, data) is not None:
+            return
+        row = await conn.fetchrow(
+            "SELECT state, generation, lease_owner, lease_expires_at > now() AS leased"
+            " FROM job_stages WHERE job_id = $1 AND stage = $2 FOR UPDATE",
+            job.id,
+            self.stage.value,
+        )
+        if row is not None and (
+            (
+                row["state"] in (JobState.done, JobState.cancelled)
+                and row["generation"] >= data.generation
+            )
+            or (row["leased"] and row["lease_owner"] not in (None, self.worker_id))
+        ):
+            return
+        await finish_stage(conn, job.id, self.stage, JobState.failed, error=reason)
+        await self._status(conn, job, JobState.failed, 0.0, f"{self.stage.value} failed", reason)
+        await self._mark_processed(conn, envelope.id)
 
     async def _status(
         self,
@@ -403,7 +499,11 @@ class StageRunner(Generic[In]):
 
     async def _finish_cancelled(self, job: JobRow, envelope: Envelope) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await finish_stage(conn, job.id, self.stage, JobState.cancelled)
+            if not await finish_stage(
+                conn, job.id, self.stage, JobState.cancelled, worker=self.worker_id
+            ):
+                await self._mark_processed(conn, envelope.id)
+                return  # another worker holds the stage now: it reports the cancellation
             await self._status(
                 conn,
                 job,
@@ -433,27 +533,20 @@ class StageRunner(Generic[In]):
     async def _dead_letter(
         self,
         conn: Connection,
-        headers: dict[str, str],
+        headers: object,
         body: bytes,
-        key: str | None,
+        key: bytes | None,
         reason: str,
         attempts: int,
     ) -> None:
-        dl_headers = {
-            **headers,
-            "x_error": reason[:4000],
-            "x_consumer": self.consumer,
-            "x_attempts": str(attempts),
-            "x_original_topic": self.topic,
-        }
-        await enqueue_raw(conn, dlq(self.topic), key or _job_key(body), dl_headers, body)
-        metrics.DLQ_EVENTS.labels(self.topic).inc()
-
-
-def _job_key(body: bytes) -> str:
-    """Best-effort job id of an event that may not even be JSON, for the DLQ record key."""
-    try:
-        value = json.loads(body)
-        return str(value.get("job_id", "unknown")) if isinstance(value, dict) else "unknown"
-    except ValueError:
-        return "unknown"
+        await dead_letter(
+            conn,
+            topic=self.topic,
+            raw_headers=headers,
+            body=body,
+            key=key,
+            reason=reason,
+            consumer=self.consumer,
+            attempts=attempts,
+            max_body_bytes=self.settings.max_event_bytes,
+        )

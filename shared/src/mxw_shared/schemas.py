@@ -90,8 +90,11 @@ def asyncapi() -> dict[str, Any]:
                     f"Key: job_id. Produced by {PRODUCERS[model.topic]}; "
                     f"consumed by {CONSUMERS[model.topic]}."
                     if not suffix
-                    else f"Events of {model.topic} that failed after the last attempt, with "
-                    "x_error, x_consumer, x_attempts and x_original_topic headers."
+                    else f"Records of {model.topic} a consumer could not handle (malformed, "
+                    "rejected, failed after the last attempt), with x_error, x_consumer, "
+                    "x_attempts and x_original_topic headers; a body over MXW_MAX_EVENT_BYTES "
+                    "is cut (x_body_bytes: its size), header values that are not text are "
+                    "kept as base64:…"
                 ),
                 "messages": {name: {"$ref": f"#/components/messages/{name}"}},
             }

@@ -15,9 +15,9 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.contracts import decode_headers
 from mxw_shared.db import Pool, check_schema, create_pool
-from mxw_shared.kafka import ensure_topics, make_broker, make_producer
+from mxw_shared.deadletter import FailureCounter, is_outage
+from mxw_shared.kafka import ensure_topics, make_broker, make_producer, skip_unreadable
 from mxw_shared.logging import configure_logging, get_logger
 from mxw_shared.outbox import OutboxRelay
 from mxw_shared.pipeline import StageRunner
@@ -106,8 +106,8 @@ class ServiceRuntime:
     ) -> StageConsumer:
         """Consume `runner.topic` in `group_id` (see StageConsumer): up to `max_concurrent`
         records at once, the offset committed after the handler's transaction, a record
-        delivered again when the handler raises (database down). Starts with
-        start_messaging."""
+        delivered again when the handler raises (database down; any other error at most
+        `max_handler_attempts` times). Starts with start_messaging."""
         grace = self.settings.shutdown_grace_s if shutdown_grace_s is None else shutdown_grace_s
         consumer = StageConsumer(runner, self.settings, group_id, max_concurrent, grace)
         self.stage_consumers.append(consumer)
@@ -185,7 +185,9 @@ class StageConsumer:
     consumer keeps polling (aiokafka counts a consumer idle, and leaves the group after
     `max.poll.interval.ms`, only while nobody polls). The handler runs as its own task; the
     offset is committed after it returned, i.e. after its transaction; when it raises, the
-    partition is rewound so the record is delivered again. One record per partition at a
+    partition is rewound so the record is delivered again: for as long as the error is an
+    outage, at most `max_handler_attempts` times for any other (then the runner gives the
+    record up: dead letter, job failed). One record per partition at a
     time keeps a job's events (key = job id) in order; up to `max_concurrent` records of
     different partitions run at once."""
 
@@ -211,6 +213,7 @@ class StageConsumer:
         self.assignments = 0
         self.revocations = 0
         self.delivered = 0
+        self.failures = FailureCounter()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -242,6 +245,9 @@ class StageConsumer:
                 batch = await consumer.getmany(timeout_ms=500, max_records=1)
             except asyncio.CancelledError:
                 raise
+            except UnicodeDecodeError:  # a record the client itself cannot parse
+                await self._skip_unreadable()
+                continue
             except Exception as exc:  # broker trouble: aiokafka reconnects, keep polling
                 log.warning("stage consumer poll failed", topic=self.runner.topic, error=repr(exc))
                 await asyncio.sleep(1.0)
@@ -260,6 +266,17 @@ class StageConsumer:
             with contextlib.suppress(Exception):  # lag is best effort, never stops polling
                 await asyncio.wait_for(metrics.observe_lag(consumer, self.group_id), 0.5)
 
+    async def _skip_unreadable(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
+            if skipped is not None:
+                await self.runner.dead_letter([], b"", None, skipped.reason)
+        except Exception as error:  # an outage meanwhile: the record fails the next poll too
+            log.warning("unreadable record not skipped", topic=self.runner.topic, error=repr(error))
+            await asyncio.sleep(self.retry_delay_s)
+
     def _sync_pauses(self) -> None:
         """Paused: partitions with a record in hand, and all of them while no slot is free."""
         consumer = self._consumer
@@ -277,11 +294,19 @@ class StageConsumer:
     async def _handle(self, tp: TopicPartition, record: Any) -> None:
         consumer = self._consumer
         assert consumer is not None
-        headers = decode_headers(record.headers)
         committed = False
+        value = record.value or b""
         try:
-            await self.runner.handle(headers, record.value or b"", record.key)
+            try:
+                await self.runner.handle(record.headers, value, record.key)
+            except Exception as exc:
+                failures = 0 if is_outage(exc) else self.failures.failed(tp, record.offset)
+                if failures < self.settings.max_handler_attempts:
+                    raise
+                # The same error every time: the record leaves the partition as a dead letter.
+                await self.runner.give_up(record.headers, value, record.key, exc, failures)
             committed = True
+            self.failures.forget(tp)
         except asyncio.CancelledError:
             # Shutdown after the grace period: not committed, delivered again elsewhere.
             self._rewind(tp, record.offset)
@@ -292,7 +317,7 @@ class StageConsumer:
                 topic=tp.topic,
                 partition=tp.partition,
                 offset=record.offset,
-                error=repr(exc),
+                error=repr(exc)[:1000],
             )
             await asyncio.sleep(self.retry_delay_s)
             self._rewind(tp, record.offset)

@@ -50,6 +50,14 @@ class CommonSettings(BaseSettings):
     # Events: attempts before a message goes to its dead-letter topic.
     max_attempts: int = 3
     retry_backoff_s: float = 1.0
+    # A record whose handling raises something other than an outage (database or broker
+    # unreachable) is tried this often, then dead-lettered and its job failed; outages are
+    # retried until they end.
+    max_handler_attempts: int = Field(default=3, ge=1)
+    # Largest record a consumer accepts (events carry ids and URIs, a few KiB at most);
+    # larger ones are dead-lettered, and every dead letter's body is cut to this size so
+    # that it stays publishable under Kafka's 1 MiB record limit.
+    max_event_bytes: int = Field(default=65_536, ge=1024, le=512 * 1024)
     outbox_poll_interval_s: float = 1.0
     lease_s: float = 60.0
     # Sweeper (every worker service, for its own stage): re-sends a stage's input when the

@@ -82,7 +82,8 @@ WHERE j.cancelled_at IS NULL
   )
   -- its input is not still waiting in the outbox
   AND NOT EXISTS (
-      SELECT 1 FROM outbox o WHERE o.key = j.id::text AND o.topic = $5 AND o.sent_at IS NULL)
+      SELECT 1 FROM outbox o WHERE o.key = j.id::text AND o.topic = $5 AND o.sent_at IS NULL
+        AND o.failed_at IS NULL)
   -- re-sends back off: stuck_after_s, then twice that, four times...
   AND (w.swept_at IS NULL
        OR w.swept_at < now() - make_interval(secs => $3 * power(2, least(w.resends, 10))))

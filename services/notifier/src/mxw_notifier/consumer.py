@@ -5,6 +5,12 @@
 - Webhooks: the replicas share one group, so each terminal event creates its deliveries
   once, and committed offsets carry over what was published while no replica ran.
 
+A malformed record (undecodable headers, invalid or deeply nested JSON, NUL characters, over
+`max_event_bytes`, a header name aiokafka cannot parse) never stops either loop: the webhook
+trigger, the one reader the replicas share, dead-letters it to `job.status.dlq` with the
+reason (an outbox row, which the relays of the other services publish); the live feed skips
+it. A handler error that is no outage is retried `max_handler_attempts` times, then given up.
+
 Both are plain aiokafka loops over `getmany` batches. FastStream's per-message machinery
 (dependency injection, middlewares, a commit per message) cost about 1 ms of CPU per event
 and capped one replica near 1000 events/s (docs/benchmarks.md, "Notifier").
@@ -23,6 +29,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from mxw_shared import telemetry, topics
 from mxw_shared.contracts import Envelope, JobStatus, decode_headers, parse_event
+from mxw_shared.deadletter import FailureCounter, clean_text, dead_letter, is_outage
+from mxw_shared.kafka import Unreadable, skip_unreadable
 from mxw_shared.logging import get_logger
 from prometheus_client import Counter
 
@@ -61,7 +69,8 @@ class _GroupLoop:
     """Reads job.status in `group_id`, a batch at a time, into `handle`. `live` once the
     group owns partitions and their starting offsets are fixed, so nothing published after
     that point is missed. With `commit`, offsets are committed after each batch was
-    handled; a record whose handler raised is read again (after a pause)."""
+    handled; a record whose handler raised is read again (after a pause): for as long as
+    the error is an outage, `max_handler_attempts` times for any other, then `give_up`."""
 
     name = "job.status consumer"
 
@@ -78,6 +87,7 @@ class _GroupLoop:
         self.handle = handle
         self.commit = commit
         self.live = False
+        self.failures = FailureCounter()
         self._tracker = _AssignmentTracker()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -104,23 +114,61 @@ class _GroupLoop:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
             except asyncio.CancelledError:
                 raise
+            except UnicodeDecodeError:  # a record the client itself cannot parse
+                await self._skip_unreadable()
+                continue
             except Exception as exc:  # broker trouble: aiokafka reconnects; keep polling
                 log.warning(f"{self.name} poll failed", error=repr(exc))
                 await asyncio.sleep(1.0)
                 continue
             for partition, records in batches.items():
                 for record in records:
-                    try:
-                        await self.handle(record)
-                    except Exception as exc:
+                    if not await self._handle(partition, record):
                         # Read it again later: the offset is not committed past it.
-                        log.warning(f"{self.name} record failed", error=repr(exc))
                         consumer.seek(partition, record.offset)
                         await asyncio.sleep(1.0)
                         break
             if self.commit and batches:
                 with contextlib.suppress(Exception):  # the next batch commits again
                     await consumer.commit()
+
+    async def _handle(self, partition: TopicPartition, record: Record) -> bool:
+        """Handle one record; False: read it again."""
+        try:
+            await self.handle(record)
+        except Exception as exc:
+            failures = 0 if is_outage(exc) else self.failures.failed(partition, record.offset)
+            if failures < self.settings.max_handler_attempts:
+                log.warning(f"{self.name} record failed", error=repr(exc)[:1000])
+                return False
+            try:
+                await self.give_up(record, f"{type(exc).__name__}: {exc}", failures)
+            except Exception as give_up_error:  # an outage meanwhile: the record comes back
+                log.warning(f"{self.name} could not give a record up", error=repr(give_up_error))
+                return False
+        self.failures.forget(partition)
+        return True
+
+    async def give_up(self, record: Record, reason: str, attempts: int) -> None:
+        """A record whose handler failed `attempts` times with errors that are no outage."""
+        STATUS_EVENTS.labels("failed").inc()
+        log.error(f"{self.name} record skipped after repeated errors", error=reason[:1000])
+
+    async def _skip_unreadable(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
+            if skipped is not None:
+                await self.unreadable(skipped)
+        except Exception as error:  # an outage meanwhile: the record fails the next poll too
+            log.warning(f"{self.name} unreadable record not skipped", error=repr(error))
+            await asyncio.sleep(1.0)
+
+    async def unreadable(self, skipped: Unreadable) -> None:
+        """A record the client cannot parse was skipped."""
+        STATUS_EVENTS.labels("invalid").inc()
+        log.warning(f"{self.name} skipped a record", error=skipped.reason)
 
     async def wait_live(self) -> None:
         while not self._tracker.assigned:
@@ -146,17 +194,19 @@ class _GroupLoop:
                 await self._consumer.stop()
 
 
-def _parse(record: Record) -> tuple[Envelope, JobStatus] | None:
+def _parse(record: Record, max_bytes: int) -> tuple[Envelope, JobStatus] | str:
+    """The record's envelope and event, or why it is not a valid job.status event."""
+    value = record.value or b""
     try:
-        envelope, event = parse_event(
-            record.topic, decode_headers(record.headers), record.value or b""
-        )
-    except ValueError as exc:  # the notifier owns no state: a bad record is only skipped
+        if len(value) > max_bytes:
+            raise ValueError(f"{len(value)} bytes, more than MXW_MAX_EVENT_BYTES ({max_bytes})")
+        envelope, event = parse_event(record.topic, decode_headers(record.headers), value)
+    except Exception as exc:  # whatever a record can cause: ValueError, RecursionError
         STATUS_EVENTS.labels("invalid").inc()
-        log.warning("invalid job.status record skipped", error=str(exc)[:500])
-        return None
+        log.warning("invalid job.status record", error=clean_text(str(exc), 500))
+        return f"invalid event: {exc}"
     if not isinstance(event, JobStatus):
-        return None
+        return "invalid event: not a job.status event"
     return envelope, event
 
 
@@ -174,8 +224,8 @@ class StatusConsumer(_GroupLoop):
         headers = decode_headers(record.headers)
         # The notification joins the job's trace, under the stage that sent the status.
         with telemetry.consume_span(record.topic, headers, "notifier", self.group_id):
-            parsed = _parse(record)
-            if parsed is None:
+            parsed = _parse(record, self.settings.max_event_bytes)
+            if isinstance(parsed, str):  # skipped; the webhook trigger dead-letters it
                 return
             delivered = self.hub.publish(StatusMessage.from_event(*parsed))
         STATUS_EVENTS.labels("delivered" if delivered else "unwatched").inc()
@@ -183,10 +233,13 @@ class StatusConsumer(_GroupLoop):
     def _watched(self, record: Record) -> bool:
         """A cheap look before the full parse: every replica reads every event, and most of
         them concern nobody connected here. Unreadable records go on to be reported."""
+        value = record.value or b""
+        if len(value) > self.settings.max_event_bytes:
+            return True
         try:
-            value = json.loads(record.value or b"")
-            return self.hub.wants(uuid.UUID(value["job_id"]), value.get("owner_id"))
-        except (ValueError, TypeError, KeyError, AttributeError):
+            event = json.loads(value)
+            return self.hub.wants(uuid.UUID(event["job_id"]), event.get("owner_id"))
+        except Exception:  # not JSON, nested too deep, no job id: the full parse says why
             return True
 
 
@@ -203,17 +256,49 @@ class WebhookTrigger(_GroupLoop):
         self.dispatcher = dispatcher
 
     async def on_record(self, record: Record) -> None:
-        # Most status events are progress: a look at the state spares the full parse.
-        try:
-            state = json.loads(record.value or b"{}").get("state")
-        except (ValueError, AttributeError):
+        parsed = _parse(record, self.settings.max_event_bytes)
+        if isinstance(parsed, str):
+            await self._dead_letter(
+                record.topic, record.headers, record.value or b"", record.key, parsed, 0
+            )
             return
-        if state not in TERMINAL_STATES:
-            return
-        parsed = _parse(record)
-        if parsed is None:
+        envelope, event = parsed
+        if event.state not in TERMINAL_STATES:
             return
         with telemetry.consume_span(
             record.topic, decode_headers(record.headers), "notifier", self.group_id
         ):
-            await self.dispatcher.on_status(parsed[0].id)
+            await self.dispatcher.on_status(envelope.id)
+
+    async def give_up(self, record: Record, reason: str, attempts: int) -> None:
+        log.error("webhook trigger dead-letters a record after repeated errors", error=reason)
+        reason = f"webhook trigger failed {attempts} times: {reason}"
+        await self._dead_letter(
+            record.topic, record.headers, record.value or b"", record.key, reason, attempts
+        )
+
+    async def unreadable(self, skipped: Unreadable) -> None:
+        await super().unreadable(skipped)
+        await self._dead_letter(skipped.partition.topic, [], b"", None, skipped.reason, 0)
+
+    async def _dead_letter(
+        self,
+        topic: str,
+        headers: object,
+        body: bytes,
+        key: bytes | None,
+        reason: str,
+        attempts: int,
+    ) -> None:
+        async with self.dispatcher.pool.acquire() as conn, conn.transaction():
+            await dead_letter(
+                conn,
+                topic=topic,
+                raw_headers=headers,
+                body=body,
+                key=key,
+                reason=reason,
+                consumer=self.group_id,
+                attempts=attempts,
+                max_body_bytes=self.settings.max_event_bytes,
+            )

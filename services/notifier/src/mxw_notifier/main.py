@@ -29,6 +29,8 @@ from mxw_notifier.webhooks import WebhookDispatcher
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
     # The notifier's own writes (webhook deliveries) announce nothing: no outbox to relay.
+    # Its dead letters of job.status go to the outbox too; the relays of the gateway and
+    # the workers, which every deployment runs, publish them.
     runtime = ServiceRuntime(settings, relay_outbox=False)
     hub = Hub()
     feed = Feed(settings, JwksVerifier.from_settings(settings), hub)
