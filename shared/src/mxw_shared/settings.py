@@ -46,6 +46,10 @@ class CommonSettings(BaseSettings):
     auth_admin_claim: str = "groups"
     auth_admin_value: str = "admin"
     auth_leeway_s: int = 30
+    # Services that take user tokens directly (notifier feeds, embedder API) re-read
+    # users.disabled after this long: a disabled user loses access (open feeds close) within
+    # it. At most a minute.
+    user_access_cache_s: float = Field(default=60.0, ge=0, le=60)
 
     # Events: attempts before a message goes to its dead-letter topic.
     max_attempts: int = 3

@@ -18,6 +18,7 @@ from mxw_shared.auth import JwksVerifier
 from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
+from mxw_shared.user_access import UserAccess
 
 from mxw_notifier.consumer import StatusConsumer, WebhookTrigger, replica_group_id
 from mxw_notifier.fanout import Hub
@@ -37,6 +38,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
         feed.pool = runtime.pool
+        feed.access = UserAccess(runtime.pool, settings.user_access_cache_s)
         dispatcher = WebhookDispatcher(runtime.pool, settings)
         app.state.dispatcher = dispatcher
         consumers = (
@@ -84,29 +86,11 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         max_age=600,
     )
     app.include_router(health_router(lambda: runtime))
-    instrument(app, settings.service_name)
+    # One server span per feed instead of one more per message sent or received: a busy
+    # fan-out sends thousands a second.
+    telemetry.instrument_app(app, settings.service_name, exclude_spans=["send", "receive"])
     app.include_router(feed_router(feed))
     return app
-
-
-def instrument(app: FastAPI, service_name: str) -> None:
-    """Server spans as shared.telemetry.instrument_app makes them, but one per feed instead
-    of one more per message sent or received: a busy fan-out sends thousands a second."""
-    if not telemetry.setup_tracing(service_name):
-        return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.trace import Span
-
-    def stamp(span: Span, scope: dict[str, Any]) -> None:
-        if span.is_recording():
-            span.set_attribute(telemetry.SERVICE_ATTR, service_name)
-
-    FastAPIInstrumentor.instrument_app(
-        app,
-        excluded_urls=telemetry.EXCLUDED_URLS,
-        server_request_hook=stamp,
-        exclude_spans=["send", "receive"],
-    )
 
 
 def server_options(settings: NotifierSettings) -> dict[str, Any]:
