@@ -19,6 +19,7 @@ from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
 from mxw_shared.user_access import UserAccess
+from mxw_shared.webhook_secrets import WebhookSecretBox
 
 from mxw_notifier.consumer import StatusConsumer, WebhookTrigger, replica_group_id
 from mxw_notifier.fanout import Hub
@@ -29,6 +30,8 @@ from mxw_notifier.webhooks import WebhookDispatcher
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
+    # A missing or malformed MXW_WEBHOOK_SECRET_KEY stops start-up here, with its reason.
+    secret_box = WebhookSecretBox.from_settings(settings)
     # The notifier's own writes (webhook deliveries) announce nothing: no outbox to relay.
     runtime = ServiceRuntime(settings, relay_outbox=False)
     hub = Hub()
@@ -39,7 +42,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         await runtime.start_storage()
         feed.pool = runtime.pool
         feed.access = UserAccess(runtime.pool, settings.user_access_cache_s)
-        dispatcher = WebhookDispatcher(runtime.pool, settings)
+        dispatcher = WebhookDispatcher(runtime.pool, settings, secret_box)
         app.state.dispatcher = dispatcher
         consumers = (
             StatusConsumer(
