@@ -13,6 +13,7 @@ from mxw_shared.auth import JwksVerifier
 from mxw_shared.blobs import LocalBlobStore, S3BackedBlobStore
 from mxw_shared.logging import get_logger
 from mxw_shared.problems import install_problem_handlers
+from mxw_shared.retention import Pruner, job_events_task
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 from mxw_shared.webhook_secrets import WebhookSecretBox, seal_stored_secrets
@@ -72,10 +73,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.abandoned_part_after_s,
         )
         janitor_task = asyncio.create_task(janitor.run(), name="blob-janitor")
+        # The status history of long-finished jobs (shared/retention.py).
+        pruner = Pruner(runtime.pool, settings, [job_events_task(settings)])
+        pruner.start()
         try:
             await runtime.start_messaging()
             yield
         finally:
+            await pruner.stop()
             janitor.stop()
             await janitor_task
             await app.state.embedder_client.aclose()

@@ -17,6 +17,7 @@ from mxw_shared import telemetry
 from mxw_shared.auth import JwksVerifier
 from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
+from mxw_shared.retention import Pruner, webhook_deliveries_task
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
 from mxw_shared.user_access import UserAccess
 from mxw_shared.webhook_secrets import WebhookSecretBox
@@ -61,9 +62,13 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
             for consumer in consumers
         ]
         background.append(asyncio.create_task(dispatcher.run(), name="webhook-dispatcher"))
+        # Finished webhook deliveries and their attempts (shared/retention.py).
+        pruner = Pruner(runtime.pool, settings, [webhook_deliveries_task(settings)])
+        pruner.start()
         try:
             yield
         finally:
+            await pruner.stop()
             for consumer in consumers:
                 await consumer.stop()
             await dispatcher.stop()
