@@ -87,7 +87,7 @@ async def test_info_pruning_finished_webhook_deliveries_with_their_attempts(db, 
     endpoint = uuid.uuid4()
     await db.execute(
         "INSERT INTO webhook_endpoints (id, owner_id, url, event_types, secret) "
-        "VALUES ($1, 'retention', 'https://example.com/', '{job.done}', 'sealed')",
+        "VALUES ($1, 'retention', 'https://example.com/', '{job.done}', 'whsec_eA==')",
         endpoint,
     )
     rows = {}
