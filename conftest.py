@@ -16,6 +16,12 @@ T = TypeVar("T")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The key the gateway seals webhook secrets under and the notifier opens them with: one per
+# test session, for every in-process service and every process the tests start.
+if "MXW_WEBHOOK_SECRET_KEY" not in os.environ:
+    from cryptography.fernet import Fernet
+
+    os.environ["MXW_WEBHOOK_SECRET_KEY"] = Fernet.generate_key().decode()
 
 
 @dataclass(frozen=True)

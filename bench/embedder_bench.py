@@ -145,7 +145,8 @@ async def main() -> None:
     from fastapi import FastAPI
 
     app = FastAPI()
-    app.include_router(embeddings_router(settings, lambda: batcher))
+    # The service token: no user, so no users table to consult.
+    app.include_router(embeddings_router(settings, lambda: batcher, lambda: None))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     questions = [f"what did we say about the {w} last week" for w in WORDS]
     async with httpx.AsyncClient(

@@ -39,6 +39,7 @@ CUSTOM_SCHEMAS = {
 # says how).
 EXTERNAL_SECRETS = {
     "mxwhisper-service-token": {"token"},
+    "mxwhisper-webhook-secret-key": {"key"},
     "mxwhisper-s3": {"access-key-id", "secret-access-key"},
 }
 # Credentials of the standard environments the services read besides their settings.

@@ -169,3 +169,18 @@ async def test_bad_input_is_a_problem_that_says_why(client, service_auth, payloa
 async def test_ready_once_the_model_is_loaded(client):
     response = await client.get("/readyz")
     assert response.status_code == 200, response.text
+
+
+async def test_m5_disabled_user_is_refused_with_a_problem(client, dev_issuer, db):
+    await db.execute(
+        "INSERT INTO users (id, disabled) VALUES ('m5-embedder-disabled', true) "
+        "ON CONFLICT (id) DO UPDATE SET disabled = true"
+    )
+    auth = {"Authorization": f"Bearer {dev_issuer.mint('m5-embedder-disabled')}"}
+    for response in (
+        await client.post("/v1/embeddings", json={"input": "hello"}, headers=auth),
+        await client.get("/v1/models", headers=auth),
+    ):
+        assert response.status_code == 403, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["detail"] == "this account is disabled"

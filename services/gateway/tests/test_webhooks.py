@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretSettings
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,9 @@ async def test_rotation_keeps_the_previous_secret_for_a_grace_period(client, tok
         "AS in_grace FROM webhook_endpoints WHERE id = $1",
         uuid.UUID(created["id"]),
     )
-    assert (row["secret"], row["previous_secret"], row["in_grace"]) == (
+    # Stored sealed (shared/webhook_secrets.py): the key of the session opens them.
+    opened = WebhookSecretBox.from_settings(WebhookSecretSettings())
+    assert (opened.open(row["secret"]), opened.open(row["previous_secret"]), row["in_grace"]) == (
         new["secret"], created["secret"], True,
     )  # fmt: skip
     view = (await client.get(f"/webhooks/{created['id']}", headers=headers)).json()

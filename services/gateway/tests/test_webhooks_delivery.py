@@ -263,3 +263,26 @@ async def test_private_targets_are_refused_at_delivery_time(stack, token, make_j
     assert listed[0]["outcome"] == "refused"
     assert "169.254.169.254" in listed[0]["error"]
     assert "not a public address" in listed[0]["error"]
+
+
+async def test_info_webhook_secret_column_never_holds_the_plaintext(stack, token, db):
+    gateway, receiver = stack
+    headers = token("wh-sealed")
+    endpoint = await register(gateway, headers, receiver, "sealed")
+    rotated = await gateway.post(f"/webhooks/{endpoint['id']}/rotate-secret", headers=headers)
+    row = await db.fetchrow(
+        "SELECT secret, previous_secret FROM webhook_endpoints WHERE id = $1",
+        uuid.UUID(endpoint["id"]),
+    )
+    plaintexts = (endpoint["secret"], rotated.json()["secret"])
+    for stored in row.values():
+        assert not stored.startswith("whsec_")
+        for plaintext in plaintexts:
+            assert plaintext not in stored
+            assert plaintext.removeprefix("whsec_") not in stored
+    # Sealed, yet a delivery verifies with the plaintext the user was given.
+    test = await gateway.post(f"/webhooks/{endpoint['id']}/test", headers=headers)
+    (call,) = await receiver.wait("sealed", 1)
+    assert call.headers["webhook-id"] == test.json()["message_id"]
+    for plaintext in plaintexts:
+        assert verify(plaintext, call)["type"] == "webhook.test"

@@ -456,7 +456,11 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected(notifier, dev_i
     )
     await writer.drain()
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    assert await metric(notifier.http, "mxw_notifier_open_connections") == before + 1
+    # Accepted first, then authorized (the token, the user's disabled flag), then counted.
+    deadline = time.monotonic() + 5
+    while await metric(notifier.http, "mxw_notifier_open_connections") != before + 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     started = time.monotonic()
     # Read (and so take the pings) but never answer: EOF once the server gives up.
     while await asyncio.wait_for(reader.read(4096), 10):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from mxw_shared.redaction import REDACTED, is_secret_name, scrub_secrets
 from mxw_shared.telemetry import add_trace_ids
 
 
@@ -77,25 +77,14 @@ def _quiet_progress_bars() -> None:
             getattr(loaded, disable)()
 
 
-_SECRET_KEYS = ("authorization", "token", "password", "secret", "api_key", "cookie")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return _JWT.sub("[redacted]", _BEARER.sub(r"\1 [redacted]", value))
-    return value
-
-
 def redact_secrets(_: object, __: str, event_dict: MutableMapping[str, Any]) -> Any:
     """Last line of defence: values under secret-looking keys, bearer credentials and JWTs
     inside any string are replaced before a line is written."""
     for key in list(event_dict):
-        if any(word in key.lower() for word in _SECRET_KEYS):
-            event_dict[key] = "[redacted]"
+        if is_secret_name(key):
+            event_dict[key] = REDACTED
         else:
-            event_dict[key] = _scrub(event_dict[key])
+            event_dict[key] = scrub_secrets(event_dict[key])
     return event_dict
 
 

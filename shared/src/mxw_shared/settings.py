@@ -46,6 +46,10 @@ class CommonSettings(BaseSettings):
     auth_admin_claim: str = "groups"
     auth_admin_value: str = "admin"
     auth_leeway_s: int = 30
+    # Services that take user tokens directly (notifier feeds, embedder API) re-read
+    # users.disabled after this long: a disabled user loses access (open feeds close) within
+    # it. At most a minute.
+    user_access_cache_s: float = Field(default=60.0, ge=0, le=60)
 
     # Events: attempts before a message goes to its dead-letter topic.
     max_attempts: int = 3
@@ -69,6 +73,14 @@ class CommonSettings(BaseSettings):
     stuck_after_s: float = 300.0
     max_stage_starts: int = 5
     sweep_window_s: float = 7 * 24 * 3600.0
+    # Retention (shared/retention.py): each table is pruned by the service that writes it,
+    # every retention_interval_s, in batches of retention_batch_rows. Days; 0 keeps for ever.
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    retention_batch_rows: int = Field(default=1000, ge=1)
+    processed_events_retention_days: float = Field(default=30.0, ge=0)
+    stage_sweeps_retention_days: float = Field(default=30.0, ge=0)
+    job_events_retention_days: float = Field(default=90.0, ge=0)
+    webhook_deliveries_retention_days: float = Field(default=30.0, ge=0)
     # Graceful shutdown: how long a stopping worker lets the job in hand finish before it
     # releases the job's lease for another replica.
     shutdown_grace_s: float = 30.0

@@ -10,6 +10,10 @@ The OpenTelemetry SDK is configured by the standard OTEL_* environment variables
   follows the decision carried in the event's traceparent (parent-based).
 - OTEL_SERVICE_NAME overrides the service name of the resource.
 
+Credentials never leave in a span: the query parameters with secret-looking names (a feed's
+`?access_token=`) and any JWT are blanked in the URL attributes of every span (redaction.py),
+when the span starts and again after the HTTP server span got its request attributes.
+
 The W3C `traceparent` of the span that writes an outbox row is stored with the row's headers,
 so the relay (maybe later, maybe another process) publishes it under that trace, and the
 consumer of the event parents its stage span on it.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -39,10 +43,16 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
+from mxw_shared.redaction import scrub_secrets
+
 SERVICE_ATTR = "mxw.service"
 TRACE_HEADERS = ("traceparent", "tracestate")
 # Health probes and scrapes would otherwise be a trace each, every few seconds.
 EXCLUDED_URLS = "livez,readyz,metrics"
+
+# Span attributes that carry a URL, a request target or a query string (old and new HTTP
+# semantic conventions).
+URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
 
 _tracer_name = "mxw"
 _setup_done = False
@@ -92,6 +102,30 @@ class _InheritService(SpanProcessor):
         return None
 
 
+def redact_span(span: trace.Span) -> None:
+    """Blank query credentials and JWTs in the URL attributes of a recording span."""
+    attributes = getattr(span, "attributes", None)
+    if not attributes or not span.is_recording():
+        return
+    for name in URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            clean = scrub_secrets(value)
+            if clean != value:
+                span.set_attribute(name, clean)
+
+
+class _RedactCredentials(SpanProcessor):
+    """Every span of every instrumentation (HTTP server and client, ...) starts without
+    credentials in its URL attributes."""
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        redact_span(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        return None
+
+
 def _enabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
 
@@ -133,6 +167,7 @@ def setup_tracing(service_name: str) -> bool:
             resource=Resource.create({"service.name": name}), sampler=_sampler()
         )
         provider.add_span_processor(_InheritService())
+        provider.add_span_processor(_RedactCredentials())
         exporter = _exporter()
         if exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -140,6 +175,7 @@ def setup_tracing(service_name: str) -> bool:
     else:
         provider = trace.get_tracer_provider()  # type: ignore[assignment]
         provider.add_span_processor(_InheritService())
+        provider.add_span_processor(_RedactCredentials())
 
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -152,8 +188,11 @@ def setup_tracing(service_name: str) -> bool:
     return True
 
 
-def instrument_app(app: Any, service_name: str) -> None:
-    """Server spans for every request of a FastAPI app (probes and scrapes excepted)."""
+def instrument_app(
+    app: Any, service_name: str, exclude_spans: list[Literal["receive", "send"]] | None = None
+) -> None:
+    """Server spans for every request of a FastAPI app (probes and scrapes excepted);
+    `exclude_spans` ("send", "receive") drops the spans of each ASGI message."""
     if not setup_tracing(service_name):
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -161,8 +200,16 @@ def instrument_app(app: Any, service_name: str) -> None:
     def stamp(span: trace.Span, scope: dict[str, Any]) -> None:
         if span.is_recording():
             span.set_attribute(SERVICE_ATTR, service_name)
+            # The ASGI middleware sets the request's attributes again after the span
+            # started (past _RedactCredentials), then calls this hook.
+            redact_span(span)
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS, server_request_hook=stamp)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls=EXCLUDED_URLS,
+        server_request_hook=stamp,
+        exclude_spans=exclude_spans,
+    )
 
 
 def tracer() -> trace.Tracer:

@@ -17,10 +17,12 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from mxw_shared import webhook_secrets
 from mxw_shared.devissuer import DevIssuer
 from mxw_shared.kafka import ensure_topics
 from mxw_shared.migrate import migrate
@@ -98,15 +100,25 @@ class StackInfo:
         return cls(**json.loads(cls.path(data_dir).read_text()))
 
 
-def _service_token(data_dir: Path) -> str:
-    """Shared secret the gateway presents to the embedder; generated once, 0600."""
-    path = data_dir / "auth" / "service-token"
+def _generated_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret of the local stack in .data: generated once, 0600, kept across restarts."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
+            fh.write(make())
     return path.read_text().strip()
+
+
+def _service_token(data_dir: Path) -> str:
+    """Shared secret the gateway presents to the embedder."""
+    return _generated_secret(data_dir / "auth" / "service-token", lambda: secrets.token_urlsafe(32))
+
+
+def _webhook_secret_key(data_dir: Path) -> str:
+    """The key webhook secrets are stored under (gateway seals, notifier opens): losing it
+    makes every registered endpoint's secret unreadable, so it stays with the data."""
+    return _generated_secret(data_dir / "auth" / "webhook-secret-key", webhook_secrets.new_key)
 
 
 class Supervisor:
@@ -154,6 +166,8 @@ class Supervisor:
             env["MXW_WEB_NOTIFIER_URL"] = cfg.url("notifier")  # the web page's live feed
         if service == "embedder":
             env["MXW_SERVICE_TOKEN"] = token
+        if service in ("gateway", "notifier"):
+            env["MXW_WEBHOOK_SECRET_KEY"] = _webhook_secret_key(self.data_dir)
         if service == "transcriber":
             env.setdefault("MXW_DEFAULT_MODEL", cfg.whisper_model)
         return env

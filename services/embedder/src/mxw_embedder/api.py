@@ -1,7 +1,8 @@
 """OpenAI-compatible embeddings API: POST /v1/embeddings, GET /v1/models.
 
 The gateway calls it for query vectors with the shared service token; a user's JWT works
-too. Errors are problem+json like every other endpoint of the system.
+too, unless the account is disabled (users.disabled, re-read every user_access_cache_s).
+Errors are problem+json like every other endpoint of the system.
 """
 
 import hmac
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mxw_shared.auth import AuthError, JwksVerifier
 from mxw_shared.problems import Problem
+from mxw_shared.user_access import UserAccess, UserDisabled
 from pydantic import BaseModel, ConfigDict, Field
 
 from mxw_embedder.batcher import MicroBatcher
@@ -69,7 +71,9 @@ def _unauthorized(detail: str) -> Problem:
 
 
 def embeddings_router(
-    settings: EmbedderSettings, get_batcher: Callable[[], MicroBatcher | None]
+    settings: EmbedderSettings,
+    get_batcher: Callable[[], MicroBatcher | None],
+    get_access: Callable[[], UserAccess | None],
 ) -> APIRouter:
     verifier = JwksVerifier.from_settings(settings)
     service_token = (
@@ -86,9 +90,17 @@ def embeddings_router(
         if service_token is not None and hmac.compare_digest(token.encode(), service_token):
             return SERVICE_CALLER
         try:
-            return (await verifier.verify(token)).sub
+            sub = (await verifier.verify(token)).sub
         except AuthError as exc:
             raise _unauthorized(str(exc)) from exc
+        access = get_access()
+        if access is None:
+            raise Problem(503, "Starting", "the embedder is still starting")
+        try:
+            await access.check(sub)
+        except UserDisabled as exc:
+            raise Problem(403, "Forbidden", str(exc)) from exc
+        return sub
 
     def loaded() -> MicroBatcher:
         batcher = get_batcher()

@@ -13,8 +13,10 @@ from mxw_shared.contracts import ChunksReady, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.problems import install_problem_handlers
+from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
+from mxw_shared.user_access import UserAccess
 
 from mxw_embedder import repository
 from mxw_embedder.api import embeddings_router
@@ -35,6 +37,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
     settings = settings or EmbedderSettings()
     runtime = ServiceRuntime(settings)
     state: dict[str, MicroBatcher] = {}
+    access: dict[str, UserAccess] = {}  # from start-up on: it needs the pool
 
     async def model_loaded() -> None:
         if "batcher" not in state:
@@ -45,6 +48,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
+        access["users"] = UserAccess(runtime.pool, settings.user_access_cache_s)
         try:
             # Seconds of CPU: off the event loop. A model that cannot load, or whose
             # vectors do not fit the column, stops start-up with its reason rather than
@@ -89,9 +93,13 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
             )
             runtime.subscribe_stage(runner, group_id=settings.service_name)
         await runtime.start_messaging()
+        # Its own dedupe marks and sweep rows (shared/retention.py).
+        pruner = Pruner(runtime.pool, settings, stage_service_tasks(settings, [Stage.embed]))
+        pruner.start()
         try:
             yield
         finally:
+            await pruner.stop()
             await runtime.stop()
             await batcher.stop()
 
@@ -101,7 +109,9 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health_router(lambda: runtime))
     instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
-    app.include_router(embeddings_router(settings, lambda: state.get("batcher")))
+    app.include_router(
+        embeddings_router(settings, lambda: state.get("batcher"), lambda: access.get("users"))
+    )
     return app
 
 

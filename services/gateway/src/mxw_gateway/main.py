@@ -11,9 +11,12 @@ import httpx
 from fastapi import FastAPI
 from mxw_shared.auth import JwksVerifier
 from mxw_shared.blobs import LocalBlobStore, S3BackedBlobStore
+from mxw_shared.logging import get_logger
 from mxw_shared.problems import install_problem_handlers
+from mxw_shared.retention import Pruner, job_events_task
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
+from mxw_shared.webhook_secrets import WebhookSecretBox, seal_stored_secrets
 
 from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
@@ -29,6 +32,9 @@ from mxw_gateway.timing.routes import router as timing_router
 from mxw_gateway.timing.service import refresh_job_gauges
 from mxw_gateway.web.routes import web_router
 from mxw_gateway.webhooks.routes import router as webhooks_router
+from mxw_gateway.webhooks.settings import webhook_settings_of
+
+log = get_logger(__name__)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -38,7 +44,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Webhook secrets at rest: a missing, malformed or wrong key stops start-up with its
+        # reason; rows still in clear (or under an old key) are sealed under the current key.
+        secret_box = WebhookSecretBox.from_settings(webhook_settings_of(app))
         await runtime.start_storage()
+        try:
+            sealed = await seal_stored_secrets(runtime.pool, secret_box)
+        except BaseException:
+            await runtime.stop()
+            raise
+        if sealed:
+            log.info("webhook secrets sealed under the current key", rows=sealed)
         app.state.blob_store = (
             S3BackedBlobStore(settings.blob_root, settings.blob_store_url)
             if settings.blob_store_url
@@ -57,10 +73,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.abandoned_part_after_s,
         )
         janitor_task = asyncio.create_task(janitor.run(), name="blob-janitor")
+        # The status history of long-finished jobs (shared/retention.py).
+        pruner = Pruner(runtime.pool, settings, [job_events_task(settings)])
+        pruner.start()
         try:
             await runtime.start_messaging()
             yield
         finally:
+            await pruner.stop()
             janitor.stop()
             await janitor_task
             await app.state.embedder_client.aclose()

@@ -9,7 +9,9 @@
   `text/event-stream`.
 
 Every message carries the job's `seq`; a feed sends each job's events in seq order, once,
-filling a gap in the live stream from the history in Postgres.
+filling a gap in the live stream from the history in Postgres. What a live event says is read
+back from Postgres by its event id (job_events): a record on the topic only announces it, so
+a forged record (Kafka has no authentication) reaches no client.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +34,7 @@ from mxw_shared.auth import AuthError, JwksVerifier, Principal
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 from mxw_shared.problems import Problem
+from mxw_shared.user_access import UserAccess, UserDisabled
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.websockets import WebSocketState
 
@@ -53,6 +57,12 @@ from mxw_notifier.settings import NotifierSettings
 
 log = get_logger(__name__)
 
+# Live events read back from job_events, remembered by event id: every feed of the replica
+# that gets the event shares one query.
+CONFIRMED_CACHE_SIZE = 4096
+# Open feeds re-read their user's disabled flag every user_access_cache_s, at most this often.
+_ACCESS_RECHECK_MIN_S = 1.0
+
 OPEN_CONNECTIONS = Gauge("mxw_notifier_open_connections", "Open status feeds (WebSocket + SSE)")
 WS_CONNECTIONS = Gauge(
     "mxw_notifier_ws_connections", "Open status WebSockets", ["route"]
@@ -60,6 +70,11 @@ WS_CONNECTIONS = Gauge(
 SSE_CONNECTIONS = Gauge("mxw_notifier_sse_connections", "Open status SSE streams")
 CLOSED_CONNECTIONS = Counter(
     "mxw_notifier_connections_closed_total", "Status feeds closed", ["reason"]
+)
+UNCONFIRMED_EVENTS = Counter(
+    "mxw_notifier_unconfirmed_events_total",
+    "Live job.status records dropped: no recorded status event (job_events) has their event "
+    "id and job (forged, or published by a system that does not record its statuses)",
 )
 DELIVERY_LATENCY = Histogram(
     "mxw_notifier_delivery_latency_seconds",
@@ -76,17 +91,40 @@ class Feed:
         self.verifier = verifier
         self.hub = hub
         self.pool: Pool | None = None
+        self.access: UserAccess | None = None
         self._per_user: Tally[str] = Tally()
         self._owners: OrderedDict[uuid.UUID, str] = OrderedDict()
+        self._confirmed: OrderedDict[str, asyncio.Task[StatusMessage | None]] = OrderedDict()
 
     def db(self) -> Pool:
         assert self.pool is not None, "feed used before start-up"
         return self.pool
 
+    def users(self) -> UserAccess:
+        assert self.access is not None, "feed used before start-up"
+        return self.access
+
     async def authorize(self, token: str | None) -> Principal:
+        """The token's principal; raises AuthError, or UserDisabled for a disabled account."""
         if not token:
             raise AuthError("a bearer token is required")
-        return await self.verifier.verify(token)
+        principal = await self.verifier.verify(token)
+        await self.users().check(principal.sub)
+        return principal
+
+    @property
+    def access_recheck_s(self) -> float:
+        return max(self.settings.user_access_cache_s, _ACCESS_RECHECK_MIN_S)
+
+    async def until_disabled(self, sub: str) -> None:
+        """Returns once the user is disabled (seen within the access cache period)."""
+        while True:
+            await asyncio.sleep(self.access_recheck_s)
+            try:
+                if await self.users().is_disabled(sub):
+                    return
+            except Exception as exc:  # a database outage: the feed goes on, checked later
+                log.warning("user access check failed", error=repr(exc))
 
     async def owner_of(self, job_id: uuid.UUID) -> str | None:
         owner = self._owners.get(job_id)
@@ -99,6 +137,36 @@ class Feed:
             if len(self._owners) > self.settings.owner_cache_size:
                 self._owners.popitem(last=False)
         return owner
+
+    async def confirmed(self, live: StatusMessage) -> StatusMessage | None:
+        """The recorded copy of a live event (state, message, seq from job_events), or None
+        when nothing of that id and job was recorded. Concurrent feeds share one read."""
+        read = self._confirmed.get(live.event_id)
+        if read is None:
+            read = asyncio.create_task(self._read_back(live))
+            self._confirmed[live.event_id] = read
+            while len(self._confirmed) > CONFIRMED_CACHE_SIZE:
+                self._confirmed.popitem(last=False)
+        try:
+            stored = await asyncio.shield(read)
+        except Exception:
+            self._confirmed.pop(live.event_id, None)  # a database error: read again next time
+            raise
+        if stored is None:
+            return None
+        return replace(stored, coalesced=live.coalesced)
+
+    async def _read_back(self, live: StatusMessage) -> StatusMessage | None:
+        stored = await repository.event_by_id(self.db(), live.event_id)
+        if stored is None or stored.job_id != live.job_id:
+            UNCONFIRMED_EVENTS.inc()
+            log.warning(
+                "unrecorded job.status record dropped",
+                event_id=live.event_id[:100],
+                job_id=str(live.job_id),
+            )
+            return None
+        return stored
 
     async def watchable_job(self, principal: Principal, raw_job_id: str) -> uuid.UUID | None:
         job_id = parse_job_id(raw_job_id)
@@ -154,6 +222,9 @@ class Feed:
             principal = await self.authorize(found.token)
         except AuthError as exc:
             await self._close(websocket, CloseCode.UNAUTHORIZED, str(exc)[:120], "unauthorized")
+            return
+        except UserDisabled as exc:
+            await self._close(websocket, CloseCode.FORBIDDEN, str(exc), "disabled")
             return
 
         job_id: uuid.UUID | None = None
@@ -231,7 +302,8 @@ class Feed:
         dropped = asyncio.create_task(subscriber.dropped.wait())
         left = self.seconds_left(subscriber.principal)
         expiry = asyncio.create_task(asyncio.sleep(left if left is not None else 10**9))
-        tasks = (sender, receiver, dropped, expiry)
+        revoked = asyncio.create_task(self.until_disabled(subscriber.principal.sub))
+        tasks = (sender, receiver, dropped, expiry, revoked)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -253,6 +325,9 @@ class Feed:
         if expiry.done() and not expiry.cancelled():
             await self._close(websocket, CloseCode.UNAUTHORIZED, "token expired", None)
             return "token-expired"
+        if revoked.done() and not revoked.cancelled():
+            await self._close(websocket, CloseCode.FORBIDDEN, "this account is disabled", None)
+            return "disabled"
         if failure is not None and not isinstance(failure, WebSocketDisconnect | OSError):
             log.warning("status feed failed", error=repr(failure))
             await self._close(websocket, CloseCode.INTERNAL_ERROR, "internal error", None)
@@ -284,6 +359,8 @@ class Feed:
             raise Problem(
                 401, "Unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"}
             ) from exc
+        except UserDisabled as exc:
+            raise Problem(403, "Forbidden", str(exc)) from exc
         job_id = await self.watchable_job(principal, raw_job_id)
         if job_id is None:
             raise Problem(404, "Not Found", "job not found")
@@ -336,7 +413,15 @@ class Feed:
                     yield _sse_error(CloseCode.UNAUTHORIZED, "token expired")
                     reason = "token-expired"
                     return
-                timeout = min(self.settings.sse_keepalive_s, left or self.settings.sse_keepalive_s)
+                if await self.users().is_disabled(principal.sub):
+                    yield _sse_error(CloseCode.FORBIDDEN, "this account is disabled")
+                    reason = "disabled"
+                    return
+                timeout = min(
+                    self.settings.sse_keepalive_s,
+                    self.access_recheck_s,
+                    left or self.settings.sse_keepalive_s,
+                )
                 try:
                     batch = await subscriber.next_batch(timeout)
                 except FellBehind:
@@ -384,6 +469,11 @@ class Session:
         event, or the missed history and then the event."""
         if not await self._may_see(live.job_id):
             return []
+        age = (datetime.now(UTC) - live.time).total_seconds()
+        stored = await self.feed.confirmed(live)
+        if stored is None:
+            return []
+        live = stored
         placement = place(live, self.last_sent.get(live.job_id))
         out: list[StatusMessage] = []
         if placement.fill_after is not None:
@@ -392,7 +482,6 @@ class Session:
             )
         if placement.send:
             out.append(live)
-            age = (datetime.now(UTC) - live.time).total_seconds()
             DELIVERY_LATENCY.observe(max(age, 0.0))
         if out:
             self.last_sent[live.job_id] = max(m.seq or 0 for m in out)

@@ -17,7 +17,10 @@ from mxw_shared import telemetry
 from mxw_shared.auth import JwksVerifier
 from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
+from mxw_shared.retention import Pruner, webhook_deliveries_task
 from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
+from mxw_shared.user_access import UserAccess
+from mxw_shared.webhook_secrets import WebhookSecretBox
 
 from mxw_notifier.consumer import StatusConsumer, WebhookTrigger, replica_group_id
 from mxw_notifier.fanout import Hub
@@ -28,6 +31,8 @@ from mxw_notifier.webhooks import WebhookDispatcher
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     settings = settings or NotifierSettings()
+    # A missing or malformed MXW_WEBHOOK_SECRET_KEY stops start-up here, with its reason.
+    secret_box = WebhookSecretBox.from_settings(settings)
     # The notifier's own writes (webhook deliveries) announce nothing: no outbox to relay.
     # Its dead letters of job.status go to the outbox too; the relays of the gateway and
     # the workers, which every deployment runs, publish them.
@@ -39,7 +44,8 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start_storage()
         feed.pool = runtime.pool
-        dispatcher = WebhookDispatcher(runtime.pool, settings)
+        feed.access = UserAccess(runtime.pool, settings.user_access_cache_s)
+        dispatcher = WebhookDispatcher(runtime.pool, settings, secret_box)
         app.state.dispatcher = dispatcher
         consumers = (
             StatusConsumer(
@@ -58,9 +64,13 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
             for consumer in consumers
         ]
         background.append(asyncio.create_task(dispatcher.run(), name="webhook-dispatcher"))
+        # Finished webhook deliveries and their attempts (shared/retention.py).
+        pruner = Pruner(runtime.pool, settings, [webhook_deliveries_task(settings)])
+        pruner.start()
         try:
             yield
         finally:
+            await pruner.stop()
             for consumer in consumers:
                 await consumer.stop()
             await dispatcher.stop()
@@ -86,29 +96,11 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         max_age=600,
     )
     app.include_router(health_router(lambda: runtime))
-    instrument(app, settings.service_name)
+    # One server span per feed instead of one more per message sent or received: a busy
+    # fan-out sends thousands a second.
+    telemetry.instrument_app(app, settings.service_name, exclude_spans=["send", "receive"])
     app.include_router(feed_router(feed))
     return app
-
-
-def instrument(app: FastAPI, service_name: str) -> None:
-    """Server spans as shared.telemetry.instrument_app makes them, but one per feed instead
-    of one more per message sent or received: a busy fan-out sends thousands a second."""
-    if not telemetry.setup_tracing(service_name):
-        return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.trace import Span
-
-    def stamp(span: Span, scope: dict[str, Any]) -> None:
-        if span.is_recording():
-            span.set_attribute(telemetry.SERVICE_ATTR, service_name)
-
-    FastAPIInstrumentor.instrument_app(
-        app,
-        excluded_urls=telemetry.EXCLUDED_URLS,
-        server_request_hook=stamp,
-        exclude_spans=["send", "receive"],
-    )
 
 
 def server_options(settings: NotifierSettings) -> dict[str, Any]:

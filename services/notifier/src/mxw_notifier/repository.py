@@ -58,3 +58,11 @@ async def latest_event(pool: Pool, job_id: uuid.UUID) -> StatusMessage | None:
         f"SELECT {_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1", job_id
     )
     return None if row is None else _status(job_id, row)
+
+
+async def event_by_id(pool: Pool, event_id: str) -> StatusMessage | None:
+    """The recorded status event with this id (ce_id), or None."""
+    row = await pool.fetchrow(
+        f"SELECT job_id, {_COLUMNS} FROM job_events WHERE event_id = $1", event_id
+    )
+    return None if row is None else _status(row["job_id"], row)

@@ -1,8 +1,9 @@
 from mxw_shared.settings import CommonSettings
+from mxw_shared.webhook_secrets import WebhookSecretSettings
 from pydantic import Field
 
 
-class NotifierSettings(CommonSettings):
+class NotifierSettings(CommonSettings, WebhookSecretSettings):
     service_name: str = "notifier"
     port: int = 8001
 

@@ -19,6 +19,7 @@ import httpx
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 from mxw_shared.netguard import IPAddress, parse_networks, refusal, resolve
+from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretKeyError
 from prometheus_client import Counter
 
 from mxw_notifier.domain import StatusMessage
@@ -59,7 +60,8 @@ class Claimed:
     payload: dict[str, Any]
     attempt: int
     url: str
-    secrets: list[str]
+    # As stored: sealed (shared/webhook_secrets.py), opened only to sign.
+    stored_secrets: list[str]
     enabled_at: datetime
 
 
@@ -73,10 +75,15 @@ class AttemptResult:
 
 class WebhookDispatcher:
     def __init__(
-        self, pool: Pool, settings: NotifierSettings, client: httpx.AsyncClient | None = None
+        self,
+        pool: Pool,
+        settings: NotifierSettings,
+        secret_box: WebhookSecretBox,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
+        self.secret_box = secret_box
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(settings.webhook_timeout_s),
             follow_redirects=False,
@@ -230,7 +237,7 @@ class WebhookDispatcher:
                 payload=row["payload"],
                 attempt=row["attempts"],
                 url=row["url"],
-                secrets=[s for s in (row["secret"], row["previous"]) if s],
+                stored_secrets=[s for s in (row["secret"], row["previous"]) if s],
                 enabled_at=row["enabled_at"],
             )
             for row in rows
@@ -340,6 +347,11 @@ class WebhookDispatcher:
 
     async def post(self, claimed: Claimed) -> AttemptResult:
         try:
+            secrets = [self.secret_box.open(stored) for stored in claimed.stored_secrets]
+        except WebhookSecretKeyError as exc:
+            log.error("webhook secret unreadable", endpoint_id=str(claimed.endpoint_id))
+            return AttemptResult("failed", error=str(exc))
+        try:
             target = parse_target(claimed.url)
         except BadTarget as exc:
             return AttemptResult("refused", error=str(exc))
@@ -359,7 +371,7 @@ class WebhookDispatcher:
             "User-Agent": USER_AGENT,
             "webhook-id": claimed.msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature_header(claimed.secrets, claimed.msg_id, now, body),
+            "webhook-signature": signature_header(secrets, claimed.msg_id, now, body),
         }
         request = _pinned_request(self.client, target, addresses[0], headers, body)
         limit = self.settings.webhook_response_excerpt_chars

@@ -15,6 +15,7 @@ from mxw_shared import netguard
 from mxw_shared.db import Pool
 from mxw_shared.locks import WEBHOOKS_OF_USER, text_key
 from mxw_shared.problems import Problem
+from mxw_shared.webhook_secrets import WebhookSecretBox
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.ingest.domain import (
@@ -99,6 +100,7 @@ async def create(
 ) -> WebhookWithSecret:
     url = await check_target(settings, body.url)
     secret = new_secret()
+    sealed = WebhookSecretBox.from_settings(settings).seal(secret)  # never stored in clear
     webhook_id = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
         # One user's creations are serialised, so the limit holds under concurrency.
@@ -123,7 +125,7 @@ async def create(
             url,
             body.description,
             list(body.event_types),
-            secret,
+            sealed,
         )
     view = await _owned(pool, user, webhook_id)
     return WebhookWithSecret(**view.model_dump(), secret=secret)
@@ -193,7 +195,7 @@ async def rotate_secret(
         "  previous_secret_until = now() + make_interval(secs => $3), updated_at = now() "
         "WHERE id = $1 RETURNING previous_secret_until",
         webhook_id,
-        secret,
+        WebhookSecretBox.from_settings(settings).seal(secret),
         settings.webhook_secret_rotation_grace_s,
     )
     return RotatedSecret(secret=secret, previous_secret_valid_until=until)

@@ -1,13 +1,15 @@
-"""Webhook settings, read from the same MXW_WEBHOOK_* variables the notifier reads."""
+"""Webhook settings, read from the same MXW_WEBHOOK_* variables the notifier reads (the
+secret key settings included: the gateway seals, the notifier opens)."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from mxw_shared.webhook_secrets import WebhookSecretSettings
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 
-class WebhookSettings(BaseSettings):
+class WebhookSettings(WebhookSecretSettings):
     model_config = SettingsConfigDict(env_prefix="MXW_", extra="ignore")
 
     # Private, loopback, link-local, multicast and reserved targets are refused unless
@@ -22,10 +24,14 @@ class WebhookSettings(BaseSettings):
     webhook_resolve_timeout_s: float = Field(default=5.0, gt=0)
 
 
-def get_webhook_settings(request: Request) -> WebhookSettings:
+def webhook_settings_of(app: FastAPI) -> WebhookSettings:
     """Read once per app from the environment (app.state.webhook_settings overrides)."""
-    settings: WebhookSettings | None = getattr(request.app.state, "webhook_settings", None)
+    settings: WebhookSettings | None = getattr(app.state, "webhook_settings", None)
     if settings is None:
         settings = WebhookSettings()
-        request.app.state.webhook_settings = settings
+        app.state.webhook_settings = settings
     return settings
+
+
+def get_webhook_settings(request: Request) -> WebhookSettings:
+    return webhook_settings_of(request.app)
