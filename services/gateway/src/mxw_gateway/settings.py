@@ -91,5 +91,7 @@ class GatewaySettings(CommonSettings):
     # The whole download (every redirect included) must finish within this.
     ingest_timeout_s: float = Field(default=300.0, gt=0)
     ingest_connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Each hop's DNS lookup (a slow resolver must not hold the request for the whole timeout).
+    ingest_resolve_timeout_s: float = Field(default=10.0, gt=0)
     ingest_max_redirects: int = Field(default=5, ge=0)
     ingest_max_url_chars: int = 2048
