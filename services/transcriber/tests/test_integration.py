@@ -231,6 +231,21 @@ async def test_unknown_model_fails_at_once_naming_the_model(
     assert await read_topic(topics.dlq(topics.AUDIO_UPLOADED), job_id)
 
 
+async def test_l7_a_local_directory_as_model_fails_the_job_with_a_reason(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    directory = str(infra.root / "models")  # exists: WhisperModel would try to load it
+    await publish(uploaded(job_id, uri, sha, model=directory))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await stage_error(db, job_id)
+    assert error == (
+        f"model {directory} is not available: not an allowed model (allowed: base, small, tiny.en)"
+    )
+
+
 async def test_a_language_the_model_cannot_honour_is_rejected_not_ignored(
     transcriber, infra, db, make_job, publish, wait_for
 ):

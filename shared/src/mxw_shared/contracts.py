@@ -20,6 +20,9 @@ SPEC_VERSION = "1.0"
 CE_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")
 # Longest audio URI an audio.uploaded event may carry (the transcriber fetches http(s) ones).
 AUDIO_URI_MAX_CHARS = 4096
+# Whisper models a job may name by default (MXW_OPENAI_MODELS at the gateway,
+# MXW_ALLOWED_MODELS at the transcriber): those mxw_transcriber.models ships as packages.
+WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
 
 
 class Task(StrEnum):

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.settings import CommonSettings
 from pydantic import Field, SecretStr, model_validator
 
@@ -71,10 +72,11 @@ class GatewaySettings(CommonSettings):
     jobs_max_page_size: int = 100
 
     # ---- OpenAI-compatible transcription API (/v1) ----
-    # Whisper models /v1/models lists and /v1/audio/transcriptions accepts. Static: the
-    # gateway does not load models; keep it to what the transcriber can serve here
-    # (mxw_transcriber.models: tiny.en and base ship as packages, small when installed).
-    openai_models: list[str] = Field(default_factory=lambda: ["tiny.en", "base", "small"])
+    # The Whisper models jobs may name (POST /jobs, from-url, reprocess: 422 otherwise), which
+    # /v1/models lists and /v1/audio/transcriptions accepts. Static: the gateway does not load
+    # models; keep it to what the transcriber allows (MXW_ALLOWED_MODELS; mxw_transcriber.
+    # models: tiny.en and base ship as packages, small when installed).
+    openai_models: list[str] = Field(default_factory=lambda: list(WHISPER_MODELS))
     # "whisper-1" (OpenAI's name) maps to this model; None: the transcriber's default.
     openai_default_model: str | None = None
     # How long a request waits for its transcript before answering 202 with the job to poll.

@@ -1,7 +1,8 @@
 from pathlib import Path
 
+from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.settings import CommonSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 
 
 class TranscriberSettings(CommonSettings):
@@ -9,6 +10,9 @@ class TranscriberSettings(CommonSettings):
     port: int = 8002
     # The model a job gets when its options name none.
     default_model: str = "base"
+    # The only model names a job may ask for (events come from other systems too): names
+    # resolved by mxw_transcriber.models, never a local directory or a hub id from a user.
+    allowed_models: list[str] = Field(default_factory=lambda: list(WHISPER_MODELS))
     # "auto": CUDA when CTranslate2 sees a GPU, else cpu.
     device: str = "auto"
     # "auto": float16 on CUDA, int8 on CPU (the fastest type each supports well).
@@ -49,3 +53,12 @@ class TranscriberSettings(CommonSettings):
     verify_sha256: bool = True
     # Load the default model at start-up so the first job does not wait for it.
     preload_default_model: bool = True
+
+    @model_validator(mode="after")
+    def _default_model_is_allowed(self) -> "TranscriberSettings":
+        if self.default_model not in self.allowed_models:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not one of allowed_models "
+                f"{self.allowed_models}"
+            )
+        return self

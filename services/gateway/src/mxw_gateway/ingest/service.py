@@ -79,6 +79,7 @@ async def ingest(
     pool: Pool,
     store: LocalBlobStore,
 ) -> jobs.UploadResult:
+    jobs.check_model(request.options, settings)
     downloaded = await download(settings, store, request.url)
     blob = downloaded.blob
     try:

@@ -106,6 +106,19 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
         ) from exc
 
 
+def check_model(options: JobOptions, settings: GatewaySettings) -> None:
+    """Only the configured Whisper models: a name reaches the transcriber's model loader,
+    which must never get a local directory or a hub id from a user."""
+    if options.model is not None and options.model not in settings.openai_models:
+        raise Problem(
+            422,
+            "Invalid job options",
+            f"model: {options.model!r} is not available; choose one of "
+            + ", ".join(settings.openai_models),
+            allowed_models=settings.openai_models,
+        )
+
+
 async def upload(
     *,
     body: AsyncIterator[bytes],
@@ -149,6 +162,7 @@ async def upload(
                 "the audio file is missing: send it in the multipart field 'file'",
             )
         options = parse_options(fields)
+        check_model(options, settings)
         force = force_query or parse_bool("force", fields.get("force", ""))
         if blob.size_bytes == 0:
             raise Problem(415, "Unsupported media type", "the uploaded file is empty")
@@ -503,6 +517,8 @@ async def reprocess_job(
             options = JobOptions.model_validate({**(job["options"] or {}), **option_changes})
         except ValidationError as exc:
             raise Problem(422, "Invalid job options", str(exc).splitlines()[0]) from exc
+        if "model" in option_changes:
+            check_model(options, settings)
         generation = await repository.start_generation(
             conn, job_id, from_stage.value, options.model_dump(mode="json")
         )
