@@ -31,7 +31,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 
 def test_short_fixture_is_transcribed_with_progress(tiny: LoadedModel) -> None:
-    audio = decode_audio(FIXTURES / "short_en.ogg")
+    audio = decode_audio(FIXTURES / "short_en.ogg", 3600)
     fractions: list[float] = []
     transcript = transcribe(tiny.model, audio, JobOptions(), DecodeSettings(), fractions.append)
 
@@ -52,7 +52,7 @@ def test_short_fixture_is_transcribed_with_progress(tiny: LoadedModel) -> None:
 
 
 def test_an_exception_from_the_progress_callback_stops_the_work(tiny: LoadedModel) -> None:
-    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    audio = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
 
     class Stop(Exception):
         pass
@@ -76,7 +76,7 @@ def test_text_is_not_audio(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("these are notes, not audio\n" * 20)
     with pytest.raises(AudioDecodeError):
-        decode_audio(path)
+        decode_audio(path, 3600)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_multilingual_models_accept_languages_and_translation() -> None:
 def test_a_resumed_transcription_continues_after_the_given_point(tiny: LoadedModel) -> None:
     from mxw_transcriber.domain import Resume
 
-    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    audio = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
     full = transcribe(tiny.model, audio, JobOptions(word_timestamps=True), DecodeSettings())
     assert len(full.segments) >= 2
     first = full.segments[0]

@@ -52,6 +52,7 @@ async def transcriber(infra, s3_store):
         # The test origin on loopback, as the URL ingest tests allow it (nothing else).
         download_allowed_networks=["127.0.0.1/32"],
         download_max_bytes=1_000_000,
+        max_audio_seconds=300,  # above long_wav(8), the longest audio here
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
@@ -246,6 +247,40 @@ async def test_l7_a_local_directory_as_model_fails_the_job_with_a_reason(
     )
 
 
+async def test_m2_audio_longer_than_the_limit_fails_the_job_before_transcribing(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    import numpy as np
+
+    silence = encode(np.zeros(400 * 16000, dtype=np.float32), "flac", "flac")
+    assert len(silence) < 300_000  # 400 s of FLAC silence: small in bytes
+    uri, sha = store(infra, silence)
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    assert await stage_error(db, job_id) == (
+        "audio refused: the audio is longer than the limit of 300 s"
+    )
+    assert await db.fetchval("SELECT count(*) FROM segments WHERE job_id = $1", job_id) == 0
+
+
+async def test_m2_a_concat_list_from_another_system_is_refused(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    _, sha, _ = store_fixture(infra, "short_en")
+    # Lists a blob in the same directory 100 times: one job transcribing it 100 times over.
+    listing = ("ffconcat version 1.0\n" + f"file {sha}\n" * 100).encode()
+    uri, listing_sha = store(infra, listing)
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, listing_sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    assert (await stage_error(db, job_id)).startswith(
+        "audio refused: the file's container is not accepted"
+    )
+
+
 async def test_a_language_the_model_cannot_honour_is_rejected_not_ignored(
     transcriber, infra, db, make_job, publish, wait_for
 ):
@@ -424,7 +459,7 @@ def long_wav(repeats: int) -> bytes:
     import numpy as np
     from mxw_transcriber.domain import decode_audio
 
-    samples = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
     pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
@@ -611,7 +646,7 @@ async def test_the_same_sentence_in_five_formats_gives_the_same_words(
     import av
     from mxw_transcriber.domain import decode_audio
 
-    samples = decode_audio(FIXTURES / "short_en.ogg")
+    samples = decode_audio(FIXTURES / "short_en.ogg", 3600)
     jobs = {}
     for name, (container, codec, decoder) in ENCODINGS.items():
         data = encode(samples, container, codec)

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mxw_shared import metrics, netguard, telemetry
+from mxw_shared.audio import AudioRefused
 from mxw_shared.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, UnsupportedUri, local_path
 from mxw_shared.contracts import AUDIO_URI_MAX_CHARS, AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
@@ -219,9 +220,11 @@ class TranscribeWork:
                     )
             started = time.monotonic()
             try:
-                audio = await asyncio.to_thread(decode_audio, path)
+                audio = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
             except AudioDecodeError as exc:
                 raise PermanentError(f"audio could not be decoded: {exc}") from exc
+            except AudioRefused as exc:
+                raise PermanentError(f"audio refused: {exc}") from exc
             decode_s = time.monotonic() - started
         duration = round(len(audio) / SAMPLE_RATE, 3)
 

@@ -3,7 +3,6 @@ limited, every hop's target checked), then create the job exactly as an upload d
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from mxw_gateway.auth import CurrentUser
 from mxw_gateway.ingest.domain import filename_from_url
 from mxw_gateway.ingest.schemas import FromUrlRequest
 from mxw_gateway.jobs import service as jobs
-from mxw_gateway.jobs.domain import NotAudio, probe_audio, sanitize_filename
+from mxw_gateway.jobs.domain import sanitize_filename
 from mxw_gateway.settings import GatewaySettings
 
 USER_AGENT = f"mxwhisper-{_package}/1.0"
@@ -85,10 +84,7 @@ async def ingest(
     try:
         if blob.size_bytes == 0:
             raise Problem(415, "Unsupported media type", "the downloaded file is empty")
-        try:
-            info = await asyncio.to_thread(probe_audio, blob.path)
-        except NotAudio as exc:
-            raise Problem(415, "Unsupported media type", str(exc)) from exc
+        info = await jobs.probe(blob, settings)
         filename = sanitize_filename(
             request.filename or filename_from_url(downloaded.final_url),
             settings.max_filename_chars,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from mxw_shared.audio import AudioInfo, AudioRefused, AudioTooLong, NotAudio, probe_audio
 from mxw_shared.blobs import (
     BlobNotFound,
     BlobTooLarge,
@@ -42,13 +43,11 @@ from pydantic import ValidationError
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository, subtitles
 from mxw_gateway.jobs.domain import (
-    NotAudio,
     RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
     job_progress,
     parse_byte_range,
-    probe_audio,
     sanitize_filename,
 )
 from mxw_gateway.jobs.multipart import boundary_of, multipart_events, read_form
@@ -104,6 +103,19 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
             "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors),
             errors=errors,
         ) from exc
+
+
+async def probe(blob: StoredBlob, settings: GatewaySettings) -> AudioInfo:
+    """The stored file as audio we accept: 415 for what is not audio, 422 for a container
+    outside the allow-list or audio longer than MXW_MAX_AUDIO_SECONDS."""
+    try:
+        return await asyncio.to_thread(probe_audio, blob.path, settings.max_audio_seconds)
+    except NotAudio as exc:
+        raise Problem(415, "Unsupported media type", str(exc)) from exc
+    except AudioTooLong as exc:
+        raise Problem(422, "Audio too long", str(exc), max_audio_seconds=exc.max_seconds) from exc
+    except AudioRefused as exc:
+        raise Problem(422, "Unsupported container", str(exc)) from exc
 
 
 def check_model(options: JobOptions, settings: GatewaySettings) -> None:
@@ -166,10 +178,7 @@ async def upload(
         force = force_query or parse_bool("force", fields.get("force", ""))
         if blob.size_bytes == 0:
             raise Problem(415, "Unsupported media type", "the uploaded file is empty")
-        try:
-            info = await asyncio.to_thread(probe_audio, blob.path)
-        except NotAudio as exc:
-            raise Problem(415, "Unsupported media type", str(exc)) from exc
+        info = await probe(blob, settings)
         filename = sanitize_filename(raw_filename, settings.max_filename_chars)
         job_id, created = await _create_job(
             pool, settings, user, blob, info.content_type, filename, options, force

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from mxw_shared.audio import AudioRefused, NotAudio, probe_audio
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.db import Pool
@@ -18,7 +19,7 @@ from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import service as jobs
-from mxw_gateway.jobs.domain import NotAudio, probe_audio, sanitize_filename
+from mxw_gateway.jobs.domain import sanitize_filename
 from mxw_gateway.jobs.multipart import PartData, PartEnd, PartStart, boundary_of, multipart_events
 from mxw_gateway.jobs.schemas import JobView
 from mxw_gateway.openai_api import repository
@@ -155,8 +156,8 @@ async def submit(
         if blob.size_bytes == 0:
             raise openai_error(400, "the audio file is empty", param="file", code="empty_file")
         try:
-            info = await asyncio.to_thread(probe_audio, blob.path)
-        except NotAudio as exc:
+            info = await asyncio.to_thread(probe_audio, blob.path, settings.max_audio_seconds)
+        except (NotAudio, AudioRefused) as exc:
             raise openai_error(
                 400, f"invalid file format: {exc}", param="file", code="invalid_file_format"
             ) from exc
