@@ -3,6 +3,7 @@ containers (M2), expensive operations (L6). Against the real Postgres and broker
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from pathlib import Path
@@ -18,9 +19,22 @@ USER = "lena-limits"
 MAX_AUDIO_S = 60
 
 
+QUOTA = 80_000  # above what USER stores here (~40 KB), below short + solar (19 + 75 KB)
+SOLAR = (
+    Path(__file__).resolve().parents[3] / "tests/fixtures/audio/solar_and_bread.ogg"
+).read_bytes()
+
+
 @pytest.fixture(scope="module")
 async def client(start_gateway):
-    async with start_gateway(max_audio_seconds=MAX_AUDIO_S) as c:
+    async with start_gateway(
+        max_audio_seconds=MAX_AUDIO_S,
+        # Rates too low to refill during a test: only the burst counts.
+        rate_limits={"reprocess": (0.01, 2), "webhook_tests": (0.01, 2)},
+        storage_quota_bytes=QUOTA,
+        openai_wait_s=300.0,
+        openai_max_waits_per_user=1,
+    ) as c:
         yield c
 
 
@@ -181,3 +195,76 @@ def test_m2_lists_and_playlists_are_not_opened(tmp_path: Path, name: str, text: 
     path.write_text(text)
     with pytest.raises(ContainerNotAllowed):
         probe_audio(path, 3600)
+
+
+@pytest.mark.parametrize(
+    "path", [f"/jobs/{uuid.UUID(int=7)}/reprocess", f"/webhooks/{uuid.UUID(int=7)}/test"]
+)
+async def test_l6_reprocess_and_webhook_tests_are_rate_limited(client, token, path):
+    headers = token(f"rate-{path.split('/')[1]}")
+    body = {"from": "transcribe"} if "reprocess" in path else None
+    statuses = [(await client.post(path, headers=headers, json=body)).status_code for _ in range(2)]
+    assert statuses == [404, 404]  # the budget is spent before the route looks the id up
+    limited = await client.post(path, headers=headers, json=body)
+    assert_problem(limited, 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    other = await client.post(path, headers=token("rate-someone-else"), json=body)
+    assert other.status_code == 404
+
+
+async def test_l6_search_offset_beyond_the_maximum_is_422(client, headers):
+    from mxw_gateway.search.schemas import MAX_OFFSET
+
+    beyond = MAX_OFFSET + 1
+    for response in (
+        await client.get("/search", params={"q": "x", "offset": beyond}, headers=headers),
+        await client.post("/search", json={"q": "x", "offset": beyond}, headers=headers),
+        await client.get(
+            f"/search/similar/{uuid.UUID(int=1)}", params={"offset": beyond}, headers=headers
+        ),
+    ):
+        assert_problem(response, 422)
+
+
+async def test_l6_storage_quota_refuses_an_upload_past_it(client, token, short_ogg, db):
+    headers = token("quinn-quota")
+    assert (await upload(client, headers, short_ogg, "short.ogg")).status_code == 202
+    refused = await upload(client, headers, SOLAR, "solar.ogg")
+    body = assert_problem(refused, 413)
+    assert body["title"] == "Storage quota exceeded"
+    assert body["quota_bytes"] == QUOTA
+    assert body["used_bytes"] == len(short_ogg)
+    count = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'quinn-quota'")
+    assert count == 1
+    # The same content again takes no more space.
+    assert (await upload(client, headers, short_ogg, "again.ogg")).status_code == 202
+
+
+async def test_l6_openai_requests_wait_only_up_to_the_per_user_limit(
+    client, token, short_ogg, wait_for
+):
+    import asyncio
+
+    headers = token("olive-openai")
+    form = {"model": "tiny.en", "response_format": "json"}
+
+    async def transcribe(name: str):
+        return await client.post(
+            "/v1/audio/transcriptions",
+            headers=headers,
+            files={"file": (name, short_ogg, "audio/ogg")},
+            data=form,
+        )
+
+    # No transcriber runs here: the first request waits (up to openai_wait_s, 300 s).
+    waiting = asyncio.create_task(transcribe("first.ogg"))
+    try:
+        await wait_for("SELECT count(*) FROM jobs WHERE owner_id = 'olive-openai'")
+        second = await transcribe("second.ogg")
+        assert second.status_code == 202, second.text
+        assert second.json()["state"] == "queued"
+        assert not waiting.done()
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting

@@ -212,6 +212,20 @@ async def _create_job(
             existing = await repository.find_reusable_job(conn, user.sub, blob.sha256)
             if existing is not None:
                 return existing, False
+        if settings.storage_quota_bytes is not None:
+            used = await repository.stored_bytes_locked(conn, user.sub, blob.sha256)
+            if used + blob.size_bytes > settings.storage_quota_bytes:
+                # 413, not 507: the client's own quota, not the server's disk (a 5xx would be
+                # retried and alert as an outage). Freed by deleting jobs.
+                raise Problem(
+                    413,
+                    "Storage quota exceeded",
+                    f"your stored audio ({used} bytes) and this file ({blob.size_bytes} bytes)"
+                    f" exceed your quota of {settings.storage_quota_bytes} bytes; delete jobs"
+                    " to free space",
+                    quota_bytes=settings.storage_quota_bytes,
+                    used_bytes=used,
+                )
         job_id = uuid.uuid4()
         await repository.ensure_blob(conn, user.sub, blob, content_type)
         await repository.insert_job(

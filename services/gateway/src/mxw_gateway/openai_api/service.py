@@ -5,9 +5,10 @@ bounded wait for the transcribe stage; the answer is in OpenAI's formats."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +182,29 @@ async def submit(
             await jobs.discard_unreferenced(pool, store, blob)
         raise
     return Submitted(job_id=job_id, request=request)
+
+
+class WaitSlots:
+    """How many requests of each user are held open waiting for a transcript (this replica):
+    each costs a connection and a query per poll for up to `openai_wait_s`."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def take(self, user: str) -> Iterator[bool]:
+        """True while a slot is held for `user`; False (nothing held) when all are taken."""
+        if self._held.get(user, 0) >= self.per_user:
+            yield False
+            return
+        self._held[user] = self._held.get(user, 0) + 1
+        try:
+            yield True
+        finally:
+            self._held[user] -= 1
+            if not self._held[user]:
+                del self._held[user]
 
 
 async def wait_for_transcript(
