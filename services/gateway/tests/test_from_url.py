@@ -3,6 +3,7 @@ Postgres and broker; and the target policy as pure functions."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -290,21 +291,33 @@ async def test_h2_compressed_response_is_refused_without_decoding_it(
     assert await job_count(db) == jobs
 
 
+LOCAL_POLICY = netguard.FetchPolicy(
+    max_bytes=1000,
+    timeout_s=5,
+    connect_timeout_s=5,
+    resolve_timeout_s=5,
+    max_redirects=0,
+    max_url_chars=2048,
+    allow_private=True,
+    allowed_networks=(),
+    user_agent="test",
+)
+
+
 async def test_h2_downloads_ask_for_the_identity_encoding(origin):
-    policy = netguard.FetchPolicy(
-        max_bytes=1000,
-        timeout_s=5,
-        connect_timeout_s=5,
-        resolve_timeout_s=5,
-        max_redirects=0,
-        max_url_chars=2048,
-        allow_private=True,
-        allowed_networks=(),
-        user_agent="test",
-    )
-    async with netguard.fetch(f"{origin}/echo-encoding", policy) as fetched:
+    async with netguard.fetch(f"{origin}/echo-encoding", LOCAL_POLICY) as fetched:
         received = b"".join([chunk async for chunk in fetched.chunks()])
     assert received == b"identity"
+
+
+async def test_m3_downloads_ignore_proxies_from_the_environment(origin, monkeypatch):
+    # A proxy would see (and could answer for) every hop, past the address checks.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with netguard.fetch(f"{origin}/echo-encoding", LOCAL_POLICY) as fetched:
+        assert b"".join([chunk async for chunk in fetched.chunks()]) == b"identity"
 
 
 @pytest.mark.parametrize("host", ["0177.0.0.1", "010.010.010.010"])
@@ -320,17 +333,8 @@ async def test_l8_octal_ipv4_host_is_a_bad_url_not_a_500(client, headers, db, ho
 
 
 async def test_l8_each_lookup_has_its_own_timeout():
-    policy = netguard.FetchPolicy(
-        max_bytes=1000,
-        timeout_s=60,
-        connect_timeout_s=5,
-        resolve_timeout_s=0,  # expires at the first await: no clock involved
-        max_redirects=0,
-        max_url_chars=2048,
-        allow_private=True,
-        allowed_networks=(),
-        user_agent="test",
-    )
+    # 0 expires at the first await: no clock involved.
+    policy = dataclasses.replace(LOCAL_POLICY, timeout_s=60, resolve_timeout_s=0)
     with pytest.raises(netguard.UpstreamError, match="cannot resolve localhost within 0 s"):
         async with netguard.fetch("http://localhost:9/a.ogg", policy):
             pass

@@ -131,9 +131,7 @@ def decode_audio(path: Path, max_seconds: float) -> np.ndarray[Any, np.dtype[np.
                     raise AudioTooLong(max_seconds)
                 pieces.append(piece)
             del resampler
-    except MemoryError:
-        raise
-    except (AudioDecodeError, AudioRefused):
+    except (MemoryError, AudioDecodeError, AudioRefused):
         raise
     except NotAudio as exc:
         raise AudioDecodeError(str(exc)) from exc
