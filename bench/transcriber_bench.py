@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import signal
 import statistics
@@ -49,7 +50,7 @@ MXW = Path(sys.executable).with_name("mxw")
 
 def long_audio(minutes: float) -> bytes:
     """English fixtures, one after the other, repeated to `minutes` (WAV bytes)."""
-    parts = [decode_audio(FIXTURES / f) for f in ("solar_and_bread.ogg", "short_en.ogg")]
+    parts = [decode_audio(FIXTURES / f, math.inf) for f in ("solar_and_bread.ogg", "short_en.ogg")]
     pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
     unit = np.concatenate([parts[0], pause, parts[1], pause])
     repeats = int(np.ceil(minutes * 60 * SAMPLE_RATE / len(unit)))
@@ -210,7 +211,7 @@ def rtf(args: argparse.Namespace) -> None:
     data = long_audio(args.minutes)
     audio_path = Path(tempfile.mkdtemp(prefix="mxw-bench-")) / "rtf.wav"
     audio_path.write_bytes(data)
-    samples = decode_audio(audio_path)
+    samples = decode_audio(audio_path, math.inf)
     duration = len(samples) / SAMPLE_RATE
     from faster_whisper import BatchedInferencePipeline
 

@@ -1,8 +1,10 @@
+import base64
 import json
 import time
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from mxw_shared.auth import AuthError, JwksVerifier
 from mxw_shared.devissuer import AUDIENCE, ISSUER, DevIssuer
 
@@ -108,3 +110,25 @@ async def test_unknown_kid_refresh_is_rate_limited(issuer, tmp_path):
     # The JWKS file was not re-read: replacing it with junk changes nothing.
     issuer.jwks_path.write_text("junk")
     assert (await verifier.verify(issuer.mint("bob"))).sub == "bob"
+
+
+async def test_l1_header_alg_that_does_not_fit_the_key_type_is_an_auth_error(issuer):
+    now = int(time.time())
+    forged = jwt.encode(
+        {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60},
+        ec.generate_private_key(ec.SECP256R1()),
+        algorithm="ES256",
+        headers={"kid": issuer.kid},  # the RSA key's kid
+    )
+    verifier = verifier_for(issuer, algorithms=["RS256", "ES256"])
+    with pytest.raises(AuthError, match="does not fit"):
+        await verifier.verify(forged)
+
+
+async def test_l1_any_library_error_while_verifying_is_an_auth_error(issuer):
+    # A kid that is not a string made the key lookup raise TypeError (unhashable).
+    token = jwt.encode({"sub": "alice"}, issuer.key_path.read_bytes(), "RS256", headers={})
+    _, body, signature = token.split(".")
+    odd = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":["x"]}').rstrip(b"=").decode()
+    with pytest.raises(AuthError):
+        await verifier_for(issuer).verify(f"{odd}.{body}.{signature}")

@@ -412,12 +412,13 @@ def repeated_wav(path: Path, times: int) -> bytes:
     """`path`'s speech `times` over as 16 kHz mono WAV: work that cannot finish within
     the shutdown grace on an idle machine (the fixture alone takes ~2 s with tiny.en)."""
     import io
+    import math
     import wave
 
     import numpy as np
     from mxw_transcriber.domain import decode_audio
 
-    samples = np.tile(decode_audio(path), times)
+    samples = np.tile(decode_audio(path, math.inf), times)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)

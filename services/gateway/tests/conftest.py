@@ -9,7 +9,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from mxw_gateway.main import create_app
-from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.settings import RATE_LIMITS, GatewaySettings
 
 UPLOAD_LIMIT = 100_000  # above both audio fixtures (19 KB, 75 KB), small enough to exceed
 
@@ -30,7 +30,7 @@ def start_gateway(infra):
             "max_upload_bytes": UPLOAD_LIMIT,
             "public_base_url": "http://gateway.test",
             # Tests call fast and often; test_hygiene sets real limits to test them.
-            "rate_limits": {"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
+            "rate_limits": {name: (6000.0, 1000) for name in RATE_LIMITS},
         }
         values.update(overrides)
         app = create_app(infra.settings(GatewaySettings, "gateway", **values))

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 from mxw_gateway.jobs.domain import (
-    NotAudio,
     RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
     job_progress,
     parse_byte_range,
-    probe_audio,
     sanitize_filename,
 )
 from mxw_gateway.jobs.service import parse_options
+from mxw_shared.audio import NotAudio, probe_audio
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.problems import Problem
 
@@ -46,7 +45,7 @@ def test_sanitize_filename_caps_length_and_keeps_extension():
 
 
 def test_probe_reads_real_audio():
-    info = probe_audio(FIXTURES / "short_en.ogg")
+    info = probe_audio(FIXTURES / "short_en.ogg", 3600)
     assert info.container == "ogg"
     assert info.content_type == "audio/ogg"
     assert info.codec == "vorbis"
@@ -57,7 +56,7 @@ def test_probe_rejects_text(tmp_path):
     fake = tmp_path / "fake.wav"
     fake.write_text("this is not audio at all, just words in a file named .wav\n" * 20)
     with pytest.raises(NotAudio):
-        probe_audio(fake)
+        probe_audio(fake, 3600)
 
 
 def test_job_progress_follows_the_furthest_stage():

@@ -3,22 +3,28 @@ Postgres and broker; and the target policy as pure functions."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import ipaddress
 import threading
 import time
+import tracemalloc
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-from mxw_gateway.ingest.domain import (
+from mxw_gateway.ingest.domain import filename_from_url
+from mxw_shared import netguard
+from mxw_shared.netguard import (
     BadUrl,
     ForbiddenTarget,
     check_addresses,
-    filename_from_url,
     parse_networks,
     parse_url,
 )
@@ -28,6 +34,18 @@ SHORT = (FIXTURES / "short_en.ogg").read_bytes()
 SOLAR = (FIXTURES / "solar_and_bread.ogg").read_bytes()
 LIMIT = 100_000  # conftest's start_gateway upload limit, which ingest uses by default
 USER = "ursula-url"
+
+
+def _gzip(chunks: Iterable[bytes]) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join([*(compressor.compress(c) for c in chunks), compressor.flush()])
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """A few hundred bytes that two rounds of gunzip turn into 64 MiB (the limit is 100 KB)."""
+    zeros = bytes(1024 * 1024)
+    return _gzip([_gzip(zeros for _ in range(64))])
 
 
 class AudioServer(BaseHTTPRequestHandler):
@@ -62,6 +80,17 @@ class AudioServer(BaseHTTPRequestHandler):
             self.end_headers()
             for _ in range(30):
                 self.wfile.write(SOLAR[:10_000])
+        elif parts.path == "/bomb.wav":
+            # Sent whatever the client asked for (Accept-Encoding: identity).
+            body = gzip_bomb()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif parts.path == "/echo-encoding":
+            self._send(200, self.headers.get("Accept-Encoding", "").encode(), "text/plain")
         elif parts.path == "/notes.wav":
             self._send(200, b"these are meeting notes, not audio\n" * 100, "audio/wav")
         elif parts.path == "/slow.ogg":
@@ -241,6 +270,76 @@ async def test_a_redirect_to_a_forbidden_target_is_refused(client, headers, orig
     assert await job_count(db) == jobs
 
 
+async def test_h2_compressed_response_is_refused_without_decoding_it(
+    client, headers, origin, db, blob_root
+):
+    files, jobs = blob_files(blob_root), await job_count(db)
+    assert len(gzip_bomb()) < 4096
+    tracemalloc.start()
+    try:
+        response = await client.post(
+            "/jobs/from-url", headers=headers, json={"url": f"{origin}/bomb.wav"}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    body = assert_problem(response, 502)
+    assert "Content-Encoding: gzip" in body["detail"]
+    # Decoding it would hold 64 MiB at once (httpx yields a decoded stream as one chunk).
+    assert peak < 16 * 1024**2
+    assert blob_files(blob_root) == files
+    assert await job_count(db) == jobs
+
+
+LOCAL_POLICY = netguard.FetchPolicy(
+    max_bytes=1000,
+    timeout_s=5,
+    connect_timeout_s=5,
+    resolve_timeout_s=5,
+    max_redirects=0,
+    max_url_chars=2048,
+    allow_private=True,
+    allowed_networks=(),
+    user_agent="test",
+)
+
+
+async def test_h2_downloads_ask_for_the_identity_encoding(origin):
+    async with netguard.fetch(f"{origin}/echo-encoding", LOCAL_POLICY) as fetched:
+        received = b"".join([chunk async for chunk in fetched.chunks()])
+    assert received == b"identity"
+
+
+async def test_m3_downloads_ignore_proxies_from_the_environment(origin, monkeypatch):
+    # A proxy would see (and could answer for) every hop, past the address checks.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with netguard.fetch(f"{origin}/echo-encoding", LOCAL_POLICY) as fetched:
+        assert b"".join([chunk async for chunk in fetched.chunks()]) == b"identity"
+
+
+@pytest.mark.parametrize("host", ["0177.0.0.1", "010.010.010.010"])
+async def test_l8_octal_ipv4_host_is_a_bad_url_not_a_500(client, headers, db, host):
+    # The resolver reads 0177.0.0.1 as 127.0.0.1 (allowed here); the HTTP client refuses it.
+    jobs = await job_count(db)
+    response = await client.post(
+        "/jobs/from-url", headers=headers, json={"url": f"http://{host}/a.ogg"}
+    )
+    body = assert_problem(response, 400)
+    assert "not a valid URL" in body["detail"]
+    assert await job_count(db) == jobs
+
+
+async def test_l8_each_lookup_has_its_own_timeout():
+    # 0 expires at the first await: no clock involved.
+    policy = dataclasses.replace(LOCAL_POLICY, timeout_s=60, resolve_timeout_s=0)
+    with pytest.raises(netguard.UpstreamError, match="cannot resolve localhost within 0 s"):
+        async with netguard.fetch("http://localhost:9/a.ogg", policy):
+            pass
+
+
 async def test_loopback_is_refused_without_the_allow_list(start_gateway, token, origin):
     async with start_gateway() as default_gateway:
         response = await default_gateway.post(
@@ -297,6 +396,29 @@ def test_non_public_addresses_are_refused_unless_allowed(address: str) -> None:
         check_addresses("h", [ip(address)], False, [])
     check_addresses("h", [ip(address)], True, [])
     check_addresses("h", [ip(address)], False, parse_networks(["0.0.0.0/0", "::/0"]))
+
+
+@pytest.mark.parametrize("address", ["2002:a00:1::1", "2002:7f00:1::", "fec0::1"])
+def test_l8_6to4_and_site_local_ipv6_are_not_public(address: str) -> None:
+    assert not netguard.is_public(ip(address))
+    with pytest.raises(ForbiddenTarget):
+        check_addresses("h", [ip(address)], False, [])
+
+
+def test_l8_refusal_names_the_host_but_not_what_it_resolves_to() -> None:
+    with pytest.raises(ForbiddenTarget) as refused:
+        check_addresses("intranet.example", [ip("93.184.215.14"), ip("10.20.30.40")], False, [])
+    assert "intranet.example" in str(refused.value)
+    assert "10.20.30.40" not in str(refused.value)
+
+
+def test_l8_the_pinned_request_is_built_from_the_checked_address_only() -> None:
+    target = parse_url("http://media.example:8080/a%20b.ogg?x=1#frag", 2048)
+    request = netguard.pinned_request(
+        httpx.AsyncClient(), "GET", target, ip("93.184.215.14"), {"User-Agent": "t"}
+    )
+    assert str(request.url) == "http://93.184.215.14:8080/a%20b.ogg?x=1"
+    assert request.headers["host"] == "media.example:8080"
 
 
 def test_url_rules() -> None:

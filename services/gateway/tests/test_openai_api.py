@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 from mxw_gateway.main import create_app
-from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.settings import RATE_LIMITS, GatewaySettings
 from mxw_local.infra import free_port
 from mxw_transcriber.main import create_app as create_transcriber
 from mxw_transcriber.settings import TranscriberSettings
@@ -64,7 +64,7 @@ async def gateway_url(infra, transcriber):
         "gateway",
         openai_wait_s=120.0,
         openai_poll_interval_s=0.1,
-        rate_limits={"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
+        rate_limits={name: (6000.0, 1000) for name in RATE_LIMITS},
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -15,7 +15,7 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
 from mxw_gateway.main import create_app
-from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.settings import RATE_LIMITS, GatewaySettings
 from mxw_local.infra import free_port
 from schemathesis.checks import (
     content_type_conformance,
@@ -44,7 +44,7 @@ def gateway_base(infra) -> Iterator[str]:
         ingest_timeout_s=2.0,
         ingest_connect_timeout_s=1.0,
         openai_wait_s=0.5,
-        rate_limits={"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
+        rate_limits={name: (6000.0, 1000) for name in RATE_LIMITS},
         embedder_timeout_s=1.0,
     )
     server = uvicorn.Server(

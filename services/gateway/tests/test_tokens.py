@@ -11,6 +11,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from mxw_shared.devissuer import AUDIENCE, ISSUER, DevIssuer
 
 
@@ -88,3 +89,18 @@ async def test_each_bad_token_is_refused(client, dev_issuer, tmp_path):
     assert (
         await client.get("/jobs", headers={"Authorization": f"Bearer {good}"})
     ).status_code == 200
+
+
+def _es256_with_rsa_kid(issuer: DevIssuer) -> str:
+    """Header alg ES256 naming the RSA key's kid (PyJWT raised TypeError on it: a 500)."""
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(claims(), ec_key, "ES256", headers={"kid": issuer.kid})
+
+
+async def test_l1_algorithm_that_does_not_fit_the_key_type_is_401(client, dev_issuer):
+    response = await client.get(
+        "/jobs", headers={"Authorization": f"Bearer {_es256_with_rsa_kid(dev_issuer)}"}
+    )
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "does not fit" in response.json()["detail"]

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 @pytest.mark.model_words
 def test_speech_is_transcribed_with_progress(tiny: LoadedModel, speech) -> None:
     clip = speech("en")
-    audio = decode_audio(clip.path)
+    audio = decode_audio(clip.path, 3600)
     fractions: list[float] = []
     transcript = transcribe(tiny.model, audio, JobOptions(), DecodeSettings(), fractions.append)
 
@@ -50,7 +50,7 @@ def test_speech_is_transcribed_with_progress(tiny: LoadedModel, speech) -> None:
 
 
 def test_an_exception_from_the_progress_callback_stops_the_work(tiny: LoadedModel) -> None:
-    audio = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    audio = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
 
     class Stop(Exception):
         pass
@@ -74,7 +74,7 @@ def test_text_is_not_audio(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("these are notes, not audio\n" * 20)
     with pytest.raises(AudioDecodeError):
-        decode_audio(path)
+        decode_audio(path, 3600)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_a_resumed_transcription_continues_after_the_given_point(
     from mxw_transcriber.domain import Resume
 
     clip = speech("en")
-    audio = decode_audio(clip.path)
+    audio = decode_audio(clip.path, 3600)
     # Resume in the silence after the first prompt, as if a segment had ended there.
     first_prompt, *rest_prompts = clip.prompts
     cut_s = (first_prompt.end_s + rest_prompts[0].start_s) / 2

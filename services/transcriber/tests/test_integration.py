@@ -2,12 +2,16 @@
 real tiny.en model (base for the multilingual tests). Where words are checked, the audio is
 real human speech (the `speech` fixture) and the check is a word error rate with a margin."""
 
+import functools
 import hashlib
+import http.server
 import io
 import re
 import shutil
+import threading
 import uuid
 import wave
+import zlib
 from pathlib import Path
 
 import httpx
@@ -52,6 +56,10 @@ async def transcriber(infra, s3_store):
         model_cache_dir=infra.root / "models",
         progress_interval_s=0.0,
         blob_store_url=f"s3://{s3_store.bucket}/{s3_store.prefix}",
+        # The test origin on loopback, as the URL ingest tests allow it (nothing else).
+        download_allowed_networks=["127.0.0.1/32"],
+        download_max_bytes=1_000_000,
+        max_audio_seconds=300,  # above long_wav(8), the longest audio here
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
@@ -237,6 +245,55 @@ async def test_unknown_model_fails_at_once_naming_the_model(
     assert await read_topic(topics.dlq(topics.AUDIO_UPLOADED), job_id)
 
 
+async def test_l7_a_local_directory_as_model_fails_the_job_with_a_reason(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    uri, sha, _ = store_fixture(infra, "short_en")
+    job_id = await make_job()
+    directory = str(infra.root / "models")  # exists: WhisperModel would try to load it
+    await publish(uploaded(job_id, uri, sha, model=directory))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await stage_error(db, job_id)
+    assert error == (
+        f"model {directory} is not available: not an allowed model (allowed: base, small, tiny.en)"
+    )
+
+
+async def test_m2_audio_longer_than_the_limit_fails_the_job_before_transcribing(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    import numpy as np
+
+    silence = encode(np.zeros(400 * 16000, dtype=np.float32), "flac", "flac")
+    assert len(silence) < 300_000  # 400 s of FLAC silence: small in bytes
+    uri, sha = store(infra, silence)
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    assert await stage_error(db, job_id) == (
+        "audio refused: the audio is longer than the limit of 300 s"
+    )
+    assert await db.fetchval("SELECT count(*) FROM segments WHERE job_id = $1", job_id) == 0
+
+
+async def test_m2_a_concat_list_from_another_system_is_refused(
+    transcriber, infra, db, make_job, publish, wait_for
+):
+    _, sha, _ = store_fixture(infra, "short_en")
+    # Lists a blob in the same directory 100 times: one job transcribing it 100 times over.
+    listing = ("ffconcat version 1.0\n" + f"file {sha}\n" * 100).encode()
+    uri, listing_sha = store(infra, listing)
+    job_id = await make_job()
+    await publish(uploaded(job_id, uri, listing_sha))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    assert (await stage_error(db, job_id)).startswith(
+        "audio refused: the file's container is not accepted"
+    )
+
+
 async def test_a_language_the_model_cannot_honour_is_rejected_not_ignored(
     transcriber, infra, db, make_job, publish, wait_for
 ):
@@ -418,7 +475,7 @@ def long_wav(repeats: int) -> bytes:
     import numpy as np
     from mxw_transcriber.domain import decode_audio
 
-    samples = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
     pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
@@ -461,39 +518,111 @@ async def test_cancelling_a_job_stops_its_transcription(
     assert statuses[-1]["state"] == "cancelled"
 
 
-async def test_audio_is_fetched_from_an_http_url(
-    transcriber, infra, db, make_job, publish, wait_for, speech
-):
-    import functools
-    import http.server
-    import threading
+class AudioOrigin(http.server.SimpleHTTPRequestHandler):
+    """Serves the blob root, plus a compressed body and a redirect to a forbidden target."""
 
-    clip = speech("en")
-    _uri, sha, _ = store_speech(infra, clip)
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(infra.root / "blobs")
-    )
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/bomb.ogg":
+            # A few hundred bytes; two rounds of gunzip give 64 MiB (the limit below is 1 MB).
+            compress = zlib.compressobj(9, zlib.DEFLATED, 31)
+            inner = b"".join([*(compress.compress(bytes(1 << 20)) for _ in range(64))])
+            inner += compress.flush()
+            outer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            body = outer.compress(inner) + outer.flush()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/ogg")
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/to-internal":
+            self.send_response(302)
+            self.send_header("Location", "http://10.11.12.13:8080/admin")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def origin(infra):
+    handler = functools.partial(AudioOrigin, directory=str(infra.root / "blobs"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        ok_job, missing_job = await make_job(), await make_job()
-        await publish(uploaded(ok_job, f"{base}/{sha[:2]}/{sha}", sha, wav=True))
-        await publish(uploaded(missing_job, f"{base}/no/such/file", sha, wav=True))
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
 
-        assert await stage_state(wait_for, ok_job) == "done"
-        text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", ok_job)
-        assert_heard(text, clip)
-        assert await stage_state(wait_for, missing_job) == "failed"
-        error = await db.fetchval(
-            "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
-            missing_job,
+
+async def stage_error(db, job_id) -> str:
+    error: str = await db.fetchval(
+        "SELECT error FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    return error
+
+
+async def test_audio_is_fetched_from_an_http_url(
+    transcriber, infra, db, make_job, publish, wait_for, origin, speech
+):
+    clip = speech("en")
+    _uri, sha, _ = store_speech(infra, clip)
+    ok_job, missing_job = await make_job(), await make_job()
+    await publish(uploaded(ok_job, f"{origin}/{sha[:2]}/{sha}", sha, wav=True))
+    await publish(uploaded(missing_job, f"{origin}/no/such/file", sha, wav=True))
+
+    assert await stage_state(wait_for, ok_job) == "done"
+    text = await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", ok_job)
+    assert_heard(text, clip)
+    assert await stage_state(wait_for, missing_job) == "failed"
+    # M3: no HTTP status in what the event's owner reads (it would map internal services).
+    assert await stage_error(db, missing_job) == (
+        "audio download failed: the server refused the request"
+    )
+
+
+async def test_h2_compressed_audio_download_fails_the_job_with_a_reason(
+    transcriber, db, make_job, publish, wait_for, origin
+):
+    job_id = await make_job()
+    await publish(uploaded(job_id, f"{origin}/bomb.ogg", "0" * 64))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await stage_error(db, job_id)
+    assert error.startswith("audio download failed: the server sent a compressed response")
+    assert "Content-Encoding: gzip" in error
+
+
+@pytest.mark.parametrize(
+    "path_or_url",
+    [
+        "http://127.0.0.2:9/audio.ogg",  # loopback outside the allowed 127.0.0.1/32
+        "http://169.254.169.254/latest/meta-data",
+        "/to-internal",  # a redirect from an allowed origin to a private address
+        "http://0177.0.0.1/audio.ogg",  # the resolver's 127.0.0.1, a URL httpx refuses
+    ],
+)
+async def test_m3_http_audio_goes_through_the_ssrf_guard(
+    transcriber, db, make_job, publish, wait_for, origin, path_or_url
+):
+    url = origin + path_or_url if path_or_url.startswith("/") else path_or_url
+    job_id = await make_job()
+    await publish(uploaded(job_id, url, "0" * 64))
+
+    assert await stage_state(wait_for, job_id) == "failed"
+    error = await stage_error(db, job_id)
+    assert error.startswith(("audio download refused: ", "audio URI cannot be fetched: "))
+    assert "is not a public address" in error or "not a valid URL" in error
+    assert (
+        await db.fetchval(
+            "SELECT attempts FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
         )
-        assert error == "audio download failed: HTTP 404"
-    finally:
-        server.shutdown()
-        server.server_close()
+        == 1
+    )
 
 
 # PyAV encoders for the formats test, all at the decoded audio's 16 kHz (opus, AAC and MP3
@@ -535,7 +664,7 @@ async def test_the_same_speech_is_heard_in_each_of_five_formats(
     from mxw_transcriber.domain import decode_audio
 
     clip = speech("en")
-    samples = decode_audio(clip.path)
+    samples = decode_audio(clip.path, 3600)
     jobs = {}
     for name, (container, codec, decoder) in ENCODINGS.items():
         data = encode(samples, container, codec)

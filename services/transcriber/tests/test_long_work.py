@@ -30,7 +30,7 @@ RESUMED_WER_MARGIN = 0.3
 def long_wav(repeats: int) -> bytes:
     import numpy as np
 
-    samples = decode_audio(FIXTURES / "solar_and_bread.ogg")
+    samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
     pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:

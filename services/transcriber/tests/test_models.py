@@ -1,6 +1,7 @@
 """Model registry: packaged models resolve to local directories, split models are joined once
 (atomically, also under a race), unknown models fail permanently."""
 
+import re
 import threading
 from pathlib import Path
 
@@ -102,9 +103,23 @@ def test_unknown_model_is_a_permanent_error_naming_it(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path, device="cpu")
     with pytest.raises(ModelUnavailable, match="model no-such-model is not available"):
         registry.load("no-such-model")
-    # A hub name this machine cannot download (no network / offline) fails the same way.
+    # An allowed hub name this machine cannot download (no network / offline) fails the same
+    # way.
+    hub = ModelRegistry(tmp_path, device="cpu", allowed=["medium.en"])
     with pytest.raises(PermanentError, match=r"model medium\.en is not available"):
-        registry.load("medium.en")
+        hub.load("medium.en")
+
+
+@pytest.mark.parametrize("name", ["/srv/models/any", "Systran/faster-whisper-small", "large-v3"])
+def test_l7_a_name_outside_the_allow_list_never_reaches_the_loader(
+    tmp_path: Path, name: str
+) -> None:
+    registry = ModelRegistry(tmp_path, device="cpu", allowed=["tiny.en", "base"])
+    with pytest.raises(
+        ModelUnavailable, match=re.escape("not an allowed model (allowed: base, tiny.en)")
+    ):
+        registry.load(name)
+    assert registry.cached(name) is None
 
 
 def test_small_resolves_only_when_its_packages_are_installed(tmp_path: Path) -> None:

@@ -25,6 +25,16 @@ class AuthError(Exception):
     """The token is missing, malformed, expired, or not ours. The message is safe to show."""
 
 
+# JWS algorithm family → the JWK key type (kty) it signs with.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _fits(alg: str, key: jwt.PyJWK) -> bool:
+    """The key's type is the one the header's algorithm signs with (PyJWT raises TypeError
+    for e.g. ES256 against an RSA key)."""
+    return _KEY_TYPES.get(alg[:2]) == key.key_type
+
+
 @dataclass(frozen=True)
 class Principal:
     sub: str
@@ -74,19 +84,31 @@ class JwksVerifier:
         )
 
     async def verify(self, token: str) -> Principal:
+        """The token's principal; AuthError for anything wrong with it, whatever the library
+        raised (a crafted header must give 401, never 500)."""
+        try:
+            return await self._verify(token)
+        except AuthError:
+            raise
+        except Exception as exc:
+            raise AuthError("invalid token") from exc
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthError("malformed token") from exc
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError(f"token algorithm {alg!r} is not allowed")
         key = await self._key_for(header.get("kid"))
+        if not _fits(alg, key):
+            raise AuthError(f"token algorithm {alg!r} does not fit its signing key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key.key,
-                algorithms=self.algorithms,
+                algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway_s,

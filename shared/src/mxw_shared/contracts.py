@@ -19,6 +19,11 @@ from mxw_shared import topics
 
 SPEC_VERSION = "1.0"
 CE_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")
+# Longest audio URI an audio.uploaded event may carry (the transcriber fetches http(s) ones).
+AUDIO_URI_MAX_CHARS = 4096
+# Whisper models a job may name by default (MXW_OPENAI_MODELS at the gateway,
+# MXW_ALLOWED_MODELS at the transcriber): those mxw_transcriber.models ships as packages.
+WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
 
 
 class Task(StrEnum):
@@ -117,7 +122,7 @@ class AudioUploaded(EventData):
     topic: ClassVar[str] = topics.AUDIO_UPLOADED
     ce_type: ClassVar[str] = "io.mxwhisper.audio.uploaded.v1"
 
-    audio_uri: Annotated[str, Field(min_length=1, max_length=4096)] = Field(
+    audio_uri: Annotated[str, Field(min_length=1, max_length=AUDIO_URI_MAX_CHARS)] = Field(
         description="file://, s3:// or http(s):// location of the audio."
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
     kafka_max_poll_interval_ms: int = 300_000
 
     blob_root: Path = Path(".data/blobs")
+    # Longest audio accepted (decoded, 16 kHz float32: ~230 MB of memory per hour in the
+    # transcriber): checked by the gateway's probe and again before the transcriber decodes.
+    max_audio_seconds: float = Field(default=6 * 3600.0, gt=0)
 
     # Auth: any OIDC provider's JWKS (http(s)://) or the local dev issuer's file (file://).
     auth_jwks_url: str = "file://.data/auth/jwks.json"

@@ -122,7 +122,7 @@ class RateLimiter:
 
 
 def rate_limit(name: str) -> Callable[..., Awaitable[None]]:
-    """A route dependency: the caller's `name` budget (uploads, search), 429 when spent."""
+    """A route dependency: the caller's `name` budget (settings.RATE_LIMITS), 429 when spent."""
 
     async def check(request: Request, user: CurrentUserDep, settings: SettingsDep) -> None:
         limiters: dict[str, RateLimiter] = request.app.state.rate_limiters
@@ -145,3 +145,5 @@ def rate_limit(name: str) -> Callable[..., Awaitable[None]]:
 
 RateLimitUploads = Depends(rate_limit("uploads"))
 RateLimitSearch = Depends(rate_limit("search"))
+RateLimitReprocess = Depends(rate_limit("reprocess"))
+RateLimitWebhookTests = Depends(rate_limit("webhook_tests"))

@@ -25,6 +25,7 @@ from mxw_gateway.ingest.routes import router as ingest_router
 from mxw_gateway.jobs.janitor import BlobJanitor
 from mxw_gateway.jobs.routes import router as jobs_router
 from mxw_gateway.openai_api.routes import router as openai_router
+from mxw_gateway.openai_api.service import WaitSlots
 from mxw_gateway.openapi import install_openapi
 from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
@@ -95,6 +96,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.rate_limiters = {}
+    app.state.openai_waits = WaitSlots(settings.openai_max_waits_per_user)
     install_problem_handlers(app)
     install_hygiene(app, settings)
     install_openapi(app)

@@ -1,7 +1,15 @@
 from pathlib import Path
 
+from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.settings import CommonSettings
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+RATE_LIMITS: dict[str, tuple[float, int]] = {
+    "uploads": (60.0, 20),
+    "search": (600.0, 60),
+    "reprocess": (10.0, 5),
+    "webhook_tests": (6.0, 3),
+}
 
 
 class GatewaySettings(CommonSettings):
@@ -61,10 +69,18 @@ class GatewaySettings(CommonSettings):
     # Browsers on these origins may call the API; credentials with "*" are refused.
     cors_origins: list[str] = Field(default_factory=list)
     cors_allow_credentials: bool = False
-    # Per user and replica: (requests per minute, burst).
-    rate_limits: dict[str, tuple[float, int]] = Field(
-        default_factory=lambda: {"uploads": (60.0, 20), "search": (600.0, 60)}
-    )
+    # Per user and replica: (requests per minute, burst). Uploads (also from a URL and /v1),
+    # search, reprocess (a whole re-transcription) and webhook tests; a name left out keeps
+    # its default.
+    rate_limits: dict[str, tuple[float, int]] = Field(default_factory=lambda: dict(RATE_LIMITS))
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _every_rate_limit(cls, value: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+        unknown = sorted(set(value) - set(RATE_LIMITS))
+        if unknown:
+            raise ValueError(f"unknown rate limits {unknown}; known: {sorted(RATE_LIMITS)}")
+        return {**RATE_LIMITS, **value}
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> "GatewaySettings":
@@ -72,19 +88,27 @@ class GatewaySettings(CommonSettings):
             raise ValueError("CORS: a wildcard origin cannot be combined with credentials")
         return self
 
+    # Per-user storage: the audio of all of a user's jobs (distinct files) may not exceed this;
+    # an upload past it is refused with 413 "Storage quota exceeded". None: no quota.
+    storage_quota_bytes: int | None = Field(default=20 * 1024**3, gt=0)
+
     jobs_default_page_size: int = 20
     jobs_max_page_size: int = 100
 
     # ---- OpenAI-compatible transcription API (/v1) ----
-    # Whisper models /v1/models lists and /v1/audio/transcriptions accepts. Static: the
-    # gateway does not load models; keep it to what the transcriber can serve here
-    # (mxw_transcriber.models: tiny.en and base ship as packages, small when installed).
-    openai_models: list[str] = Field(default_factory=lambda: ["tiny.en", "base", "small"])
+    # The Whisper models jobs may name (POST /jobs, from-url, reprocess: 422 otherwise), which
+    # /v1/models lists and /v1/audio/transcriptions accepts. Static: the gateway does not load
+    # models; keep it to what the transcriber allows (MXW_ALLOWED_MODELS; mxw_transcriber.
+    # models: tiny.en and base ship as packages, small when installed).
+    openai_models: list[str] = Field(default_factory=lambda: list(WHISPER_MODELS))
     # "whisper-1" (OpenAI's name) maps to this model; None: the transcriber's default.
     openai_default_model: str | None = None
-    # How long a request waits for its transcript before answering 202 with the job to poll.
-    openai_wait_s: float = Field(default=300.0, ge=0)
-    openai_poll_interval_s: float = Field(default=0.25, gt=0)
+    # How long a request waits for its transcript before answering 202 with the job to poll
+    # (at most 10 minutes: a held request costs a connection and a query each poll), and how
+    # many requests of one user may wait at once per replica; more are answered 202 at once.
+    openai_wait_s: float = Field(default=300.0, ge=0, le=600)
+    openai_poll_interval_s: float = Field(default=1.0, gt=0)
+    openai_max_waits_per_user: int = Field(default=2, ge=0)
 
     # ---- Ingest from a URL (POST /jobs/from-url) ----
     # Private, loopback, link-local, multicast and reserved targets are refused unless
@@ -96,5 +120,7 @@ class GatewaySettings(CommonSettings):
     # The whole download (every redirect included) must finish within this.
     ingest_timeout_s: float = Field(default=300.0, gt=0)
     ingest_connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Each hop's DNS lookup (a slow resolver must not hold the request for the whole timeout).
+    ingest_resolve_timeout_s: float = Field(default=10.0, gt=0)
     ingest_max_redirects: int = Field(default=5, ge=0)
     ingest_max_url_chars: int = 2048

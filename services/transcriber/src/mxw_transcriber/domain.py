@@ -3,14 +3,23 @@ return plain data. No database, no Kafka; blocking, so callers run it in a threa
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
-from faster_whisper.audio import decode_audio as _fw_decode_audio
+from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
 from faster_whisper.tokenizer import _LANGUAGE_CODES
+from mxw_shared.audio import (
+    AudioRefused,
+    AudioTooLong,
+    NotAudio,
+    declared_duration,
+    open_audio,
+)
 from mxw_shared.contracts import JobOptions, Task
 
 SAMPLE_RATE = 16_000
@@ -92,18 +101,46 @@ class Resume:
     previous_text: str = ""
 
 
-def decode_audio(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Mono float32 samples at 16 kHz. Raises AudioDecodeError for anything FFmpeg rejects."""
+def decode_audio(path: Path, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Mono float32 samples at 16 kHz, opened with the container and protocol allow-lists
+    (mxw_shared.audio). Audio longer than `max_seconds` is refused before decoding when its
+    headers say so, and otherwise as soon as decoding passes the limit, so memory stays
+    bounded whatever the headers claim. Raises AudioRefused (mxw_shared.audio: container not
+    allowed, too long) or AudioDecodeError, each with the reason."""
+    limit = max_seconds * SAMPLE_RATE
     try:
-        samples = _fw_decode_audio(str(path), sampling_rate=SAMPLE_RATE)
-    except MemoryError:
+        with open_audio(path) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError("the file has no audio stream")
+            stream = container.streams.audio[0]
+            declared = declared_duration(container, stream)
+            if declared is not None and declared > max_seconds:
+                raise AudioTooLong(max_seconds)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            # faster-whisper's own steps (skip invalid frames, regroup, resample), counted.
+            frames = _resample_frames(
+                _group_frames(_ignore_invalid_frames(container.decode(stream)), 500_000),
+                resampler,
+            )
+            pieces: list[np.ndarray[Any, np.dtype[np.int16]]] = []
+            count = 0
+            for frame in frames:
+                piece = frame.to_ndarray().reshape(-1)
+                count += len(piece)
+                if count > limit:
+                    raise AudioTooLong(max_seconds)
+                pieces.append(piece)
+            del resampler
+    except (MemoryError, AudioDecodeError, AudioRefused):
         raise
+    except NotAudio as exc:
+        raise AudioDecodeError(str(exc)) from exc
     except Exception as exc:  # av raises a family of FFmpeg errors, plus Index/ValueError
         raise AudioDecodeError(f"{type(exc).__name__}: {exc}") from exc
-    array = np.asarray(samples, dtype=np.float32)
-    if array.ndim != 1:
-        raise AudioDecodeError(f"unexpected sample layout {array.shape}")
-    return array
+    gc.collect()  # PyAV's resampler objects are freed only by the collector (faster-whisper)
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(pieces).astype(np.float32) / 32768.0
 
 
 def check_options(options: JobOptions, multilingual: bool, model_name: str) -> None:

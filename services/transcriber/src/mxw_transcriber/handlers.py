@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
-from mxw_shared import metrics, telemetry
+from mxw_shared import metrics, netguard, telemetry
+from mxw_shared.audio import AudioRefused
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     BlobNotFound,
@@ -25,12 +25,13 @@ from mxw_shared.blobs import (
     UnsupportedUri,
     resolve_in_root,
 )
-from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
+from mxw_shared.contracts import AUDIO_URI_MAX_CHARS, AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import AdoptJob, JobCancelled, PermanentError, Progress, StageOutcome
 
+from mxw_transcriber import __name__ as _package
 from mxw_transcriber import repository
 from mxw_transcriber.domain import (
     SAMPLE_RATE,
@@ -48,6 +49,8 @@ from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 
 log = get_logger(__name__)
+
+USER_AGENT = f"mxwhisper-{_package}/1.0"
 
 
 @contextlib.asynccontextmanager
@@ -127,27 +130,50 @@ async def _read_s3(uri: str, write: Callable[[bytes], object], s: TranscriberSet
         raise TimeoutError(f"audio download took longer than {s.download_timeout_s} s") from exc
 
 
+class AudioDownloadFailed(Exception):
+    """The audio server or the connection failed in a way that may pass: retried."""
+
+
+def fetch_policy(s: TranscriberSettings) -> netguard.FetchPolicy:
+    return netguard.FetchPolicy(
+        max_bytes=s.download_max_bytes,
+        timeout_s=s.download_timeout_s,
+        connect_timeout_s=s.download_connect_timeout_s,
+        resolve_timeout_s=s.download_resolve_timeout_s,
+        max_redirects=s.download_max_redirects,
+        max_url_chars=AUDIO_URI_MAX_CHARS,
+        allow_private=s.download_allow_private,
+        allowed_networks=tuple(netguard.parse_networks(s.download_allowed_networks)),
+        user_agent=USER_AGENT,
+    )
+
+
 async def _download(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:
-    timeout = httpx.Timeout(30.0, read=60.0)
-    size = 0
+    """The URL ingest's guarded download (mxw_shared.netguard): every hop checked against the
+    same SSRF policy, no compressed bodies, the byte limit per chunk. Job errors name no HTTP
+    status or address (the event's owner reads them; they would map internal hosts): the
+    details go to the log."""
     try:
-        async with (
-            asyncio.timeout(s.download_timeout_s),
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client,
-            client.stream("GET", uri) as response,
-        ):
-            if 400 <= response.status_code < 500:
-                raise PermanentError(f"audio download failed: HTTP {response.status_code}")
-            response.raise_for_status()  # 5xx: retried
-            async for chunk in response.aiter_bytes(1024 * 1024):
-                size += len(chunk)
-                if size > s.download_max_bytes:
-                    raise PermanentError(
-                        f"audio download exceeds the limit of {s.download_max_bytes} bytes"
-                    )
+        async with netguard.fetch(uri, fetch_policy(s)) as fetched:
+            async for chunk in fetched.chunks():
                 await asyncio.to_thread(write, chunk)
+    except netguard.BadUrl as exc:
+        raise PermanentError(f"audio URI cannot be fetched: {exc}") from exc
+    except netguard.ForbiddenTarget as exc:
+        raise PermanentError(f"audio download refused: {exc}") from exc
+    except BlobTooLarge as exc:
+        raise PermanentError(f"audio download exceeds the limit of {exc.limit} bytes") from exc
     except TimeoutError as exc:
         raise TimeoutError(f"audio download took longer than {s.download_timeout_s} s") from exc
+    except netguard.UpstreamError as exc:
+        log.warning("audio download failed", uri=uri, error=str(exc), status=exc.status)
+        if exc.retriable:
+            raise AudioDownloadFailed(
+                "audio download failed: the server or the connection failed"
+            ) from exc
+        if exc.status is not None:
+            raise PermanentError("audio download failed: the server refused the request") from exc
+        raise PermanentError(f"audio download failed: {exc}") from exc
 
 
 def _sha256(path: Path) -> str:
@@ -232,9 +258,11 @@ class TranscribeWork:
                     )
             started = time.monotonic()
             try:
-                audio = await asyncio.to_thread(decode_audio, path)
+                audio = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
             except AudioDecodeError as exc:
                 raise PermanentError(f"audio could not be decoded: {exc}") from exc
+            except AudioRefused as exc:
+                raise PermanentError(f"audio refused: {exc}") from exc
             decode_s = time.monotonic() - started
         duration = round(len(audio) / SAMPLE_RATE, 3)
 

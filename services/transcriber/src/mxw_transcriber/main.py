@@ -54,7 +54,11 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
     settings = settings or TranscriberSettings()
     runtime = ServiceRuntime(settings)
     registry = ModelRegistry(
-        settings.model_cache_dir, settings.device, settings.compute_type, settings.cpu_threads
+        settings.model_cache_dir,
+        settings.device,
+        settings.compute_type,
+        settings.cpu_threads,
+        allowed=settings.allowed_models,
     )
     default_model = DefaultModel(registry, settings.default_model)
 

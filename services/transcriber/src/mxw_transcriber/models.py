@@ -15,10 +15,12 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import PermanentError
 
@@ -188,8 +190,12 @@ class ModelRegistry:
         device: str = "auto",
         compute_type: str = "auto",
         cpu_threads: int = 0,
+        allowed: Collection[str] = WHISPER_MODELS,
     ) -> None:
         self.cache_dir = cache_dir
+        # Names come from events (other systems publish them): only these reach WhisperModel,
+        # which would otherwise load any local directory or download any hub id.
+        self.allowed = frozenset(allowed)
         self.device = pick_device(device)
         self.compute_type = pick_compute_type(compute_type, self.device)
         self.cpu_threads = cpu_threads
@@ -209,6 +215,10 @@ class ModelRegistry:
         return self._models.get((name, self.device, self.compute_type))
 
     def load(self, name: str) -> LoadedModel:
+        if name not in self.allowed:
+            raise ModelUnavailable(
+                name, f"not an allowed model (allowed: {', '.join(sorted(self.allowed))})"
+            )
         key = (name, self.device, self.compute_type)
         with self._guard:
             loaded = self._models.get(key)

@@ -1,75 +1,16 @@
-"""Pure rules of the jobs module: filenames, audio probing, progress, cursors."""
+"""Pure rules of the jobs module: filenames, progress, cursors (audio probing:
+mxw_shared.audio)."""
 
 from __future__ import annotations
 
 import base64
 import unicodedata
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import PurePosixPath, PureWindowsPath
 
-import av
-from mxw_shared.blobs import AUDIO_CONTENT_TYPES, UNKNOWN_AUDIO_TYPE
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.jobs import STAGE_SPAN
-
-
-class NotAudio(ValueError):
-    """The file has no decodable audio stream. The message is safe to show."""
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    container: str
-    codec: str
-    duration_s: float
-    sample_rate: int | None
-    channels: int | None
-
-    @property
-    def content_type(self) -> str:
-        return AUDIO_CONTENT_TYPES.get(self.container, UNKNOWN_AUDIO_TYPE)
-
-
-def probe_audio(path: Path) -> AudioInfo:
-    """Open the file with FFmpeg (PyAV): it must hold an audio stream whose codec decodes and
-    whose duration is known. Blocking; run it in a thread."""
-    try:
-        with av.open(str(path), mode="r") as container:
-            if not container.streams.audio:
-                raise NotAudio("the file has no audio stream")
-            stream = container.streams.audio[0]
-            codec = stream.codec_context.name
-            duration: float | None = None
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
-            # Decoding one frame proves the codec works on this data, not just the header.
-            decoded = False
-            last_end = 0.0
-            for frame in container.decode(stream):
-                decoded = True
-                if duration is not None:
-                    break
-                if frame.time is not None:
-                    last_end = float(frame.time) + frame.samples / max(frame.sample_rate, 1)
-            if not decoded:
-                raise NotAudio("the audio stream holds no decodable frames")
-            if duration is None:
-                duration = last_end
-            return AudioInfo(
-                container=container.format.name,
-                codec=codec,
-                duration_s=round(duration, 3),
-                sample_rate=stream.codec_context.sample_rate or None,
-                channels=stream.codec_context.channels or None,
-            )
-    except NotAudio:
-        raise
-    except Exception as exc:  # FFmpeg rejects what is not media in many different ways
-        raise NotAudio("the file is not audio that can be decoded") from exc
 
 
 def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:

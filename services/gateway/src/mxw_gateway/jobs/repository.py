@@ -49,6 +49,22 @@ async def find_reusable_job(conn: Connection, owner_id: str, sha256: str) -> uui
     return job_id
 
 
+async def stored_bytes_locked(conn: Connection, owner_id: str, excluding_sha256: str) -> int:
+    """The owner's stored audio (distinct files), excluding one content; serialises the
+    owner's quota checks until the transaction ends, so concurrent uploads cannot both pass."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"storage-quota:{owner_id}"
+    )
+    used: int = await conn.fetchval(
+        "SELECT coalesce(sum(size_bytes), 0)::bigint FROM"
+        " (SELECT DISTINCT ON (sha256) size_bytes FROM blobs"
+        "  WHERE owner_id = $1 AND sha256 <> $2 ORDER BY sha256) AS files",
+        owner_id,
+        excluding_sha256,
+    )
+    return used
+
+
 async def ensure_blob(
     conn: Connection, owner_id: str, blob: StoredBlob, content_type: str
 ) -> uuid.UUID:

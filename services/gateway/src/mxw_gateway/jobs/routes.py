@@ -14,7 +14,7 @@ from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
-from mxw_gateway.hygiene import RateLimitUploads
+from mxw_gateway.hygiene import RateLimitReprocess, RateLimitUploads
 from mxw_gateway.jobs import service
 from mxw_gateway.jobs.schemas import (
     ChunkList,
@@ -209,7 +209,9 @@ async def delete_job(
         **_NOT_FOUND,
         409: _problem("The job is still running, or an earlier stage is not done."),
         422: _problem("Invalid stage or options."),
+        429: _problem("Reprocess rate limit reached (Retry-After)."),
     },
+    dependencies=[RateLimitReprocess],
     summary="Run a finished job again from a stage (e.g. re-chunk without re-transcribing)",
 )
 async def reprocess_job(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from mxw_shared.audio import AudioInfo, AudioRefused, AudioTooLong, NotAudio, probe_audio
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     UNKNOWN_AUDIO_TYPE,
@@ -46,13 +47,11 @@ from pydantic import ValidationError
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository, subtitles
 from mxw_gateway.jobs.domain import (
-    NotAudio,
     RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
     job_progress,
     parse_byte_range,
-    probe_audio,
     sanitize_filename,
 )
 from mxw_gateway.jobs.multipart import boundary_of, multipart_events, read_form
@@ -110,6 +109,32 @@ def parse_options(fields: dict[str, str]) -> JobOptions:
         ) from exc
 
 
+async def probe(blob: StoredBlob, settings: GatewaySettings) -> AudioInfo:
+    """The stored file as audio we accept: 415 for what is not audio, 422 for a container
+    outside the allow-list or audio longer than MXW_MAX_AUDIO_SECONDS."""
+    try:
+        return await asyncio.to_thread(probe_audio, blob.path, settings.max_audio_seconds)
+    except NotAudio as exc:
+        raise Problem(415, "Unsupported media type", str(exc)) from exc
+    except AudioTooLong as exc:
+        raise Problem(422, "Audio too long", str(exc), max_audio_seconds=exc.max_seconds) from exc
+    except AudioRefused as exc:
+        raise Problem(422, "Unsupported container", str(exc)) from exc
+
+
+def check_model(options: JobOptions, settings: GatewaySettings) -> None:
+    """Only the configured Whisper models: a name reaches the transcriber's model loader,
+    which must never get a local directory or a hub id from a user."""
+    if options.model is not None and options.model not in settings.openai_models:
+        raise Problem(
+            422,
+            "Invalid job options",
+            f"model: {options.model!r} is not available; choose one of "
+            + ", ".join(settings.openai_models),
+            allowed_models=settings.openai_models,
+        )
+
+
 async def upload(
     *,
     body: AsyncIterator[bytes],
@@ -153,13 +178,11 @@ async def upload(
                 "the audio file is missing: send it in the multipart field 'file'",
             )
         options = parse_options(fields)
+        check_model(options, settings)
         force = force_query or parse_bool("force", fields.get("force", ""))
         if blob.size_bytes == 0:
             raise Problem(415, "Unsupported media type", "the uploaded file is empty")
-        try:
-            info = await asyncio.to_thread(probe_audio, blob.path)
-        except NotAudio as exc:
-            raise Problem(415, "Unsupported media type", str(exc)) from exc
+        info = await probe(blob, settings)
         filename = sanitize_filename(raw_filename, settings.max_filename_chars)
         job_id, created = await _create_job(
             pool, settings, user, blob, info.content_type, filename, options, force
@@ -213,6 +236,20 @@ async def _commit_job(
             existing = await repository.find_reusable_job(conn, user.sub, blob.sha256)
             if existing is not None:
                 return existing, False
+        if settings.storage_quota_bytes is not None:
+            used = await repository.stored_bytes_locked(conn, user.sub, blob.sha256)
+            if used + blob.size_bytes > settings.storage_quota_bytes:
+                # 413, not 507: the client's own quota, not the server's disk (a 5xx would be
+                # retried and alert as an outage). Freed by deleting jobs.
+                raise Problem(
+                    413,
+                    "Storage quota exceeded",
+                    f"your stored audio ({used} bytes) and this file ({blob.size_bytes} bytes)"
+                    f" exceed your quota of {settings.storage_quota_bytes} bytes; delete jobs"
+                    " to free space",
+                    quota_bytes=settings.storage_quota_bytes,
+                    used_bytes=used,
+                )
         job_id = uuid.uuid4()
         await repository.ensure_blob(conn, user.sub, blob, content_type)
         await repository.insert_job(
@@ -537,6 +574,8 @@ async def reprocess_job(
             options = JobOptions.model_validate({**(job["options"] or {}), **option_changes})
         except ValidationError as exc:
             raise Problem(422, "Invalid job options", str(exc).splitlines()[0]) from exc
+        if "model" in option_changes:
+            check_model(options, settings)
         generation = await repository.start_generation(
             conn, job_id, from_stage.value, options.model_dump(mode="json")
         )

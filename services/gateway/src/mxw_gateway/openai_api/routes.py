@@ -11,6 +11,7 @@ from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitUploads
+from mxw_gateway.jobs import service as jobs
 from mxw_gateway.openai_api import service
 from mxw_gateway.openai_api.domain import OPENAI_MODEL, RESPONSE_FORMATS, render
 from mxw_gateway.openai_api.schemas import (
@@ -100,7 +101,8 @@ _BODY: dict[str, Any] = {
     dependencies=[RateLimitUploads],
     summary="Transcribe audio (OpenAI-compatible)",
     description="Runs through the same pipeline as POST /jobs and waits for the transcript "
-    "(at most the gateway's openai_wait_s). `temperature` is accepted and ignored.",
+    "(at most the gateway's openai_wait_s; at once with 202 when the caller already has "
+    "openai_max_waits_per_user requests waiting). `temperature` is accepted and ignored.",
     operation_id="create_transcription",
 )
 async def create_transcription(
@@ -110,15 +112,23 @@ async def create_transcription(
     pool: PoolDep,
     store: BlobStoreDep,
 ) -> Response:
-    submitted = await service.submit(
-        body=request.stream(),
-        content_type=request.headers.get("content-type"),
-        user=user,
-        settings=settings,
-        pool=pool,
-        store=store,
-    )
-    view, transcript = await service.wait_for_transcript(pool, settings, user, submitted.job_id)
+    slots: service.WaitSlots = request.app.state.openai_waits
+    # Taken before the upload, so a user's concurrent requests count from their start.
+    with slots.take(user.sub) as may_wait:
+        submitted = await service.submit(
+            body=request.stream(),
+            content_type=request.headers.get("content-type"),
+            user=user,
+            settings=settings,
+            pool=pool,
+            store=store,
+        )
+        if may_wait:
+            view, transcript = await service.wait_for_transcript(
+                pool, settings, user, submitted.job_id
+            )
+        else:  # this user already has requests waiting: answer at once with the job
+            view, transcript = await jobs.get_job(pool, settings, user, submitted.job_id), None
     if transcript is None:
         pending = PendingTranscription(
             job_id=view.id,

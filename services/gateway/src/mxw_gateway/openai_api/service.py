@@ -5,12 +5,14 @@ bounded wait for the transcribe stage; the answer is in OpenAI's formats."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mxw_shared.audio import AudioRefused, NotAudio, probe_audio
 from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.db import Pool
@@ -18,7 +20,7 @@ from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import service as jobs
-from mxw_gateway.jobs.domain import NotAudio, probe_audio, sanitize_filename
+from mxw_gateway.jobs.domain import sanitize_filename
 from mxw_gateway.jobs.multipart import PartData, PartEnd, PartStart, boundary_of, multipart_events
 from mxw_gateway.jobs.schemas import JobView
 from mxw_gateway.openai_api import repository
@@ -155,8 +157,8 @@ async def submit(
         if blob.size_bytes == 0:
             raise openai_error(400, "the audio file is empty", param="file", code="empty_file")
         try:
-            info = await asyncio.to_thread(probe_audio, blob.path)
-        except NotAudio as exc:
+            info = await asyncio.to_thread(probe_audio, blob.path, settings.max_audio_seconds)
+        except (NotAudio, AudioRefused) as exc:
             raise openai_error(
                 400, f"invalid file format: {exc}", param="file", code="invalid_file_format"
             ) from exc
@@ -180,6 +182,29 @@ async def submit(
             await jobs.discard_unreferenced(pool, store, blob)
         raise
     return Submitted(job_id=job_id, request=request)
+
+
+class WaitSlots:
+    """How many requests of each user are held open waiting for a transcript (this replica):
+    each costs a connection and a query per poll for up to `openai_wait_s`."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def take(self, user: str) -> Iterator[bool]:
+        """True while a slot is held for `user`; False (nothing held) when all are taken."""
+        if self._held.get(user, 0) >= self.per_user:
+            yield False
+            return
+        self._held[user] = self._held.get(user, 0) + 1
+        try:
+            yield True
+        finally:
+            self._held[user] -= 1
+            if not self._held[user]:
+                del self._held[user]
 
 
 async def wait_for_transcript(

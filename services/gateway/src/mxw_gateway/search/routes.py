@@ -15,7 +15,13 @@ from mxw_shared.problems import PROBLEM_JSON
 from mxw_gateway.deps import CurrentUserDep, EmbedderClientDep, PoolDep, SettingsDep
 from mxw_gateway.search import service
 from mxw_gateway.search.repository import SearchMode
-from mxw_gateway.search.schemas import SearchFilters, SearchRequest, SearchResults, SimilarRequest
+from mxw_gateway.search.schemas import (
+    MAX_OFFSET,
+    SearchFilters,
+    SearchRequest,
+    SearchResults,
+    SimilarRequest,
+)
 
 router = APIRouter(tags=["search"])
 
@@ -33,7 +39,7 @@ async def search_get(
     q: Annotated[str, Query(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)],
     mode: SearchMode = SearchMode.hybrid,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
     job_id: Annotated[list[uuid.UUID] | None, Query(description="Repeatable.")] = None,
     language: Annotated[str | None, Query(max_length=16, pattern=NO_CONTROL_CHARACTERS)] = None,
@@ -88,7 +94,7 @@ async def similar_get(
     settings: SettingsDep,
     pool: PoolDep,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
     job_id: Annotated[list[uuid.UUID] | None, Query(description="Repeatable.")] = None,
 ) -> SearchResults:

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mxw_gateway.search.repository import SearchMode
 
+# Deepest page start: each ranked list fetches (offset + limit) x candidates_per_result rows,
+# so deep pages cost linearly (10,000 meant ~100,000 candidates per list). Past this, 422.
+MAX_OFFSET = 1000
+
 
 class SearchFilters(BaseModel):
     """What narrows a search besides the caller: jobs, spoken language, upload dates."""
@@ -47,13 +51,13 @@ class SearchRequest(SearchFilters):
         "only; text: words only (websearch syntax: quotes, OR, -word).",
     )
     limit: int | None = Field(default=None, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=10_000)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     job_id: uuid.UUID | None = Field(default=None, description="Only this job's chunks.")
 
 
 class SimilarRequest(SearchFilters):
     limit: int | None = Field(default=None, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=10_000)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 class SearchHit(BaseModel):

@@ -20,7 +20,7 @@ from mxw_shared.problems import Problem
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.search import repository
 from mxw_gateway.search.repository import Scope, SearchMode, Tuning
-from mxw_gateway.search.schemas import SearchFilters, SearchHit, SearchResults
+from mxw_gateway.search.schemas import MAX_OFFSET, SearchFilters, SearchHit, SearchResults
 from mxw_gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -184,7 +184,7 @@ async def _page(
         limit=size + 1,
         offset=offset,
     )
-    next_offset = offset + size if len(rows) > size else None
+    next_offset = offset + size if len(rows) > size and offset + size <= MAX_OFFSET else None
     return [_hit(settings, r) for r in rows[:size]], next_offset
 
 

@@ -11,6 +11,7 @@ from mxw_shared.db import BIGINT_MAX
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import CurrentUserDep, PoolDep
+from mxw_gateway.hygiene import RateLimitWebhookTests
 from mxw_gateway.webhooks import service
 from mxw_gateway.webhooks.schemas import (
     AttemptPage,
@@ -112,7 +113,11 @@ async def rotate_webhook_secret(
     "/{webhook_id}/test",
     status_code=202,
     response_model=TestDelivery,
-    responses=_NOT_FOUND,
+    responses={
+        **_NOT_FOUND,
+        429: {"description": "Webhook test rate limit reached.", "content": {PROBLEM_JSON: {}}},
+    },
+    dependencies=[RateLimitWebhookTests],
     summary="Send a signed webhook.test event; its attempts appear under /attempts",
 )
 async def test_webhook(webhook_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> TestDelivery:

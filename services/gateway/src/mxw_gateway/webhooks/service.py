@@ -14,17 +14,11 @@ from asyncpg import Record
 from mxw_shared import netguard
 from mxw_shared.db import Pool
 from mxw_shared.locks import WEBHOOKS_OF_USER, text_key
+from mxw_shared.netguard import BadUrl, ForbiddenTarget, check_addresses, parse_networks, parse_url
 from mxw_shared.problems import Problem
 from mxw_shared.webhook_secrets import WebhookSecretBox
 
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.ingest.domain import (
-    BadUrl,
-    ForbiddenTarget,
-    check_addresses,
-    parse_networks,
-    parse_url,
-)
 from mxw_gateway.webhooks.schemas import (
     Attempt,
     AttemptPage,
@@ -70,7 +64,7 @@ async def check_target(settings: WebhookSettings, url: str) -> str:
     try:
         target = parse_url(url, settings.webhook_max_url_chars)
     except BadUrl as exc:
-        raise Problem(422, "Invalid webhook URL", str(exc).replace("ingested", "called")) from exc
+        raise Problem(422, "Invalid webhook URL", str(exc)) from exc
     try:
         async with asyncio.timeout(settings.webhook_resolve_timeout_s):
             addresses = await netguard.resolve(target.host, target.port)
