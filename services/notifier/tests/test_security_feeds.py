@@ -89,12 +89,18 @@ async def test_m4_feed_tokens_never_reach_span_attributes_or_logs(
     saved_handlers, saved_level = list(root.handlers), root.level
     configure_logging("INFO", "json", "notifier", stream=logs)
     structlog.configure(cache_logger_on_first_use=False)
+    # The service runs uvicorn with log_config=None, so uvicorn's lines reach the root
+    # handler; an earlier uvicorn in this process may have given them handlers of its own.
+    uvicorn_log = logging.getLogger("uvicorn")
+    saved_uvicorn = list(uvicorn_log.handlers), uvicorn_log.propagate
+    uvicorn_log.handlers[:], uvicorn_log.propagate = [], True
     try:
         await feeds_with_token_in_the_query(notifier, spans, make_job, record, dev_issuer, logs)
     finally:
         structlog.reset_defaults()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        uvicorn_log.handlers[:], uvicorn_log.propagate = saved_uvicorn
 
 
 async def feeds_with_token_in_the_query(notifier, spans, make_job, record, dev_issuer, logs):
