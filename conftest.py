@@ -364,6 +364,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "model_words: checks the words a Whisper model heard; `./mxw test` runs these once "
         "more under a CTranslate2 CPU ISA other than the machine's default",
     )
+    config.addinivalue_line(
+        "markers",
+        "unreadable_records: writes records aiokafka cannot parse to the session broker's "
+        "topics; `./mxw test` runs these in a session (and broker) of their own",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Set by use of the fixture, so no such test can land in the shared session unmarked.
+    for item in items:
+        if "publish_unreadable" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.unreadable_records)
 
 
 def speech_words(text: str) -> list[str]:
