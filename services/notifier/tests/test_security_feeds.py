@@ -91,16 +91,18 @@ async def test_m4_feed_tokens_never_reach_span_attributes_or_logs(
     structlog.configure(cache_logger_on_first_use=False)
     # The service runs uvicorn with log_config=None, so uvicorn's lines reach the root
     # handler; an earlier uvicorn in this process may have given them handlers of its own.
-    uvicorn_log = logging.getLogger("uvicorn")
-    saved_uvicorn = list(uvicorn_log.handlers), uvicorn_log.propagate
-    uvicorn_log.handlers[:], uvicorn_log.propagate = [], True
+    uvicorn_logs = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    saved_uvicorn = [(list(log.handlers), log.propagate, log.level) for log in uvicorn_logs]
+    for log in uvicorn_logs:
+        log.handlers[:], log.propagate, log.level = [], True, logging.NOTSET
     try:
         await feeds_with_token_in_the_query(notifier, spans, make_job, record, dev_issuer, logs)
     finally:
         structlog.reset_defaults()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
-        uvicorn_log.handlers[:], uvicorn_log.propagate = saved_uvicorn
+        for log, (handlers, propagate, level) in zip(uvicorn_logs, saved_uvicorn, strict=True):
+            log.handlers[:], log.propagate, log.level = handlers, propagate, level
 
 
 async def feeds_with_token_in_the_query(notifier, spans, make_job, record, dev_issuer, logs):
