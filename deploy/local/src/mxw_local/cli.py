@@ -16,7 +16,7 @@ from mxw_shared.devissuer import DevIssuer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mxw_local.stack import StackConfig, StackInfo, Supervisor
+from mxw_local.stack import BrokerKind, StackConfig, StackInfo, Supervisor
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -48,6 +48,13 @@ def up(
     embedder_port: int = 8004,
     postgres_port: int = 54329,
     kafka_port: int = 19092,
+    broker: Annotated[
+        BrokerKind,
+        typer.Option(
+            help="embedded: the tansu broker (in-memory topics); kafka: Apache Kafka from"
+            " Maven Central (needs Java 17+ and, on first use, Maven)."
+        ),
+    ] = "embedded",
     whisper_model: Annotated[
         str, typer.Option(envvar="MXW_DEFAULT_MODEL", help="Default Whisper model.")
     ] = "base",
@@ -66,6 +73,7 @@ def up(
         host=host,
         postgres_port=postgres_port,
         kafka_port=kafka_port,
+        broker=broker,
         ports={
             "gateway": gateway_port,
             "notifier": notifier_port,

@@ -18,7 +18,7 @@ import psutil
 from mxw_shared.devissuer import DevIssuer
 
 from mxw_local.infra import EmbeddedPostgres, free_port
-from mxw_local.stack import StackInfo
+from mxw_local.stack import BrokerKind, StackInfo
 
 MXW = Path(sys.executable).with_name("mxw")
 PORTS = ("gateway", "notifier", "transcriber", "chunker", "embedder", "postgres", "kafka")
@@ -58,7 +58,9 @@ class Stack:
                 cmd = child.cmdline()
             except psutil.NoSuchProcess:
                 continue
-            if "broker" in cmd and f"tcp://127.0.0.1:{self.ports['kafka']}" in cmd:
+            tansu = "broker" in cmd and f"tcp://127.0.0.1:{self.ports['kafka']}" in cmd
+            apache = "kafka.Kafka" in cmd and any(str(self.data_dir) in arg for arg in cmd)
+            if tansu or apache:
                 return int(child.pid)
         return None
 
@@ -77,14 +79,18 @@ class Stack:
 
 @contextmanager
 def run_stack(
-    data_dir: Path, env: dict[str, str] | None = None, whisper_model: str = "tiny.en"
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    whisper_model: str = "tiny.en",
+    broker: BrokerKind = "embedded",
 ) -> Iterator[Stack]:
-    """`mxw up` on free ports; `env` adds MXW_* settings that every service reads. Stopped
-    with Ctrl-C at the end, which must exit cleanly (AssertionError otherwise)."""
+    """`mxw up --broker <broker>` on free ports; `env` adds MXW_* settings that every service
+    reads. Stopped with Ctrl-C at the end, which must exit cleanly (AssertionError
+    otherwise)."""
     log = data_dir / "stack.log"
     ports = {name: free_port() for name in PORTS}
     cmd = [str(MXW), "up", "--data-dir", str(data_dir), "--no-color"]
-    cmd += ["--whisper-model", whisper_model]
+    cmd += ["--whisper-model", whisper_model, "--broker", broker]
     for name, port in ports.items():
         cmd += [f"--{name}-port", str(port)]
     with log.open("wb") as fh:

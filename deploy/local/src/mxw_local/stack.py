@@ -1,9 +1,11 @@
 """`mxw up`: the whole stack on this machine as supervised processes, no Docker.
 
-Order: PostgreSQL (embedded) → migrate → Kafka-protocol broker (tansu) → topics → dev issuer
-→ the five services. A service that exits is restarted with backoff; logs are prefixed with
-the service name; Ctrl-C or SIGTERM stops everything cleanly (services first, so they flush
-their outboxes). The data directory (database, blobs, keys, model cache) survives restarts.
+Order: PostgreSQL (embedded) → migrate → broker → topics → dev issuer → the five services.
+The broker is the embedded tansu (in-memory topics, the default) or, with `--broker kafka`,
+Apache Kafka itself (one KRaft node from Maven Central, logs kept in the data directory).
+A service that exits is restarted with backoff; logs are prefixed with the service name;
+Ctrl-C or SIGTERM stops everything cleanly (services first, so they flush their outboxes).
+The data directory (database, blobs, keys, model cache, Kafka's logs) survives restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from mxw_shared import webhook_secrets
@@ -28,7 +31,10 @@ from mxw_shared.kafka import ensure_topics
 from mxw_shared.migrate import migrate
 from mxw_shared.settings import CommonSettings
 
+from mxw_local.apache_kafka import ApacheKafka
 from mxw_local.infra import EmbeddedKafka, EmbeddedPostgres
+
+BrokerKind = Literal["embedded", "kafka"]
 
 SERVICES = ("gateway", "notifier", "transcriber", "chunker", "embedder")
 COLORS = {"gateway": 36, "notifier": 35, "transcriber": 33, "chunker": 32, "embedder": 34}
@@ -40,6 +46,7 @@ class StackConfig:
     host: str = "127.0.0.1"
     postgres_port: int = 54329
     kafka_port: int = 19092
+    broker: BrokerKind = "embedded"
     ports: dict[str, int] = field(
         default_factory=lambda: {
             "gateway": 8000,
@@ -126,7 +133,11 @@ class Supervisor:
         self.config = config
         self.data_dir = config.data_dir.resolve()
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres", config.postgres_port)
-        self.kafka = EmbeddedKafka(config.kafka_port, log_path=self.data_dir / "logs" / "tansu.log")
+        self.kafka: EmbeddedKafka | ApacheKafka = (
+            ApacheKafka(self.data_dir / "kafka", ports=[config.kafka_port])
+            if config.broker == "kafka"
+            else EmbeddedKafka(config.kafka_port, log_path=self.data_dir / "logs" / "tansu.log")
+        )
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()
         self.restarts: dict[str, int] = dict.fromkeys(SERVICES, 0)
@@ -150,8 +161,9 @@ class Supervisor:
             "MXW_LOG_FORMAT": cfg.log_format,
             "MXW_DATABASE_URL": self.postgres.dsn,
             "MXW_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
-            # tansu rejects InitProducerId: no idempotent producer; consumers de-duplicate.
-            "MXW_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            # tansu rejects InitProducerId: no idempotent producer there; consumers
+            # de-duplicate either way.
+            "MXW_KAFKA_IDEMPOTENT_PRODUCER": str(isinstance(self.kafka, ApacheKafka)).lower(),
             "MXW_BLOB_ROOT": str(self.data_dir / "blobs"),
             "MXW_AUTH_JWKS_URL": (self.data_dir / "auth" / "jwks.json").as_uri(),
             "MXW_EMBEDDER_URL": cfg.url("embedder"),
@@ -182,9 +194,20 @@ class Supervisor:
         applied = await migrate(dsn)
         self.say("migrate", f"schema up to date (applied now: {applied or 'none'})")
         await asyncio.to_thread(self.kafka.start)
-        self.say("kafka", f"tansu ready on {self.kafka.bootstrap_servers} (in-memory topics)")
+        self.say("kafka", f"{self.broker_name()} ready on {self.kafka.bootstrap_servers}")
         await self.create_topics()
         DevIssuer.ensure(self.data_dir / "auth")
+
+    def broker_name(self) -> str:
+        if isinstance(self.kafka, ApacheKafka):
+            return f"Apache Kafka (logs in {self.kafka.root})"
+        return "tansu (in-memory topics)"
+
+    def broker_exit_code(self) -> int | None:
+        """The broker's exit code once it has exited; None while it runs."""
+        kafka = self.kafka
+        proc = kafka.nodes[0].proc if isinstance(kafka, ApacheKafka) else kafka.proc
+        return None if proc is None else proc.poll()
 
     async def create_topics(self) -> None:
         settings = CommonSettings(
@@ -222,15 +245,16 @@ class Supervisor:
             backoff = min(backoff * 2, 30.0)
 
     async def watch_kafka(self) -> None:
-        """The embedded broker keeps topics in memory; if it dies, bring it back with its
-        topics. The outbox and the stage sweepers re-send what was lost."""
+        """If the broker dies, bring it back with its topics: Apache Kafka from its logs; the
+        embedded broker empty (in memory), the outbox and the stage sweepers re-send what
+        was lost."""
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 2.0)
-            proc = self.kafka.proc
-            if self.stopping.is_set() or proc is None or proc.poll() is None:
+            code = self.broker_exit_code()
+            if self.stopping.is_set() or code is None:
                 continue
-            self.say("kafka", f"broker exited with {proc.returncode}; restarting")
+            self.say("kafka", f"broker exited with {code}; restarting")
             await asyncio.to_thread(self.kafka.start)
             await self.create_topics()
 
