@@ -1,7 +1,7 @@
 """Looking at and steering a running Apache Kafka cluster (mxw_local.apache_kafka): who leads
 which partition, when every replica is back in sync, moving every leadership to one broker,
-the KRaft quorum's members, and when records reach a consumer after a fault. Used by the
-cluster fault tests (tests/faults/test_kafka_cluster.py)."""
+and when records reach a consumer after a fault. Used by the cluster fault tests
+(tests/faults/test_kafka_cluster.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from mxw_local.apache_kafka import ApacheKafka
 
 REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
 ELECT = "org.apache.kafka.tools.LeaderElectionCommand"
-QUORUM = "org.apache.kafka.tools.MetadataQuorumCommand"
 
 
 @dataclass(frozen=True)
@@ -139,29 +138,6 @@ async def lead_all(
         if time.monotonic() > deadline:
             raise TimeoutError(f"broker {broker} does not lead all of {names}: {states}")
         await asyncio.sleep(1)
-
-
-@dataclass(frozen=True)
-class QuorumMember:
-    node_id: int
-    status: str  # Leader, Follower or Observer
-    lag: int  # metadata records behind the quorum leader
-
-
-def quorum(kafka: ApacheKafka) -> dict[int, QuorumMember]:
-    """The KRaft metadata quorum as Kafka's own tool reports it (describe --replication)."""
-    text = kafka.run_tool(
-        QUORUM, "--bootstrap-server", kafka.bootstrap_servers, "describe", "--replication"
-    )
-    lines = [line.split() for line in text.splitlines() if line.strip()]
-    header, rows = lines[0], lines[1:]
-    at = {name: i for i, name in enumerate(header)}
-    return {
-        int(row[at["NodeId"]]): QuorumMember(
-            int(row[at["NodeId"]]), row[at["Status"]], int(row[at["Lag"]])
-        )
-        for row in rows
-    }
 
 
 @dataclass
