@@ -25,7 +25,6 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mxw_local.apache_kafka import ApacheKafka, unavailable_reason
 from mxw_local.kafka_cluster import (
     DeliveryClock,
-    lead_all,
     leadership,
     partition_states,
     wait_in_sync,
@@ -130,11 +129,8 @@ async def event_ids_on_topics(cluster: ApacheKafka, names: set[str]) -> set[tupl
     consumer = AIOKafkaConsumer(**cluster.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()
         partitions = [
-            TopicPartition(topic, p)
-            for topic in sorted(names)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            TopicPartition(s.topic, s.partition) for s in await partition_states(cluster, names)
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -216,8 +212,6 @@ async def test_topics_are_replicated_three_times_with_min_insync_two(stack, clus
 async def test_stage_leader_killed_mid_pipeline(stack, cluster, db, fault_free):
     await healthy(cluster)
     victim = await busiest_broker(cluster)
-    # One broker leads every partition the pipeline runs on: its death stops every stage.
-    await lead_all(cluster, victim, topics.ALL_TOPICS)
     clock = DeliveryClock(cluster, topics.ALL_TOPICS)
     await clock.start()
     try:

@@ -121,24 +121,6 @@ Configuration:
 """
 
 
-# The tools' own output is their stdout; their logging goes to stderr, warnings only.
-TOOLS_LOG_CONFIG = "tools-log4j2.yaml"
-TOOLS_LOG4J2 = """\
-Configuration:
-  Appenders:
-    Console:
-      name: STDERR
-      target: SYSTEM_ERR
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDERR
-"""
-
-
 @dataclass(frozen=True)
 class ScramCredentials:
     """A SASL/SCRAM-SHA-512 principal's name and password."""
@@ -301,24 +283,6 @@ class ApacheKafka:
     def node_by_port(self, port: int) -> KafkaNode:
         return next(n for n in self.nodes if n.port == port)
 
-    def run_tool(self, main_class: str, *args: str, timeout_s: float = 120) -> str:
-        """Run one of Kafka's Java tools (e.g. org.apache.kafka.tools.MetadataQuorumCommand)
-        with these jars; returns its output, raises KafkaUnavailable with it on failure."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / TOOLS_LOG_CONFIG).write_text(TOOLS_LOG4J2)
-        result = subprocess.run(
-            self._java(ensure_jars(), main_class, *args, log_config=TOOLS_LOG_CONFIG),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        if result.returncode != 0:
-            raise KafkaUnavailable(
-                f"{main_class} {' '.join(args)} failed ({result.returncode}):"
-                f" {result.stdout}{result.stderr}"
-            )
-        return result.stdout
-
     def logs_tail(self, chars: int = 4000) -> str:
         parts = []
         for node in self.nodes:
@@ -410,9 +374,7 @@ class ApacheKafka:
         node.properties_path.write_text("\n".join(lines) + "\n")
         (self.root / "log4j2.yaml").write_text(LOG4J2)
 
-    def _java(
-        self, jars: Path, main: str, *args: str, log_config: str = "log4j2.yaml"
-    ) -> list[str]:
+    def _java(self, jars: Path, main: str, *args: str) -> list[str]:
         return [
             "java",
             f"-Xms{self.heap}",
@@ -420,7 +382,7 @@ class ApacheKafka:
             "-XX:+UseG1GC",
             "-XX:TieredStopAtLevel=1",  # quicker start on small machines
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.root / log_config}",
+            f"-Dlog4j2.configurationFile={self.root / 'log4j2.yaml'}",
             "-cp",
             f"{jars}/*",
             main,

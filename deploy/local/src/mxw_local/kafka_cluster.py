@@ -1,13 +1,11 @@
-"""Looking at and steering a running Apache Kafka cluster (mxw_local.apache_kafka): who leads
-which partition, when every replica is back in sync, moving every leadership to one broker,
-and when records reach a consumer after a fault. Used by the cluster fault tests
-(tests/faults/test_kafka_cluster.py)."""
+"""Looking at a running Apache Kafka cluster (mxw_local.apache_kafka): who leads which
+partition, when every replica is back in sync, and when records reach a consumer after a
+fault. Used by the cluster fault tests (tests/faults/test_kafka_cluster.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,9 +14,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from mxw_local.apache_kafka import ApacheKafka
-
-REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
-ELECT = "org.apache.kafka.tools.LeaderElectionCommand"
 
 
 @dataclass(frozen=True)
@@ -100,46 +95,6 @@ def leadership(states: Iterable[PartitionState]) -> dict[int, int]:
     return counts
 
 
-async def lead_all(
-    kafka: ApacheKafka, broker: int, topics: Iterable[str], timeout_s: float = 60
-) -> None:
-    """Make `broker` the leader of every partition of `topics`: it goes first in each replica
-    list (the same replicas, so nothing is copied), then a preferred-leader election."""
-    names = list(topics)
-    states = await partition_states(kafka, names)
-    plan = {
-        "version": 1,
-        "partitions": [
-            {
-                "topic": s.topic,
-                "partition": s.partition,
-                "replicas": [broker, *(r for r in s.replicas if r != broker)],
-            }
-            for s in states
-        ],
-    }
-    path = kafka.root / f"lead-all-{broker}.json"
-    path.write_text(json.dumps(plan))
-    bootstrap = kafka.bootstrap_servers
-    await asyncio.to_thread(
-        kafka.run_tool, REASSIGN, "--bootstrap-server", bootstrap,
-        "--reassignment-json-file", str(path), "--execute",
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while True:
-        # A partition whose new order is not applied yet keeps its old preferred leader.
-        await asyncio.to_thread(
-            kafka.run_tool, ELECT, "--bootstrap-server", bootstrap,
-            "--election-type", "PREFERRED", "--all-topic-partitions",
-        )  # fmt: skip
-        states = await partition_states(kafka, names)
-        if all(s.leader == broker for s in states):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"broker {broker} does not lead all of {names}: {states}")
-        await asyncio.sleep(1)
-
-
 @dataclass
 class DeliveryClock:
     """A consumer of its own (no group: it reads every partition of `topics` from their end)
@@ -159,9 +114,8 @@ class DeliveryClock:
         )
         await consumer.start()
         partitions = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in sorted(await _partitions_for(consumer, topic))
+            TopicPartition(s.topic, s.partition)
+            for s in await partition_states(self.kafka, self.topics)
         ]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
@@ -197,11 +151,3 @@ class DeliveryClock:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no record created after the fault arrived in {timeout_s}s")
             await asyncio.sleep(0.05)
-
-
-async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()  # fetches the metadata of every topic
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise RuntimeError(f"topic {topic} has no partitions")
-    return set(partitions)
