@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import IncompatibleBrokerVersion, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    IncompatibleBrokerVersion,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from faststream.kafka import KafkaBroker
 
 from mxw_shared import topics
@@ -112,9 +119,7 @@ async def apply_topics(admin: AIOKafkaAdminClient, specs: list[topics.TopicSpec]
     if missing:
         response = await admin.create_topics(
             [
-                NewTopic(
-                    s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config)
-                )
+                NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config))
                 for s in missing
             ]
         )
@@ -216,7 +221,9 @@ async def _reconfigure(
             name = result["resource_name"]
             if result["error_code"]:
                 error = for_code(result["error_code"]).__name__
-                report.leave(name, f"changing its settings failed: {error} {result['error_message']}")
+                report.leave(
+                    name, f"changing its settings failed: {error} {result['error_message']}"
+                )
                 continue
             report.reconfigured[name] = dict(specs[name].config)
             log.info("topic reconfigured", topic=name, config=dict(specs[name].config))
