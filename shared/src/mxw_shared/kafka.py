@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +144,7 @@ async def _align(
 ) -> None:
     if not specs:
         return
-    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    described = await _describe_topics(admin, [s.name for s in specs])
     resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
     configs = {
         r["resource_name"]: r
@@ -185,6 +186,20 @@ async def _align(
             alter[spec.name] = overrides | dict(spec.config)
     if alter:
         await _reconfigure(admin, alter, {s.name: s for s in specs}, report)
+
+
+async def _describe_topics(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Metadata of `names`, waiting a little for a topic another process has just created
+    (the brokers learn of it shortly after the controller)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = {t["topic"]: t for t in await admin.describe_topics(names)}
+        codes = [described[n]["error_code"] for n in names]
+        if not any(c and for_code(c).retriable for c in codes) or time.monotonic() > deadline:
+            return described
+        await asyncio.sleep(0.2)
 
 
 async def _grow(
@@ -275,7 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         help="create every topic as mxw_shared.topics declares it; bring existing ones in line",
     )
     parser.parse_args(argv)
-    settings = CommonSettings()
+    try:
+        settings = CommonSettings()
+        topics.topic_specs(settings.kafka_partitions, settings.kafka_replication_factor)
+    except ValueError as exc:  # an impossible setting: refused before the broker is touched
+        parser.exit(2, f"ensure-topics: {exc}\n")
     configure_logging(settings.log_level, settings.log_format, "ensure-topics")
     report = asyncio.run(ensure_topics(settings))
     print(f"topics: {report.summary()}")
