@@ -55,15 +55,6 @@ def make_broker(settings: CommonSettings) -> KafkaBroker:
     )
 
 
-@dataclass(frozen=True)
-class TopicChanges:
-    """What `ensure_topics` changed on the broker (names of topics)."""
-
-    created: list[str]
-    reconfigured: list[str]
-    grown: list[str]
-
-
 async def ensure_topics(settings: CommonSettings) -> TopicsReport:
     """Every topic and dead-letter topic as mxw_shared.topics declares them, with this
     deployment's partitions and replication factor (see apply_topics)."""
