@@ -248,8 +248,8 @@ class Supervisor:
         settings = CommonSettings(
             kafka_bootstrap_servers=self.bootstrap_servers, kafka_partitions=3
         )
-        created = await ensure_topics(settings)
-        self.say("kafka", f"topics ready ({len(created)} created)")
+        report = await ensure_topics(settings)
+        self.say("kafka", f"topics ready ({report.summary()})")
 
     async def run_service(self, name: str) -> None:
         backoff = 1.0
