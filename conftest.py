@@ -1,18 +1,30 @@
 """Session-wide real infrastructure for every test tier: embedded PostgreSQL + pgvector and
-the tansu Kafka-protocol broker, started the same way the local stack starts them."""
+the tansu Kafka-protocol broker, started the same way the local stack starts them; and, for
+the broker-sensitive suites, one Apache Kafka node (KRaft, from Maven Central) beside it.
+
+Broker-sensitive modules take `broker_kind` (module-scoped, "embedded" then "kafka"): a stack
+fixture passes it to `launch_stack(..., broker=broker_kind)`, an in-process module uses
+`broker_infra` (the session's Postgres and blob root, with that broker) and the `broker_*`
+helpers. The kafka side skips, saying why, where Apache Kafka cannot run (no Java)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
+if TYPE_CHECKING:
+    from mxw_local.apache_kafka import ApacheKafka
+
 T = TypeVar("T")
+# The brokers the broker-sensitive suites run on: the embedded default and the engine that
+# compose and Kubernetes deploy.
+BROKERS = ("embedded", "kafka")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,6 +41,8 @@ class Infra:
     dsn: str
     bootstrap_servers: str
     root: Path
+    # tansu rejects InitProducerId; Apache Kafka is where the idempotent producer runs.
+    idempotent_producer: bool = False
 
     def env(self, service: str, port: int = 0, **extra: str) -> dict[str, str]:
         """MXW_* settings for a service running against this infrastructure."""
@@ -36,7 +50,7 @@ class Infra:
             "MXW_SERVICE_NAME": service,
             "MXW_DATABASE_URL": self.dsn,
             "MXW_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "MXW_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "MXW_KAFKA_IDEMPOTENT_PRODUCER": str(self.idempotent_producer).lower(),
             "MXW_BLOB_ROOT": str(self.root / "blobs"),
             "MXW_AUTH_JWKS_URL": (self.root / "auth" / "jwks.json").as_uri(),
             "MXW_PORT": str(port),
@@ -73,6 +87,49 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     finally:
         kafka.stop()
         postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    """One Apache Kafka node (KRaft, Kafka's own defaults for group coordination: session
+    timeout, max.poll.interval, a 3 s initial rebalance delay) with the pipeline's topics,
+    shared by the in-process tests on the kafka side as `infra`'s tansu is on the other."""
+    from mxw_local.apache_kafka import ApacheKafka, unavailable_reason
+    from mxw_shared.kafka import ensure_topics
+    from mxw_shared.settings import CommonSettings
+
+    if reason := unavailable_reason():
+        pytest.skip(f"Apache Kafka cannot run here: {reason}")
+    kafka = ApacheKafka(tmp_path_factory.mktemp("apache-kafka"))
+    try:
+        kafka.start()
+        settings = CommonSettings(kafka_bootstrap_servers=kafka.bootstrap_servers)
+        asyncio.run(ensure_topics(settings))
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The broker this module's tests run on: every broker-sensitive module runs once per
+    broker (module scope: one stack, or one set of in-process services, per broker)."""
+    from mxw_local.apache_kafka import unavailable_reason
+
+    kind: str = request.param
+    if kind == "kafka" and (reason := unavailable_reason()):
+        pytest.skip(f"Apache Kafka cannot run here: {reason}")
+    return kind
+
+
+@pytest.fixture(scope="module")
+def broker_infra(request: pytest.FixtureRequest, infra: Infra, broker_kind: str) -> Infra:
+    """`infra` on this module's broker: the session's tansu, or the session's Apache Kafka
+    node with the idempotent producer on."""
+    if broker_kind == "embedded":
+        return infra
+    kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
+    return replace(infra, bootstrap_servers=kafka.bootstrap_servers, idempotent_producer=True)
 
 
 @pytest.fixture(scope="session")
@@ -161,6 +218,17 @@ def publish(kafka_producer, publisher):  # type: ignore[no-untyped-def]
     return publisher(kafka_producer)
 
 
+@pytest.fixture(scope="module")
+async def broker_publish(broker_infra: Infra, publisher):  # type: ignore[no-untyped-def]
+    """`publish` on this module's broker (`broker_kind`)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker_infra.bootstrap_servers, acks="all")
+    await producer.start()
+    yield publisher(producer)
+    await producer.stop()
+
+
 async def readable_batch(consumer):  # type: ignore[no-untyped-def]
     """One `getmany` of a test's reader, stepping past a record aiokafka cannot parse (the
     poison tests write such records to the session broker's topics, as a foreign client may)."""
@@ -173,10 +241,8 @@ async def readable_batch(consumer):  # type: ignore[no-untyped-def]
         return {}
 
 
-@pytest.fixture(scope="session")
-def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
-    """Collect the records of one job on a topic, from the beginning, until `count` arrived
-    or `timeout_s` passed. Returns (headers, value) pairs."""
+def topic_reader(bootstrap_servers: str):  # type: ignore[no-untyped-def]
+    """`read_topic` on the broker at `bootstrap_servers`."""
     import json
     import time
     import uuid
@@ -188,7 +254,7 @@ def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
     ) -> list[tuple[dict[str, str], dict[str, object]]]:
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=infra.bootstrap_servers,
+            bootstrap_servers=bootstrap_servers,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,
@@ -212,6 +278,19 @@ def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
         return found
 
     return read
+
+
+@pytest.fixture(scope="session")
+def read_topic(infra: Infra):  # type: ignore[no-untyped-def]
+    """Collect the records of one job on a topic, from the beginning, until `count` arrived
+    or `timeout_s` passed. Returns (headers, value) pairs."""
+    return topic_reader(infra.bootstrap_servers)
+
+
+@pytest.fixture(scope="module")
+def broker_read_topic(broker_infra: Infra):  # type: ignore[no-untyped-def]
+    """`read_topic` on this module's broker (`broker_kind`)."""
+    return topic_reader(broker_infra.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

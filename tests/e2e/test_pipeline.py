@@ -1,6 +1,7 @@
 """The whole product, started the way the README's run command starts it (`mxw up`), driven
 through its public interfaces: HTTP upload, WebSocket progress, transcript, search — and
-Kafka for another system publishing audio.uploaded itself."""
+Kafka for another system publishing audio.uploaded itself. Once on the embedded broker and
+once on Apache Kafka (`mxw up --broker kafka`, the idempotent producer on)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,8 +36,12 @@ SOLAR_WER_MARGIN = 0.3
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, launch_stack: Any) -> Iterator[Any]:
-    with launch_stack(tmp_path_factory.mktemp("stack")) as running:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, launch_stack: Any, broker_kind: str
+) -> Iterator[Any]:
+    with launch_stack(
+        tmp_path_factory.mktemp(f"stack-{broker_kind}"), broker=broker_kind
+    ) as running:
         yield running
 
 
@@ -220,6 +226,59 @@ async def test_redelivered_audio_event_leaves_one_transcript_and_one_set_of_chun
         assert done_events == 1
     finally:
         await conn.close()
+
+
+def describe_producers(bootstrap_servers: str, topic: str, partition: int) -> list[dict[str, str]]:
+    """The producers the broker holds state for on one partition (Kafka's own
+    TransactionsCommand): only an idempotent producer has a producer id and sequence there."""
+    from mxw_local.apache_kafka import libs_dir
+
+    tool = ["java", "-XX:TieredStopAtLevel=1", "-cp", f"{libs_dir()}/*"]
+    command = [
+        "org.apache.kafka.tools.TransactionsCommand",
+        "--bootstrap-server",
+        bootstrap_servers,
+    ]
+    where = ["describe-producers", "--topic", topic, "--partition", str(partition)]
+    listing = subprocess.run(
+        [*tool, *command, *where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    header, *rows = [line.split() for line in listing.stdout.splitlines() if line.strip()]
+    return [dict(zip(header, row, strict=False)) for row in rows]
+
+
+async def test_every_service_produces_idempotently_on_apache_kafka(
+    stack, finished_job, broker_kind
+):
+    """acks=all with the idempotent producer: the broker keeps a producer id and sequence for
+    each service that wrote the job's events: the gateway's audio.uploaded, and the status
+    events of transcriber, chunker and embedder (all on the job's job.status partition)."""
+    if broker_kind != "kafka":
+        pytest.skip("tansu rejects InitProducerId: the idempotent producer runs on Apache Kafka")
+    from aiokafka.partitioner import DefaultPartitioner
+
+    key = str(finished_job["job"]["id"]).encode()
+    client = AIOKafkaProducer(bootstrap_servers=stack.info.kafka_bootstrap_servers)
+    await client.start()
+    try:
+        partitions = {
+            t: sorted(await client.partitions_for(t)) for t in ("audio.uploaded", "job.status")
+        }
+    finally:
+        await client.stop()
+    for topic, writers in (("audio.uploaded", 1), ("job.status", 3)):
+        # The partition the services' producers chose for the job's key.
+        partition = DefaultPartitioner()(key, partitions[topic], partitions[topic])
+        producers = await asyncio.to_thread(
+            describe_producers, stack.info.kafka_bootstrap_servers, topic, partition
+        )
+        ids = {p["ProducerId"] for p in producers if int(p["ProducerId"]) >= 0}
+        assert len(ids) >= writers, (topic, producers)
+        assert all(int(p["LastSequence"]) >= 0 for p in producers), (topic, producers)
 
 
 async def test_rechunking_a_finished_job_does_not_transcribe_again(stack, finished_job):

@@ -1,7 +1,9 @@
 """Observability through the real pipeline: the five services run in this process (real
 Postgres, real broker, real whisper tiny.en and MiniLM), one job goes through them, and
 what an operator would look at is checked: the job's trace (in-memory span exporter), each
-service's /metrics (parsed as Prometheus text), the JSON log lines, the timing endpoints."""
+service's /metrics (parsed as Prometheus text), the JSON log lines, the timing endpoints.
+Once on the embedded broker and once on Apache Kafka: the trace crosses five services in
+Kafka headers (traceparent), which each broker must carry unchanged."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +89,34 @@ def _forged(token: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A broker of this module's own: the five services join consumer groups named after
-    themselves ("chunker", "notifier-webhooks", ...), which on the session's broker other
-    modules' services may still be leaving or rebalancing."""
+def broker(tmp_path_factory: pytest.TempPathFactory, infra: Any, broker_kind: str) -> Iterator[Any]:
+    """`infra` with a broker of this module's own, of `broker_kind` (the idempotent producer
+    on for Apache Kafka): the five services join consumer
+    groups named after themselves ("chunker", "notifier-webhooks", ...), which on the
+    session's broker other modules' services may still be leaving or rebalancing, and which
+    would start there on records other modules left behind."""
+    from mxw_local.apache_kafka import ApacheKafka
     from mxw_local.infra import EmbeddedKafka, free_port
 
-    kafka = EmbeddedKafka(free_port(), log_path=tmp_path_factory.mktemp("obs") / "tansu.log")
-    kafka.start()
+    root = tmp_path_factory.mktemp(f"obs-{broker_kind}")
+    kafka = (
+        ApacheKafka(root / "kafka")
+        if broker_kind == "kafka"
+        else EmbeddedKafka(free_port(), log_path=root / "tansu.log")
+    )
     try:
-        yield kafka.bootstrap_servers
+        kafka.start()
+        yield replace(
+            infra,
+            bootstrap_servers=kafka.bootstrap_servers,
+            idempotent_producer=isinstance(kafka, ApacheKafka),
+        )
     finally:
         kafka.stop()
 
 
 @pytest.fixture(scope="module")
-async def run(infra, broker, dev_issuer, wait_for) -> AsyncIterator[Run]:
+async def run(broker, dev_issuer, wait_for) -> AsyncIterator[Run]:
     from mxw_chunker.main import create_app as chunker_app
     from mxw_chunker.settings import ChunkerSettings
     from mxw_embedder.main import create_app as embedder_app
@@ -134,38 +148,31 @@ async def run(infra, broker, dev_issuer, wait_for) -> AsyncIterator[Run]:
 
     apps = {
         "gateway": gateway_app(
-            infra.settings(
+            broker.settings(
                 GatewaySettings,
                 "gateway",
-                kafka_bootstrap_servers=broker,
                 rate_limits={"uploads": (6000.0, 1000), "search": (6000.0, 1000)},
             )
         ),
         "transcriber": transcriber_app(
-            infra.settings(
+            broker.settings(
                 TranscriberSettings,
                 "transcriber",
-                kafka_bootstrap_servers=broker,
                 default_model="tiny.en",
-                model_cache_dir=infra.root / "models",
+                model_cache_dir=broker.root / "models",
             )
         ),
-        "chunker": chunker_app(
-            infra.settings(ChunkerSettings, "chunker", kafka_bootstrap_servers=broker)
-        ),
+        "chunker": chunker_app(broker.settings(ChunkerSettings, "chunker")),
         # One consumer is enough for this module's few jobs; fewer group members to settle.
         "embedder": embedder_app(
-            infra.settings(
+            broker.settings(
                 EmbedderSettings,
                 "embedder",
-                kafka_bootstrap_servers=broker,
                 device="cpu",
                 stage_consumers=1,
             )
         ),
-        "notifier": notifier_app(
-            infra.settings(NotifierSettings, "notifier", kafka_bootstrap_servers=broker)
-        ),
+        "notifier": notifier_app(broker.settings(NotifierSettings, "notifier")),
     }
     try:
         async with AsyncExitStack() as stack:
@@ -395,7 +402,7 @@ async def test_metrics_parse_and_move_as_the_job_runs(run: Run) -> None:
                 assert str(run.job_id) not in label_value, (service, name, labels)
 
 
-async def test_dead_letters_are_counted(run: Run, broker: str, make_job, publisher) -> None:
+async def test_dead_letters_are_counted(run: Run, broker: Any, make_job, publisher) -> None:
     from aiokafka import AIOKafkaProducer
     from mxw_shared.contracts import TranscriptReady
 
@@ -409,7 +416,7 @@ async def test_dead_letters_are_counted(run: Run, broker: str, make_job, publish
     event = TranscriptReady(
         job_id=job_id, owner_id="intruder", segment_count=1, duration_s=1, model="tiny.en"
     )
-    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
     await producer.start()
     try:
         await publisher(producer)(event)

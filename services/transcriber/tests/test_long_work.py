@@ -1,5 +1,9 @@
-"""Long work: a job longer than the consumer's max poll interval is handled once, without a
-rebalance; a worker killed mid-job (SIGKILL) resumes after its last persisted segment."""
+"""Long work: a job longer than the consumer's max poll interval and session timeout is
+handled once, without a rebalance; a worker killed mid-job (SIGKILL) resumes after its last
+persisted segment. Once on the embedded broker and once on Apache Kafka, whose group
+coordinator evicts a member that stops heartbeating (session.timeout.ms), joins an empty
+group only after group.initial.rebalance.delay.ms (3 s, Kafka's default, kept) and takes
+max.poll.interval.ms as the rebalance timeout."""
 
 import asyncio
 import io
@@ -42,13 +46,13 @@ def long_wav(repeats: int) -> bytes:
     return buffer.getvalue()
 
 
-async def committed_everything(infra, group: str) -> bool:
+async def committed_everything(broker_infra, group: str) -> bool:
     """The group's committed offsets reached the end of every audio.uploaded partition
     (asked without joining the group, so the asking causes no rebalance)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     probe = AIOKafkaConsumer(
-        bootstrap_servers=infra.bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=broker_infra.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
     await probe.start()
     try:
@@ -62,11 +66,27 @@ async def committed_everything(infra, group: str) -> bool:
         await probe.stop()
 
 
-async def until_committed(infra, timeout_s: float = 30) -> None:
+async def until_committed(broker_infra, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
-    while not await committed_everything(infra, "transcriber"):
+    while not await committed_everything(broker_infra, "transcriber"):
         assert time.monotonic() < deadline, "offsets never committed"
         await asyncio.sleep(0.5)
+
+
+async def group_members(broker_infra, group: str) -> tuple[str, list[str]]:
+    """The group's state and member ids as the broker's group coordinator reports them: a
+    member the coordinator evicted comes back under a new member id."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker_infra.bootstrap_servers)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        ((error_code, _group, state, _protocol_type, _protocol, members, *_),) = response.groups
+        assert error_code == 0, response
+        return state, [member[0] for member in members]
+    finally:
+        await admin.close()
 
 
 def events(outcome: str) -> float:
@@ -74,41 +94,47 @@ def events(outcome: str) -> float:
 
 
 MAX_POLL_INTERVAL_MS = 5_000
+SESSION_TIMEOUT_MS = 10_000  # aiokafka's default, which the stage consumers keep
 
 
 async def test_a_job_longer_than_the_max_poll_interval_is_handled_once_without_rebalance(
-    infra, db, make_job, publish, wait_for
+    broker_infra, db, make_job, broker_publish, wait_for
 ):
-    settings = infra.settings(
+    settings = broker_infra.settings(
         TranscriberSettings,
         "transcriber",
         default_model="tiny.en",
-        model_cache_dir=infra.root / "models",
+        model_cache_dir=broker_infra.root / "models",
         kafka_max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
         consumer = app.state.consumer
-        uri, sha = store(infra, long_wav(10))  # about 160 s of speech
+        uri, sha = store(broker_infra, long_wav(10))  # about 160 s of speech
         job_id = await make_job()
         await wait_for("SELECT 1", predicate=lambda _: consumer.assignments >= 1, timeout_s=60)
         # Records that earlier modules left on audio.uploaded are handled first, so that the
         # count below is of this job's record alone.
-        await until_committed(infra)
+        await until_committed(broker_infra)
+        state, members = await group_members(broker_infra, "transcriber")
+        assert (state, len(members)) == ("Stable", 1)
         delivered, duplicates = consumer.delivered, events("duplicate")
-        await publish(uploaded(job_id, uri, sha))
+        await broker_publish(uploaded(job_id, uri, sha))
 
         assert await stage_state(wait_for, job_id) == "done"
         metrics = await db.fetchval(
             "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
         )
-        # The work really outlasted the interval, so a blocked consumer would have left.
+        # The work really outlasted the interval and the session timeout, so a blocked
+        # consumer would have left the group or been evicted from it.
         assert metrics["transcribe_s"] > 2 * MAX_POLL_INTERVAL_MS / 1000
+        assert metrics["transcribe_s"] > SESSION_TIMEOUT_MS / 1000
         # Committed once the handler returned; nothing of this job comes back.
-        await until_committed(infra)
+        await until_committed(broker_infra)
         await asyncio.sleep(MAX_POLL_INTERVAL_MS / 1000)  # a rebalance would show by now
         assert consumer.revocations == 0
         assert consumer.assignments == 1
+        assert await group_members(broker_infra, "transcriber") == ("Stable", members)
         assert consumer.delivered == delivered + 1
         assert events("duplicate") == duplicates
         attempts = await db.fetchval(
@@ -117,13 +143,13 @@ async def test_a_job_longer_than_the_max_poll_interval_is_handled_once_without_r
         assert attempts == 1
 
 
-def start_worker(infra, log_path):
+def start_worker(broker_infra, log_path):
     env = {
         **os.environ,
-        **infra.env(
+        **broker_infra.env(
             "transcriber",
             MXW_DEFAULT_MODEL="tiny.en",
-            MXW_MODEL_CACHE_DIR=str(infra.root / "models"),
+            MXW_MODEL_CACHE_DIR=str(broker_infra.root / "models"),
             MXW_PRELOAD_DEFAULT_MODEL="true",
             MXW_LOG_FORMAT="json",
         ),
@@ -137,14 +163,14 @@ def start_worker(infra, log_path):
 
 
 async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
-    infra, db, make_job, publish, read_topic, wait_for, tmp_path, wer
+    broker_infra, db, make_job, broker_publish, broker_read_topic, wait_for, tmp_path, wer
 ):
-    uri, sha = store(infra, long_wav(8))  # about 125 s of speech
+    uri, sha = store(broker_infra, long_wav(8))  # about 125 s of speech
     job_id = await make_job(audio_uri=uri, sha256=sha)
     log_path = tmp_path / "worker.log"
-    worker = start_worker(infra, log_path)
+    worker = start_worker(broker_infra, log_path)
     try:
-        await publish(uploaded(job_id, uri, sha))
+        await broker_publish(uploaded(job_id, uri, sha))
         # Killed once some segments are persisted, well before the end.
         await wait_for(
             "SELECT count(*) FROM segments WHERE job_id = $1",
@@ -167,7 +193,7 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
         )
         assert state == "running"
 
-        worker = start_worker(infra, log_path)
+        worker = start_worker(broker_infra, log_path)
         assert await stage_state(wait_for, job_id) == "done"
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -203,6 +229,6 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
     assert after[-1]["end_s"] > transcript["duration_s"] - 20
     spoken = " ".join([SOLAR_TEXT] * 8)
     assert wer(spoken, transcript["text"]) <= RESUMED_WER_MARGIN, transcript["text"]
-    ready = await read_topic(topics.TRANSCRIPT_READY, job_id, count=2, timeout_s=3)
+    ready = await broker_read_topic(topics.TRANSCRIPT_READY, job_id, count=2, timeout_s=3)
     assert len(ready) == 1
     assert ready[0][1]["segment_count"] == len(after)

@@ -45,7 +45,10 @@ def json_schema(model: type[EventData]) -> dict[str, Any]:
     }
 
 
-def _headers_schema() -> dict[str, Any]:
+def _headers_schema(model: type[EventData]) -> dict[str, Any]:
+    """The Kafka headers of one event type: its ce_type is fixed (consumers refuse a record
+    whose type does not belong on the topic), so a producer can take it from here."""
+
     def text(description: str) -> dict[str, str]:
         return {"type": "string", "description": description}
 
@@ -54,7 +57,7 @@ def _headers_schema() -> dict[str, Any]:
         "required": ["ce_id", "ce_type", "ce_source", "ce_specversion"],
         "properties": {
             "ce_id": text("Unique per event; consumers de-duplicate on it."),
-            "ce_type": text("Event type, e.g. io.mxwhisper.audio.uploaded.v1."),
+            "ce_type": {"type": "string", "const": model.ce_type, "description": "Event type."},
             "ce_source": text("Producing service or system."),
             "ce_specversion": {"type": "string", "const": "1.0"},
             "ce_time": {"type": "string", "format": "date-time"},
@@ -68,17 +71,18 @@ def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    schemas: dict[str, Any] = {"CloudEventHeaders": _headers_schema()}
+    schemas: dict[str, Any] = {}
     for model in EVENT_TYPES:
         name = model.__name__
         schemas[name] = json_schema(model)
         schemas[name].pop("$schema")
+        schemas[f"{name}Headers"] = _headers_schema(model)
         messages[name] = {
             "name": name,
             "title": name,
             "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else name,
             "contentType": "application/json",
-            "headers": {"$ref": "#/components/schemas/CloudEventHeaders"},
+            "headers": {"$ref": f"#/components/schemas/{name}Headers"},
             "payload": {"$ref": f"#/components/schemas/{name}"},
             "bindings": {"kafka": {"key": {"type": "string", "format": "uuid"}}},
         }
