@@ -21,13 +21,11 @@ from mxw_notifier.domain import (
 )
 from mxw_notifier.fanout import Hub, Subscriber
 from mxw_notifier.webhook_domain import (
-    BadTarget,
     backoff_s,
     body_of,
     event_type,
     job_event_payload,
     parse_networks,
-    parse_target,
     refusal,
     should_disable,
     signature_header,
@@ -250,10 +248,6 @@ def test_disabling_needs_both_many_failures_and_time() -> None:
 
 def test_targets_private_addresses_are_refused_unless_allowed() -> None:
     ip = ipaddress.ip_address
-    assert parse_target("https://hooks.example.com/x?y=1").port == 443
-    for bad in ("ftp://x/", "http:///nohost", "https://user:pw@example.com/"):
-        with pytest.raises(BadTarget):
-            parse_target(bad)
     public = [ip("93.184.216.34")]
     assert refusal("h", public, False, []) is None
     for private in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:10.0.0.1"):

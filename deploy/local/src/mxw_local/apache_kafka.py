@@ -283,6 +283,23 @@ class ApacheKafka:
     def node_by_port(self, port: int) -> KafkaNode:
         return next(n for n in self.nodes if n.port == port)
 
+    def producer_ids(self, topic: str) -> list[int]:
+        """The producer id of every record batch of `topic` on disk (any node's replicas),
+        as Kafka's own DumpLogSegments reads them: -1 for a batch written without the
+        idempotent producer, the broker-assigned id otherwise."""
+        segments = sorted(
+            str(segment) for node in self.nodes for segment in node.log_dir.glob(f"{topic}-*/*.log")
+        )
+        if not segments:
+            return []
+        result = subprocess.run(
+            self._java(ensure_jars(), "kafka.tools.DumpLogSegments", "--files", ",".join(segments)),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [int(found) for found in re.findall(r"producerId: (-?\d+)", result.stdout)]
+
     def logs_tail(self, chars: int = 4000) -> str:
         parts = []
         for node in self.nodes:
@@ -415,6 +432,8 @@ class ApacheKafka:
     def _spawn(self, jars: Path, node: KafkaNode) -> None:
         if node.running:
             return
+        if node._log is not None:  # the node died: its old process's log handle
+            node._log.close()
         node._log = node.log_path.open("ab")
         node.proc = subprocess.Popen(
             self._java(jars, "kafka.Kafka", str(node.properties_path)),

@@ -16,7 +16,7 @@ from mxw_shared.devissuer import DevIssuer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mxw_local.stack import BrokerKind, StackConfig, StackInfo, Supervisor
+from mxw_local.stack import BrokerKind, StackConfig, StackInfo, Supervisor, broker_problem
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -52,9 +52,17 @@ def up(
         BrokerKind,
         typer.Option(
             help="embedded: the tansu broker (in-memory topics); kafka: Apache Kafka from"
-            " Maven Central (needs Java 17+ and, on first use, Maven)."
+            " Maven Central (needs Java 17+ and, on first use, Maven); external: a Kafka"
+            " cluster run elsewhere (--kafka-bootstrap)."
         ),
     ] = "embedded",
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            help="With --broker external: the cluster's bootstrap servers, HOST:PORT,..."
+            " (topics get MXW_KAFKA_REPLICATION_FACTOR replicas)."
+        ),
+    ] = None,
     whisper_model: Annotated[
         str, typer.Option(envvar="MXW_DEFAULT_MODEL", help="Default Whisper model.")
     ] = "base",
@@ -68,12 +76,15 @@ def up(
     ] = True,
 ) -> None:
     """Start PostgreSQL, the broker and all five services; Ctrl-C stops everything."""
+    if problem := broker_problem(broker, kafka_bootstrap):
+        raise typer.BadParameter(problem)
     config = StackConfig(
         data_dir=data_dir,
         host=host,
         postgres_port=postgres_port,
         kafka_port=kafka_port,
         broker=broker,
+        kafka_bootstrap=kafka_bootstrap,
         ports={
             "gateway": gateway_port,
             "notifier": notifier_port,

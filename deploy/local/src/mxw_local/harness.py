@@ -83,14 +83,18 @@ def run_stack(
     env: dict[str, str] | None = None,
     whisper_model: str = "tiny.en",
     broker: BrokerKind = "embedded",
+    kafka_bootstrap: str | None = None,
 ) -> Iterator[Stack]:
     """`mxw up --broker <broker>` on free ports; `env` adds MXW_* settings that every service
-    reads. Stopped with Ctrl-C at the end, which must exit cleanly (AssertionError
+    reads. With broker="external", `kafka_bootstrap` is a cluster the caller runs (and
+    breaks). Stopped with Ctrl-C at the end, which must exit cleanly (AssertionError
     otherwise)."""
     log = data_dir / "stack.log"
     ports = {name: free_port() for name in PORTS}
     cmd = [str(MXW), "up", "--data-dir", str(data_dir), "--no-color"]
     cmd += ["--whisper-model", whisper_model, "--broker", broker]
+    if kafka_bootstrap is not None:
+        cmd += ["--kafka-bootstrap", kafka_bootstrap]
     for name, port in ports.items():
         cmd += [f"--{name}-port", str(port)]
     with log.open("wb") as fh:

@@ -2,7 +2,10 @@
 
 Order: PostgreSQL (embedded) → migrate → broker → topics → dev issuer → the five services.
 The broker is the embedded tansu (in-memory topics, the default) or, with `--broker kafka`,
-Apache Kafka itself (one KRaft node from Maven Central, logs kept in the data directory).
+Apache Kafka itself (one KRaft node from Maven Central, logs kept in the data directory), or,
+with `--broker external --kafka-bootstrap HOST:PORT,...`, a Kafka cluster someone else runs:
+the supervisor neither starts nor watches it, and creates the topics there with the
+replication that MXW_KAFKA_REPLICATION_FACTOR asks for.
 A service that exits is restarted with backoff; logs are prefixed with the service name;
 Ctrl-C or SIGTERM stops everything cleanly (services first, so they flush their outboxes).
 The data directory (database, blobs, keys, model cache, Kafka's logs) survives restarts.
@@ -34,10 +37,19 @@ from mxw_shared.settings import CommonSettings
 from mxw_local.apache_kafka import ApacheKafka
 from mxw_local.infra import EmbeddedKafka, EmbeddedPostgres
 
-BrokerKind = Literal["embedded", "kafka"]
+BrokerKind = Literal["embedded", "kafka", "external"]
 
 SERVICES = ("gateway", "notifier", "transcriber", "chunker", "embedder")
 COLORS = {"gateway": 36, "notifier": 35, "transcriber": 33, "chunker": 32, "embedder": 34}
+
+
+def broker_problem(broker: BrokerKind, kafka_bootstrap: str | None) -> str | None:
+    """What is wrong with this choice of broker and bootstrap servers, if anything."""
+    if broker == "external" and not kafka_bootstrap:
+        return "--broker external needs --kafka-bootstrap HOST:PORT[,HOST:PORT...]"
+    if broker != "external" and kafka_bootstrap:
+        return "--kafka-bootstrap names an external cluster: use it with --broker external"
+    return None
 
 
 @dataclass
@@ -47,6 +59,8 @@ class StackConfig:
     postgres_port: int = 54329
     kafka_port: int = 19092
     broker: BrokerKind = "embedded"
+    # broker="external" only: the cluster's bootstrap servers.
+    kafka_bootstrap: str | None = None
     ports: dict[str, int] = field(
         default_factory=lambda: {
             "gateway": 8000,
@@ -62,6 +76,10 @@ class StackConfig:
     # The web page's "sign in as anyone" (MXW_DEV_SIGN_IN): anyone who reaches the gateway
     # can mint admin tokens, which is what a stack for one developer wants on loopback.
     dev_sign_in: bool = True
+
+    def __post_init__(self) -> None:
+        if problem := broker_problem(self.broker, self.kafka_bootstrap):
+            raise ValueError(problem)
 
     def url(self, service: str) -> str:
         return f"http://{self.host}:{self.ports[service]}"
@@ -133,14 +151,24 @@ class Supervisor:
         self.config = config
         self.data_dir = config.data_dir.resolve()
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres", config.postgres_port)
-        self.kafka: EmbeddedKafka | ApacheKafka = (
-            ApacheKafka(self.data_dir / "kafka", ports=[config.kafka_port])
-            if config.broker == "kafka"
-            else EmbeddedKafka(config.kafka_port, log_path=self.data_dir / "logs" / "tansu.log")
-        )
+        # The broker this supervisor runs and watches; None for an external cluster.
+        self.kafka: EmbeddedKafka | ApacheKafka | None = None
+        if config.broker == "kafka":
+            self.kafka = ApacheKafka(self.data_dir / "kafka", ports=[config.kafka_port])
+        elif config.broker == "embedded":
+            self.kafka = EmbeddedKafka(
+                config.kafka_port, log_path=self.data_dir / "logs" / "tansu.log"
+            )
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()
         self.restarts: dict[str, int] = dict.fromkeys(SERVICES, 0)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.kafka is None:
+            assert self.config.kafka_bootstrap is not None  # StackConfig checks it
+            return self.config.kafka_bootstrap
+        return self.kafka.bootstrap_servers
 
     def say(self, who: str, line: str) -> None:
         label = f"{who:<11}|"
@@ -160,10 +188,10 @@ class Supervisor:
             "MXW_PORT": str(cfg.ports[service]),
             "MXW_LOG_FORMAT": cfg.log_format,
             "MXW_DATABASE_URL": self.postgres.dsn,
-            "MXW_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "MXW_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             # tansu rejects InitProducerId: no idempotent producer there; consumers
             # de-duplicate either way.
-            "MXW_KAFKA_IDEMPOTENT_PRODUCER": str(isinstance(self.kafka, ApacheKafka)).lower(),
+            "MXW_KAFKA_IDEMPOTENT_PRODUCER": str(cfg.broker != "embedded").lower(),
             "MXW_BLOB_ROOT": str(self.data_dir / "blobs"),
             "MXW_AUTH_JWKS_URL": (self.data_dir / "auth" / "jwks.json").as_uri(),
             "MXW_EMBEDDER_URL": cfg.url("embedder"),
@@ -193,12 +221,15 @@ class Supervisor:
         self.say("postgres", f"ready on 127.0.0.1:{self.config.postgres_port}")
         applied = await migrate(dsn)
         self.say("migrate", f"schema up to date (applied now: {applied or 'none'})")
-        await asyncio.to_thread(self.kafka.start)
-        self.say("kafka", f"{self.broker_name()} ready on {self.kafka.bootstrap_servers}")
+        if self.kafka is not None:
+            await asyncio.to_thread(self.kafka.start)
+        self.say("kafka", f"{self.broker_name()} ready on {self.bootstrap_servers}")
         await self.create_topics()
         DevIssuer.ensure(self.data_dir / "auth")
 
     def broker_name(self) -> str:
+        if self.kafka is None:
+            return "external Kafka cluster (not started or watched here)"
         if isinstance(self.kafka, ApacheKafka):
             return f"Apache Kafka (logs in {self.kafka.root})"
         return "tansu (in-memory topics)"
@@ -206,15 +237,19 @@ class Supervisor:
     def broker_exit_code(self) -> int | None:
         """The broker's exit code once it has exited; None while it runs."""
         kafka = self.kafka
+        if kafka is None:
+            return None
         proc = kafka.nodes[0].proc if isinstance(kafka, ApacheKafka) else kafka.proc
         return None if proc is None else proc.poll()
 
     async def create_topics(self) -> None:
+        """Replication comes from MXW_KAFKA_REPLICATION_FACTOR (1 unless set), the
+        brokers' min.insync.replicas from the cluster's own configuration."""
         settings = CommonSettings(
-            kafka_bootstrap_servers=self.kafka.bootstrap_servers, kafka_partitions=3
+            kafka_bootstrap_servers=self.bootstrap_servers, kafka_partitions=3
         )
-        created = await ensure_topics(settings)
-        self.say("kafka", f"topics ready ({len(created)} created)")
+        report = await ensure_topics(settings)
+        self.say("kafka", f"topics ready ({report.summary()})")
 
     async def run_service(self, name: str) -> None:
         backoff = 1.0
@@ -252,7 +287,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 2.0)
             code = self.broker_exit_code()
-            if self.stopping.is_set() or code is None:
+            if self.stopping.is_set() or code is None or self.kafka is None:
                 continue
             self.say("kafka", f"broker exited with {code}; restarting")
             await asyncio.to_thread(self.kafka.start)
@@ -278,7 +313,7 @@ class Supervisor:
             notifier_url=self.config.url("notifier"),
             embedder_url=self.config.url("embedder"),
             database_url=self.postgres.dsn,
-            kafka_bootstrap_servers=self.kafka.bootstrap_servers,
+            kafka_bootstrap_servers=self.bootstrap_servers,
             jwks_path=str(self.data_dir / "auth" / "jwks.json"),
             pid=os.getpid(),
         )
@@ -327,7 +362,8 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.kafka.stop()
+            if self.kafka is not None:
+                self.kafka.stop()
             await asyncio.to_thread(self.postgres.stop, True)
             StackInfo.path(self.data_dir).unlink(missing_ok=True)
             self.say("stack", "stopped")

@@ -1,15 +1,14 @@
 """Pure rules of webhook delivery: which events are sent, what the body and the Standard
 Webhooks headers are, when to retry, when an endpoint counts as dead, and which targets
-may be called at all (no private, loopback or link-local addresses unless allowed)."""
+may be called at all: mxw_shared.netguard (no private, loopback or link-local addresses
+unless allowed), which the gateway checks the URL with at registration too."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from mxw_shared.netguard import parse_networks, refusal
 from standardwebhooks import Webhook
@@ -69,39 +68,3 @@ def should_disable(
 ) -> bool:
     """Sustained failure: enough failed attempts in a row, and for long enough."""
     return consecutive_failures >= after_failures and failing_for_s >= after_s
-
-
-# ---- targets (SSRF) ----
-
-
-class BadTarget(ValueError):
-    """Not an http(s) URL the notifier may call. The message is safe to show."""
-
-
-@dataclass(frozen=True)
-class Target:
-    url: str
-    scheme: str
-    host: str
-    port: int
-
-
-def parse_target(url: str) -> Target:
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise BadTarget(f"not a valid URL: {exc}") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise BadTarget("only http and https URLs can receive webhooks")
-    if not parts.hostname:
-        raise BadTarget("the URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise BadTarget("URLs with credentials are not accepted")
-    return Target(
-        url=url.strip(),
-        scheme=scheme,
-        host=parts.hostname,
-        port=port or (443 if scheme == "https" else 80),
-    )

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
-from mxw_shared.netguard import IPAddress, parse_networks, refusal, resolve
+from mxw_shared.netguard import BadUrl, parse_networks, parse_url, pinned_request, refusal, resolve
 from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretKeyError
 from prometheus_client import Counter
 
@@ -27,13 +27,10 @@ from mxw_notifier.settings import NotifierSettings
 from mxw_notifier.webhook_domain import (
     TEST_EVENT_TYPE,
     USER_AGENT,
-    BadTarget,
-    Target,
     backoff_s,
     body_of,
     event_type,
     job_event_payload,
-    parse_target,
     should_disable,
     signature_header,
 )
@@ -352,8 +349,9 @@ class WebhookDispatcher:
             log.error("webhook secret unreadable", endpoint_id=str(claimed.endpoint_id))
             return AttemptResult("failed", error=str(exc))
         try:
-            target = parse_target(claimed.url)
-        except BadTarget as exc:
+            # The gateway bounded the URL's length when it was registered.
+            target = parse_url(claimed.url, max_chars=len(claimed.url))
+        except BadUrl as exc:
             return AttemptResult("refused", error=str(exc))
         try:
             addresses = await resolve(target.host, target.port)
@@ -373,7 +371,12 @@ class WebhookDispatcher:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signature_header(secrets, claimed.msg_id, now, body),
         }
-        request = _pinned_request(self.client, target, addresses[0], headers, body)
+        try:
+            request = pinned_request(
+                self.client, "POST", target, addresses[0], headers, body.encode()
+            )
+        except BadUrl as exc:
+            return AttemptResult("refused", error=str(exc))
         limit = self.settings.webhook_response_excerpt_chars
         try:
             async with asyncio.timeout(self.settings.webhook_timeout_s):
@@ -397,28 +400,6 @@ class WebhookDispatcher:
             error=f"the endpoint answered {response.status_code}",
             excerpt=excerpt,
         )
-
-
-def _pinned_request(
-    client: httpx.AsyncClient,
-    target: Target,
-    address: IPAddress,
-    headers: dict[str, str],
-    body: str,
-) -> httpx.Request:
-    """A POST to the checked address itself, so a second DNS answer cannot send it elsewhere;
-    Host and TLS SNI (hence certificate checks) keep the name."""
-    url = httpx.URL(target.url).copy_with(host=str(address))
-    default_port = 443 if target.scheme == "https" else 80
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    host_header = host if target.port == default_port else f"{host}:{target.port}"
-    return client.build_request(
-        "POST",
-        url,
-        content=body.encode(),
-        headers={**headers, "Host": host_header},
-        extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
-    )
 
 
 async def _read_excerpt(response: httpx.Response, limit: int) -> str | None:

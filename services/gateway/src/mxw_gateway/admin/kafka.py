@@ -45,6 +45,14 @@ def _raw(record: ConsumerRecord[bytes, bytes]) -> RawRecord:
     )
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions as the brokers know them now. Read from fresh metadata, not
+    the consumer's cache: consumer.topics() fetches metadata without caching it, and on
+    Apache Kafka the cache of a consumer that subscribes to nothing holds no topic."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+
+
 @asynccontextmanager
 async def _consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
@@ -57,10 +65,35 @@ async def _consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
         await consumer.stop()
 
 
-async def consumer_lag(bootstrap: str) -> list[tuple[str, str, int, int]]:
-    """(topic, group, end offset sum, committed offset sum) per stage topic. Committed
-    offsets are read with a consumer of the group that never subscribes (so it never joins
-    or disturbs the group); the admin client's OffsetFetch is not understood by tansu."""
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition of a stage topic as its consumer group stands on it."""
+
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    committed_offset: int | None  # None: the group has committed no offset here
+
+    @property
+    def lag(self) -> int | None:
+        """Kafka's definition (kafka-consumer-groups.sh, LAG): log-end offset minus the
+        committed offset; unknown without a committed offset (the tool prints "-")."""
+        if self.committed_offset is None:
+            return None
+        return self.log_end_offset - self.committed_offset
+
+    @property
+    def waiting(self) -> int:
+        """Records the group has yet to read here: the lag, or without a committed offset
+        every record still held (stage consumers start from the earliest)."""
+        lag = self.lag
+        return self.log_end_offset - self.log_start_offset if lag is None else lag
+
+
+async def consumer_lag(bootstrap: str) -> list[tuple[str, str, list[PartitionLag]]]:
+    """(topic, group, its partitions) per stage topic. Committed offsets are read with a
+    consumer of the group that never subscribes (so it never joins or disturbs the group);
+    the admin client's OffsetFetch is not understood by tansu."""
     out = []
     for topic, group in STAGE_GROUPS.items():
         consumer = AIOKafkaConsumer(
@@ -68,15 +101,16 @@ async def consumer_lag(bootstrap: str) -> list[tuple[str, str, int, int]]:
         )
         await consumer.start()
         try:
-            await consumer.topics()  # refreshes cluster metadata
-            tps = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+            tps = await _partitions(consumer, topic)
+            starts = await consumer.beginning_offsets(tps) if tps else {}
             ends = await consumer.end_offsets(tps) if tps else {}
-            committed = [await consumer.committed(tp) for tp in tps]
+            partitions = [
+                PartitionLag(tp.partition, starts[tp], ends[tp], await consumer.committed(tp))
+                for tp in tps
+            ]
         finally:
             await consumer.stop()
-        out.append((topic, group, sum(ends.values()), sum(c or 0 for c in committed)))
+        out.append((topic, group, partitions))
     return out
 
 
@@ -87,12 +121,7 @@ async def read_dead_letters(
     found: list[RawRecord] = []
     counts: dict[str, int] = {}
     async with _consumer(bootstrap) as consumer:
-        await consumer.topics()  # refreshes cluster metadata
-        tps = [
-            TopicPartition(topics.dlq(t), p)
-            for t in topics.ALL_TOPICS
-            for p in sorted(consumer.partitions_for_topic(topics.dlq(t)) or ())
-        ]
+        tps = [tp for t in topics.ALL_TOPICS for tp in await _partitions(consumer, topics.dlq(t))]
         if not tps:
             return [], {}
         ends = await consumer.end_offsets(tps)
@@ -117,8 +146,7 @@ async def read_dead_letters(
 async def read_one(bootstrap: str, topic: str, partition: int, offset: int) -> RawRecord | None:
     async with _consumer(bootstrap) as consumer:
         tp = TopicPartition(topic, partition)
-        await consumer.topics()  # refreshes cluster metadata
-        if partition not in (consumer.partitions_for_topic(topic) or set()):
+        if tp not in await _partitions(consumer, topic):
             return None
         ends = await consumer.end_offsets([tp])
         if offset >= ends[tp]:

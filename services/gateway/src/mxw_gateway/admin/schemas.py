@@ -30,12 +30,36 @@ class UserChange(BaseModel):
     disabled: bool | None = Field(default=None, description="A disabled user gets 403.")
 
 
+class PartitionLagView(BaseModel):
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    committed_offset: int | None = Field(
+        description="The group's committed offset; null when it has committed none here."
+    )
+    lag: int | None = Field(
+        description="log_end_offset - committed_offset, as Kafka's consumer-groups tool"
+        " computes LAG; null without a committed offset (the tool prints -)."
+    )
+
+
 class ConsumerLag(BaseModel):
+    """A stage's consumer group on its topic: what KEDA scales the stage on."""
+
     topic: str
     group: str
-    lag: int = Field(description="Records not yet consumed by the group, over all partitions.")
-    end_offset: int
-    committed: int
+    lag: int = Field(
+        description="Sum of the partitions' lag (Kafka's LAG column summed): partitions"
+        " without a committed offset count nothing here, see waiting."
+    )
+    waiting: int = Field(
+        description="Records the group has yet to read: the lag, plus every record still"
+        " held on partitions without a committed offset (stage consumers start from the"
+        " earliest)."
+    )
+    end_offset: int = Field(description="Sum of the partitions' log-end offsets.")
+    committed: int = Field(description="Sum of the committed offsets (none counts 0).")
+    partitions: list[PartitionLagView]
 
 
 class SystemView(BaseModel):

@@ -16,6 +16,7 @@ from mxw_gateway.admin import kafka
 from mxw_gateway.admin.schemas import (
     ConsumerLag,
     DeadLetter,
+    PartitionLagView,
     ReplayResult,
     SystemView,
     UserChange,
@@ -80,11 +81,29 @@ async def system_view(pool: Pool, settings: GatewaySettings) -> SystemView:
         raise Problem(503, "Broker unavailable", f"could not read the broker: {exc}") from exc
     return SystemView(
         jobs_by_state=by_state,
-        consumer_lag=[
-            ConsumerLag(topic=t, group=g, lag=max(end - done, 0), end_offset=end, committed=done)
-            for t, g, end, done in lag
-        ],
+        consumer_lag=[_lag_view(topic, group, partitions) for topic, group, partitions in lag],
         dead_letters=dead,
+    )
+
+
+def _lag_view(topic: str, group: str, partitions: list[kafka.PartitionLag]) -> ConsumerLag:
+    return ConsumerLag(
+        topic=topic,
+        group=group,
+        lag=sum(p.lag for p in partitions if p.lag is not None),
+        waiting=sum(p.waiting for p in partitions),
+        end_offset=sum(p.log_end_offset for p in partitions),
+        committed=sum(p.committed_offset or 0 for p in partitions),
+        partitions=[
+            PartitionLagView(
+                partition=p.partition,
+                log_start_offset=p.log_start_offset,
+                log_end_offset=p.log_end_offset,
+                committed_offset=p.committed_offset,
+                lag=p.lag,
+            )
+            for p in partitions
+        ],
     )
 
 
