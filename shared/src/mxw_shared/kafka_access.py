@@ -251,7 +251,9 @@ def kafka_users_yaml(outside: list[str] | tuple[str, ...] = ()) -> str:
         " Operator\n# writes each password into a Secret named like the user (key `password`).\n"
     )
     docs = [kafka_user(p) for p in principals]
-    return header + str(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True))
+    return header + str(
+        yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True, default_flow_style=None)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
