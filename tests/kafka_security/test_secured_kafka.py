@@ -1,7 +1,6 @@
 """Kafka security on Apache Kafka itself: SASL/SCRAM-SHA-512 with the StandardAuthorizer,
-users and ACLs created by the set-up step the way compose runs it
-(`python -m mxw_shared.kafka_setup secrets|apply`), then every principal of the plan tried
-against the broker: each service can do its job and no more, an outside system is refused
+users and ACLs created by the set-up step (`mxw kafka-setup`; test_compose_broker.py runs
+compose's own commands), then every principal of the plan tried against the broker: each service can do its job and no more, an outside system is refused
 job.status and the topics it was not granted, a service with a wrong password stops at
 start with a clear message, and no password shows up in any output."""
 
@@ -73,13 +72,12 @@ class Secured:
         return CommonSettings(**(values | overrides))
 
 
-def run_setup(command: str, secrets: Path, env: dict[str, str]) -> str:
+def run_setup(secrets: Path, env: dict[str, str]) -> str:
+    """`mxw kafka-setup` (the passwords missing under `secrets`, then topics, users, ACLs)."""
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "mxw_shared.kafka_setup",
-            command,
+            str(Path(sys.executable).with_name("mxw")),
+            "kafka-setup",
             str(secrets),
             "--outside",
             OUTSIDER,
@@ -114,7 +112,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             "MXW_KAFKA_PASSWORD_FILE": str(admin_file),
             "MXW_KAFKA_PARTITIONS": "2",
         }
-        output = run_setup("secrets", secrets, admin_env) + run_setup("apply", secrets, admin_env)
+        output = run_setup(secrets, admin_env)
         names = [kafka_access.ADMIN, *(p.name for p in kafka_access.plan([OUTSIDER]))]
         secured = Secured(kafka, secrets, kafka_setup.read_passwords(secrets, names), output)
         asyncio.run(seed(secured))
