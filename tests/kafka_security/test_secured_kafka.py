@@ -1,8 +1,9 @@
 """Kafka security on Apache Kafka itself: SASL/SCRAM-SHA-512 with the StandardAuthorizer,
 users and ACLs created by the set-up step (`mxw kafka-setup`; test_compose_broker.py runs
-compose's own commands), then every principal of the plan tried against the broker: each service can do its job and no more, an outside system is refused
-job.status and the topics it was not granted, a service with a wrong password stops at
-start with a clear message, and no password shows up in any output."""
+compose's own commands), then every principal of the plan tried against the broker: each
+service can do its job and no more, an outside system is refused job.status and the topics
+it was not granted, a service with a wrong password stops at start with a clear message,
+and no password shows up in any output."""
 
 from __future__ import annotations
 
