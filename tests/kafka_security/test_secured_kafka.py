@@ -68,7 +68,7 @@ class Secured:
             "kafka_bootstrap_servers": self.kafka.bootstrap_servers,
             "kafka_security_protocol": "SASL_PLAINTEXT",
             "kafka_username": name,
-            "kafka_password": SecretStr(self.passwords[name]),
+            "kafka_password": SecretStr(self.passwords.get(name, "")),
         }
         return CommonSettings(**(values | overrides))
 
@@ -415,3 +415,19 @@ def test_a_service_starts_and_gets_ready_with_its_own_principal(
     assert ready, output[-4000:]
     for password in secured.passwords.values():
         assert password not in output
+
+
+async def test_a_revoked_outside_system_can_no_longer_sign_in(secured: Secured) -> None:
+    admin = secured.settings(kafka_access.ADMIN)
+    gone = kafka_access.plan(["gone"])[-1]
+    kafka_setup.apply_access(admin, [gone], {"gone": "a-password-for-gone"})
+    await check_access(secured.settings("gone", kafka_password=SecretStr("a-password-for-gone")))
+    report = kafka_setup.revoke(admin, ["gone"])
+    assert len(report.deleted) == len(gone.acls())
+    with pytest.raises(KafkaAccessError, match="refused principal 'gone'"):
+        await check_access(
+            secured.settings("gone", kafka_password=SecretStr("a-password-for-gone"))
+        )
+    assert kafka_setup.revoke(admin, ["gone"]).deleted == []  # again: nothing left to do
+    with pytest.raises(ValueError, match="belong to the plan"):
+        kafka_setup.revoke(admin, ["chunker"])
