@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from mxw_shared import topics
+from mxw_local.apache_kafka import kafka_version
+from mxw_shared import kafka_access
 from mxw_shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,19 @@ def runs_service(spec: dict[str, Any]) -> bool:
     return "command" not in spec and "entrypoint" not in spec
 
 
+def mounts(spec: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(source, target, subpath) of every volume a service mounts, short or long syntax."""
+    found = []
+    for volume in spec.get("volumes", []):
+        if isinstance(volume, dict):
+            subpath = volume.get("volume", {}).get("subpath")
+            found.append((volume["source"], volume["target"], subpath))
+        else:
+            source, target = volume.split(":")[:2]
+            found.append((source, target, None))
+    return found
+
+
 def env_value(value: str) -> str:
     """${VAR:-default} → default (what runs when nothing overrides it)."""
     match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
@@ -74,7 +88,7 @@ def test_every_service_runs_on_real_infrastructure(
     assert specs["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in specs["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
     assert specs["postgres"]["image"].startswith("pgvector/pgvector:")
-    assert {"otel-collector", "jaeger", "migrate", "kafka-topics"} <= set(specs)
+    assert {"otel-collector", "jaeger", "migrate", "kafka-secrets", "kafka-setup"} <= set(specs)
     default_profile = {
         image_service(s) for s in specs.values() if runs_service(s) and "profiles" not in s
     }
@@ -106,7 +120,13 @@ def test_service_wiring_matches_its_code(
             assert str(published).endswith(f":{port}"), published
         depends = spec["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", key
-        assert depends["kafka-topics"]["condition"] == "service_completed_successfully", key
+        assert depends["kafka-setup"]["condition"] == "service_completed_successfully", key
+        # Its own SCRAM principal, its password from its own folder of the secrets volume.
+        assert env["MXW_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", key
+        assert env["MXW_KAFKA_USERNAME"] == kafka_access.SERVICES[name].name, key
+        assert env["MXW_KAFKA_CREATE_TOPICS"] == "false", key
+        secret_dir = str(Path(env["MXW_KAFKA_PASSWORD_FILE"]).parent)
+        assert ("kafka-secrets", secret_dir, env["MXW_KAFKA_USERNAME"]) in mounts(spec), key
         assert spec.get("read_only") is True, key
         assert "/tmp" in spec.get("tmpfs", []), key  # noqa: S108 - the writable tmpfs
         assert env["MXW_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
@@ -126,8 +146,7 @@ def test_references_resolve(compose: dict[str, Any]) -> None:
             assert needed in specs, (name, needed)
             # A service in no profile must not wait for one that only runs in a profile.
             assert "profiles" in spec or "profiles" not in specs[needed], (name, needed)
-        for volume in spec.get("volumes", []):
-            source = volume.split(":")[0]
+        for source, _, _ in mounts(spec):
             if source.startswith("./"):
                 assert (ROOT / source).exists(), (name, source)
             else:
@@ -156,27 +175,64 @@ def test_blob_volume_is_shared_by_writer_and_reader(compose: dict[str, Any]) -> 
 
     def blob_mount(spec: dict[str, Any]) -> str:
         root = spec["environment"]["MXW_BLOB_ROOT"]
-        (volume,) = [v.split(":")[0] for v in spec["volumes"] if v.split(":")[1] == root]
-        return str(volume)
+        (volume,) = [source for source, target, _ in mounts(spec) if target == root]
+        return volume
 
     assert blob_mount(specs["gateway"]) == blob_mount(specs["transcriber"])
     assert blob_mount(specs["transcriber-gpu"]) == blob_mount(specs["gateway"])
 
 
-def test_topic_script_creates_every_topic_the_code_uses(compose: dict[str, Any]) -> None:
-    script = (COMPOSE_DIR / "create-topics.sh").read_text()
-    arrays = {name: body.split() for name, body in re.findall(r"^(\w+)=\(([^)]*)\)", script, re.M)}
-    assert arrays["TOPICS"] == list(topics.ALL_TOPICS)
-    assert arrays["DLQ_TOPICS"] == [topics.dlq(t) for t in topics.ALL_TOPICS]
-    assert set(arrays["TOPICS"] + arrays["DLQ_TOPICS"]) == set(topics.all_topics_with_dlq())
-    # The services' own topic check uses the same partition count as the script.
-    creator = compose["services"]["kafka-topics"]["environment"]
+def test_kafka_setup_creates_topics_users_and_acls_as_the_code_declares(
+    compose: dict[str, Any],
+) -> None:
+    specs = compose["services"]
+    setup, secrets = specs["kafka-setup"], specs["kafka-secrets"]
+    assert setup["command"][:4] == ["python", "-m", "mxw_shared.kafka_setup", "apply"]
+    assert secrets["command"][:4] == ["python", "-m", "mxw_shared.kafka_setup", "secrets"]
+    assert setup["command"][4] == secrets["command"][4]  # the same passwords
+    assert not (COMPOSE_DIR / "create-topics.sh").exists()  # topics: ensure_topics alone
+    # The services' settings and the set-up's agree on the topics' shape.
     common = compose["x-mxw-env"]
-    assert creator["PARTITIONS"] == common["MXW_KAFKA_PARTITIONS"]
-    assert creator["REPLICATION_FACTOR"] == common["MXW_KAFKA_REPLICATION_FACTOR"]
-    assert compose["services"]["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == (
-        "false"
+    for name in ("MXW_KAFKA_PARTITIONS", "MXW_KAFKA_REPLICATION_FACTOR"):
+        assert setup["environment"][name] == common[name]
+    assert setup["environment"]["MXW_KAFKA_USERNAME"] == kafka_access.ADMIN
+    assert setup["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert specs["kafka"]["depends_on"]["kafka-secrets"]["condition"] == (
+        "service_completed_successfully"
     )
+    assert specs["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_the_broker_is_the_kafka_release_the_project_runs(compose: dict[str, Any]) -> None:
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{kafka_version()}"
+
+
+def test_the_broker_takes_only_authenticated_clients(compose: dict[str, Any]) -> None:
+    env = compose["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    for listener in ("CLIENT", "HOST"):  # services, other systems: SCRAM users only
+        assert env[f"KAFKA_LISTENER_NAME_{listener}_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_SUPER_USERS"] == f"User:{kafka_access.ADMIN}"
+
+
+def test_each_container_mounts_only_its_own_kafka_password(compose: dict[str, Any]) -> None:
+    whole_volume = set()
+    for name, spec in compose["services"].items():
+        for source, _, subpath in mounts(spec):
+            if source != "kafka-secrets":
+                continue
+            if subpath is None:
+                whole_volume.add(name)
+                continue
+            env = spec.get("environment", {})
+            assert subpath == env.get("MXW_KAFKA_USERNAME", kafka_access.ADMIN), name
+            assert name != "kafka" or subpath == kafka_access.ADMIN
+    # Only the one-shots that write the passwords and create the users see all of them.
+    assert whole_volume == {"kafka-secrets", "kafka-setup"}
+    assert all(not runs_service(compose["services"][n]) for n in whole_volume)
 
 
 def test_gpu_profile_runs_the_cuda_image_on_the_nvidia_runtime(compose: dict[str, Any]) -> None:
@@ -266,15 +322,13 @@ def test_c1_only_the_token_minters_mount_the_signing_key(compose: dict[str, Any]
     specs = compose["services"]
     command = " ".join(specs["dev-issuer"]["command"])
     (key_dir,) = re.findall(r"DevIssuer\.ensure\(Path\('([^']+)'\)\)", command)
-    key_volumes = {
-        v.split(":")[0] for v in specs["dev-issuer"]["volumes"] if v.split(":")[1] == key_dir
-    }
+    key_volumes = {source for source, target, _ in mounts(specs["dev-issuer"]) if target == key_dir}
     assert key_volumes == {"devauth"}
     mounting = {
         name
         for name, spec in specs.items()
-        for v in spec.get("volumes", [])
-        if v.split(":")[0] in key_volumes
+        for source, _, _ in mounts(spec)
+        if source in key_volumes
     }
     # One-shots only: the long-running services (the gateway above all) never hold the key.
     assert mounting == {"dev-issuer", "token"}
@@ -283,6 +337,6 @@ def test_c1_only_the_token_minters_mount_the_signing_key(compose: dict[str, Any]
     jwks_url = env_value(specs["gateway"]["environment"]["MXW_AUTH_JWKS_URL"])
     jwks_dir = str(Path(jwks_url.removeprefix("file://")).parent)
     for name in ("gateway", "notifier", "embedder"):
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in specs[name]["volumes"]}
-        assert mounts[jwks_dir] not in key_volumes, name
+        sources = {target: source for source, target, _ in mounts(specs[name])}
+        assert sources[jwks_dir] not in key_volumes, name
     assert env_value(specs["gateway"]["environment"]["MXW_DEV_JWKS_PATH"]).startswith(jwks_dir)

@@ -6,6 +6,7 @@ groups, settings, ports, health paths."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -17,8 +18,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-from cloudcoil.models.keda.v1alpha1 import ScaledObject
-from mxw_shared import topics
+from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
+from mxw_shared import kafka_access, topics
 from mxw_shared.settings import CommonSettings
 from pydantic import SecretStr
 
@@ -32,6 +33,7 @@ CUSTOM_SCHEMAS = {
     ("kafka.strimzi.io", "Kafka"): "strimzi-kafka.json",
     ("kafka.strimzi.io", "KafkaNodePool"): "strimzi-kafkanodepool.json",
     ("kafka.strimzi.io", "KafkaTopic"): "strimzi-kafkatopic.json",
+    ("kafka.strimzi.io", "KafkaUser"): "strimzi-kafkauser.json",
     ("postgresql.cnpg.io", "Cluster"): "cnpg-cluster.json",
 }
 # Secrets the overlays reference but do not create: CloudNativePG writes <cluster>-app; the
@@ -45,6 +47,9 @@ EXTERNAL_SECRETS = {
 # Credentials of the standard environments the services read besides their settings.
 SECRET_STANDARD_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 CNPG_APP_SECRET_KEYS = {"uri", "username", "password", "host", "port", "dbname", "jdbc-uri"}
+# Secrets Strimzi writes: one per KafkaUser (its name), and the cluster CA's certificate.
+STRIMZI_USER_SECRET_KEYS = {"password", "sasl.jaas.config"}
+STRIMZI_CA_SECRET_KEYS = {"ca.crt", "ca.p12", "ca.password"}
 # Metadata keys of KEDA's kafka scaler (keda.sh/docs/2.16/scalers/apache-kafka).
 KAFKA_TRIGGER_KEYS = {
     "bootstrapServers",
@@ -153,11 +158,15 @@ def test_custom_resources_validate(overlay: str, rendered: dict[str, list[dict[s
             jsonschema.validate(doc, schema)
     scaled = of_kind(docs, "ScaledObject")
     assert scaled
-    for doc in scaled:
-        model = ScaledObject.model_validate(doc)
+    auths = of_kind(docs, "TriggerAuthentication")
+    assert auths
+    for doc in scaled + auths:
+        model_class = ScaledObject if doc["kind"] == "ScaledObject" else TriggerAuthentication
+        model = model_class.model_validate(doc)
         # The models accept unknown keys; a round trip that loses one shows a misspelling.
         again = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
         assert again == doc, f"{doc['metadata']['name']}: fields KEDA does not know"
+    for doc in scaled:
         for trigger in doc["spec"]["triggers"]:
             assert trigger["type"] == "kafka"
             assert set(trigger["metadata"]) <= KAFKA_TRIGGER_KEYS
@@ -204,8 +213,8 @@ def test_every_topic_in_the_code_has_its_kafka_topic(
         assert spec["config"] == dict(want.config), want.name
         assert spec["replicas"] <= brokers, want.name
     (cluster,) = clusters.values()
-    (plain,) = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if not lsn["tls"]]
-    bootstrap = f"{cluster['metadata']['name']}-kafka-bootstrap:{plain['port']}"
+    (listener,) = cluster["spec"]["kafka"]["listeners"]
+    bootstrap = f"{cluster['metadata']['name']}-kafka-bootstrap:{listener['port']}"
     assert config["MXW_KAFKA_BOOTSTRAP_SERVERS"] == bootstrap
 
 
@@ -258,6 +267,7 @@ def test_env_is_what_each_service_reads(
     docs = rendered[overlay]
     secrets = by_name(docs, "Secret")
     cnpg = {f"{name}-app" for name in by_name(docs, "Cluster")}
+    kafka_users = set(by_name(docs, "KafkaUser"))
     seen = 0
     for name, container, settings, env in workloads(docs, services):
         assert env_check(set(env), settings) == set(), f"{name}: unknown settings"
@@ -275,6 +285,8 @@ def test_env_is_what_each_service_reads(
                 assert ref["key"] in secrets[ref["name"]]["data"], ref
             elif ref["name"] in cnpg:
                 assert ref["key"] in CNPG_APP_SECRET_KEYS, ref
+            elif ref["name"] in kafka_users:
+                assert ref["key"] in STRIMZI_USER_SECRET_KEYS, ref
             else:
                 assert ref["key"] in EXTERNAL_SECRETS[ref["name"]], ref
         seen += 1
@@ -600,3 +612,98 @@ def test_s3_overlay_keeps_audio_in_the_bucket(
         for _, spec in pod_specs(rendered[overlay]):
             for c in spec["containers"]:
                 assert "MXW_BLOB_STORE_URL" not in effective_env(c, rendered[overlay])
+
+
+def kafka_users(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return by_name(docs, "KafkaUser")
+
+
+def test_the_kafka_users_are_what_the_access_plan_renders() -> None:
+    # Generated: `python -m mxw_shared.kafka_access kafka-users > deploy/k8s/base/kafka-users.yaml`
+    committed = (ROOT / "deploy" / "k8s" / "base" / "kafka-users.yaml").read_text()
+    assert committed == kafka_access.kafka_users_yaml(), "regenerate kafka-users.yaml"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_is_secured_and_each_service_signs_in_as_its_own_user(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
+) -> None:
+    docs = rendered[overlay]
+    (cluster,) = of_kind(docs, "Kafka")
+    kafka = cluster["spec"]["kafka"]
+    (listener,) = kafka["listeners"]
+    assert listener["tls"] is True
+    assert listener["authentication"] == {"type": "scram-sha-512"}
+    assert kafka["authorization"]["type"] == "simple"
+    assert "userOperator" in cluster["spec"]["entityOperator"]
+    users = kafka_users(docs)
+    assert set(users) == {*kafka_access.SERVICES, kafka_access.LAG_READER.name}
+    for user in users.values():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster["metadata"]["name"]
+    config = config_map(docs)
+    assert config["MXW_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["MXW_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["MXW_KAFKA_CREATE_TOPICS"] == "false"  # KafkaTopics; no Create ACL
+    ca_secret = f"{cluster['metadata']['name']}-cluster-ca-cert"
+    deployments = by_name(docs, "Deployment")
+    assert set(deployments) == set(services)
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = effective_env(container, docs)
+        # The principal is the service's own KafkaUser, its password from that user's Secret.
+        assert env["MXW_KAFKA_USERNAME"] == name, name
+        assert env["MXW_KAFKA_PASSWORD"] == {"secretKeyRef": {"name": name, "key": "password"}}
+        assert name in users, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        cafile = Path(env["MXW_KAFKA_SSL_CAFILE"])
+        ca_volume = volumes[mounts[str(cafile.parent)]]["secret"]
+        assert ca_volume["secretName"] == ca_secret, name
+        assert {i["path"]: i["key"] for i in ca_volume["items"]}[cafile.name] in (
+            STRIMZI_CA_SECRET_KEYS
+        )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_reads_lag_as_its_own_kafka_user(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[overlay]
+    (auth,) = of_kind(docs, "TriggerAuthentication")
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    secrets = by_name(docs, "Secret")
+    values = {
+        p: base64.b64decode(secrets[r["name"]]["data"][r["key"]]).decode()
+        for p, r in refs.items()
+        if r["name"] in secrets
+    }
+    assert values == {"sasl": "scram_sha512", "tls": "enable", "username": "keda"}
+    assert refs["password"] == {"parameter": "password", "name": "keda", "key": "password"}
+    (cluster,) = of_kind(docs, "Kafka")
+    assert refs["ca"]["name"] == f"{cluster['metadata']['name']}-cluster-ca-cert"
+    assert (
+        kafka_users(docs)["keda"]["spec"]
+        == kafka_access.kafka_user(kafka_access.LAG_READER)["spec"]
+    )
+    for scaled in of_kind(docs, "ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+            # What it reads is what the plan lets it describe.
+            group = kafka_access.Group(trigger["metadata"]["consumerGroup"])
+            assert group in kafka_access.LAG_READER.watches
+            assert trigger["metadata"]["topic"] in kafka_access.LAG_READER.describes
+
+
+def test_the_access_plan_matches_what_the_code_consumes(services: dict[str, Any]) -> None:
+    # Each worker's StageRunner topic and consumer group (its service name), as main.py
+    # builds them, are what its principal may read; the admin views watch the same groups.
+    from mxw_gateway.admin.kafka import STAGE_GROUPS
+
+    workers = {name: code for name, code in services.items() if code.consumes}
+    assert {name: code.consumes for name, code in workers.items()} == kafka_access.STAGE_INPUTS
+    for name, code in workers.items():
+        assert code.group_is_service_name, name
+        assert code.service_name == name
+        assert kafka_access.SERVICES[name].groups == (kafka_access.Group(name),)
+    assert {topic: group for group, topic in kafka_access.STAGE_INPUTS.items()} == STAGE_GROUPS

@@ -16,9 +16,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 K8S = ROOT / "deploy" / "k8s"
 MXW_NAME = re.compile(r"\bMXW_[A-Z0-9_]+\b")
-# MXW_* names compose interpolates that are not settings: the image tag and the address
-# the public ports are published on.
-COMPOSE_ONLY = frozenset({"MXW_VERSION", "MXW_BIND"})
+# MXW_* names compose interpolates that are not settings: the image tag, the address the
+# public ports are published on, the outside systems the Kafka set-up makes principals for.
+COMPOSE_ONLY = frozenset({"MXW_VERSION", "MXW_BIND", "MXW_KAFKA_OUTSIDE_SYSTEMS"})
 # What README must link, each with a line saying what it is.
 USER_DOCS = (
     "web.md",

@@ -11,13 +11,20 @@ from typing import Any
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from fastapi import APIRouter, FastAPI, Request, Response
-from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from uvicorn.config import STARTUP_FAILURE
 
 from mxw_shared import metrics, telemetry
 from mxw_shared.db import Pool, check_schema, create_pool
 from mxw_shared.deadletter import FailureCounter, is_outage
-from mxw_shared.kafka import ensure_topics, make_broker, make_producer, skip_unreadable
+from mxw_shared.kafka import (
+    KafkaAccessError,
+    check_access,
+    client_options,
+    ensure_topics,
+    make_producer,
+    skip_unreadable,
+)
 from mxw_shared.logging import configure_logging, get_logger
 from mxw_shared.outbox import OutboxRelay
 from mxw_shared.pipeline import StageRunner
@@ -42,7 +49,6 @@ class ServiceRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
-        self._broker: KafkaBroker | None = None
         self.stage_consumers: list[StageConsumer] = []
         self._sweepers: list[StageSweeper] = []
         self._sweeper_tasks: list[asyncio.Task[None]] = []
@@ -56,12 +62,6 @@ class ServiceRuntime:
         assert self._pool is not None, "runtime not started"
         return self._pool
 
-    @property
-    def broker(self) -> KafkaBroker:
-        if self._broker is None:
-            self._broker = make_broker(self.settings)
-        return self._broker
-
     async def start_storage(self) -> None:
         """Database first: a service without its schema must not consume anything."""
         self._pool = await create_pool(
@@ -70,7 +70,8 @@ class ServiceRuntime:
         await check_schema(self._pool)
 
     async def start_messaging(self) -> None:
-        await ensure_topics(self.settings)
+        if self.settings.kafka_create_topics:  # else the set-up step created them
+            await ensure_topics(self.settings)
         if self.relay_outbox:
             self._producer = make_producer(self.settings)
             await self._producer.start()
@@ -78,8 +79,6 @@ class ServiceRuntime:
                 self.pool, self._producer, self.settings.outbox_poll_interval_s
             )
             self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
-        if self._broker is not None:
-            await self._broker.start()
         # Together: a consumer's start waits for its partitions, and members that join one
         # by one each force another rebalance round of the whole group (~20 s for three).
         async with asyncio.TaskGroup() as starting:
@@ -114,9 +113,6 @@ class ServiceRuntime:
         return consumer
 
     async def stop(self) -> None:
-        if self._broker is not None:
-            with contextlib.suppress(Exception):
-                await self._broker.stop()
         for sweeper in self._sweepers:
             sweeper.stop()
         for task in self._sweeper_tasks:
@@ -220,7 +216,7 @@ class StageConsumer:
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_options(self.settings),
             client_id=f"{self.settings.service_name}-{self.settings.instance_id}",
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -411,7 +407,21 @@ def uvicorn_config(app: FastAPI, settings: CommonSettings, **options: Any) -> uv
     )
 
 
+def prepare_process(settings: CommonSettings) -> None:
+    """What a service process does before it serves: configure logging, then prove that
+    the broker accepts this service's Kafka principal. A wrong password, an unknown user or
+    a wrong security protocol ends the process here with one line that names the principal
+    and the broker (exit code 3, uvicorn's code for a failed start-up), instead of a client
+    retrying in the background or a traceback out of the lifespan."""
+    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    try:
+        asyncio.run(check_access(settings))
+    except KafkaAccessError as exc:
+        log.error("Kafka refused this service; not starting", error=str(exc))
+        raise SystemExit(STARTUP_FAILURE) from None
+
+
 def serve(app: FastAPI, settings: CommonSettings, **options: Any) -> None:
     """Run a service's app; SIGTERM/SIGINT trigger the lifespan's graceful shutdown."""
-    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    prepare_process(settings)
     uvicorn.Server(uvicorn_config(app, settings, **options)).run()

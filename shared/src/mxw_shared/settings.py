@@ -35,6 +35,22 @@ class CommonSettings(BaseSettings):
     # Stage consumers keep polling (the busy partition paused) while work runs, so this
     # bounds a stuck poll loop, not the length of a job: Kafka's usual 5 minutes.
     kafka_max_poll_interval_ms: int = 300_000
+    # Who this service is to the broker (docs/deploy.md, "Kafka security"): PLAINTEXT for the
+    # local stack's loopback broker; elsewhere SASL with this service's own principal (one per
+    # service, its ACLs in mxw_shared.kafka_access), SASL_SSL where the network is not
+    # private. The password comes from MXW_KAFKA_PASSWORD or, for secrets mounted as files,
+    # MXW_KAFKA_PASSWORD_FILE; it is never logged.
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    # CA bundle that signed the brokers' certificates (SASL_SSL); unset: the system's CAs.
+    kafka_ssl_cafile: Path | None = None
+    # Whether the service creates missing topics at start. On a secured cluster topics are
+    # created by the set-up step (python -m mxw_shared.kafka_setup, Strimzi KafkaTopics) and
+    # the services' principals hold no Create permission: turn this off there.
+    kafka_create_topics: bool = True
 
     blob_root: Path = Path(".data/blobs")
     # Longest audio accepted (decoded, 16 kHz float32: ~230 MB of memory per hour in the
@@ -91,3 +107,28 @@ class CommonSettings(BaseSettings):
     @property
     def dsn(self) -> str:
         return self.database_url.get_secret_value()
+
+    def kafka_sasl_credentials(self) -> tuple[str, str]:
+        """(username, password) of this service's Kafka principal; ValueError naming the
+        missing setting when SASL is asked for without them."""
+        protocol = self.kafka_security_protocol
+        if not self.kafka_username:
+            raise ValueError(f"MXW_KAFKA_SECURITY_PROTOCOL={protocol} needs MXW_KAFKA_USERNAME")
+        if self.kafka_password is not None and self.kafka_password_file is not None:
+            raise ValueError("set MXW_KAFKA_PASSWORD or MXW_KAFKA_PASSWORD_FILE, not both")
+        if self.kafka_password is not None:
+            return self.kafka_username, self.kafka_password.get_secret_value()
+        if self.kafka_password_file is not None:
+            try:
+                password = self.kafka_password_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"MXW_KAFKA_PASSWORD_FILE {self.kafka_password_file}: {exc.strerror}"
+                ) from exc
+            if password:
+                return self.kafka_username, password
+            raise ValueError(f"MXW_KAFKA_PASSWORD_FILE {self.kafka_password_file} is empty")
+        raise ValueError(
+            f"MXW_KAFKA_SECURITY_PROTOCOL={protocol} needs MXW_KAFKA_PASSWORD"
+            " or MXW_KAFKA_PASSWORD_FILE"
+        )

@@ -359,6 +359,27 @@ def dlq_replay(
         out.print(f"{dead_letter_id}: {result['action']}" + (f" (job {job})" if job else ""))
 
 
+@app.command("kafka-setup")
+def kafka_setup(
+    secrets: Annotated[
+        Path, typer.Argument(help="Folder of the passwords: <principal>/password each.")
+    ],
+    outside: Annotated[
+        list[str] | None,
+        typer.Option("--outside", help="An outside system to give a principal (repeatable)."),
+    ] = None,
+) -> None:
+    """Prepare a secured Kafka cluster as its admin (the MXW_KAFKA_* settings: bootstrap,
+    SASL, admin user and password): generate the passwords missing under SECRETS, then
+    create the topics, one SCRAM user per service and outside system, and their ACLs.
+    Idempotent; what compose's kafka-secrets and kafka-setup do (docs/deploy.md)."""
+    from mxw_shared import kafka_setup as setup
+
+    systems = [arg for name in outside or [] for arg in ("--outside", name)]
+    setup.main(["secrets", str(secrets), *systems])
+    setup.main(["apply", str(secrets), *systems])
+
+
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"

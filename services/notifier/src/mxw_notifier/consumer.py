@@ -30,7 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from mxw_shared import telemetry, topics
 from mxw_shared.contracts import Envelope, JobStatus, decode_headers, parse_event
 from mxw_shared.deadletter import FailureCounter, clean_text, dead_letter, is_outage
-from mxw_shared.kafka import Unreadable, skip_unreadable
+from mxw_shared.kafka import Unreadable, client_options, skip_unreadable
 from mxw_shared.logging import get_logger
 from prometheus_client import Counter
 
@@ -94,7 +94,7 @@ class _GroupLoop:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_options(self.settings),
             group_id=self.group_id,
             client_id=f"{self.settings.service_name}-{self.settings.instance_id}",
             auto_offset_reset="latest",

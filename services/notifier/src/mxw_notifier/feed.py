@@ -11,7 +11,8 @@
 Every message carries the job's `seq`; a feed sends each job's events in seq order, once,
 filling a gap in the live stream from the history in Postgres. What a live event says is read
 back from Postgres by its event id (job_events): a record on the topic only announces it, so
-a forged record (Kafka has no authentication) reaches no client.
+a forged record (the local stack's Kafka has no authentication; elsewhere a buggy
+writer) reaches no client.
 """
 
 from __future__ import annotations

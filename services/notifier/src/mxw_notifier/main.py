@@ -15,10 +15,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from mxw_shared import telemetry
 from mxw_shared.auth import JwksVerifier
-from mxw_shared.logging import configure_logging
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.retention import Pruner, webhook_deliveries_task
-from mxw_shared.service import ServiceRuntime, health_router, serve, uvicorn_config
+from mxw_shared.service import (
+    ServiceRuntime,
+    health_router,
+    prepare_process,
+    serve,
+    uvicorn_config,
+)
 from mxw_shared.user_access import UserAccess
 from mxw_shared.webhook_secrets import WebhookSecretBox
 
@@ -135,7 +140,7 @@ def main() -> None:
     if sock is None:
         serve(create_app(settings), settings, **server_options(settings))
         return
-    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    prepare_process(settings)
     uvicorn.Server(server_config(create_app(settings), settings)).run(sockets=[sock])
 
 

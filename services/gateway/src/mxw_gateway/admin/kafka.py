@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from mxw_shared import topics
+from mxw_shared.kafka import client_options
+from mxw_shared.settings import CommonSettings
 
 
 @dataclass(frozen=True)
@@ -45,19 +48,26 @@ def _raw(record: ConsumerRecord[bytes, bytes]) -> RawRecord:
     )
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The topic's partitions as the brokers know them now. Read from fresh metadata, not
-    the consumer's cache: consumer.topics() fetches metadata without caching it, and on
-    Apache Kafka the cache of a consumer that subscribes to nothing holds no topic."""
-    cluster = await consumer._client.fetch_all_metadata()
-    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+async def _partitions(settings: CommonSettings, names: list[str]) -> list[TopicPartition]:
+    """The partitions of those of `names` that exist and this principal may describe.
+    (A consumer's partitions_for_topic knows only topics it already tracks.)"""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in sorted(described, key=lambda t: str(t["topic"]))
+        if not t["error_code"]
+        for p in sorted(t["partitions"], key=lambda p: int(p["partition"]))
+    ]
 
 
 @asynccontextmanager
-async def _consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
-    )
+async def _consumer(settings: CommonSettings) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         yield consumer
@@ -90,40 +100,41 @@ class PartitionLag:
         return self.log_end_offset - self.log_start_offset if lag is None else lag
 
 
-async def consumer_lag(bootstrap: str) -> list[tuple[str, str, list[PartitionLag]]]:
+async def consumer_lag(settings: CommonSettings) -> list[tuple[str, str, list[PartitionLag]]]:
     """(topic, group, its partitions) per stage topic. Committed offsets are read with a
     consumer of the group that never subscribes (so it never joins or disturbs the group);
     the admin client's OffsetFetch is not understood by tansu."""
     out = []
+    partitions = await _partitions(settings, list(STAGE_GROUPS))
     for topic, group in STAGE_GROUPS.items():
+        tps = [tp for tp in partitions if tp.topic == topic]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+            **client_options(settings), group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
-            tps = await _partitions(consumer, topic)
             starts = await consumer.beginning_offsets(tps) if tps else {}
             ends = await consumer.end_offsets(tps) if tps else {}
-            partitions = [
+            lags = [
                 PartitionLag(tp.partition, starts[tp], ends[tp], await consumer.committed(tp))
                 for tp in tps
             ]
         finally:
             await consumer.stop()
-        out.append((topic, group, partitions))
+        out.append((topic, group, lags))
     return out
 
 
 async def read_dead_letters(
-    bootstrap: str, limit: int, timeout_s: float = 5.0
+    settings: CommonSettings, limit: int, timeout_s: float = 5.0
 ) -> tuple[list[RawRecord], dict[str, int]]:
     """The newest `limit` records over every dead-letter topic, and how many each holds."""
     found: list[RawRecord] = []
     counts: dict[str, int] = {}
-    async with _consumer(bootstrap) as consumer:
-        tps = [tp for t in topics.ALL_TOPICS for tp in await _partitions(consumer, topics.dlq(t))]
-        if not tps:
-            return [], {}
+    tps = await _partitions(settings, [topics.dlq(t) for t in topics.ALL_TOPICS])
+    if not tps:
+        return [], {}
+    async with _consumer(settings) as consumer:
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         consumer.assign(tps)
@@ -143,11 +154,13 @@ async def read_dead_letters(
     return found[:limit], counts
 
 
-async def read_one(bootstrap: str, topic: str, partition: int, offset: int) -> RawRecord | None:
-    async with _consumer(bootstrap) as consumer:
-        tp = TopicPartition(topic, partition)
-        if tp not in await _partitions(consumer, topic):
-            return None
+async def read_one(
+    settings: CommonSettings, topic: str, partition: int, offset: int
+) -> RawRecord | None:
+    tp = TopicPartition(topic, partition)
+    if tp not in await _partitions(settings, [topic]):
+        return None
+    async with _consumer(settings) as consumer:
         ends = await consumer.end_offsets([tp])
         if offset >= ends[tp]:
             return None

@@ -75,8 +75,8 @@ async def system_view(pool: Pool, settings: GatewaySettings) -> SystemView:
     )
     by_state = {s.value: 0 for s in JobState} | {r["state"]: r["n"] for r in rows}
     try:
-        lag = await kafka.consumer_lag(settings.kafka_bootstrap_servers)
-        _, dead = await kafka.read_dead_letters(settings.kafka_bootstrap_servers, limit=0)
+        lag = await kafka.consumer_lag(settings)
+        _, dead = await kafka.read_dead_letters(settings, limit=0)
     except Exception as exc:  # the view is most useful exactly when the broker struggles
         raise Problem(503, "Broker unavailable", f"could not read the broker: {exc}") from exc
     return SystemView(
@@ -126,7 +126,7 @@ def _view(record: kafka.RawRecord) -> DeadLetter:
 
 
 async def dead_letters(settings: GatewaySettings, limit: int) -> list[DeadLetter]:
-    records, _ = await kafka.read_dead_letters(settings.kafka_bootstrap_servers, limit)
+    records, _ = await kafka.read_dead_letters(settings, limit)
     return [_view(r) for r in records]
 
 
@@ -149,7 +149,7 @@ async def replay(
     is reprocessed from that stage (a new run: the failed one stays in the history);
     anything else is published again to its original topic under a new event id."""
     topic, partition, offset = _parse_id(dead_letter_id)
-    record = await kafka.read_one(settings.kafka_bootstrap_servers, topic, partition, offset)
+    record = await kafka.read_one(settings, topic, partition, offset)
     if record is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
     original = record.headers.get("x_original_topic") or topic.removesuffix(".dlq")
