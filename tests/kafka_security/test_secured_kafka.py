@@ -272,10 +272,10 @@ async def test_a_workers_stage_consumer_consumes_and_commits_as_its_principal(
 
     async def committed() -> int:
         # The gateway's lag view, as its own principal, reads the chunker group's offsets.
-        lag = {t: (g, done) for t, g, _, done in await gateway_kafka.consumer_lag(gateway)}
-        group, done = lag[runner.topic]
+        lag = {t: (g, parts) for t, g, parts in await gateway_kafka.consumer_lag(gateway)}
+        group, partitions = lag[runner.topic]
         assert group == "chunker"
-        return done
+        return sum(p.committed_offset or 0 for p in partitions)
 
     await consumer.start()
     try:
