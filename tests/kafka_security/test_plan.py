@@ -1,7 +1,7 @@
-"""The Kafka access plan (mxw_shared.kafka_access) as pure data: what each principal may do,
-derived from what it consumes and produces. No broker here; test_secured_kafka.py checks
-that Apache Kafka enforces the same plan, tests/deploy/test_kafka_users.py that the code and
-the Kubernetes manifests agree with it."""
+"""The Kafka access plan (mxw_shared.kafka_access) and the SASL settings, as pure data:
+what each principal may do, derived from what it consumes and produces. No broker here;
+test_secured_kafka.py checks that Apache Kafka enforces the same plan, tests/deploy/test_k8s.py
+that the code and the Kubernetes manifests agree with it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 from mxw_shared import kafka_access, kafka_setup, topics
+from mxw_shared.kafka import security_options
 from mxw_shared.kafka_access import Acl, Group, Operation, Pattern, Principal, Resource
+from mxw_shared.settings import CommonSettings
+from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = kafka_access.SERVICES
@@ -180,3 +183,50 @@ def test_passwords_are_generated_once_and_kept(tmp_path: Path) -> None:
     assert all(len(p) >= 40 for p in again.values())
     with pytest.raises(ValueError, match="no password for 'embedder'"):
         kafka_setup.read_passwords(tmp_path, ["embedder"])
+
+
+def test_sasl_credentials_come_from_the_password_or_its_file(tmp_path: Path) -> None:
+    sasl = {"kafka_security_protocol": "SASL_SSL", "kafka_username": "chunker"}
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    assert CommonSettings(**sasl, kafka_password_file=secret).kafka_sasl_credentials() == (
+        "chunker",
+        "s3cret",
+    )
+    options = security_options(CommonSettings(**sasl, kafka_password=SecretStr("pw")))
+    assert options["sasl_plain_password"] == "pw"
+    assert options["ssl_context"] is not None
+    assert security_options(CommonSettings()) == {}  # PLAINTEXT: the local stack
+    # Settings name the principal, never the password.
+    assert "s3cret" not in repr(CommonSettings(**sasl, kafka_password=SecretStr("s3cret")))
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ({"kafka_password": SecretStr("pw")}, "needs MXW_KAFKA_USERNAME"),
+        ({"kafka_username": "a"}, "needs MXW_KAFKA_PASSWORD or MXW_KAFKA_PASSWORD_FILE"),
+        (
+            {"kafka_username": "a", "kafka_password": SecretStr("pw"), "kafka_password_file": "/x"},
+            "not both",
+        ),
+        ({"kafka_username": "a", "kafka_password_file": "/nonexistent/password"}, "No such file"),
+    ],
+)
+def test_incomplete_sasl_credentials_say_what_is_missing(
+    values: dict[str, object], why: str
+) -> None:
+    settings = CommonSettings(kafka_security_protocol="SASL_PLAINTEXT", **values)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=why):
+        security_options(settings)
+
+
+def test_an_empty_password_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("\n")
+    settings = CommonSettings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_username="a",
+        kafka_password_file=tmp_path / "password",
+    )
+    with pytest.raises(ValueError, match="is empty"):
+        settings.kafka_sasl_credentials()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 from mxw_shared import topics
@@ -42,9 +44,16 @@ async def test_admins_manage_users_and_others_cannot(client, token):
 async def test_system_view_counts_jobs_lag_and_dead_letters(client, token, upload_short):
     admin = token("boss", admin=True)
     await upload_short(client, token("sys-user"))
-    response = await client.get("/admin/system", headers=admin)
-    assert response.status_code == 200, response.text
-    view = response.json()
+    # The upload's audio.uploaded leaves through the outbox relay: wait until it is out.
+    deadline = time.monotonic() + 30
+    while True:
+        response = await client.get("/admin/system", headers=admin)
+        assert response.status_code == 200, response.text
+        view = response.json()
+        waiting = {lag["topic"]: lag["lag"] for lag in view["consumer_lag"]}
+        if waiting.get(topics.AUDIO_UPLOADED) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert view["jobs_by_state"]["queued"] >= 1
     assert set(view["jobs_by_state"]) >= {"queued", "running", "done", "failed", "cancelled"}
     lags = {lag["topic"]: lag for lag in view["consumer_lag"]}

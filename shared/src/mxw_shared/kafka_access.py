@@ -10,7 +10,7 @@ system, each allowed the least its work needs, and the ACLs that follow from it.
   relaying services share one set of writable topics. What one service writes into the
   outbox is bounded by the database, which they share anyway; the line Kafka draws is
   between our services and everyone else. The notifier does not relay: it writes nothing.
-- The idempotent producer needs no IdempotentWrite on the cluster: Kafka (2.8 and later,
+- The idempotent producer needs no IdempotentWrite on the cluster: Kafka (3.0 and later,
   KIP-679) lets a principal that may write some topic initialise an idempotent producer.
 - Nobody here creates topics: on a secured cluster the set-up step does
   (mxw_shared.kafka_setup as the cluster's admin, or Strimzi's KafkaTopics), and the
