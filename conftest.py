@@ -100,14 +100,10 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
 
     if reason := unavailable_reason():
         pytest.skip(f"Apache Kafka cannot run here: {reason}")
-    kafka = ApacheKafka(tmp_path_factory.mktemp("apache-kafka"))
-    try:
-        kafka.start()
+    with ApacheKafka(tmp_path_factory.mktemp("apache-kafka")) as kafka:
         settings = CommonSettings(kafka_bootstrap_servers=kafka.bootstrap_servers)
         asyncio.run(ensure_topics(settings))
         yield kafka
-    finally:
-        kafka.stop()
 
 
 @pytest.fixture(scope="module", params=BROKERS)

@@ -57,12 +57,9 @@ CLUSTER_ENV = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
-    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka-cluster"), brokers=3)
-    try:
-        kafka.start()
+    # Its logs stay in the pytest temp folder.
+    with ApacheKafka(tmp_path_factory.mktemp("kafka-cluster"), brokers=3) as kafka:
         yield kafka
-    finally:
-        kafka.stop()  # its logs stay in the pytest temp folder
 
 
 @pytest.fixture(scope="module")

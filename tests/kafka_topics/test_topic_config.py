@@ -40,12 +40,8 @@ class Described:
 def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
     if reason := unavailable_reason():
         pytest.skip(reason)
-    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"), 1)
-    try:
-        kafka.start()
+    with ApacheKafka(tmp_path_factory.mktemp("kafka"), 1) as kafka:
         yield kafka
-    finally:
-        kafka.stop()
 
 
 @pytest.fixture(params=BROKERS)

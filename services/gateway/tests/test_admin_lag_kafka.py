@@ -29,12 +29,8 @@ Reading = dict[tuple[str, str, int], tuple[int, int, int]]
 def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
     if reason := unavailable_reason():
         pytest.skip(reason)
-    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"), 1)
-    try:
-        kafka.start()
+    with ApacheKafka(tmp_path_factory.mktemp("kafka"), 1) as kafka:
         yield kafka
-    finally:
-        kafka.stop()
 
 
 @pytest.fixture(scope="module")

@@ -240,6 +240,19 @@ class ApacheKafka:
             self._await_listening(node, timeout_s)
         return self.bootstrap_servers
 
+    def __enter__(self) -> ApacheKafka:
+        """`with ApacheKafka(...) as kafka`: started, and stopped on the way out (also when
+        a node fails to start: the others are not left running)."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout_s: float = 60) -> None:
         """Stop every node (SIGTERM: a controlled shutdown), then kill what is left."""
         for node in self.nodes:
