@@ -64,13 +64,6 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-async def db(stack: Any) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stack.info.database_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
 async def producer(stack: Any) -> AsyncIterator[AIOKafkaProducer]:
     kafka = AIOKafkaProducer(bootstrap_servers=stack.info.kafka_bootstrap_servers, acks="all")
     await kafka.start()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +73,6 @@ def stack(
         kafka_bootstrap=cluster.bootstrap_servers,
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-async def db(stack: Any) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stack.info.database_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
 
 
 @dataclass(frozen=True)
