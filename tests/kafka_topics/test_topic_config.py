@@ -1,7 +1,7 @@
 """Topic configuration declared once (mxw_shared.topics) and applied by the same code
-(mxw_shared.kafka.ensure_topics) on both brokers: the embedded tansu broker (the `infra`
-session) and Apache Kafka (one node of this module). What the broker reports afterwards is
-read back with its own admin API (Metadata, DescribeConfigs)."""
+(mxw_shared.kafka.ensure_topics) on both brokers: the embedded tansu broker and Apache Kafka,
+one of each for this module (the session's broker holds topics other tests may change). What
+the broker reports afterwards is read back with its own admin API (Metadata, DescribeConfigs)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import InvalidReplicationFactorError
 from mxw_local.apache_kafka import ApacheKafka, unavailable_reason
+from mxw_local.infra import EmbeddedKafka, free_port
 from mxw_shared import topics
 from mxw_shared.kafka import apply_topics, ensure_topics
 from mxw_shared.kafka import main as kafka_cli
@@ -44,10 +44,20 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
         yield kafka
 
 
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    kafka = EmbeddedKafka(free_port(), log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    kafka.start()
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
 @pytest.fixture(params=BROKERS)
 def bootstrap(request: pytest.FixtureRequest) -> str:
     if request.param == "tansu":
-        return str(request.getfixturevalue("infra").bootstrap_servers)
+        return request.getfixturevalue("tansu").bootstrap_servers
     kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
     return kafka.bootstrap_servers
 
@@ -130,7 +140,10 @@ async def test_the_broker_reports_the_declared_configuration_and_a_second_run_ch
     described = await describe(admin, [s.name for s in specs])
     for s in specs:
         got = described[s.name]
-        assert (got.partitions, got.replication_factor) == (s.partitions, s.replication_factor)
+        assert (got.partitions, got.replication_factor) == (
+            s.partitions,
+            s.replication_factor,
+        ), s.name
         assert {k: got.config.get(k) for k in s.config} == dict(s.config), s.name
     again = await ensure_topics(settings)
     assert not again.changed, again
@@ -179,8 +192,8 @@ async def test_apache_kafka_brings_existing_topics_in_line(apache_kafka: ApacheK
         await admin.close()
 
 
-async def test_tansu_says_what_it_cannot_change(infra: Any) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
+async def test_tansu_says_what_it_cannot_change(tansu: EmbeddedKafka) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=tansu.bootstrap_servers)
     await admin.start()
     try:
         name = f"drift.{uuid.uuid4().hex[:8]}"

@@ -120,7 +120,6 @@ def test_a_resumed_transcription_continues_after_the_given_point(
             next_idx=1,
             language="en",
             language_probability=None,
-            previous_text=first_prompt.text,
         ),
         on_segment=lambda _segment, position: seen.append(position),
     )

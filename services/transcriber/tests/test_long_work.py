@@ -25,10 +25,10 @@ from mxw_transcriber.settings import TranscriberSettings
 from .test_integration import FIXTURES, stage_state, store, uploaded
 
 SOLAR_TEXT = json.loads((FIXTURES / "sentences.json").read_text())["solar_and_bread"]["text"]
-# tiny.en on the synthetic solar fixture: WER 14.6 % (AVX2) to 17.1 % (AVX, GENERIC) in one
-# piece, seen 2026-12-02, and 34.5 % once resumed on a fresh clone (a few words lost at the
-# kill); the margin still fails a transcript that repeated or lost one of the eight repeats
-# (each is 1/8 of the words) on top of that.
+# tiny.en on the synthetic solar fixture, 8 repeats, seen 2026-12-02 on an AMD EPYC: WER
+# 19.5 % (AVX2) and 30.2 % (AVX512) in one piece; resumed after segment 4 or 6, 19.5-29.9 %
+# (a few words lost at the seam). The margin fails a transcript that lost two of the eight
+# repeats (each is 1/8 of the words), as prompting the resumed run with the text so far did.
 RESUMED_WER_MARGIN = 0.45
 
 

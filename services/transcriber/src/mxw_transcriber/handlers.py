@@ -280,7 +280,6 @@ class TranscribeWork:
                 next_idx=len(earlier),
                 language=checkpoint.language,
                 language_probability=checkpoint.language_probability,
-                previous_text=" ".join(s.text for s in earlier),
             )
             log.info(
                 "transcription resumed",
