@@ -2,10 +2,18 @@
 
 The stack runs as `mxw up --broker external` on a KRaft cluster of three combined nodes
 this module owns (topics replicated 3 times, min.insync.replicas 2, producers acks=all and
-idempotent). The fault hits 20 jobs in flight: the leader of every stage-topic partition
-killed (-9). It ends with every job done, every event the outbox saw acknowledged still on
-its topic, and the segments, chunks and vectors of each job exactly those of a fault-free
-job. The failover time is printed (a figure, not an assertion; docs/reliability.md).
+idempotent). Each fault hits jobs in flight:
+
+- the leader of most stage-topic partitions killed (-9) and kept down;
+- the whole cluster stopped (every broker, SIGTERM) while uploads keep being accepted, then
+  started again;
+- one broker killed and its disk wiped (replicas and metadata gone), then started empty: it
+  is formatted again with the cluster's id, rejoins the quorum and copies its replicas back
+  from the others.
+
+Each ends with every job done, every event the outbox saw acknowledged still on its topic,
+and the segments, chunks and vectors of each job exactly those of a fault-free job. The
+recovery times are printed (figures, not assertions; docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from tests.faults.test_faults import (
     stage_rows,
     submit,
     wait_done,
+    wait_http,
 )
 
 KAFKA_MISSING = unavailable_reason()
@@ -224,3 +233,61 @@ async def test_stage_leader_killed_mid_pipeline(stack, cluster, db, fault_free):
     assert all(s.leader not in (victim, -1) for s in states), states
     await assert_nothing_lost_or_doubled(db, cluster, ids, fault_free)
     await healthy(cluster)  # back, and caught up from the others
+
+
+async def test_whole_cluster_stopped_and_started_while_uploads_go_on(
+    stack, cluster, db, fault_free
+):
+    await healthy(cluster)
+    ids = await submit(stack, "clusterless", JOBS - 3)
+    await wait_jobs_done(db, ids, 1, timeout_s=120)
+    await asyncio.to_thread(cluster.stop)
+    try:
+        # No broker at all: readiness says so and uploads are still accepted (the outbox).
+        not_ready = await wait_http(f"{stack.url('gateway')}/readyz", 503, timeout_s=60)
+        assert "broker" in not_ready.text
+        during = await submit(stack, "clusterless", 3)
+    finally:
+        restarted_at = time.monotonic()
+        await asyncio.to_thread(cluster.start)
+    await wait_in_sync(cluster, 180)
+    in_sync_s = time.monotonic() - restarted_at
+    await wait_done(db, ids + during, 300, stack)
+    print(
+        f"\nwhole cluster restarted: every replica in sync after {in_sync_s:.2f}s, every job"
+        f" done after {time.monotonic() - restarted_at:.2f}s"
+    )
+    await assert_nothing_lost_or_doubled(db, cluster, ids + during, fault_free)
+    for service in ("gateway", "transcriber", "chunker", "embedder", "notifier"):
+        await wait_http(f"{stack.url(service)}/readyz", 200, timeout_s=60)
+
+
+async def test_a_wiped_broker_rejoins_and_copies_its_replicas_back(stack, cluster, db, fault_free):
+    await healthy(cluster)
+    victim = await busiest_broker(cluster)
+    ids = await submit(stack, "wiped", JOBS)
+    await wait_jobs_done(db, ids, 1, timeout_s=120)
+    cluster.kill_node(victim)
+    cluster.wipe_node(victim)
+    assert not cluster.node(victim).log_dir.exists()
+    # Two brokers are min.insync: the jobs go on while the wiped one comes back empty.
+    started_at = time.monotonic()
+    await asyncio.to_thread(cluster.start_node, victim)
+    states = await wait_in_sync(cluster, 180)
+    print(
+        f"\nwiped broker {victim} started empty: in sync again after "
+        f"{time.monotonic() - started_at:.2f}s"
+    )
+    await wait_done(db, ids, 300, stack)
+    await assert_nothing_lost_or_doubled(db, cluster, ids, fault_free)
+    # In sync again means caught up: its copies of the pipeline's topics are back on disk.
+    held = [s for s in states if s.topic in topics.ALL_TOPICS and victim in s.replicas]
+    assert held, states
+    log_dir = cluster.node(victim).log_dir
+    copied = {
+        (s.topic, s.partition): list((log_dir / f"{s.topic}-{s.partition}").glob("*.log"))
+        for s in held
+    }
+    assert all(copied.values()), copied
+    size = sum(f.stat().st_size for files in copied.values() for f in files)
+    assert size > 0, "the wiped broker holds its partitions but none of their records"

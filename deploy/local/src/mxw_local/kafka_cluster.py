@@ -95,6 +95,14 @@ def leadership(states: Iterable[PartitionState]) -> dict[int, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Arrival:
+    at: float  # arrival, monotonic seconds
+    created_ms: int  # the record's creation time (producer timestamp), epoch milliseconds
+    topic: str
+    partition: int
+
+
 @dataclass
 class DeliveryClock:
     """A consumer of its own (no group: it reads every partition of `topics` from their end)
@@ -103,8 +111,7 @@ class DeliveryClock:
 
     kafka: ApacheKafka
     topics: tuple[str, ...]
-    # (arrival, monotonic seconds; record creation, epoch milliseconds)
-    arrivals: list[tuple[float, int]] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -126,8 +133,10 @@ class DeliveryClock:
         while True:
             batches = await consumer.getmany(timeout_ms=100)
             arrived = time.monotonic()
-            for records in batches.values():
-                self.arrivals.extend((arrived, r.timestamp) for r in records)
+            for tp, records in batches.items():
+                self.arrivals.extend(
+                    Arrival(arrived, r.timestamp, tp.topic, tp.partition) for r in records
+                )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -143,11 +152,35 @@ class DeliveryClock:
         """Seconds from the fault until the first record created after it arrived."""
         deadline = time.monotonic() + timeout_s
         while True:
-            after = [at for at, created in self.arrivals if created >= fault_epoch_ms]
+            after = [a.at for a in self.arrivals if a.created_ms >= fault_epoch_ms]
             if after:
                 return min(after) - fault_monotonic
-            if self._task is not None and self._task.done():
-                self._task.result()  # the reader failed: say why
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no record created after the fault arrived in {timeout_s}s")
+            self._check(deadline, "no record created after the fault arrived")
             await asyncio.sleep(0.05)
+
+    async def every_partition_delivered_after(
+        self,
+        fault_monotonic: float,
+        fault_epoch_ms: int,
+        partitions: set[tuple[str, int]],
+        timeout_s: float,
+    ) -> float:
+        """Seconds from the fault until each of `partitions` (topic, partition) delivered a
+        record created after it: what the consumer of the slowest one waited."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            firsts: dict[tuple[str, int], float] = {}
+            for a in self.arrivals:
+                key = (a.topic, a.partition)
+                if a.created_ms >= fault_epoch_ms and key in partitions:
+                    firsts[key] = min(firsts.get(key, a.at), a.at)
+            if set(firsts) == partitions:
+                return max(firsts.values()) - fault_monotonic
+            self._check(deadline, f"not every one of {sorted(partitions)} delivered")
+            await asyncio.sleep(0.05)
+
+    def _check(self, deadline: float, what: str) -> None:
+        if self._task is not None and self._task.done():
+            self._task.result()  # the reader failed: say why
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} in time")
