@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from mxw_shared import topics
 from mxw_shared.contracts import Envelope, TranscriptReady
 
@@ -183,3 +184,30 @@ async def test_l10_an_admin_from_the_token_claim_can_be_demoted_in_the_database(
     restored = await client.patch("/admin/users/l10-claimed", headers=boss, json={"role": "admin"})
     assert restored.json()["role"] == "admin"
     assert (await client.get("/admin/users", headers=claimed)).status_code == 200
+
+
+async def test_a_dead_letter_the_broker_does_not_hand_over_in_time_is_not_called_missing(
+    client, token, kafka_producer, infra
+):
+    """One fetch can come back empty on a busy broker: reading a dead letter goes on until
+    its deadline, and running out of time is "try again", never "no such dead letter"."""
+    from mxw_gateway.admin import kafka as gateway_kafka
+    from mxw_gateway.settings import GatewaySettings
+
+    stray = uuid.uuid4()
+    sent = await dead_letter(
+        kafka_producer,
+        TranscriptReady(job_id=stray, owner_id="x", segment_count=0, duration_s=1, model="tiny.en"),
+        "ValueError: slow",
+    )
+    listed = await find(client, token("boss", admin=True), sent.id)
+    topic, partition, offset = listed["id"].rsplit(":", 2)
+    settings = infra.settings(GatewaySettings, "gateway")
+
+    record = await gateway_kafka.read_one(settings, topic, int(partition), int(offset))
+    assert record is not None
+    assert record.id == listed["id"]
+    with pytest.raises(gateway_kafka.BrokerTimeout):
+        await gateway_kafka.read_one(settings, topic, int(partition), int(offset), timeout_s=0)
+    # Offsets the partition does not hold are missing at once, whatever the time allowed.
+    assert await gateway_kafka.read_one(settings, topic, int(partition), 10**9, timeout_s=0) is None

@@ -334,13 +334,17 @@ class ApacheKafka:
         return path.read_text().strip()
 
     def _cluster_id(self) -> str:
-        """KRaft's cluster id: 16 random bytes, URL-safe base64 without padding."""
+        """KRaft's cluster id: 16 random bytes, URL-safe base64 without padding. Like Kafka's
+        own Uuid.randomUuid, never one that starts with "-": command-line tools would read
+        it as an option (kafka-storage format: "--cluster-id: expected one argument")."""
         path = self.root / "cluster-id"
         if not path.exists():
             import base64
 
             self.root.mkdir(parents=True, exist_ok=True)
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            raw = "-"
+            while raw.startswith("-"):
+                raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             path.write_text(raw)
         return path.read_text().strip()
 
@@ -424,8 +428,7 @@ class ApacheKafka:
             "format",
             "--config",
             str(node.properties_path),
-            "--cluster-id",
-            self.cluster_id,
+            f"--cluster-id={self.cluster_id}",
             "--ignore-formatted",
         ]
         if self.sasl:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -154,18 +155,30 @@ async def read_dead_letters(
     return found[:limit], counts
 
 
+class BrokerTimeout(Exception):
+    """The broker did not hand over a record it holds within the time allowed."""
+
+
 async def read_one(
-    settings: CommonSettings, topic: str, partition: int, offset: int
+    settings: CommonSettings, topic: str, partition: int, offset: int, timeout_s: float = 20.0
 ) -> RawRecord | None:
+    """The record at `offset`, or None where the partition does not hold it. One fetch can
+    come back empty on a busy broker, so fetching goes on until `timeout_s`."""
     tp = TopicPartition(topic, partition)
     if tp not in await _partitions(settings, [topic]):
         return None
     async with _consumer(settings) as consumer:
+        starts = await consumer.beginning_offsets([tp])
         ends = await consumer.end_offsets([tp])
-        if offset >= ends[tp]:
+        if not starts[tp] <= offset < ends[tp]:
             return None
         consumer.assign([tp])
         consumer.seek(tp, offset)
-        batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
-        records = batch.get(tp, [])
-        return _raw(records[0]) if records and records[0].offset == offset else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            batch = await consumer.getmany(tp, timeout_ms=int(left * 1000), max_records=1)
+            for record in batch.get(tp, []):
+                # A compacted or aborted record is skipped: the first one is past it.
+                return _raw(record) if record.offset == offset else None
+        raise BrokerTimeout(f"{topic}:{partition}:{offset} not fetched within {timeout_s:g} s")

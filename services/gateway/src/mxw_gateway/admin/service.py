@@ -149,7 +149,10 @@ async def replay(
     is reprocessed from that stage (a new run: the failed one stays in the history);
     anything else is published again to its original topic under a new event id."""
     topic, partition, offset = _parse_id(dead_letter_id)
-    record = await kafka.read_one(settings, topic, partition, offset)
+    try:
+        record = await kafka.read_one(settings, topic, partition, offset)
+    except kafka.BrokerTimeout as exc:
+        raise Problem(503, "Broker unavailable", f"try again: {exc}") from exc
     if record is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
     original = record.headers.get("x_original_topic") or topic.removesuffix(".dlq")
