@@ -6,7 +6,6 @@ import uuid
 from mxw_shared.contracts import ChunksReady, Envelope, Stage, TranscriptReady
 from mxw_shared.pipeline import StageOutcome, StageRunner
 from mxw_shared.settings import CommonSettings
-from mxw_shared.topics import TRANSCRIPT_READY
 
 
 def runner_counting(db, infra, calls: list[int]) -> StageRunner[TranscriptReady]:
@@ -28,7 +27,6 @@ def runner_counting(db, infra, calls: list[int]) -> StageRunner[TranscriptReady]
         pool=db,
         settings=infra.settings(CommonSettings, "generations-test"),
         stage=Stage.chunk,
-        topic=TRANSCRIPT_READY,
         work=work,
     )
 

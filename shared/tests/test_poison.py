@@ -76,7 +76,6 @@ async def stage(infra):
         pool=runtime.pool,
         settings=settings,
         stage=Stage.chunk,
-        topic=topics.TRANSCRIPT_READY,
         work=work,
     )
     consumer = runtime.subscribe_stage(runner, group_id)
@@ -283,7 +282,6 @@ def lease_runner(db, infra, take_over: str) -> StageRunner[TranscriptReady]:
         pool=db,
         settings=infra.settings(CommonSettings, f"l4-{uuid.uuid4().hex[:6]}", max_attempts=1),
         stage=Stage.chunk,
-        topic=topics.TRANSCRIPT_READY,
         work=work,
     )
 

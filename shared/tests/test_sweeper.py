@@ -13,11 +13,11 @@ from mxw_shared.sweeper import StageSweeper
 from mxw_shared.topics import AUDIO_UPLOADED, TRANSCRIPT_READY, dlq
 
 
-def sweeper(db, infra, stage: Stage, topic: str, **overrides: object) -> StageSweeper:
+def sweeper(db, infra, stage: Stage, **overrides: object) -> StageSweeper:
     settings = infra.settings(
         CommonSettings, "sweeper-test", stuck_after_s=3600, max_stage_starts=3, **overrides
     )
-    return StageSweeper(db, settings, stage, topic)
+    return StageSweeper(db, settings, stage)
 
 
 async def outbox_rows(db, job_id: uuid.UUID, topic: str) -> list[dict]:
@@ -52,7 +52,7 @@ async def test_lost_worker_input_is_resent_once_then_backs_off(db, infra, make_j
         {"traceparent": trace},
     )
     await lose_worker(db, job_id, Stage.transcribe)
-    sweep = sweeper(db, infra, Stage.transcribe, AUDIO_UPLOADED)
+    sweep = sweeper(db, infra, Stage.transcribe)
 
     actions = [a for a in await sweep.sweep_once() if a.job_id == job_id]
     assert [(a.action, a.why) for a in actions] == [("resent", "lease expired")]
@@ -73,7 +73,7 @@ async def test_lost_worker_input_is_resent_once_then_backs_off(db, infra, make_j
 
 async def test_crash_looping_stage_fails_with_reason_and_is_dead_lettered(db, infra, make_job):
     job_id = await make_job()
-    sweep = sweeper(db, infra, Stage.transcribe, AUDIO_UPLOADED)
+    sweep = sweeper(db, infra, Stage.transcribe)
     for _ in range(3):  # max_stage_starts = 3: started three times, lost three times
         await lose_worker(db, job_id, Stage.transcribe)
     actions = [a for a in await sweep.sweep_once() if a.job_id == job_id]
@@ -112,7 +112,7 @@ async def test_vanished_event_is_resent_after_inactivity_only(db, infra, make_jo
             source="tests",
         )
     await db.execute("DELETE FROM outbox WHERE key = $1", str(job_id))  # "the broker lost it"
-    sweep = sweeper(db, infra, Stage.chunk, TRANSCRIPT_READY)
+    sweep = sweeper(db, infra, Stage.chunk)
 
     # Recent activity: the chunker may simply be busy. Nothing is re-sent.
     assert not [a for a in await sweep.sweep_once() if a.job_id == job_id]
@@ -143,14 +143,14 @@ async def test_cancelled_done_and_pending_jobs_are_left_alone(db, infra, make_jo
         "UPDATE job_stages SET lease_expires_at = now() + interval '1 minute' WHERE job_id = $1",
         healthy,
     )
-    actions = await sweeper(db, infra, Stage.transcribe, AUDIO_UPLOADED).sweep_once()
+    actions = await sweeper(db, infra, Stage.transcribe).sweep_once()
     assert not {a.job_id for a in actions} & {cancelled, pending, healthy}
 
 
 async def test_replicas_sweeping_at_once_resend_once(db, infra, make_job):
     job_id = await make_job()
     await lose_worker(db, job_id, Stage.transcribe)
-    replicas = [sweeper(db, infra, Stage.transcribe, AUDIO_UPLOADED) for _ in range(4)]
+    replicas = [sweeper(db, infra, Stage.transcribe) for _ in range(4)]
     results = await asyncio.gather(*(r.sweep_once() for r in replicas))
     mine = [a for actions in results for a in actions if a.job_id == job_id]
     assert len(mine) == 1
@@ -180,7 +180,6 @@ async def test_redelivery_skips_a_live_lease_and_takes_over_a_released_one(db, i
         pool=db,
         settings=infra.settings(CommonSettings, "lease-test"),
         stage=Stage.chunk,
-        topic=TRANSCRIPT_READY,
         work=work,
     )
     event = TranscriptReady(

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from mxw_shared import topics
+from mxw_shared.contracts import Stage
 from mxw_shared.settings import CommonSettings
+from mxw_shared.stages import PIPELINE
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,9 @@ def _settings_class(package: str) -> type[CommonSettings]:
 
 
 def _stage_consumption(main_py: Path) -> tuple[str | None, bool]:
-    """The topic of the StageRunner built in main.py and whether its subscription's group is
-    settings.service_name (read from the syntax tree: no service is started)."""
+    """The input topic of the stage whose StageRunner main.py builds (from the stage table)
+    and whether its subscription's group is settings.service_name (read from the syntax
+    tree: no service is started)."""
     tree = ast.parse(main_py.read_text())
     topic: str | None = None
     group_is_name = False
@@ -82,9 +84,9 @@ def _stage_consumption(main_py: Path) -> tuple[str | None, bool]:
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         for kw in node.keywords:
-            if name == "StageRunner" and kw.arg == "topic":
+            if name == "StageRunner" and kw.arg == "stage":
                 assert isinstance(kw.value, ast.Attribute), ast.dump(kw.value)
-                topic = getattr(topics, kw.value.attr)
+                topic = PIPELINE[Stage(kw.value.attr)].topic
             if name == "subscribe_stage" and kw.arg == "group_id":
                 group_is_name = (
                     isinstance(kw.value, ast.Attribute) and kw.value.attr == "service_name"

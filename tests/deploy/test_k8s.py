@@ -698,12 +698,14 @@ def test_keda_reads_lag_as_its_own_kafka_user(
 def test_the_access_plan_matches_what_the_code_consumes(services: dict[str, Any]) -> None:
     # Each worker's StageRunner topic and consumer group (its service name), as main.py
     # builds them, are what its principal may read; the admin views watch the same groups.
-    from mxw_gateway.admin.kafka import STAGE_GROUPS
+    from mxw_shared.stages import PIPELINE
 
     workers = {name: code for name, code in services.items() if code.consumes}
-    assert {name: code.consumes for name, code in workers.items()} == kafka_access.STAGE_INPUTS
+    assert {name: (code.consumes,) for name, code in workers.items()} == kafka_access.STAGE_INPUTS
     for name, code in workers.items():
         assert code.group_is_service_name, name
         assert code.service_name == name
         assert kafka_access.SERVICES[name].groups == (kafka_access.Group(name),)
-    assert {topic: group for group, topic in kafka_access.STAGE_INPUTS.items()} == STAGE_GROUPS
+    assert {
+        (topic, group) for group, inputs in kafka_access.STAGE_INPUTS.items() for topic in inputs
+    } == set(PIPELINE.stage_groups)

@@ -1,6 +1,6 @@
 """KEDA scales each worker on the lag the gateway's admin system view shows, which
 services/gateway/tests/test_admin_lag_kafka.py compares with Kafka's consumer-groups tool:
-the same consumer group on the same topic (mxw_gateway.admin.kafka.STAGE_GROUPS, checked
+the same consumer group on the same topic (mxw_shared.stages.PIPELINE.stage_groups, checked
 against each worker's StageRunner and consumer group), and the same reading of partitions
 without a committed offset."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mxw_gateway.admin.kafka import STAGE_GROUPS
+from mxw_shared.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod", "gpu", "s3")
@@ -32,11 +32,10 @@ def stage_consumer_offset_reset() -> set[str]:
 def test_the_admin_view_reads_each_worker_s_own_group_on_its_own_topic(
     services: dict[str, Any],
 ) -> None:
-    workers = {c.consumes: c for c in services.values() if c.consumes}
-    assert set(workers) == set(STAGE_GROUPS)
-    for topic, code in workers.items():
+    workers = [c for c in services.values() if c.consumes]
+    assert {(c.consumes, c.service_name) for c in workers} == set(PIPELINE.stage_groups)
+    for code in workers:
         assert code.group_is_service_name, code.name
-        assert STAGE_GROUPS[topic] == code.service_name, topic
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -45,8 +44,8 @@ def test_scaled_objects_scale_on_the_numbers_of_the_admin_view(
 ) -> None:
     scaled = [d for d in rendered[overlay] if d["kind"] == "ScaledObject"]
     triggers = [t["metadata"] for d in scaled for t in d["spec"]["triggers"]]
-    assert {t["topic"]: t["consumerGroup"] for t in triggers} == STAGE_GROUPS
-    assert len(triggers) == len(STAGE_GROUPS)  # one trigger per stage, none twice
+    assert {(t["topic"], t["consumerGroup"]) for t in triggers} == set(PIPELINE.stage_groups)
+    assert len(triggers) == len(PIPELINE.stage_groups)  # one trigger per stage, none twice
     # A partition the group never committed on: the stage consumer starts from its earliest
     # record, so all of it waits (the view's `waiting`); KEDA counts it so with earliest
     # (its log-end offset: the same while retention has removed nothing).

@@ -266,7 +266,7 @@ async def test_a_workers_stage_consumer_consumes_and_commits_as_its_principal(
     secured: Secured,
 ) -> None:
     settings = secured.settings("chunker")
-    runner = _Recorder(kafka_access.STAGE_INPUTS["chunker"])
+    runner = _Recorder(kafka_access.STAGE_INPUTS["chunker"][0])
     consumer = StageConsumer(runner, settings, group_id="chunker")  # type: ignore[arg-type]
     gateway = secured.settings("gateway")
 

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from mxw_gateway.admin.kafka import STAGE_GROUPS
 from mxw_local.apache_kafka import ApacheKafka, libs_dir, unavailable_reason
 from mxw_shared import topics
+from mxw_shared.contracts import Stage
+from mxw_shared.stages import PIPELINE
 
 BURST = 12  # jobs uploaded at once
 # (group, topic, partition) -> (committed offset, log-end offset, lag), committed ones only
@@ -77,7 +78,7 @@ async def admin_api_reading(bootstrap: str) -> Reading:
     await admin.start()
     found: Reading = {}
     try:
-        for topic, group in STAGE_GROUPS.items():
+        for topic, group in PIPELINE.stage_groups:
             ends = await end_offsets(bootstrap, topic)
             for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
                 if tp.topic == topic and meta.offset >= 0:
@@ -112,7 +113,7 @@ def tool_reading(bootstrap: str) -> tuple[Reading, set[tuple[str, str, int]]]:
     assert done.returncode == 0, done.stderr[-3000:]
     committed: Reading = {}
     unknown = set()
-    stage = set(STAGE_GROUPS.items())
+    stage = set(PIPELINE.stage_groups)
     for line in done.stdout.splitlines():
         cells = line.split()
         # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
@@ -168,7 +169,7 @@ async def test_lag_is_the_same_in_the_admin_view_kafkas_tool_and_the_admin_api(
     first, second, never = sorted(uploaded, key=lambda tp: (uploaded[tp], tp.partition))
     await commit(
         bootstrap,
-        STAGE_GROUPS[topics.AUDIO_UPLOADED],
+        PIPELINE[Stage.transcribe].service,
         {first: uploaded[first] // 2, second: uploaded[second] // 2},
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -181,7 +182,7 @@ async def test_lag_is_the_same_in_the_admin_view_kafkas_tool_and_the_admin_api(
     chunks = await end_offsets(bootstrap, topics.CHUNKS_READY)
     await commit(
         bootstrap,
-        STAGE_GROUPS[topics.CHUNKS_READY],
+        PIPELINE[Stage.embed].service,
         {tp: max(e - 1, 0) for tp, e in chunks.items()},
     )
 
@@ -194,7 +195,7 @@ async def test_lag_is_the_same_in_the_admin_view_kafkas_tool_and_the_admin_api(
         response = await client.get("/admin/system", headers=admin)
         assert response.status_code == 200, response.text
         view = response.json()
-        ends_after = {t: await end_offsets(bootstrap, t) for t in STAGE_GROUPS}
+        ends_after = {t: await end_offsets(bootstrap, t) for t, _ in PIPELINE.stage_groups}
         if before == await admin_api_reading(bootstrap) and all(
             sum(ends_after[e["topic"]].values()) == e["end_offset"] for e in view["consumer_lag"]
         ):
@@ -206,9 +207,9 @@ async def test_lag_is_the_same_in_the_admin_view_kafkas_tool_and_the_admin_api(
     # Stopped groups: the tool lists only partitions with a committed offset; the view
     # lists the others without a lag, and the chunker (no group at all) everywhere so.
     assert tool_unknown == set()
-    transcriber = STAGE_GROUPS[topics.AUDIO_UPLOADED]
+    transcriber = PIPELINE[Stage.transcribe].service
     assert (transcriber, topics.AUDIO_UPLOADED, never.partition) in gateway_uncommitted
-    chunker = STAGE_GROUPS[topics.TRANSCRIPT_READY]
+    chunker = PIPELINE[Stage.chunk].service
     assert not any(group == chunker for group, _, _ in gateway)
     # The sums are the tool's LAG column summed; waiting adds what was never committed on.
     lags = {(e["group"], e["topic"]): e for e in view["consumer_lag"]}
@@ -225,5 +226,5 @@ async def test_lag_is_the_same_in_the_admin_view_kafkas_tool_and_the_admin_api(
     assert lags[(transcriber, topics.AUDIO_UPLOADED)]["lag"] == behind
     assert final[never] > 0
     assert lags[(transcriber, topics.AUDIO_UPLOADED)]["waiting"] == behind + final[never]
-    embedder = STAGE_GROUPS[topics.CHUNKS_READY]
+    embedder = PIPELINE[Stage.embed].service
     assert lags[(embedder, topics.CHUNKS_READY)]["lag"] == sum(1 for e in chunks.values() if e)

@@ -13,7 +13,6 @@ from mxw_shared.blobs import LocalBlobStore, local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, JobOptions, Stage
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.settings import CommonSettings
-from mxw_shared.topics import AUDIO_UPLOADED
 
 
 async def finished_job(upload_short, client, headers, db, data: bytes) -> uuid.UUID:
@@ -113,7 +112,6 @@ async def test_a_late_event_does_not_bring_a_deleted_job_back(
         pool=db,
         settings=infra.settings(CommonSettings, "transcriber-delete-test"),
         stage=Stage.transcribe,
-        topic=AUDIO_UPLOADED,
         work=work,
         adopt_job=adopt,
     )

@@ -16,18 +16,13 @@ from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
 from mxw_shared.db import Connection
 from mxw_shared.locks import JOB_STATUS_SEQ as _STATUS_SEQ_LOCK
 from mxw_shared.outbox import enqueue
+from mxw_shared.stages import PIPELINE
 
-# Share of overall progress each stage covers: transcription is most of the work.
-STAGE_SPAN: dict[Stage, tuple[float, float]] = {
-    Stage.transcribe: (0.0, 0.8),
-    Stage.chunk: (0.8, 0.9),
-    Stage.embed: (0.9, 1.0),
-}
-STAGE_ORDER = (Stage.transcribe, Stage.chunk, Stage.embed)
+STAGE_ORDER = PIPELINE.order
 
 
 def overall_progress(stage: Stage, stage_fraction: float) -> float:
-    lo, hi = STAGE_SPAN[stage]
+    lo, hi = PIPELINE[stage].span
     return round(lo + (hi - lo) * min(max(stage_fraction, 0.0), 1.0), 4)
 
 
@@ -219,21 +214,50 @@ async def finish_stage(
 def is_stale(
     stage: Stage, row_generation: int, job_generation: int, rerun_from: Stage | None
 ) -> bool:
-    """After a reprocess from stage S, the rows of S and later stages left from an older
-    generation describe the previous run: they count as not started yet."""
+    """After a reprocess from stage S, the rows of S and the stages after it left from an
+    older generation describe the previous run: they count as not started yet. (The same
+    rule in SQL: `current_run_sql`.)"""
     if rerun_from is None or row_generation >= job_generation:
         return False
     return STAGE_ORDER.index(stage) >= STAGE_ORDER.index(rerun_from)
 
 
+def current_run_sql(row: str, job: str) -> str:
+    """SQL condition: the job_stages row `row` belongs to the current run of the jobs row
+    `job` (is_stale's rule)."""
+    order = PIPELINE.sql_order()
+    return (
+        f"({row}.generation >= {job}.generation OR {job}.rerun_from IS NULL"
+        f" OR array_position({order}, {row}.stage) < array_position({order}, {job}.rerun_from))"
+    )
+
+
 def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:
-    """Overall state from the stage rows: the one rule every reader uses."""
+    """Overall state from the current run's stage rows: the one rule every reader uses (the
+    same in SQL: `job_state_sql`)."""
     if cancelled:
         return JobState.cancelled
     if any(s == JobState.failed for s in stages.values()):
         return JobState.failed
-    if stages.get(Stage.embed) == JobState.done:
+    if all(stages.get(stage) == JobState.done for stage in PIPELINE.final):
         return JobState.done
     if stages:
         return JobState.running
     return JobState.queued
+
+
+def job_state_sql(job: str = "jobs") -> str:
+    """SQL expression: derive_job_state for the jobs row `job`, so lists can filter on it."""
+    current = f"s.job_id = {job}.id AND {current_run_sql('s', job)}"
+    final_done = " AND ".join(
+        f"EXISTS (SELECT 1 FROM job_stages s WHERE {current}"
+        f" AND s.stage = '{stage.value}' AND s.state = 'done')"
+        for stage in PIPELINE.final
+    )
+    return f"""CASE
+    WHEN {job}.cancelled_at IS NOT NULL THEN 'cancelled'
+    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {current} AND s.state = 'failed')
+        THEN 'failed'
+    WHEN {final_done} THEN 'done'
+    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {current}) THEN 'running'
+    ELSE 'queued' END"""

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from mxw_shared import topics
+from mxw_shared.stages import PIPELINE
 
 
 class Resource(StrEnum):
@@ -120,12 +121,9 @@ def _overlap(a: Group, b: Group) -> bool:
 OUTBOX_TOPICS: tuple[str, ...] = tuple(topics.all_topics_with_dlq())
 DLQ_TOPICS: tuple[str, ...] = tuple(topics.dlq(t) for t in topics.ALL_TOPICS)
 # The stage workers' consumer groups (each worker's group is its service name,
-# `subscribe_stage(group_id=settings.service_name)`) and the topic each consumes.
-STAGE_INPUTS: dict[str, str] = {
-    "transcriber": topics.AUDIO_UPLOADED,
-    "chunker": topics.TRANSCRIPT_READY,
-    "embedder": topics.CHUNKS_READY,
-}
+# `subscribe_stage(group_id=settings.service_name)`) and the topics each consumes: the
+# stage table's.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = PIPELINE.service_inputs
 # The notifier's groups: one per replica (`notifier-<instance>-<random>`, live fan-out)
 # and the replicas' shared webhook group (`notifier-webhooks`).
 NOTIFIER_GROUP_PREFIX = "notifier-"
@@ -140,7 +138,7 @@ OUTSIDE_READABLE: tuple[str, ...] = (
 OUTSIDE_WRITABLE: tuple[str, ...] = (topics.AUDIO_UPLOADED,)
 
 _STAGE_GROUPS = tuple(Group(name) for name in STAGE_INPUTS)
-_STAGE_TOPICS = tuple(STAGE_INPUTS.values())
+_STAGE_TOPICS = tuple(dict.fromkeys(t for inputs in STAGE_INPUTS.values() for t in inputs))
 
 SERVICES: dict[str, Principal] = {
     p.name: p
@@ -159,8 +157,8 @@ SERVICES: dict[str, Principal] = {
             groups=(Group(NOTIFIER_GROUP_PREFIX, Pattern.prefixed),),
         ),
         *(
-            Principal(name, reads=(topic,), writes=OUTBOX_TOPICS, groups=(Group(name),))
-            for name, topic in STAGE_INPUTS.items()
+            Principal(name, reads=inputs, writes=OUTBOX_TOPICS, groups=(Group(name),))
+            for name, inputs in STAGE_INPUTS.items()
         ),
     )
 }

@@ -48,6 +48,7 @@ from mxw_shared.jobs import (
 from mxw_shared.logging import get_logger
 from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
+from mxw_shared.stages import PIPELINE
 
 log = get_logger(__name__)
 
@@ -133,14 +134,13 @@ class StageRunner(Generic[In]):
         pool: Pool,
         settings: CommonSettings,
         stage: Stage,
-        topic: str,
         work: StageWork[In],
         adopt_job: AdoptJob[In] | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
-        self.topic = topic
+        self.topic = PIPELINE[stage].topic
         self.work = work
         self.adopt_job = adopt_job
         self.consumer = settings.service_name
@@ -359,7 +359,7 @@ class StageRunner(Generic[In]):
                     source=self.settings.service_name,
                     traceparent=envelope.traceparent,
                 )
-            last = self.stage == Stage.embed
+            last = await self._ends_the_job(conn, job, data.generation)
             await self._status(
                 conn,
                 job,
@@ -370,6 +370,22 @@ class StageRunner(Generic[In]):
             await self._mark_processed(conn, envelope.id)
         bound.info("stage done", message=outcome.message)
         return "done"
+
+    async def _ends_the_job(self, conn: Connection, job: JobRow, generation: int) -> bool:
+        """Whether this stage, just done, was the last of the run's final stages."""
+        if not PIPELINE.is_final(self.stage):
+            return False
+        others = [s.value for s in PIPELINE.final if s != self.stage]
+        if not others:
+            return True
+        done = await conn.fetchval(
+            "SELECT count(*) FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])"
+            " AND state = 'done' AND generation >= $3",
+            job.id,
+            others,
+            generation,
+        )
+        return bool(done == len(others))
 
     async def _lease_lost(self, conn: Connection, envelope: Envelope, bound: Any) -> str:
         """Another worker took this stage over while this one worked (its lease lapsed, the

@@ -11,19 +11,25 @@ from typing import Any
 
 from mxw_shared import topics
 from mxw_shared.contracts import EVENT_TYPES, EventData
+from mxw_shared.stages import PIPELINE
 
+
+def _services(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for topic, service in pairs:
+        out.setdefault(topic, []).append(service)
+    return {topic: ", ".join(names) for topic, names in out.items()}
+
+
+# Who produces and who consumes each topic: the stage table's services, and those outside it.
 PRODUCERS = {
     topics.AUDIO_UPLOADED: "gateway (or any other system)",
-    topics.TRANSCRIPT_READY: "transcriber",
-    topics.CHUNKS_READY: "chunker",
-    topics.EMBEDDINGS_READY: "embedder",
+    **_services([(s.produces.topic, s.service) for s in PIPELINE.specs if s.produces]),
     topics.JOB_STATUS: "every stage and the gateway",
 }
 CONSUMERS = {
-    topics.AUDIO_UPLOADED: "transcriber",
-    topics.TRANSCRIPT_READY: "chunker",
-    topics.CHUNKS_READY: "embedder",
-    topics.EMBEDDINGS_READY: "other systems",
+    **{t: "other systems" for t in topics.PIPELINE_TOPICS},
+    **_services([(s.topic, s.service) for s in PIPELINE.specs]),
     topics.JOB_STATUS: "notifier",
 }
 

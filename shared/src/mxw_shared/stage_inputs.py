@@ -19,6 +19,7 @@ from mxw_shared.contracts import (
     TranscriptReady,
 )
 from mxw_shared.db import Connection
+from mxw_shared.stages import PIPELINE
 
 _STORED_RESULTS = """
     SELECT t.duration_s, t.language, t.model,
@@ -52,7 +53,10 @@ async def rebuild_stage_input(
         "generation": job["generation"] if generation is None else generation,
     }
     opts = options if options is not None else JobOptions.model_validate(job["options"] or {})
-    if stage == Stage.transcribe:
+    # Rebuilt by the event type the stage consumes (stage table): a new stage that starts
+    # from an existing event needs nothing here.
+    consumes = PIPELINE[stage].consumes
+    if consumes is AudioUploaded:
         return AudioUploaded(
             **ids,
             audio_uri=job["audio_uri"],
@@ -65,7 +69,7 @@ async def rebuild_stage_input(
     stored = await conn.fetchrow(_STORED_RESULTS, job_id)
     if stored is None:
         return None
-    if stage == Stage.chunk:
+    if consumes is TranscriptReady:
         return TranscriptReady(
             **ids,
             segment_count=stored["segment_count"],
@@ -74,4 +78,6 @@ async def rebuild_stage_input(
             model=stored["model"],
             options=opts,
         )
-    return ChunksReady(**ids, chunk_count=stored["chunk_count"], method=stored["method"] or "")
+    if consumes is ChunksReady:
+        return ChunksReady(**ids, chunk_count=stored["chunk_count"], method=stored["method"] or "")
+    raise ValueError(f"no rule rebuilds {consumes.__name__}, the input of {stage}")

@@ -29,24 +29,25 @@ from prometheus_client import Counter
 
 from mxw_shared.contracts import Envelope, JobState, Stage
 from mxw_shared.db import Connection, Pool
-from mxw_shared.jobs import STAGE_ORDER, finish_stage, overall_progress, record_status
+from mxw_shared.jobs import (
+    STAGE_ORDER,
+    current_run_sql,
+    finish_stage,
+    overall_progress,
+    record_status,
+)
 from mxw_shared.locks import STAGE_SWEEP as _SWEEP_LOCK
 from mxw_shared.logging import get_logger
 from mxw_shared.outbox import enqueue, enqueue_raw
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stage_inputs import rebuild_stage_input
+from mxw_shared.stages import PIPELINE
 from mxw_shared.topics import dlq
 
 log = get_logger(__name__)
 SWEPT = Counter(
     "mxw_sweeper_actions_total", "Stage inputs re-sent or given up", ["stage", "action"]
 )
-
-# A stage row belongs to the job's current run unless it is older than the run and the run
-# started at or before its stage (see jobs.is_stale).
-_CURRENT = """({s}.generation >= j.generation OR j.rerun_from IS NULL
-     OR array_position(ARRAY['transcribe','chunk','embed'], {s}.stage)
-        < array_position(ARRAY['transcribe','chunk','embed'], j.rerun_from))"""
 
 _CANDIDATES = f"""
 WITH recent AS (
@@ -57,26 +58,29 @@ WITH recent AS (
     WHERE stage = $1 AND state = 'running' AND lease_expires_at < now()
 )
 SELECT j.id, j.generation, j.owner_id, coalesce(s.attempts, 0) AS attempts,
-       CASE WHEN s.state = 'running' AND {_CURRENT.format(s="s")}
+       CASE WHEN s.state = 'running' AND {current_run_sql("s", "j")}
             THEN 'lease expired' ELSE 'no progress' END AS why,
        coalesce(w.resends, 0) AS resends
 FROM recent r
 JOIN jobs j ON j.id = r.job_id
 LEFT JOIN job_stages s ON s.job_id = j.id AND s.stage = $1
-LEFT JOIN job_stages p ON p.job_id = j.id AND p.stage = $2
 LEFT JOIN stage_sweeps w ON w.job_id = j.id AND w.stage = $1 AND w.generation = j.generation
 WHERE j.cancelled_at IS NULL
-  -- the earlier stage is done for this run (the first stage has none)
-  AND ($2::text IS NULL OR (p.state = 'done' AND {_CURRENT.format(s="p")}))
+  -- every prerequisite is done for this run (the first stage has none)
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest($2::text[]) AS need(stage)
+      WHERE NOT EXISTS (
+          SELECT 1 FROM job_stages p WHERE p.job_id = j.id AND p.stage = need.stage
+            AND p.state = 'done' AND {current_run_sql("p", "j")}))
   -- no stage of this run failed or was cancelled
   AND NOT EXISTS (
       SELECT 1 FROM job_stages f WHERE f.job_id = j.id
-        AND f.state IN ('failed', 'cancelled') AND {_CURRENT.format(s="f")})
+        AND f.state IN ('failed', 'cancelled') AND {current_run_sql("f", "j")})
   AND (
       -- its worker stopped renewing the lease
-      (s.state = 'running' AND {_CURRENT.format(s="s")} AND s.lease_expires_at < now())
+      (s.state = 'running' AND {current_run_sql("s", "j")} AND s.lease_expires_at < now())
       -- or it never started, and nothing happened to the job for a while
-      OR ((s.job_id IS NULL OR NOT {_CURRENT.format(s="s")})
+      OR ((s.job_id IS NULL OR NOT {current_run_sql("s", "j")})
           AND coalesce((SELECT max(e.created_at) FROM job_events e WHERE e.job_id = j.id),
                        j.created_at) < now() - make_interval(secs => $3))
   )
@@ -101,11 +105,11 @@ class SweepAction:
 
 
 class StageSweeper:
-    def __init__(self, pool: Pool, settings: CommonSettings, stage: Stage, topic: str) -> None:
+    def __init__(self, pool: Pool, settings: CommonSettings, stage: Stage) -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
-        self.topic = topic  # the stage's input topic
+        self.topic = PIPELINE[stage].topic  # the stage's input topic
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -122,7 +126,7 @@ class StageSweeper:
 
     async def sweep_once(self) -> list[SweepAction]:
         index = STAGE_ORDER.index(self.stage)
-        previous = STAGE_ORDER[index - 1].value if index > 0 else None
+        prerequisites = [s.value for s in PIPELINE[self.stage].after]
         actions: list[SweepAction] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(
@@ -132,7 +136,7 @@ class StageSweeper:
             rows = await conn.fetch(
                 _CANDIDATES,
                 self.stage.value,
-                previous,
+                prerequisites,
                 self.settings.stuck_after_s,
                 self.settings.sweep_window_s,
                 self.topic,

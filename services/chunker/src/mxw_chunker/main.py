@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from mxw_shared import topics
 from mxw_shared.contracts import Stage, TranscriptReady
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
@@ -82,7 +81,6 @@ def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
             pool=runtime.pool,
             settings=settings,
             stage=Stage.chunk,
-            topic=topics.TRANSCRIPT_READY,
             work=chunk_transcript(chunker, runtime.pool),
         )
         runtime.subscribe_stage(runner, group_id=settings.service_name)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from mxw_shared import topics
 from mxw_shared.contracts import ChunksReady, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
@@ -88,7 +87,6 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
                 pool=runtime.pool,
                 settings=settings,
                 stage=Stage.embed,
-                topic=topics.CHUNKS_READY,
                 work=embed_chunks(settings, runtime.pool, batcher),
             )
             runtime.subscribe_stage(runner, group_id=settings.service_name)

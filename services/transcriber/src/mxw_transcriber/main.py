@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from mxw_shared import topics
 from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
@@ -72,7 +71,6 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
             pool=runtime.pool,
             settings=settings,
             stage=Stage.transcribe,
-            topic=topics.AUDIO_UPLOADED,
             work=work,
             adopt_job=job_adopter(settings),
         )

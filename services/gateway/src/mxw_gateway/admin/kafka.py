@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from mxw_shared import topics
 from mxw_shared.kafka import client_options
 from mxw_shared.settings import CommonSettings
+from mxw_shared.stages import PIPELINE
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,6 @@ class RawRecord:
     @property
     def id(self) -> str:
         return f"{self.topic}:{self.partition}:{self.offset}"
-
-
-# Which consumer group works on which topic.
-STAGE_GROUPS = {
-    topics.AUDIO_UPLOADED: "transcriber",
-    topics.TRANSCRIPT_READY: "chunker",
-    topics.CHUNKS_READY: "embedder",
-}
 
 
 def _raw(record: ConsumerRecord[bytes, bytes]) -> RawRecord:
@@ -106,8 +99,8 @@ async def consumer_lag(settings: CommonSettings) -> list[tuple[str, str, list[Pa
     consumer of the group that never subscribes (so it never joins or disturbs the group);
     the admin client's OffsetFetch is not understood by tansu."""
     out = []
-    partitions = await _partitions(settings, list(STAGE_GROUPS))
-    for topic, group in STAGE_GROUPS.items():
+    partitions = await _partitions(settings, sorted({t for t, _ in PIPELINE.stage_groups}))
+    for topic, group in PIPELINE.stage_groups:
         tps = [tp for tp in partitions if tp.topic == topic]
         consumer = AIOKafkaConsumer(
             **client_options(settings), group_id=group, enable_auto_commit=False

@@ -6,11 +6,11 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from mxw_shared import topics
-from mxw_shared.contracts import Envelope, JobState, Stage
+from mxw_shared.contracts import Envelope, JobState
 from mxw_shared.db import BIGINT_MAX, INT_MAX, Pool
 from mxw_shared.outbox import enqueue_raw
 from mxw_shared.problems import Problem
+from mxw_shared.stages import PIPELINE
 
 from mxw_gateway.admin import kafka
 from mxw_gateway.admin.schemas import (
@@ -30,11 +30,6 @@ from mxw_gateway.settings import GatewaySettings
 _USER_COLUMNS = """u.id, u.name, u.email, u.role, u.role_set_by_admin, u.disabled, u.created_at,
     u.last_seen_at,
     (SELECT count(*) FROM jobs j WHERE j.owner_id = u.id) AS job_count"""
-STAGE_OF_TOPIC = {
-    topics.AUDIO_UPLOADED: Stage.transcribe,
-    topics.TRANSCRIPT_READY: Stage.chunk,
-    topics.CHUNKS_READY: Stage.embed,
-}
 
 
 async def list_users(pool: Pool, limit: int, offset: int) -> list[UserView]:
@@ -156,7 +151,7 @@ async def replay(
     if record is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
     original = record.headers.get("x_original_topic") or topic.removesuffix(".dlq")
-    stage = STAGE_OF_TOPIC.get(original)
+    stage = PIPELINE.stage_of_dead_letter(original, record.headers.get("x_consumer"))
     job_id = _job_id(record)
     if stage is not None and job_id is not None and await _job_exists(pool, job_id):
         view = await jobs.get_job(pool, settings, admin, job_id)

@@ -10,7 +10,8 @@ from datetime import datetime
 from pathlib import PurePosixPath, PureWindowsPath
 
 from mxw_shared.contracts import JobState, Stage
-from mxw_shared.jobs import STAGE_SPAN
+from mxw_shared.jobs import overall_progress
+from mxw_shared.stages import PIPELINE
 
 
 def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:
@@ -34,10 +35,9 @@ def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:
 
 
 def stage_overall_progress(stage: Stage, state: str, fraction: float) -> float:
-    lo, hi = STAGE_SPAN[stage]
     if state == JobState.done:
-        return hi
-    return round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), 4)
+        return PIPELINE[stage].span[1]
+    return overall_progress(stage, fraction)
 
 
 def job_progress(state: JobState, stages: dict[Stage, tuple[str, float]]) -> float:

@@ -11,6 +11,7 @@ import asyncpg
 from mxw_shared.blobs import StoredBlob
 from mxw_shared.contracts import JobOptions
 from mxw_shared.db import Connection, Pool
+from mxw_shared.jobs import job_state_sql
 from mxw_shared.locks import BLOB_CONTENT, UPLOAD_CONTENT, text_key
 
 _JOB_COLUMNS = (
@@ -36,13 +37,13 @@ async def lock_blob(conn: Connection, sha256: str) -> None:
 
 
 async def find_reusable_job(conn: Connection, owner_id: str, sha256: str) -> uuid.UUID | None:
-    """The owner's newest job on this audio that is neither cancelled nor failed."""
+    """The owner's newest job on this audio that is neither cancelled nor failed (in its
+    current run: a job reprocessed after a failure is reusable again)."""
     job_id: uuid.UUID | None = await conn.fetchval(
-        """SELECT j.id FROM jobs j
-           WHERE j.owner_id = $1 AND j.sha256 = $2 AND j.cancelled_at IS NULL
-             AND NOT EXISTS (SELECT 1 FROM job_stages s
-                             WHERE s.job_id = j.id AND s.state = 'failed')
-           ORDER BY j.created_at DESC LIMIT 1""",
+        f"""SELECT j.id FROM jobs j
+            WHERE j.owner_id = $1 AND j.sha256 = $2
+              AND ({job_state_sql("j")}) NOT IN ('cancelled', 'failed')
+            ORDER BY j.created_at DESC LIMIT 1""",
         owner_id,
         sha256,
     )
@@ -151,21 +152,8 @@ async def fetch_stages(
     return out
 
 
-# The job's overall state in SQL, the same rule as mxw_shared.jobs.derive_job_state over the
-# stage rows of the current run (mxw_shared.jobs.is_stale), so lists can filter on it.
-_STAGES = "ARRAY['transcribe', 'chunk', 'embed']"
-_CURRENT_STAGE = (
-    "s.job_id = jobs.id AND (jobs.rerun_from IS NULL OR s.generation >= jobs.generation"
-    f" OR array_position({_STAGES}, s.stage) < array_position({_STAGES}, jobs.rerun_from))"
-)
-JOB_STATE_SQL = f"""CASE
-    WHEN jobs.cancelled_at IS NOT NULL THEN 'cancelled'
-    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {_CURRENT_STAGE} AND s.state = 'failed')
-        THEN 'failed'
-    WHEN EXISTS (SELECT 1 FROM job_stages s
-                 WHERE {_CURRENT_STAGE} AND s.stage = 'embed' AND s.state = 'done') THEN 'done'
-    WHEN EXISTS (SELECT 1 FROM job_stages s WHERE {_CURRENT_STAGE}) THEN 'running'
-    ELSE 'queued' END"""
+# The job's overall state in SQL (mxw_shared.jobs.derive_job_state), so lists can filter on it.
+JOB_STATE_SQL = job_state_sql("jobs")
 
 
 def _like_pattern(text: str) -> str:

@@ -42,6 +42,7 @@ from mxw_shared.jobs import (
 from mxw_shared.outbox import enqueue
 from mxw_shared.problems import Problem
 from mxw_shared.stage_inputs import rebuild_stage_input
+from mxw_shared.stages import PIPELINE
 from pydantic import ValidationError
 
 from mxw_gateway.auth import CurrentUser
@@ -500,7 +501,7 @@ async def cancel_job(
                 409, "Job already finished", f"the job is {state.value}", state=state.value
             )
         # The stage the job is in: the first one not done yet.
-        current = next((s for s in STAGE_ORDER if stages.get(s) != JobState.done), Stage.embed)
+        current = next((s for s in STAGE_ORDER if stages.get(s) != JobState.done), STAGE_ORDER[-1])
         progress = job_progress(
             state, {s: (r["state"], float(r["progress"])) for s, r in locked.stages.items()}
         )
@@ -562,7 +563,8 @@ async def reprocess_job(
                 f"only a done or failed job can be reprocessed; this one is {state.value}",
                 state=state.value,
             )
-        for earlier in STAGE_ORDER[: STAGE_ORDER.index(from_stage)]:
+        # What a rerun from `from_stage` keeps must be there: every stage it does not redo.
+        for earlier in (s for s in STAGE_ORDER if s not in PIPELINE.later(from_stage)):
             row = stages.get(earlier)
             if row is None or row["state"] != JobState.done:
                 raise Problem(

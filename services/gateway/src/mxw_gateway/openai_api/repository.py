@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from mxw_shared.db import Pool
+from mxw_shared.jobs import job_state_sql
 
 
 async def fetch_transcript(
@@ -31,14 +32,13 @@ async def find_job_with_options(
     pool: Pool, owner_id: str, sha256: str, options: dict[str, Any]
 ) -> uuid.UUID | None:
     """The caller's newest job on this audio, asked for with exactly these options, that is
-    neither cancelled nor failed (the jobs module's de-duplication rule, options included)."""
+    neither cancelled nor failed in its current run (the jobs module's de-duplication rule,
+    options included)."""
     job_id: uuid.UUID | None = await pool.fetchval(
-        """SELECT j.id FROM jobs j
-           WHERE j.owner_id = $1 AND j.sha256 = $2 AND j.options = $3::jsonb
-             AND j.cancelled_at IS NULL
-             AND NOT EXISTS (SELECT 1 FROM job_stages s
-                             WHERE s.job_id = j.id AND s.state = 'failed')
-           ORDER BY j.created_at DESC LIMIT 1""",
+        f"""SELECT j.id FROM jobs j
+            WHERE j.owner_id = $1 AND j.sha256 = $2 AND j.options = $3::jsonb
+              AND ({job_state_sql("j")}) NOT IN ('cancelled', 'failed')
+            ORDER BY j.created_at DESC LIMIT 1""",
         owner_id,
         sha256,
         options,

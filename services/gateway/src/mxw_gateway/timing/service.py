@@ -7,9 +7,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from mxw_shared.contracts import Stage
 from mxw_shared.db import Pool
 from mxw_shared.metrics import set_jobs_by_state
+from mxw_shared.stages import PIPELINE
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
@@ -22,7 +22,8 @@ from mxw_gateway.timing.schemas import (
     TimingReport,
 )
 
-_ORDER = {stage.value: i for i, stage in enumerate(Stage)}
+_ORDER = {stage.value: i for i, stage in enumerate(PIPELINE.order)}
+_FINAL = [stage.value for stage in PIPELINE.final]
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -52,8 +53,9 @@ async def job_timing(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> JobTim
         )
         for r in sorted(rows, key=lambda r: _ORDER.get(r["stage"], 99))
     ]
-    last = next((s for s in stages if s.stage == Stage.embed.value and s.state == "done"), None)
-    finished_at = last.finished_at if last else None
+    # The job ended when the last of its final stages did.
+    ends = [s.finished_at for s in stages if s.stage in _FINAL and s.state == "done"]
+    finished_at = max(e for e in ends if e) if len(ends) == len(_FINAL) and all(ends) else None
     return JobTiming(
         job_id=job_id,
         created_at=job["created_at"],
@@ -70,7 +72,7 @@ _PERCENTILES = """percentile_cont(0.5) WITHIN GROUP (ORDER BY {x}) AS {n}_p50,
     max({x}) AS {n}_max"""
 _WAIT = "extract(epoch FROM s.started_at - s.queued_at)"
 _RUN = "extract(epoch FROM s.finished_at - s.started_at)"
-_TOTAL = "extract(epoch FROM s.finished_at - j.created_at)"
+_TOTAL = "extract(epoch FROM e.finished_at - j.created_at)"
 
 
 def _percentiles(row: Any, name: str) -> Percentiles | None:
@@ -98,15 +100,20 @@ async def timing_report(pool: Pool, window_s: int) -> TimingReport:
                 GROUP BY s.stage""",
             since,
         )
+        # A job's end: when the last of its final stages was done.
         total = await conn.fetchrow(
             f"""SELECT count(*) AS n, {_PERCENTILES.format(x=_TOTAL, n="total")}
-                FROM job_stages s JOIN jobs j ON j.id = s.job_id
-                WHERE s.stage = 'embed' AND s.state = 'done' AND s.finished_at >= $1""",
+                FROM (SELECT s.job_id, max(s.finished_at) AS finished_at FROM job_stages s
+                      WHERE s.stage = ANY($2::text[]) AND s.state = 'done'
+                      GROUP BY s.job_id HAVING count(*) = cardinality($2::text[])) e
+                JOIN jobs j ON j.id = e.job_id
+                WHERE e.finished_at >= $1""",
             since,
+            _FINAL,
         )
     by_stage = {r["stage"]: r for r in rows}
     stages = []
-    for stage in Stage:
+    for stage in PIPELINE.order:
         row = by_stage.get(stage.value)
         stages.append(
             StageAggregate(

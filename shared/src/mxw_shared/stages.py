@@ -1,0 +1,124 @@
+"""The pipeline as one table: every stage, the event it consumes and the one it produces, the
+service that runs it, its share of a job's progress and the stages it needs done first.
+
+Everything that depends on the pipeline's shape is derived from `PIPELINE`: the stage order,
+each stage's input topic and consumer group, the stages whose end is the job's end, the
+progress spans, the admin views' stage of a topic and lag per group, the AsyncAPI
+producer/consumer lists, the Kafka access plan and the SQL order of stages. Adding a stage is
+one row here (and its handler in the service that runs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mxw_shared.contracts import (
+    AudioUploaded,
+    ChunksReady,
+    EmbeddingsReady,
+    EventData,
+    Stage,
+    TranscriptReady,
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Stage
+    consumes: type[EventData]
+    produces: type[EventData] | None
+    service: str  # the service that runs it; its consumer group has the service's name
+    span: tuple[float, float]  # the share of overall progress the stage covers
+    after: tuple[Stage, ...] = ()  # prerequisites: stages of the same run done before it
+
+    @property
+    def topic(self) -> str:
+        """The stage's input topic."""
+        return self.consumes.topic
+
+
+class Pipeline:
+    """A validated stage table (a DAG in declaration order) and what follows from it."""
+
+    def __init__(self, specs: tuple[StageSpec, ...]) -> None:
+        seen: set[Stage] = set()
+        for spec in specs:
+            if spec.stage in seen:
+                raise ValueError(f"stage {spec.stage} declared twice")
+            if missing := [s for s in spec.after if s not in seen]:
+                raise ValueError(f"stage {spec.stage} needs {missing}, not declared before it")
+            lo, hi = spec.span
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"stage {spec.stage}: span {spec.span} is not within [0, 1]")
+            seen.add(spec.stage)
+        self.specs = specs
+        self._by_stage = {s.stage: s for s in specs}
+
+    def __getitem__(self, stage: Stage) -> StageSpec:
+        return self._by_stage[stage]
+
+    @property
+    def order(self) -> tuple[Stage, ...]:
+        """Every stage, each after its prerequisites."""
+        return tuple(s.stage for s in self.specs)
+
+    @property
+    def final(self) -> tuple[Stage, ...]:
+        """The stages no other stage waits for: a job is done when all of them are."""
+        needed = {p for s in self.specs for p in s.after}
+        return tuple(s.stage for s in self.specs if s.stage not in needed)
+
+    def is_final(self, stage: Stage) -> bool:
+        return stage in self.final
+
+    def later(self, stage: Stage) -> tuple[Stage, ...]:
+        """`stage` and every stage that depends on it, directly or through others: what a
+        rerun from `stage` does again."""
+        out = [stage]
+        for spec in self.specs:
+            if any(p in out for p in spec.after):
+                out.append(spec.stage)
+        return tuple(s for s in self.order if s in out)
+
+    def consuming(self, topic: str) -> tuple[StageSpec, ...]:
+        """The stages whose input is `topic` (two stages may start from one event)."""
+        return tuple(s for s in self.specs if s.topic == topic)
+
+    def stage_of_dead_letter(self, topic: str, consumer: str | None) -> Stage | None:
+        """The stage a dead letter of `topic` (the original topic) belongs to: the one its
+        consumer runs, or the only stage that consumes the topic."""
+        stages = self.consuming(topic)
+        named = [s.stage for s in stages if s.service == consumer]
+        if named:
+            return named[0]
+        return stages[0].stage if len(stages) == 1 else None
+
+    @property
+    def stage_groups(self) -> tuple[tuple[str, str], ...]:
+        """(input topic, consumer group) of every stage: where the pipeline's lag is."""
+        return tuple((s.topic, s.service) for s in self.specs)
+
+    @property
+    def service_inputs(self) -> dict[str, tuple[str, ...]]:
+        """The topics each stage service consumes."""
+        out: dict[str, tuple[str, ...]] = {}
+        for s in self.specs:
+            out[s.service] = (*out.get(s.service, ()), s.topic)
+        return out
+
+    def sql_order(self) -> str:
+        """The stage order as a Postgres array literal (for array_position)."""
+        return "ARRAY[" + ", ".join(f"'{s.value}'" for s in self.order) + "]"
+
+
+PIPELINE = Pipeline(
+    (
+        StageSpec(Stage.transcribe, AudioUploaded, TranscriptReady, "transcriber", (0.0, 0.8)),
+        StageSpec(
+            Stage.chunk, TranscriptReady, ChunksReady, "chunker", (0.8, 0.9), (Stage.transcribe,)
+        ),
+        StageSpec(
+            Stage.embed, ChunksReady, EmbeddingsReady, "embedder", (0.9, 1.0), (Stage.chunk,)
+        ),
+    )
+)

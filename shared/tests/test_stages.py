@@ -1,0 +1,117 @@
+"""The stage table and what is derived from it (pure: no I/O)."""
+
+import itertools
+
+import pytest
+from mxw_shared import kafka_access, topics
+from mxw_shared.contracts import (
+    AudioUploaded,
+    ChunksReady,
+    EmbeddingsReady,
+    Stage,
+    TranscriptReady,
+)
+from mxw_shared.jobs import STAGE_ORDER, derive_job_state, overall_progress
+from mxw_shared.schemas import CONSUMERS, PRODUCERS
+from mxw_shared.stages import PIPELINE, Pipeline, StageSpec
+
+# Two stages of a test table that start from one event, and one that joins them. The
+# stages are the real Stage values in other roles: what matters here is the shape.
+TRANSCRIBE = StageSpec(Stage.transcribe, AudioUploaded, TranscriptReady, "transcriber", (0, 0.6))
+BESIDE = StageSpec(Stage.chunk, AudioUploaded, ChunksReady, "diarizer", (0.6, 0.8))
+JOIN = StageSpec(
+    Stage.embed,
+    TranscriptReady,
+    EmbeddingsReady,
+    "joiner",
+    (0.8, 1),
+    (Stage.transcribe, Stage.chunk),
+)
+WITH_A_JOIN = Pipeline((TRANSCRIBE, BESIDE, JOIN))
+
+
+def test_the_pipeline_runs_transcribe_chunk_embed_and_ends_with_embed() -> None:
+    assert PIPELINE.order == STAGE_ORDER == (Stage.transcribe, Stage.chunk, Stage.embed)
+    assert PIPELINE.final == (Stage.embed,)
+    assert [PIPELINE[s].topic for s in STAGE_ORDER] == [
+        topics.AUDIO_UPLOADED,
+        topics.TRANSCRIPT_READY,
+        topics.CHUNKS_READY,
+    ]
+    assert PIPELINE.stage_groups == (
+        (topics.AUDIO_UPLOADED, "transcriber"),
+        (topics.TRANSCRIPT_READY, "chunker"),
+        (topics.CHUNKS_READY, "embedder"),
+    )
+    assert PIPELINE.sql_order() == "ARRAY['transcribe', 'chunk', 'embed']"
+
+
+def test_spans_cover_progress_from_zero_to_one_in_order() -> None:
+    spans = [PIPELINE[s].span for s in STAGE_ORDER]
+    assert spans[0][0] == 0.0
+    assert spans[-1][1] == 1.0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert overall_progress(Stage.chunk, 0.5) == pytest.approx(0.85)
+
+
+def test_a_join_waits_for_both_stages_that_start_from_one_event() -> None:
+    assert WITH_A_JOIN.consuming(topics.AUDIO_UPLOADED) == (TRANSCRIBE, BESIDE)
+    assert WITH_A_JOIN.final == (Stage.embed,)
+    # A rerun from the stage beside the transcriber redoes it and the join, not the transcript.
+    assert WITH_A_JOIN.later(Stage.chunk) == (Stage.chunk, Stage.embed)
+    assert WITH_A_JOIN.later(Stage.transcribe) == (Stage.transcribe, Stage.embed)
+    assert WITH_A_JOIN.service_inputs == {
+        "transcriber": (topics.AUDIO_UPLOADED,),
+        "diarizer": (topics.AUDIO_UPLOADED,),
+        "joiner": (topics.TRANSCRIPT_READY,),
+    }
+
+
+def test_two_final_stages_both_end_the_job() -> None:
+    table = Pipeline((TRANSCRIBE, BESIDE))
+    assert table.final == (Stage.transcribe, Stage.chunk)
+    assert PIPELINE.later(Stage.transcribe) == STAGE_ORDER
+
+
+def test_a_dead_letter_belongs_to_the_stage_its_consumer_runs() -> None:
+    assert WITH_A_JOIN.stage_of_dead_letter(topics.AUDIO_UPLOADED, "diarizer") == Stage.chunk
+    assert WITH_A_JOIN.stage_of_dead_letter(topics.AUDIO_UPLOADED, "transcriber") == (
+        Stage.transcribe
+    )
+    # Two stages read the topic and the consumer is none of them: no stage to rerun.
+    assert WITH_A_JOIN.stage_of_dead_letter(topics.AUDIO_UPLOADED, "sweeper") is None
+    # One stage reads it: that one, whoever dead-lettered it (a sweeper, a renamed replica).
+    assert PIPELINE.stage_of_dead_letter(topics.CHUNKS_READY, "embedder-sweeper") == Stage.embed
+    assert PIPELINE.stage_of_dead_letter(topics.EMBEDDINGS_READY, "x") is None
+
+
+@pytest.mark.parametrize(
+    ("specs", "error"),
+    [
+        ((TRANSCRIBE, TRANSCRIBE), "declared twice"),
+        ((JOIN, TRANSCRIBE, BESIDE), "not declared before it"),
+        (
+            (StageSpec(Stage.chunk, AudioUploaded, None, "x", (0.5, 0.2)),),
+            "not within",
+        ),
+    ],
+)
+def test_a_table_that_is_no_dag_in_order_is_refused(
+    specs: tuple[StageSpec, ...], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        Pipeline(specs)
+
+
+def test_the_job_is_done_when_every_final_stage_is() -> None:
+    assert derive_job_state(False, {Stage.transcribe: "done", Stage.chunk: "done"}) == ("running")
+    assert derive_job_state(False, {s: "done" for s in STAGE_ORDER}) == "done"
+
+
+def test_access_plan_and_asyncapi_lists_follow_the_table() -> None:
+    for spec in PIPELINE.specs:
+        assert spec.topic in kafka_access.SERVICES[spec.service].reads
+        assert spec.service in CONSUMERS[spec.topic]
+        if spec.produces is not None:
+            assert spec.service in PRODUCERS[spec.produces.topic]
+    assert CONSUMERS[topics.EMBEDDINGS_READY] == "other systems"
