@@ -1,7 +1,9 @@
 import hashlib
+import os
 import time
 
 import pytest
+from mxw_shared import blobs
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     BlobTooLarge,
@@ -132,3 +134,22 @@ def test_h1_allowed_audio_content_types_are_audio_or_plain_bytes():
         t.startswith("audio/") or t == "application/octet-stream"
         for t in ALLOWED_AUDIO_CONTENT_TYPES
     )
+
+
+async def test_the_janitor_at_the_worst_moment_never_takes_a_finished_upload(tmp_path, monkeypatch):
+    """The janitor (abandoned after 0 s, as the fault suite runs it) sweeps just before the
+    finished part is pinned and renamed: the writer still holds its lock, so it is kept."""
+    store = LocalBlobStore(tmp_path)
+    real_link = os.link
+    swept: list[int] = []
+
+    def janitor_then_link(src, dst):
+        swept.append(store.remove_abandoned_parts(min_age_s=0))
+        real_link(src, dst)
+
+    monkeypatch.setattr(blobs.os, "link", janitor_then_link)
+    blob = await store.put_bytes(b"a whole upload")
+
+    assert swept == [0]
+    assert blob.path.read_bytes() == b"a whole upload"
+    assert not list((tmp_path / "tmp").glob("*.part"))

@@ -124,13 +124,20 @@ class LocalBlobStore:
             fh.close()
             tmp.unlink(missing_ok=True)
             raise
-        fh.close()
         sha = digest.hexdigest()
         final = self.root / sha[:2] / sha
-        final.parent.mkdir(parents=True, exist_ok=True)
-        pin = tmp.with_suffix(".pin")
-        os.link(tmp, pin)
-        os.replace(tmp, final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            pin = tmp.with_suffix(".pin")
+            # Pinned and renamed while the lock is still held: once it is let go, a part
+            # file counts as abandoned and the janitor may delete it.
+            os.link(tmp, pin)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            fh.close()
         await asyncio.to_thread(_fsync_dir, final.parent)  # the rename itself is durable
         return StoredBlob(uri=final.as_uri(), sha256=sha, size_bytes=size, path=final, pin=pin)
 

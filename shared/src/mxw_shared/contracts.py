@@ -242,6 +242,67 @@ class Envelope(BaseModel):
         )
 
 
+class DeadLetter(BaseModel):
+    """Why a record is on `<topic>.dlq`. The dead letter is the original record (its key,
+    headers and value, as it came: possibly malformed) plus these x_* headers. Written by the
+    stage runner, the consumers and the stage sweeper (mxw_shared.deadletter); read by the
+    admin views and replay."""
+
+    model_config = ConfigDict(frozen=True)
+
+    original_topic: str = Field(description="The topic the record was consumed from.")
+    error: str = Field(description="Why it could not be handled, for a person to read.")
+    consumer: str = Field(description="The service (or its sweeper) that gave it up.")
+    attempts: int = Field(ge=0, description="Attempts made; 0: refused without trying.")
+    body_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="The original value's size when the copy was cut to MXW_MAX_EVENT_BYTES.",
+    )
+
+    # field → Kafka header
+    HEADERS: ClassVar[dict[str, str]] = {
+        "original_topic": "x_original_topic",
+        "error": "x_error",
+        "consumer": "x_consumer",
+        "attempts": "x_attempts",
+        "body_bytes": "x_body_bytes",
+    }
+
+    def to_headers(self) -> dict[str, str]:
+        return {
+            header: str(value)
+            for name, header in self.HEADERS.items()
+            if (value := getattr(self, name)) is not None
+        }
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> DeadLetter | None:
+        """The reason a dead-letter record carries; None when it carries none that is
+        readable (a record someone else wrote to the topic)."""
+        values = {name: headers.get(h) for name, h in cls.HEADERS.items()}
+        try:
+            return cls.model_validate({k: v for k, v in values.items() if v is not None})
+        except ValueError:
+            return None
+
+    @classmethod
+    def headers_schema(cls) -> dict[str, object]:
+        """JSON Schema of the x_* headers (every Kafka header value is text)."""
+        properties: dict[str, object] = {}
+        for name, header in cls.HEADERS.items():
+            field = cls.model_fields[name]
+            prop: dict[str, object] = {"type": "string", "description": field.description}
+            if field.annotation in (int, int | None):
+                prop["pattern"] = "^[0-9]+$"
+            properties[header] = prop
+        return {
+            "type": "object",
+            "required": [h for n, h in cls.HEADERS.items() if cls.model_fields[n].is_required()],
+            "properties": properties,
+        }
+
+
 def header_items(raw: object) -> list[tuple[str, object]]:
     """Kafka headers as (name, value) pairs, whatever shape the client library hands them in."""
     if isinstance(raw, dict):

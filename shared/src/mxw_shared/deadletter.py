@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from mxw_shared import metrics
-from mxw_shared.contracts import header_items
+from mxw_shared.contracts import DeadLetter, header_items
 from mxw_shared.db import Connection
 from mxw_shared.outbox import enqueue_raw
 from mxw_shared.topics import dlq
@@ -70,13 +70,13 @@ def dlq_headers(
     for key, value in items[:MAX_HEADERS]:
         if name := clean_text(str(key), 255):
             copied[name] = _header_value(value)
-    return {
-        **copied,
-        "x_error": clean_text(reason, MAX_REASON_CHARS),
-        "x_consumer": clean_text(consumer, 255),
-        "x_attempts": str(attempts),
-        "x_original_topic": original_topic,
-    }
+    why = DeadLetter(
+        original_topic=original_topic,
+        error=clean_text(reason, MAX_REASON_CHARS),
+        consumer=clean_text(consumer, 255),
+        attempts=attempts,
+    )
+    return {**copied, **why.to_headers()}
 
 
 def record_key(key: bytes | str | None, body: bytes) -> str:
@@ -111,7 +111,7 @@ async def dead_letter(
         raw_headers, reason=reason, consumer=consumer, attempts=attempts, original_topic=topic
     )
     if len(body) > max_body_bytes:
-        headers["x_body_bytes"] = str(len(body))
+        headers[DeadLetter.HEADERS["body_bytes"]] = str(len(body))
         body = body[:max_body_bytes]
     await enqueue_raw(conn, dlq(topic), record_key(key, body), headers, body)
     metrics.DLQ_EVENTS.labels(topic).inc()

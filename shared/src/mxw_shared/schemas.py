@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mxw_shared import topics
-from mxw_shared.contracts import EVENT_TYPES, EventData
+from mxw_shared.contracts import EVENT_TYPES, DeadLetter, EventData
 from mxw_shared.stages import PIPELINE
 
 
@@ -77,7 +77,7 @@ def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"DeadLetterHeaders": DeadLetter.headers_schema()}
     for model in EVENT_TYPES:
         name = model.__name__
         schemas[name] = json_schema(model)
@@ -92,6 +92,26 @@ def asyncapi() -> dict[str, Any]:
             "payload": {"$ref": f"#/components/schemas/{name}"},
             "bindings": {"kafka": {"key": {"type": "string", "format": "uuid"}}},
         }
+        messages[f"{name}DeadLetter"] = {
+            "name": f"{name}DeadLetter",
+            "title": f"{name} dead letter",
+            "summary": f"A record of {model.topic} a consumer could not handle, with the reason.",
+            "contentType": "application/json",
+            "headers": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/DeadLetterHeaders"},
+                    {
+                        "description": "The original record's headers are kept beside the "
+                        "x_* ones; values that are not text as base64:…"
+                    },
+                ]
+            },
+            "payload": {
+                "description": f"The original value, as it came (it may not be a valid {name}), "
+                "cut to MXW_MAX_EVENT_BYTES (x_body_bytes: the original size)."
+            },
+            "bindings": {"kafka": {"key": {"type": "string"}}},
+        }
         for channel, suffix in ((model.topic, ""), (topics.dlq(model.topic), "DeadLetter")):
             channel_id = channel.replace(".", "_")
             channels[channel_id] = {
@@ -101,12 +121,10 @@ def asyncapi() -> dict[str, Any]:
                     f"consumed by {CONSUMERS[model.topic]}."
                     if not suffix
                     else f"Records of {model.topic} a consumer could not handle (malformed, "
-                    "rejected, failed after the last attempt), with x_error, x_consumer, "
-                    "x_attempts and x_original_topic headers; a body over MXW_MAX_EVENT_BYTES "
-                    "is cut (x_body_bytes: its size), header values that are not text are "
-                    "kept as base64:…"
+                    "rejected, failed after the last attempt), with the DeadLetter headers. "
+                    "Read and replayed by admins (GET /admin/dead-letters, mxw dlq)."
                 ),
-                "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+                "messages": {f"{name}{suffix}": {"$ref": f"#/components/messages/{name}{suffix}"}},
             }
             operations[f"publish{name}{suffix}"] = {
                 "action": "send",
@@ -135,6 +153,19 @@ def render() -> dict[str, str]:
         f"events/{_schema_name(m)}": json.dumps(json_schema(m), indent=2) + "\n"
         for m in EVENT_TYPES
     }
+    files["events/dead-letter.v1.headers.schema.json"] = (
+        json.dumps(
+            {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "$id": "https://mxwhisper.io/schemas/dead-letter.v1.headers.schema.json",
+                "title": "DeadLetter",
+                "description": (DeadLetter.__doc__ or "").strip(),
+                **DeadLetter.headers_schema(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     files["asyncapi.json"] = json.dumps(asyncapi(), indent=2) + "\n"
     return files
 

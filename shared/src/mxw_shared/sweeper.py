@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 from mxw_shared.contracts import Envelope, JobState, Stage
 from mxw_shared.db import Connection, Pool
+from mxw_shared.deadletter import dead_letter
 from mxw_shared.jobs import (
     STAGE_ORDER,
     current_run_sql,
@@ -38,11 +39,10 @@ from mxw_shared.jobs import (
 )
 from mxw_shared.locks import STAGE_SWEEP as _SWEEP_LOCK
 from mxw_shared.logging import get_logger
-from mxw_shared.outbox import enqueue, enqueue_raw
+from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stage_inputs import rebuild_stage_input
 from mxw_shared.stages import PIPELINE
-from mxw_shared.topics import dlq
 
 log = get_logger(__name__)
 SWEPT = Counter(
@@ -179,18 +179,16 @@ class StageSweeper:
                 error=reason,
             )
             if event is not None:
-                await enqueue_raw(
+                await dead_letter(
                     conn,
-                    dlq(self.topic),
-                    str(job_id),
-                    {
-                        **Envelope.for_event(event, source=source).to_headers(),
-                        "x_error": reason,
-                        "x_consumer": source,
-                        "x_attempts": str(row["attempts"]),
-                        "x_original_topic": self.topic,
-                    },
-                    event.model_dump_json().encode(),
+                    topic=self.topic,
+                    raw_headers=Envelope.for_event(event, source=source).to_headers(),
+                    body=event.model_dump_json().encode(),
+                    key=str(job_id),
+                    reason=reason,
+                    consumer=source,
+                    attempts=row["attempts"],
+                    max_body_bytes=self.settings.max_event_bytes,
                 )
             await self._record(conn, row, reason)
             return SweepAction(job_id, "failed", reason)

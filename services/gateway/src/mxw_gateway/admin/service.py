@@ -6,6 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+from mxw_shared.contracts import DeadLetter as DeadLetterReason
 from mxw_shared.contracts import Envelope, JobState
 from mxw_shared.db import BIGINT_MAX, INT_MAX, Pool
 from mxw_shared.outbox import enqueue_raw
@@ -104,15 +105,15 @@ def _lag_view(topic: str, group: str, partitions: list[kafka.PartitionLag]) -> C
 
 def _view(record: kafka.RawRecord) -> DeadLetter:
     h = record.headers
-    attempts = h.get("x_attempts")
+    why = DeadLetterReason.from_headers(h)
     return DeadLetter(
         id=record.id,
         topic=record.topic,
-        original_topic=h.get("x_original_topic"),
+        original_topic=why.original_topic if why else None,
         job_id=record.key.decode(errors="replace") if record.key else None,
-        error=h.get("x_error"),
-        consumer=h.get("x_consumer"),
-        attempts=int(attempts) if attempts and attempts.isdigit() else None,
+        error=why.error if why else None,
+        consumer=why.consumer if why else None,
+        attempts=why.attempts if why else None,
         event_id=h.get("ce_id"),
         event_type=h.get("ce_type"),
         time=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
@@ -150,8 +151,9 @@ async def replay(
         raise Problem(503, "Broker unavailable", f"try again: {exc}") from exc
     if record is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
-    original = record.headers.get("x_original_topic") or topic.removesuffix(".dlq")
-    stage = PIPELINE.stage_of_dead_letter(original, record.headers.get("x_consumer"))
+    why = DeadLetterReason.from_headers(record.headers)
+    original = why.original_topic if why else topic.removesuffix(".dlq")
+    stage = PIPELINE.stage_of_dead_letter(original, why.consumer if why else None)
     job_id = _job_id(record)
     if stage is not None and job_id is not None and await _job_exists(pool, job_id):
         view = await jobs.get_job(pool, settings, admin, job_id)
