@@ -211,6 +211,36 @@ async def finish_stage(
     return True
 
 
+async def fail_stage(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    owner_id: str,
+    stage: Stage,
+    reason: str,
+    source: str,
+    worker: str | None = None,
+) -> bool:
+    """The stage failed for good, with the reason for its owner to read: its row and the
+    job's status in the caller's transaction. Every writer that fails a stage (the runner,
+    the sweeper) calls this. With `worker`, only while that worker holds the stage's lease;
+    returns whether the stage was failed."""
+    if not await finish_stage(conn, job_id, stage, JobState.failed, error=reason, worker=worker):
+        return False
+    await record_status(
+        conn,
+        job_id=job_id,
+        owner_id=owner_id,
+        stage=stage,
+        state=JobState.failed,
+        progress=overall_progress(stage, 0.0),
+        source=source,
+        message=f"{stage.value} failed",
+        error=reason,
+    )
+    return True
+
+
 def is_stale(
     stage: Stage, row_generation: int, job_generation: int, rerun_from: Stage | None
 ) -> bool:

@@ -38,6 +38,7 @@ from mxw_shared.deadletter import MAX_REASON_CHARS, clean_text, dead_letter, is_
 from mxw_shared.jobs import (
     JobRow,
     extend_lease,
+    fail_stage,
     finish_stage,
     get_job,
     overall_progress,
@@ -311,18 +312,8 @@ class StageRunner(Generic[In]):
             reason = error or "unknown error"
             bound.error("stage failed", error=reason)
             async with self.pool.acquire() as conn, conn.transaction():
-                if not await finish_stage(
-                    conn, job.id, self.stage, JobState.failed, error=reason, worker=self.worker_id
-                ):
+                if not await self._fail(conn, job, reason, worker=self.worker_id):
                     return await self._lease_lost(conn, envelope, bound)
-                await self._status(
-                    conn,
-                    job,
-                    JobState.failed,
-                    0.0,
-                    f"{self.stage.value} failed",
-                    error=reason,
-                )
                 await self._dead_letter(
                     conn, headers, body, key, reason, self.settings.max_attempts
                 )
@@ -451,9 +442,21 @@ class StageRunner(Generic[In]):
             or (row["leased"] and row["lease_owner"] not in (None, self.worker_id))
         ):
             return
-        await finish_stage(conn, job.id, self.stage, JobState.failed, error=reason)
-        await self._status(conn, job, JobState.failed, 0.0, f"{self.stage.value} failed", reason)
+        await self._fail(conn, job, reason)
         await self._mark_processed(conn, envelope.id)
+
+    async def _fail(
+        self, conn: Connection, job: JobRow, reason: str, worker: str | None = None
+    ) -> bool:
+        return await fail_stage(
+            conn,
+            job_id=job.id,
+            owner_id=job.owner_id,
+            stage=self.stage,
+            reason=reason,
+            source=self.settings.service_name,
+            worker=worker,
+        )
 
     async def _status(
         self,

@@ -33,7 +33,7 @@ from mxw_shared.deadletter import dead_letter
 from mxw_shared.jobs import (
     STAGE_ORDER,
     current_run_sql,
-    finish_stage,
+    fail_stage,
     overall_progress,
     record_status,
 )
@@ -166,17 +166,13 @@ class StageSweeper:
                 if event is not None
                 else f"{self.stage.value} cannot be re-sent: the earlier results are gone"
             )
-            await finish_stage(conn, job_id, self.stage, JobState.failed, error=reason)
-            await record_status(
+            await fail_stage(
                 conn,
                 job_id=job_id,
                 owner_id=row["owner_id"],
                 stage=self.stage,
-                state=JobState.failed,
-                progress=overall_progress(self.stage, 0.0),
+                reason=reason,
                 source=source,
-                message=f"{self.stage.value} failed",
-                error=reason,
             )
             if event is not None:
                 await dead_letter(
