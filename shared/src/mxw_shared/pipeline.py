@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Histogram
@@ -124,6 +125,76 @@ class Progress:
             )
 
 
+class Verdict(StrEnum):
+    run = "run"
+    skip = "skip"  # recorded as processed, nothing else
+    dead_letter = "dead-letter"
+
+
+@dataclass(frozen=True)
+class StageRowState:
+    """What admission needs of the stage's row."""
+
+    state: str
+    generation: int
+    lease_owner: str | None
+    leased: bool  # its lease has not run out
+
+
+@dataclass(frozen=True)
+class Admission:
+    verdict: Verdict
+    outcome: str  # the handler's outcome (metrics label) when the event is not run
+    reason: str | None = None
+
+
+def rejection(job: JobRow | None, event: EventData) -> str | None:
+    """Why an event may not act on its job: the job is unknown, or belongs to another."""
+    if job is None:
+        return f"unknown job {event.job_id}"
+    if job.owner_id != event.owner_id:
+        return "event owner does not match the job's owner"
+    return None
+
+
+def admit(
+    job: JobRow | None,
+    event: EventData,
+    row: StageRowState | None,
+    worker_id: str,
+    *,
+    refused: str | None = None,
+    job_deleted: bool = False,
+) -> Admission:
+    """Whether a stage runs an event, skips it or dead-letters it: the one rule, over the
+    job row (after adoption), the stage's row and the event (`refused`: why adopting the
+    job failed; `job_deleted`: no job row because its owner deleted the job). Pure: the
+    runner does the I/O."""
+    if job is None and job_deleted:
+        return Admission(Verdict.skip, "deleted", "the job was deleted")
+    if reason := refused or rejection(job, event):
+        return Admission(Verdict.dead_letter, "rejected", reason)
+    assert job is not None
+    if job.cancelled:
+        return Admission(Verdict.skip, "cancelled")
+    if event.generation < job.generation:
+        return Admission(Verdict.skip, "stale-generation", "a run the job was reprocessed past")
+    if row is not None and row.generation >= event.generation:
+        if row.state in (JobState.done, JobState.failed, JobState.cancelled):
+            return Admission(Verdict.skip, "already-finished", f"stage {row.state}")
+        if (
+            row.state == JobState.running
+            and row.leased
+            and row.lease_owner is not None
+            and row.lease_owner != worker_id
+        ):
+            # Another worker holds a live lease (a redelivery or a re-send while it works).
+            # Should that worker be dead, its lease runs out and the sweeper sends the work
+            # again.
+            return Admission(Verdict.skip, "running-elsewhere", f"lease of {row.lease_owner}")
+    return Admission(Verdict.run, "run")
+
+
 StageWork = Callable[[Envelope, In, JobRow, Progress], Awaitable[StageOutcome]]
 AdoptJob = Callable[[Connection, Envelope, In], Awaitable[JobRow]]
 
@@ -188,59 +259,43 @@ class StageRunner(Generic[In]):
                 return "duplicate"
             async with conn.transaction():
                 job = await get_job(conn, data.job_id)
-                if job is None and await conn.fetchval(
-                    "SELECT 1 FROM deleted_jobs WHERE id = $1", data.job_id
-                ):
-                    await self._mark_processed(conn, envelope.id)
-                    bound.info("event for a deleted job skipped")
-                    return "deleted"
+                deleted = job is None and bool(
+                    await conn.fetchval("SELECT 1 FROM deleted_jobs WHERE id = $1", data.job_id)
+                )
                 reason: str | None = None
-                if job is None and self.adopt_job is not None:
+                if job is None and not deleted and self.adopt_job is not None:
                     try:
                         job = await self.adopt_job(conn, envelope, typed)
                     except PermanentError as exc:  # refused before any row was written
                         reason = f"job not adopted: {exc}"
-                reason = reason or self._reject_reason(job, data)
-                if reason is not None:
-                    bound.warning("event rejected", reason=reason)
-                    await self._dead_letter(conn, headers, body, key, reason, 0)
-                    return "rejected"
-                assert job is not None
-                if job.cancelled:
-                    await self._mark_processed(conn, envelope.id)
-                    return "cancelled"
-                if data.generation < job.generation:  # a run the job was reprocessed past
-                    await self._mark_processed(conn, envelope.id)
-                    bound.info("event of an older generation skipped")
-                    return "stale-generation"
-                row = await conn.fetchrow(
-                    "SELECT state, generation, lease_owner, lease_expires_at > now() AS leased"
-                    " FROM job_stages WHERE job_id = $1 AND stage = $2",
-                    job.id,
-                    self.stage.value,
+                row = (
+                    await conn.fetchrow(
+                        "SELECT state, generation, lease_owner,"
+                        " coalesce(lease_expires_at > now(), false) AS leased"
+                        " FROM job_stages WHERE job_id = $1 AND stage = $2",
+                        job.id,
+                        self.stage.value,
+                    )
+                    if job is not None
+                    else None
                 )
-                if (
-                    row is not None
-                    and row["state"] in (JobState.done, JobState.failed, JobState.cancelled)
-                    and row["generation"] >= data.generation
-                ):
+                decision = admit(
+                    job,
+                    data,
+                    StageRowState(**dict(row)) if row is not None else None,
+                    self.worker_id,
+                    refused=reason,
+                    job_deleted=deleted,
+                )
+                if decision.verdict == Verdict.dead_letter:
+                    bound.warning("event rejected", reason=decision.reason)
+                    await self._dead_letter(conn, headers, body, key, decision.reason or "", 0)
+                    return decision.outcome
+                if decision.verdict == Verdict.skip:
                     await self._mark_processed(conn, envelope.id)
-                    bound.info("stage already finished, event skipped", state=row["state"])
-                    return "already-finished"
-                if (
-                    row is not None
-                    and row["state"] == JobState.running
-                    and row["generation"] >= data.generation
-                    and row["leased"]
-                    and row["lease_owner"] is not None
-                    and row["lease_owner"] != self.worker_id
-                ):
-                    # Another worker holds a live lease (a redelivery or a re-send while it
-                    # works). Should that worker be dead, its lease runs out and the sweeper
-                    # sends the work again.
-                    await self._mark_processed(conn, envelope.id)
-                    bound.info("stage running elsewhere, event skipped", lease=row["lease_owner"])
-                    return "running-elsewhere"
+                    bound.info("event skipped", outcome=decision.outcome, reason=decision.reason)
+                    return decision.outcome
+                assert job is not None
                 attempt = await start_stage(
                     conn,
                     job.id,
@@ -426,7 +481,7 @@ class StageRunner(Generic[In]):
         except Exception:
             return
         job = await get_job(conn, data.job_id)
-        if job is None or self._reject_reason(job, data) is not None:
+        if job is None or rejection(job, data) is not None:
             return
         row = await conn.fetchrow(
             "SELECT state, generation, lease_owner, lease_expires_at > now() AS leased"
@@ -479,13 +534,6 @@ class StageRunner(Generic[In]):
             message=message,
             error=error,
         )
-
-    def _reject_reason(self, job: JobRow | None, data: EventData) -> str | None:
-        if job is None:
-            return f"unknown job {data.job_id}"
-        if job.owner_id != data.owner_id:
-            return "event owner does not match the job's owner"
-        return None
 
     async def _heartbeat(self, job: JobRow) -> None:
         interval = max(self.settings.lease_s / 3, 0.5)
