@@ -38,6 +38,7 @@ from mxw_shared.db import Connection, Pool
 from mxw_shared.deadletter import MAX_REASON_CHARS, clean_text, dead_letter, is_outage
 from mxw_shared.jobs import (
     JobRow,
+    current_run_sql,
     extend_lease,
     fail_stage,
     finish_stage,
@@ -50,7 +51,8 @@ from mxw_shared.jobs import (
 from mxw_shared.logging import get_logger
 from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
-from mxw_shared.stages import PIPELINE
+from mxw_shared.stage_inputs import rebuild_stage_input
+from mxw_shared.stages import PIPELINE, Pipeline
 
 log = get_logger(__name__)
 
@@ -165,11 +167,12 @@ def admit(
     *,
     refused: str | None = None,
     job_deleted: bool = False,
+    waiting_for: tuple[str, ...] = (),
 ) -> Admission:
     """Whether a stage runs an event, skips it or dead-letters it: the one rule, over the
     job row (after adoption), the stage's row and the event (`refused`: why adopting the
-    job failed; `job_deleted`: no job row because its owner deleted the job). Pure: the
-    runner does the I/O."""
+    job failed; `job_deleted`: no job row because its owner deleted the job; `waiting_for`:
+    prerequisites of a join not done in this run yet). Pure: the runner does the I/O."""
     if job is None and job_deleted:
         return Admission(Verdict.skip, "deleted", "the job was deleted")
     if reason := refused or rejection(job, event):
@@ -192,6 +195,10 @@ def admit(
             # Should that worker be dead, its lease runs out and the sweeper sends the work
             # again.
             return Admission(Verdict.skip, "running-elsewhere", f"lease of {row.lease_owner}")
+    if waiting_for:
+        # The last prerequisite to complete sends this stage's input again (StageRunner
+        # `_send_joins`), and the sweeper re-sends it should that be lost.
+        return Admission(Verdict.skip, "waiting", f"waiting for {', '.join(waiting_for)}")
     return Admission(Verdict.run, "run")
 
 
@@ -208,11 +215,13 @@ class StageRunner(Generic[In]):
         stage: Stage,
         work: StageWork[In],
         adopt_job: AdoptJob[In] | None = None,
+        pipeline: Pipeline = PIPELINE,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
-        self.topic = PIPELINE[stage].topic
+        self.pipeline = pipeline
+        self.topic = pipeline[stage].topic
         self.work = work
         self.adopt_job = adopt_job
         self.consumer = settings.service_name
@@ -286,6 +295,9 @@ class StageRunner(Generic[In]):
                     self.worker_id,
                     refused=reason,
                     job_deleted=deleted,
+                    waiting_for=await self._not_done(
+                        conn, job, self.pipeline.waits_for(self.stage)
+                    ),
                 )
                 if decision.verdict == Verdict.dead_letter:
                     bound.warning("event rejected", reason=decision.reason)
@@ -405,6 +417,7 @@ class StageRunner(Generic[In]):
                     source=self.settings.service_name,
                     traceparent=envelope.traceparent,
                 )
+            await self._send_joins(conn, job, data.generation, envelope.traceparent)
             last = await self._ends_the_job(conn, job, data.generation)
             await self._status(
                 conn,
@@ -417,11 +430,48 @@ class StageRunner(Generic[In]):
         bound.info("stage done", message=outcome.message)
         return "done"
 
+    async def _not_done(
+        self, conn: Connection, job: JobRow | None, stages: tuple[Stage, ...]
+    ) -> tuple[str, ...]:
+        """Those of `stages` not done in the job's current run."""
+        if job is None or not stages:
+            return ()
+        done = await conn.fetch(
+            f"""SELECT s.stage FROM job_stages s JOIN jobs j ON j.id = s.job_id
+                WHERE s.job_id = $1 AND s.stage = ANY($2::text[]) AND s.state = 'done'
+                  AND {current_run_sql("s", "j")}""",
+            job.id,
+            [s.value for s in stages],
+        )
+        found = {r["stage"] for r in done}
+        return tuple(s.value for s in stages if s.value not in found)
+
+    async def _send_joins(
+        self, conn: Connection, job: JobRow, generation: int, traceparent: str | None
+    ) -> None:
+        """A join is decided here, in the transaction that completes this stage: each stage
+        that waits for this one gets its input once all its prerequisites are done. The job
+        row is locked first, so that two prerequisites completing at once see each other."""
+        joins = self.pipeline.joins_completed_by(self.stage)
+        if not joins:
+            return
+        await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+        for spec in joins:
+            if await self._not_done(conn, job, spec.after):
+                continue
+            event = await rebuild_stage_input(
+                conn, job.id, spec.stage, generation=generation, pipeline=self.pipeline
+            )
+            if event is not None:
+                await enqueue(
+                    conn, event, source=self.settings.service_name, traceparent=traceparent
+                )
+
     async def _ends_the_job(self, conn: Connection, job: JobRow, generation: int) -> bool:
         """Whether this stage, just done, was the last of the run's final stages."""
-        if not PIPELINE.is_final(self.stage):
+        if not self.pipeline.is_final(self.stage):
             return False
-        others = [s.value for s in PIPELINE.final if s != self.stage]
+        others = [s.value for s in self.pipeline.final if s != self.stage]
         if not others:
             return True
         done = await conn.fetchval(

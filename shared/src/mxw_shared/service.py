@@ -86,7 +86,9 @@ class ServiceRuntime:
                 starting.create_task(consumer.start())
         for consumer in self.stage_consumers:
             if self.settings.sweep_interval_s > 0:
-                sweeper = StageSweeper(self.pool, self.settings, consumer.runner.stage)
+                sweeper = StageSweeper(
+                    self.pool, self.settings, consumer.runner.stage, consumer.runner.pipeline
+                )
                 self._sweepers.append(sweeper)
                 self._sweeper_tasks.append(
                     asyncio.create_task(sweeper.run(), name=f"sweep:{sweeper.stage.value}")

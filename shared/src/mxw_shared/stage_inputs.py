@@ -19,7 +19,7 @@ from mxw_shared.contracts import (
     TranscriptReady,
 )
 from mxw_shared.db import Connection
-from mxw_shared.stages import PIPELINE
+from mxw_shared.stages import PIPELINE, Pipeline
 
 _STORED_RESULTS = """
     SELECT t.duration_s, t.language, t.model,
@@ -36,6 +36,7 @@ async def rebuild_stage_input(
     *,
     generation: int | None = None,
     options: JobOptions | None = None,
+    pipeline: Pipeline = PIPELINE,
 ) -> EventData | None:
     """The input event of `stage` for the job's current run (or `generation`, with
     `options` instead of the stored ones); None when the job or the earlier stage's results
@@ -55,7 +56,7 @@ async def rebuild_stage_input(
     opts = options if options is not None else JobOptions.model_validate(job["options"] or {})
     # Rebuilt by the event type the stage consumes (stage table): a new stage that starts
     # from an existing event needs nothing here.
-    consumes = PIPELINE[stage].consumes
+    consumes = pipeline[stage].consumes
     if consumes is AudioUploaded:
         return AudioUploaded(
             **ids,

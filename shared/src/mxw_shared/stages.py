@@ -80,6 +80,18 @@ class Pipeline:
                 out.append(spec.stage)
         return tuple(s for s in self.order if s in out)
 
+    def waits_for(self, stage: Stage) -> tuple[Stage, ...]:
+        """The prerequisites of `stage` whose completion its input event does not prove:
+        all but the one that produces that event. Empty for a stage of a chain."""
+        spec = self[stage]
+        return tuple(p for p in spec.after if self[p].produces is not spec.consumes)
+
+    def joins_completed_by(self, stage: Stage) -> tuple[StageSpec, ...]:
+        """The stages whose input the completion of `stage` must send itself (when all
+        their prerequisites are done): those that wait for it and do not consume what it
+        produces."""
+        return tuple(s for s in self.specs if stage in self.waits_for(s.stage))
+
     def consuming(self, topic: str) -> tuple[StageSpec, ...]:
         """The stages whose input is `topic` (two stages may start from one event)."""
         return tuple(s for s in self.specs if s.topic == topic)

@@ -42,7 +42,7 @@ from mxw_shared.logging import get_logger
 from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stage_inputs import rebuild_stage_input
-from mxw_shared.stages import PIPELINE
+from mxw_shared.stages import PIPELINE, Pipeline
 
 log = get_logger(__name__)
 SWEPT = Counter(
@@ -105,11 +105,14 @@ class SweepAction:
 
 
 class StageSweeper:
-    def __init__(self, pool: Pool, settings: CommonSettings, stage: Stage) -> None:
+    def __init__(
+        self, pool: Pool, settings: CommonSettings, stage: Stage, pipeline: Pipeline = PIPELINE
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
-        self.topic = PIPELINE[stage].topic  # the stage's input topic
+        self.pipeline = pipeline
+        self.topic = pipeline[stage].topic  # the stage's input topic
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -126,7 +129,7 @@ class StageSweeper:
 
     async def sweep_once(self) -> list[SweepAction]:
         index = STAGE_ORDER.index(self.stage)
-        prerequisites = [s.value for s in PIPELINE[self.stage].after]
+        prerequisites = [s.value for s in self.pipeline[self.stage].after]
         actions: list[SweepAction] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(
@@ -156,7 +159,7 @@ class StageSweeper:
     async def _act(self, conn: Connection, row: Record) -> SweepAction:
         job_id: uuid.UUID = row["id"]
         why: str = row["why"]
-        event = await rebuild_stage_input(conn, job_id, self.stage)
+        event = await rebuild_stage_input(conn, job_id, self.stage, pipeline=self.pipeline)
         source = f"{self.settings.service_name}-sweeper"
         crash_loop = why == "lease expired" and row["attempts"] >= self.settings.max_stage_starts
         if event is None or crash_loop:
