@@ -211,3 +211,27 @@ async def test_a_dead_letter_the_broker_does_not_hand_over_in_time_is_not_called
         await gateway_kafka.read_one(settings, topic, int(partition), int(offset), timeout_s=0)
     # Offsets the partition does not hold are missing at once, whatever the time allowed.
     assert await gateway_kafka.read_one(settings, topic, int(partition), 10**9, timeout_s=0) is None
+
+
+async def test_admin_jobs_lists_everyone_s_jobs_as_jobs_all_does(client, token, upload_short):
+    """The seed's GET /admin/jobs: every user's jobs, with the filters and paging of
+    GET /jobs?all=true (same page for the same query)."""
+    admin = token("boss", admin=True)
+    mine = uuid.UUID((await upload_short(client, token("aj-ann"))).json()["id"])
+    theirs = uuid.UUID((await upload_short(client, token("aj-bob"))).json()["id"])
+
+    listed = await client.get("/admin/jobs", headers=admin, params={"limit": 1000})
+    assert listed.status_code == 200, listed.text
+    ids = {uuid.UUID(j["id"]) for j in listed.json()["items"]}
+    assert {mine, theirs} <= ids
+
+    query = {"filename": "short", "state": ["queued", "running", "done"], "limit": 2}
+    admin_page = (await client.get("/admin/jobs", headers=admin, params=query)).json()
+    all_page = (await client.get("/jobs", headers=admin, params={**query, "all": "true"})).json()
+    assert admin_page == all_page
+    assert len(admin_page["items"]) == 2
+
+    assert (await client.get("/admin/jobs", headers=token("aj-ann"))).status_code == 403
+    bad = await client.get("/admin/jobs", headers=admin, params={"limit": 0})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")

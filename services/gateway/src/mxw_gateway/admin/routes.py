@@ -14,6 +14,8 @@ from mxw_gateway.admin import service
 from mxw_gateway.admin.schemas import DeadLetter, ReplayResult, SystemView, UserChange, UserView
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.deps import CurrentUserDep, PoolDep, SettingsDep
+from mxw_gateway.jobs.routes import JobListQueryDep
+from mxw_gateway.jobs.schemas import JobPage
 
 
 async def require_admin(user: CurrentUserDep) -> CurrentUser:
@@ -52,6 +54,14 @@ async def change_user(
     user_id: UserId, change: UserChange, admin: AdminDep, pool: PoolDep
 ) -> UserView:
     return await service.change_user(pool, admin, user_id, change)
+
+
+@router.get("/jobs", response_model=JobPage, summary="Every user's jobs, newest first")
+async def list_jobs(
+    admin: AdminDep, settings: SettingsDep, pool: PoolDep, query: JobListQueryDep
+) -> JobPage:
+    """The same list, filters and paging as GET /jobs?all=true."""
+    return await query.page(pool, settings, admin, all_users=True)
 
 
 @router.get("/system", response_model=SystemView, summary="Jobs per state, consumer lag, DLQs")

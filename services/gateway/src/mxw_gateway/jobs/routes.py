@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from mxw_shared.blobs import S3BackedBlobStore
 from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
+from mxw_shared.db import Pool
 from mxw_shared.problems import PROBLEM_JSON
 
+from mxw_gateway.auth import CurrentUser
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitReprocess, RateLimitUploads
 from mxw_gateway.jobs import service
@@ -23,6 +26,7 @@ from mxw_gateway.jobs.schemas import (
     ReprocessRequest,
     TranscriptView,
 )
+from mxw_gateway.settings import GatewaySettings
 
 router = APIRouter(tags=["jobs"])
 
@@ -126,22 +130,20 @@ async def create_job(
     return await _upload(request, user, settings, pool, store, force)
 
 
-@router.get("/jobs", response_model=JobPage, summary="Your jobs, newest first")
-async def list_jobs(
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
-    all: Annotated[bool, Query(description="Admins only: every user's jobs.")] = False,
+@dataclass
+class JobListQuery:
+    """The paging and filters of a job list (GET /jobs, GET /admin/jobs)."""
+
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None
+    cursor: Annotated[str | None, Query(max_length=200)] = None
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0
     state: Annotated[
         list[JobState] | None, Query(description="Only jobs in these states (repeatable).")
-    ] = None,
+    ] = None
     created_from: Annotated[
         datetime | None, Query(description="Created at or after (ISO 8601).")
-    ] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    ] = None
+    created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None
     filename: Annotated[
         str | None,
         Query(
@@ -149,22 +151,39 @@ async def list_jobs(
             pattern=NO_CONTROL_CHARACTERS,
             description="Filename contains (case-insensitive).",
         ),
-    ] = None,
+    ] = None
+
+    async def page(
+        self, pool: Pool, settings: GatewaySettings, user: CurrentUser, *, all_users: bool
+    ) -> JobPage:
+        size = min(self.limit or settings.jobs_default_page_size, settings.jobs_max_page_size)
+        return await service.list_jobs(
+            pool,
+            settings,
+            user,
+            limit=size,
+            cursor=self.cursor,
+            offset=self.offset,
+            all_users=all_users,
+            states=self.state,
+            created_from=self.created_from,
+            created_to=self.created_to,
+            filename=self.filename,
+        )
+
+
+JobListQueryDep = Annotated[JobListQuery, Depends()]
+
+
+@router.get("/jobs", response_model=JobPage, summary="Your jobs, newest first")
+async def list_jobs(
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    query: JobListQueryDep,
+    all: Annotated[bool, Query(description="Admins only: every user's jobs.")] = False,
 ) -> JobPage:
-    size = min(limit or settings.jobs_default_page_size, settings.jobs_max_page_size)
-    return await service.list_jobs(
-        pool,
-        settings,
-        user,
-        limit=size,
-        cursor=cursor,
-        offset=offset,
-        all_users=all,
-        states=state,
-        created_from=created_from,
-        created_to=created_to,
-        filename=filename,
-    )
+    return await query.page(pool, settings, user, all_users=all)
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such job (or not yours).")}
