@@ -444,13 +444,26 @@ def pytest_configure(config: pytest.Config) -> None:
         "unreadable_records: writes records aiokafka cannot parse to the session broker's "
         "topics; `./mxw test` runs these in a session (and broker) of their own",
     )
+    config.addinivalue_line(
+        "markers",
+        "infra: uses real infrastructure (PostgreSQL, a broker, a local stack); set by use "
+        "of those fixtures or by hand. `./mxw fast` runs the rest: the inner loop",
+    )
+
+
+# Fixtures that start real infrastructure: a test that uses one, directly or through another
+# fixture, is marked `infra`.
+INFRA_FIXTURES = frozenset({"infra", "apache_kafka", "launch_stack", "broker_kind"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Set by use of the fixture, so no such test can land in the shared session unmarked.
     for item in items:
-        if "publish_unreadable" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "publish_unreadable" in fixtures:
             item.add_marker(pytest.mark.unreadable_records)
+        if fixtures & INFRA_FIXTURES:
+            item.add_marker(pytest.mark.infra)
 
 
 def speech_words(text: str) -> list[str]:

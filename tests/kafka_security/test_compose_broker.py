@@ -27,7 +27,10 @@ from mxw_shared.kafka import KafkaAccessError, check_access, client_options
 from mxw_shared.settings import CommonSettings
 from pydantic import SecretStr
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+pytestmark = [
+    pytest.mark.infra,  # Apache Kafka of its own
+    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

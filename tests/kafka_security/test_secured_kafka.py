@@ -37,7 +37,10 @@ from mxw_shared.service import StageConsumer
 from mxw_shared.settings import CommonSettings
 from pydantic import SecretStr
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+pytestmark = [
+    pytest.mark.infra,  # Apache Kafka of its own
+    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
+]
 
 OUTSIDER = "acme"
 SERVICES = kafka_access.SERVICES

@@ -26,7 +26,10 @@ from mxw_shared.kafka import KafkaAccessError, check_access, client_options, mak
 from mxw_shared.settings import CommonSettings
 from pydantic import SecretStr
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+pytestmark = [
+    pytest.mark.infra,  # Apache Kafka of its own
+    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
+]
 
 
 def _name(common: str) -> x509.Name:

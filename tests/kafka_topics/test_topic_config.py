@@ -131,6 +131,7 @@ def test_impossible_partitions_or_replication_are_refused(
         topics.topic_specs(partitions, replication)
 
 
+@pytest.mark.infra  # its broker fixture starts tansu or reaches Apache Kafka by name
 async def test_the_broker_reports_the_declared_configuration_and_a_second_run_changes_nothing(
     bootstrap: str, admin: AIOKafkaAdminClient
 ) -> None:

@@ -25,6 +25,7 @@ def test_a_new_cluster_id_never_starts_with_a_dash(
     assert (tmp_path / "cluster-id").read_text() == cluster.cluster_id
 
 
+@pytest.mark.infra  # starts a broker
 async def test_a_kept_cluster_id_that_starts_with_a_dash_still_formats(tmp_path: Path) -> None:
     """A data directory made before ids were drawn without a leading dash keeps its id;
     formatting passes it as --cluster-id=<id>, which the tool cannot read as an option."""
