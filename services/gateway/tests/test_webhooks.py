@@ -77,7 +77,8 @@ async def test_other_users_see_nothing_and_admins_see_all(client, token):
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("ftp://example.com/x", "only http and https"),
+        # Worded for a webhook (URL ingest says "fetched": test_from_url.py).
+        ("ftp://example.com/x", "only http and https URLs can be called"),
         ("https://user:pw@93.184.216.34/x", "credentials"),
         ("http://127.0.0.1:9/x", "not a public address"),
         ("http://localhost/x", "not a public address"),
@@ -85,7 +86,7 @@ async def test_other_users_see_nothing_and_admins_see_all(client, token):
         ("http://10.0.0.7/x", "not a public address"),
         ("http://[::1]/x", "not a public address"),
         ("http://no-such-host.invalid/x", "cannot resolve"),
-        ("not a url", "only http and https"),
+        ("not a url", "only http and https URLs can be called"),
     ],
 )
 async def test_targets_the_notifier_may_not_call_are_refused(client, token, url, why):

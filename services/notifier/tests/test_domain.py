@@ -25,12 +25,11 @@ from mxw_notifier.webhook_domain import (
     body_of,
     event_type,
     job_event_payload,
-    parse_networks,
-    refusal,
     should_disable,
     signature_header,
 )
 from mxw_shared.auth import Principal
+from mxw_shared.netguard import BadUrl, parse_networks, parse_target, refusal
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -267,3 +266,10 @@ def test_l2_after_is_bounded_by_the_integer_seq_column():
             parse_after(bad)
     with pytest.raises(ValueError, match="2147483647"):
         parse_resume(f"{uuid.uuid4()}:2147483648", max_jobs=10)
+
+
+def test_a_target_of_another_scheme_is_refused_as_one_that_cannot_be_called() -> None:
+    # The words the delivery attempt records (the gateway's registration uses the same).
+    with pytest.raises(BadUrl) as refused:
+        parse_target("ftp://example.org/hook", 100, purpose="webhook")
+    assert str(refused.value) == "only http and https URLs can be called"

@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
-from mxw_shared.netguard import BadUrl, parse_networks, parse_url, pinned_request, refusal, resolve
+from mxw_shared.netguard import (
+    BadUrl,
+    parse_networks,
+    parse_target,
+    pinned_request,
+    refusal,
+    resolve,
+)
 from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretKeyError
 from prometheus_client import Counter
 
@@ -350,7 +357,7 @@ class WebhookDispatcher:
             return AttemptResult("failed", error=str(exc))
         try:
             # The gateway bounded the URL's length when it was registered.
-            target = parse_url(claimed.url, max_chars=len(claimed.url))
+            target = parse_target(claimed.url, len(claimed.url), purpose="webhook")
         except BadUrl as exc:
             return AttemptResult("refused", error=str(exc))
         try:
