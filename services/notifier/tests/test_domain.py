@@ -20,6 +20,7 @@ from mxw_notifier.domain import (
     select_history,
 )
 from mxw_notifier.fanout import Hub, Subscriber
+from mxw_notifier.repository import status_message
 from mxw_notifier.webhook_domain import (
     backoff_s,
     body_of,
@@ -273,3 +274,16 @@ def test_a_target_of_another_scheme_is_refused_as_one_that_cannot_be_called() ->
     with pytest.raises(BadUrl) as refused:
         parse_target("ftp://example.org/hook", 100, purpose="webhook")
     assert str(refused.value) == "only http and https URLs can be called"
+
+
+def test_a_job_events_row_is_the_status_message_feeds_and_webhooks_send() -> None:
+    at = datetime(2026, 12, 3, 7, 40, tzinfo=UTC)
+    row = {
+        "job_id": JOB, "seq": 7, "event_id": "ev-7", "stage": "embed", "state": "done",
+        "progress": 0.999996, "message": "embedded", "error": None, "created_at": at,
+        "owner_id": "alice", "filename": "talk.ogg",  # other columns a query selects
+    }  # fmt: skip
+    assert status_message(row) == StatusMessage(
+        event_id="ev-7", job_id=JOB, seq=7, stage="embed", state="done", progress=1.0,
+        message="embedded", error=None, time=at,
+    )  # fmt: skip
