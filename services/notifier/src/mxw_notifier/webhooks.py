@@ -166,9 +166,6 @@ class WebhookDispatcher:
 
     # ---- the dispatch loop ----
 
-    def wake(self) -> None:
-        self._wake.set()
-
     async def run(self) -> None:
         while not self._stopping:
             try:
