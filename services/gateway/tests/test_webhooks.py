@@ -7,7 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretSettings
+from mxw_shared.webhook_secrets import (
+    WebhookSecretBox,
+    WebhookSecretKeyError,
+    WebhookSecretSettings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +125,16 @@ async def test_rotation_keeps_the_previous_secret_for_a_grace_period(client, tok
     )  # fmt: skip
     view = (await client.get(f"/webhooks/{created['id']}", headers=headers)).json()
     assert view["previous_secret_valid_until"] is not None
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"), [(None, "is not set"), ("not-a-key", "is not a webhook secret key")]
+)
+async def test_the_gateway_does_not_start_without_a_usable_secret_key(start_gateway, key, reason):
+    # A GatewaySettings field like any other: passed in, no environment patched.
+    with pytest.raises(WebhookSecretKeyError, match=reason):
+        async with start_gateway(webhook_secret_key=key):
+            pass
 
 
 async def test_test_request_and_attempts_listing(client, token, db):
