@@ -112,7 +112,7 @@ def service_code() -> dict[str, ServiceCode]:
 @cache
 def package_settings(package: str) -> tuple[type[BaseSettings], ...]:
     """Every settings model defined in a package: a service may read more than its main one
-    (the gateway's WebhookSettings reads the MXW_WEBHOOK_* variables the notifier reads)."""
+    (none does today; one added later counts without a change here)."""
     root = importlib.import_module(package)
     modules = [root] + [
         importlib.import_module(info.name)

@@ -48,9 +48,10 @@ def misspelt(names: set[str], known: frozenset[str]) -> set[str]:
 
 
 def test_the_guard_knows_every_settings_model(known_settings_env: frozenset[str]) -> None:
-    # Common, per-service and secondary models (the gateway's WebhookSettings) all count.
+    # Common, per-service and mixed-in models (the webhook secret key settings) all count.
     expected = {"MXW_DATABASE_URL", "MXW_BLOB_STORE_URL", "MXW_WEB_OIDC_ISSUER"}
     expected |= {"MXW_SEND_BUFFER_BYTES", "MXW_WEBHOOK_SECRET_ROTATION_GRACE_S"}
+    expected |= {"MXW_WEBHOOK_SECRET_KEY", "MXW_WEBHOOK_ALLOWED_NETWORKS"}
     assert expected <= known_settings_env
     assert misspelt({"MXW_SHUTDOWN_GRACE", "MXW_WEB_OIDC_ISSUER"}, known_settings_env) == {
         "MXW_SHUTDOWN_GRACE"

@@ -26,7 +26,7 @@ from mxw_shared.netguard import (
     ForbiddenTarget,
     check_addresses,
     parse_networks,
-    parse_url,
+    parse_target,
 )
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
@@ -257,6 +257,14 @@ async def test_bad_and_forbidden_urls(client, headers, db, url, status):
     assert await job_count(db) == jobs
 
 
+async def test_a_url_of_another_scheme_is_refused_as_one_that_cannot_be_fetched(client, headers):
+    response = await client.post(
+        "/jobs/from-url", headers=headers, json={"url": "ftp://127.0.0.1/a.ogg"}
+    )
+    # Worded for a download (webhook registration says "called": test_webhooks.py).
+    assert assert_problem(response, 400)["detail"] == "only http and https URLs can be fetched"
+
+
 async def test_a_redirect_to_a_forbidden_target_is_refused(client, headers, origin, db):
     jobs = await job_count(db)
     for target in ("http://127.0.0.2:9/a.ogg", "http://169.254.169.254/latest/meta-data"):
@@ -413,7 +421,7 @@ def test_l8_refusal_names_the_host_but_not_what_it_resolves_to() -> None:
 
 
 def test_l8_the_pinned_request_is_built_from_the_checked_address_only() -> None:
-    target = parse_url("http://media.example:8080/a%20b.ogg?x=1#frag", 2048)
+    target = parse_target("http://media.example:8080/a%20b.ogg?x=1#frag", 2048, purpose="download")
     request = netguard.pinned_request(
         httpx.AsyncClient(), "GET", target, ip("93.184.215.14"), {"User-Agent": "t"}
     )
@@ -422,12 +430,12 @@ def test_l8_the_pinned_request_is_built_from_the_checked_address_only() -> None:
 
 
 def test_url_rules() -> None:
-    target = parse_url("HTTPS://Example.org/a%20b.mp3?x=1", 2048)
+    target = parse_target("HTTPS://Example.org/a%20b.mp3?x=1", 2048, purpose="download")
     assert (target.scheme, target.host, target.port) == ("https", "example.org", 443)
     assert target.path_and_query == "/a%20b.mp3?x=1"
-    assert parse_url("http://[::1]:8080/", 2048).port == 8080
+    assert parse_target("http://[::1]:8080/", 2048, purpose="download").port == 8080
     for bad in ("gopher://x/", "http://x:99999/", "http://x/" + "a" * 3000, "//x/a"):
         with pytest.raises(BadUrl):
-            parse_url(bad, 2048)
+            parse_target(bad, 2048, purpose="download")
     assert filename_from_url("http://x/dir/Talk%20one.mp3?dl=1") == "Talk one.mp3"
     assert filename_from_url("http://x/") is None

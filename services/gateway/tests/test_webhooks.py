@@ -7,7 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretSettings
+from mxw_shared.webhook_secrets import (
+    WebhookSecretBox,
+    WebhookSecretKeyError,
+    WebhookSecretSettings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,8 @@ async def test_other_users_see_nothing_and_admins_see_all(client, token):
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("ftp://example.com/x", "only http and https"),
+        # Worded for a webhook (URL ingest says "fetched": test_from_url.py).
+        ("ftp://example.com/x", "only http and https URLs can be called"),
         ("https://user:pw@93.184.216.34/x", "credentials"),
         ("http://127.0.0.1:9/x", "not a public address"),
         ("http://localhost/x", "not a public address"),
@@ -85,7 +90,7 @@ async def test_other_users_see_nothing_and_admins_see_all(client, token):
         ("http://10.0.0.7/x", "not a public address"),
         ("http://[::1]/x", "not a public address"),
         ("http://no-such-host.invalid/x", "cannot resolve"),
-        ("not a url", "only http and https"),
+        ("not a url", "only http and https URLs can be called"),
     ],
 )
 async def test_targets_the_notifier_may_not_call_are_refused(client, token, url, why):
@@ -120,6 +125,16 @@ async def test_rotation_keeps_the_previous_secret_for_a_grace_period(client, tok
     )  # fmt: skip
     view = (await client.get(f"/webhooks/{created['id']}", headers=headers)).json()
     assert view["previous_secret_valid_until"] is not None
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"), [(None, "is not set"), ("not-a-key", "is not a webhook secret key")]
+)
+async def test_the_gateway_does_not_start_without_a_usable_secret_key(start_gateway, key, reason):
+    # A GatewaySettings field like any other: passed in, no environment patched.
+    with pytest.raises(WebhookSecretKeyError, match=reason):
+        async with start_gateway(webhook_secret_key=key):
+            pass
 
 
 async def test_test_request_and_attempts_listing(client, token, db):

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-ALLOWED = '["127.0.0.1/32"]'
+ALLOWED = ["127.0.0.1/32"]
 
 
 @dataclass
@@ -100,7 +100,7 @@ async def stack(infra, start_gateway):
         "notifier",
         host="127.0.0.1",
         port=port,
-        webhook_allowed_networks=["127.0.0.1/32"],
+        webhook_allowed_networks=ALLOWED,
         webhook_poll_interval_s=0.1,
         webhook_backoff_base_s=0.2,
         webhook_max_attempts=4,
@@ -109,20 +109,18 @@ async def stack(infra, start_gateway):
         webhook_timeout_s=5,
     )
     notifier_app = create_notifier(settings)
-    with pytest.MonkeyPatch.context() as env:
-        # The gateway reads the same variable as the notifier when endpoints are registered.
-        env.setenv("MXW_WEBHOOK_ALLOWED_NETWORKS", ALLOWED)
-        async with (
-            serve(receiver_app, receiver_port),
-            serve(notifier_app, port, server_config(notifier_app, settings)),
-            start_gateway() as gateway,
-        ):
-            async with httpx.AsyncClient() as probe:
-                deadline = time.monotonic() + 90
-                while (await probe.get(f"http://127.0.0.1:{port}/readyz")).status_code != 200:
-                    assert time.monotonic() < deadline, "notifier never became ready"
-                    await asyncio.sleep(0.1)
-            yield gateway, receiver
+    async with (
+        serve(receiver_app, receiver_port),
+        serve(notifier_app, port, server_config(notifier_app, settings)),
+        # The gateway checks registrations against the same networks the notifier allows.
+        start_gateway(webhook_allowed_networks=ALLOWED) as gateway,
+    ):
+        async with httpx.AsyncClient() as probe:
+            deadline = time.monotonic() + 90
+            while (await probe.get(f"http://127.0.0.1:{port}/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, "notifier never became ready"
+                await asyncio.sleep(0.1)
+        yield gateway, receiver
 
 
 async def register(gateway, headers, receiver: Receiver, name: str, **body) -> dict:

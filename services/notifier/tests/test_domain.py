@@ -20,17 +20,17 @@ from mxw_notifier.domain import (
     select_history,
 )
 from mxw_notifier.fanout import Hub, Subscriber
+from mxw_notifier.repository import status_message
 from mxw_notifier.webhook_domain import (
     backoff_s,
     body_of,
     event_type,
     job_event_payload,
-    parse_networks,
-    refusal,
     should_disable,
     signature_header,
 )
 from mxw_shared.auth import Principal
+from mxw_shared.netguard import BadUrl, parse_networks, parse_target, refusal
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -267,3 +267,23 @@ def test_l2_after_is_bounded_by_the_integer_seq_column():
             parse_after(bad)
     with pytest.raises(ValueError, match="2147483647"):
         parse_resume(f"{uuid.uuid4()}:2147483648", max_jobs=10)
+
+
+def test_a_target_of_another_scheme_is_refused_as_one_that_cannot_be_called() -> None:
+    # The words the delivery attempt records (the gateway's registration uses the same).
+    with pytest.raises(BadUrl) as refused:
+        parse_target("ftp://example.org/hook", 100, purpose="webhook")
+    assert str(refused.value) == "only http and https URLs can be called"
+
+
+def test_a_job_events_row_is_the_status_message_feeds_and_webhooks_send() -> None:
+    at = datetime(2026, 12, 3, 7, 40, tzinfo=UTC)
+    row = {
+        "job_id": JOB, "seq": 7, "event_id": "ev-7", "stage": "embed", "state": "done",
+        "progress": 0.999996, "message": "embedded", "error": None, "created_at": at,
+        "owner_id": "alice", "filename": "talk.ogg",  # other columns a query selects
+    }  # fmt: skip
+    assert status_message(row) == StatusMessage(
+        event_id="ev-7", job_id=JOB, seq=7, stage="embed", state="done", progress=1.0,
+        message="embedded", error=None, time=at,
+    )  # fmt: skip

@@ -12,7 +12,6 @@ import threading
 import uuid
 import wave
 import zlib
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,7 +22,8 @@ from mxw_shared.contracts import AudioUploaded, JobOptions, Task
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
+from .helpers import FIXTURES, long_wav, stage_state, store, uploaded
+
 # Word error rates allowed on the real-speech clips (conftest.py, SPEECH_PROMPTS): about
 # three times what the models were seen to make there under every CPU ISA (tiny.en 4.8 %
 # on English, base 7.0 % on French), far below what a wrong or truncated transcript gives.
@@ -66,15 +66,6 @@ async def transcriber(infra, s3_store):
         yield app
 
 
-def store(infra, data: bytes) -> tuple[str, str]:
-    """Put bytes into the blob root the way the gateway does; returns (file:// URI, sha256)."""
-    sha = hashlib.sha256(data).hexdigest()
-    path = infra.root / "blobs" / sha[:2] / sha
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path.as_uri(), sha
-
-
 def store_fixture(infra, name: str) -> tuple[str, str, int]:
     data = (FIXTURES / f"{name}.ogg").read_bytes()
     uri, sha = store(infra, data)
@@ -85,27 +76,6 @@ def store_speech(infra, clip) -> tuple[str, str, int]:
     data = clip.path.read_bytes()
     uri, sha = store(infra, data)
     return uri, sha, len(data)
-
-
-def uploaded(job_id, uri, sha, owner="alice", *, wav=False, **options) -> AudioUploaded:
-    return AudioUploaded(
-        job_id=job_id,
-        owner_id=owner,
-        audio_uri=uri,
-        sha256=sha,
-        filename="clip.wav" if wav else "clip.ogg",
-        content_type="audio/wav" if wav else "audio/ogg",
-        options=JobOptions(**options),
-    )
-
-
-async def stage_state(wait_for, job_id, states=("done", "failed")):
-    return await wait_for(
-        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'",
-        job_id,
-        predicate=lambda s: s in states,
-        timeout_s=120,
-    )
 
 
 def assert_heard(text: str, clip, margin: float = TINY_EN_WER_MARGIN) -> None:
@@ -467,23 +437,6 @@ def test_fixture_copy_helper_is_byte_exact(infra, tmp_path):
     shutil.copyfile(uri.removeprefix("file://"), copy)
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == sha
     assert copy.stat().st_size == size
-
-
-def long_wav(repeats: int) -> bytes:
-    """The solar fixture repeated: long enough that a cancel lands mid-transcription."""
-
-    import numpy as np
-    from mxw_transcriber.domain import decode_audio
-
-    samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
-    pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 async def test_cancelling_a_job_stops_its_transcription(

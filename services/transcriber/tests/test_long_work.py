@@ -6,23 +6,20 @@ group only after group.initial.rebalance.delay.ms (3 s, Kafka's default, kept) a
 max.poll.interval.ms as the rebalance timeout."""
 
 import asyncio
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import wave
 
 from asgi_lifespan import LifespanManager
 from mxw_shared import topics
 from mxw_shared.pipeline import EVENTS
-from mxw_transcriber.domain import decode_audio
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
 
-from .test_integration import FIXTURES, stage_state, store, uploaded
+from .helpers import FIXTURES, long_wav, stage_state, store, uploaded
 
 SOLAR_TEXT = json.loads((FIXTURES / "sentences.json").read_text())["solar_and_bread"]["text"]
 # tiny.en on the synthetic solar fixture, 8 repeats, seen 2026-12-02 on an AMD EPYC: WER
@@ -30,20 +27,6 @@ SOLAR_TEXT = json.loads((FIXTURES / "sentences.json").read_text())["solar_and_br
 # (a few words lost at the seam). The margin fails a transcript that lost two of the eight
 # repeats (each is 1/8 of the words), as prompting the resumed run with the text so far did.
 RESUMED_WER_MARGIN = 0.45
-
-
-def long_wav(repeats: int) -> bytes:
-    import numpy as np
-
-    samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
-    pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 async def committed_everything(broker_infra, group: str) -> bool:

@@ -14,6 +14,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -30,7 +31,7 @@ _NOT_PUBLIC = (ipaddress.ip_network("2002::/16"), ipaddress.ip_network("fec0::/1
 
 
 class BadUrl(ValueError):
-    """Not an http(s) URL we can fetch. The message is safe to show."""
+    """Not an http(s) URL we can fetch or call. The message is safe to show."""
 
 
 class ForbiddenTarget(ValueError):
@@ -118,7 +119,16 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def parse_url(url: str, max_chars: int) -> Target:
+# What a URL is for, and so how a refusal words it: a download is fetched (URL ingest, the
+# transcriber's http(s) audio), a webhook endpoint is called (registration, delivery).
+Purpose = Literal["download", "webhook"]
+_VERB: dict[Purpose, str] = {"download": "fetched", "webhook": "called"}
+
+
+def parse_target(url: str, max_chars: int, *, purpose: Purpose) -> Target:
+    """The URL as a Target, or BadUrl saying why not (worded for `purpose`): http(s), a
+    host, no credentials, no whitespace or control characters, read as the HTTP client
+    reads it. Nothing is resolved here."""
     if len(url) > max_chars:
         raise BadUrl(f"the URL is longer than {max_chars} characters")
     try:
@@ -128,7 +138,7 @@ def parse_url(url: str, max_chars: int) -> Target:
         raise BadUrl(f"not a valid URL: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise BadUrl("only http and https URLs can be fetched")
+        raise BadUrl(f"only http and https URLs can be {_VERB[purpose]}")
     host = parts.hostname
     if not host:
         raise BadUrl("the URL has no host")
@@ -247,7 +257,7 @@ async def fetch(url: str, policy: FetchPolicy) -> AsyncIterator[Fetched]:
         httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
     ):
         for _ in range(policy.max_redirects + 1):
-            target = parse_url(url, policy.max_url_chars)
+            target = parse_target(url, policy.max_url_chars, purpose="download")
             addresses = await _resolve(target, policy.resolve_timeout_s)
             check_addresses(target.host, addresses, policy.allow_private, policy.allowed_networks)
             request = pinned_request(client, "GET", target, addresses[0], headers)

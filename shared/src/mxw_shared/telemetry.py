@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 from mxw_shared.redaction import scrub_secrets
@@ -225,11 +225,6 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def current_trace_id() -> str | None:
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
-
-
 @contextlib.contextmanager
 def consume_span(
     topic: str, headers: Mapping[str, str], service: str, group: str | None = None
@@ -257,10 +252,6 @@ def span(name: str, **attributes: str | int | float | bool) -> Iterator[trace.Sp
     """An internal span (model inference, a batch of work) under the current one."""
     with tracer().start_as_current_span(name, attributes=attributes) as current:
         yield current
-
-
-def mark_error(current: trace.Span, description: str) -> None:
-    current.set_status(Status(StatusCode.ERROR, description[:200]))
 
 
 @contextlib.contextmanager

@@ -84,11 +84,9 @@ def check_ranges(ranges: Sequence[Range], n: int) -> str | None:
     return None
 
 
-def chunks_from_ranges(
-    segments: Sequence[Segment], ranges: Sequence[Range], *, overlap_text: bool = False
-) -> list[Chunk]:
-    """Chunks for a partition of `segments` (usable segments). With `overlap_text`, see
-    `fixed_ranges`: text only, timestamps never overlap."""
+def chunks_from_ranges(segments: Sequence[Segment], ranges: Sequence[Range]) -> list[Chunk]:
+    """Chunks for a partition of `segments` (usable segments), each the text of its own
+    segments only (the fixed method prepends its overlap afterwards: `overlap_prefix`)."""
     reason = check_ranges(ranges, len(segments))
     if reason is not None:
         raise ValueError(f"not a partition: {reason}")

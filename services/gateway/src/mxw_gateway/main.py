@@ -33,7 +33,6 @@ from mxw_gateway.timing.routes import router as timing_router
 from mxw_gateway.timing.service import refresh_job_gauges
 from mxw_gateway.web.routes import web_router
 from mxw_gateway.webhooks.routes import router as webhooks_router
-from mxw_gateway.webhooks.settings import webhook_settings_of
 
 log = get_logger(__name__)
 
@@ -47,7 +46,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Webhook secrets at rest: a missing, malformed or wrong key stops start-up with its
         # reason; rows still in clear (or under an old key) are sealed under the current key.
-        secret_box = WebhookSecretBox.from_settings(webhook_settings_of(app))
+        secret_box = WebhookSecretBox.from_settings(settings)
         await runtime.start_storage()
         try:
             sealed = await seal_stored_secrets(runtime.pool, secret_box)

@@ -2,6 +2,7 @@ from pathlib import Path
 
 from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.settings import CommonSettings
+from mxw_shared.webhook_secrets import WebhookSecretSettings
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 RATE_LIMITS: dict[str, tuple[float, int]] = {
@@ -12,7 +13,7 @@ RATE_LIMITS: dict[str, tuple[float, int]] = {
 }
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(CommonSettings, WebhookSecretSettings):
     service_name: str = "gateway"
     port: int = 8000
 
@@ -124,3 +125,17 @@ class GatewaySettings(CommonSettings):
     ingest_resolve_timeout_s: float = Field(default=10.0, gt=0)
     ingest_max_redirects: int = Field(default=5, ge=0)
     ingest_max_url_chars: int = 2048
+
+    # ---- Webhook endpoints (/webhooks; the notifier makes the deliveries) ----
+    # The secret key settings come with WebhookSecretSettings: the gateway seals, the
+    # notifier opens. Private, loopback, link-local, multicast and reserved targets are
+    # refused unless webhook_allow_private, or the address lies in webhook_allowed_networks
+    # (CIDR list): the notifier reads the same two variables and checks again at delivery.
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+    webhook_max_endpoints_per_user: int = Field(default=20, ge=1)
+    webhook_max_url_chars: int = Field(default=2048, ge=16)
+    # After a rotation the previous secret signs too (a second signature) for this long,
+    # so receivers can switch without losing a delivery.
+    webhook_secret_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0)
+    webhook_resolve_timeout_s: float = Field(default=5.0, gt=0)

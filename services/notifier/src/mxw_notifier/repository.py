@@ -4,9 +4,9 @@ webhooks.py.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from asyncpg import Record
 from mxw_shared.db import Pool
 
 from mxw_notifier.domain import StatusMessage
@@ -22,13 +22,15 @@ async def job_owners(pool: Pool, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
     return {row["id"]: row["owner_id"] for row in rows}
 
 
-_COLUMNS = "seq, event_id, stage, state, progress, message, error, created_at"
+# What status_message reads of a job_events row (the webhook dispatcher selects them too).
+_COLUMNS = "job_id, seq, event_id, stage, state, progress, message, error, created_at"
 
 
-def _status(job_id: uuid.UUID, row: Record) -> StatusMessage:
+def status_message(row: Mapping[str, Any]) -> StatusMessage:
+    """The feed entry of one job_events row (the columns of _COLUMNS)."""
     return StatusMessage(
         event_id=row["event_id"],
-        job_id=job_id,
+        job_id=row["job_id"],
         seq=row["seq"],
         stage=row["stage"],
         state=row["state"],
@@ -50,19 +52,17 @@ async def job_history(
         after_seq,
         before_seq,
     )
-    return [_status(job_id, row) for row in rows]
+    return [status_message(row) for row in rows]
 
 
 async def latest_event(pool: Pool, job_id: uuid.UUID) -> StatusMessage | None:
     row = await pool.fetchrow(
         f"SELECT {_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1", job_id
     )
-    return None if row is None else _status(job_id, row)
+    return None if row is None else status_message(row)
 
 
 async def event_by_id(pool: Pool, event_id: str) -> StatusMessage | None:
     """The recorded status event with this id (ce_id), or None."""
-    row = await pool.fetchrow(
-        f"SELECT job_id, {_COLUMNS} FROM job_events WHERE event_id = $1", event_id
-    )
-    return None if row is None else _status(row["job_id"], row)
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM job_events WHERE event_id = $1", event_id)
+    return None if row is None else status_message(row)

@@ -10,12 +10,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from mxw_shared.netguard import parse_networks, refusal
 from standardwebhooks import Webhook
 
 from mxw_notifier.domain import StatusMessage
 
-__all__ = ["parse_networks", "refusal"]  # from mxw_shared.netguard, for the tests
 TEST_EVENT_TYPE = "webhook.test"
 USER_AGENT = "MxWhisper-Webhooks/1.0"
 

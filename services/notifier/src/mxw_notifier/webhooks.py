@@ -18,11 +18,18 @@ from typing import Any
 import httpx
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
-from mxw_shared.netguard import BadUrl, parse_networks, parse_url, pinned_request, refusal, resolve
+from mxw_shared.netguard import (
+    BadUrl,
+    parse_networks,
+    parse_target,
+    pinned_request,
+    refusal,
+    resolve,
+)
 from mxw_shared.webhook_secrets import WebhookSecretBox, WebhookSecretKeyError
 from prometheus_client import Counter
 
-from mxw_notifier.domain import StatusMessage
+from mxw_notifier.repository import status_message
 from mxw_notifier.settings import NotifierSettings
 from mxw_notifier.webhook_domain import (
     TEST_EVENT_TYPE,
@@ -98,8 +105,8 @@ class WebhookDispatcher:
         were created (0 again for a redelivered event). The event is read back from the
         history: a record on the topic alone is not trusted to name the job's owner."""
         row = await self.pool.fetchrow(
-            "SELECT e.job_id, e.seq, e.stage, e.state, e.progress, e.message, e.error, "
-            "e.created_at, j.owner_id, j.filename "
+            "SELECT e.job_id, e.seq, e.event_id, e.stage, e.state, e.progress, e.message, "
+            "e.error, e.created_at, j.owner_id, j.filename "
             "FROM job_events e JOIN jobs j ON j.id = e.job_id WHERE e.event_id = $1",
             event_id,
         )
@@ -108,17 +115,7 @@ class WebhookDispatcher:
         kind = event_type(row["state"])
         if kind is None:
             return 0
-        status = StatusMessage(
-            event_id=event_id,
-            job_id=row["job_id"],
-            seq=row["seq"],
-            stage=row["stage"],
-            state=row["state"],
-            progress=round(float(row["progress"]), 4),
-            message=row["message"],
-            error=row["error"],
-            time=row["created_at"],
-        )
+        status = status_message(row)
         payload = job_event_payload(kind, status, row["filename"])
         result: str = await self.pool.execute(
             "INSERT INTO webhook_deliveries "
@@ -168,9 +165,6 @@ class WebhookDispatcher:
         )
 
     # ---- the dispatch loop ----
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         while not self._stopping:
@@ -350,7 +344,7 @@ class WebhookDispatcher:
             return AttemptResult("failed", error=str(exc))
         try:
             # The gateway bounded the URL's length when it was registered.
-            target = parse_url(claimed.url, max_chars=len(claimed.url))
+            target = parse_target(claimed.url, len(claimed.url), purpose="webhook")
         except BadUrl as exc:
             return AttemptResult("refused", error=str(exc))
         try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from mxw_shared.db import BIGINT_MAX
 from mxw_shared.problems import PROBLEM_JSON
 
-from mxw_gateway.deps import CurrentUserDep, PoolDep
+from mxw_gateway.deps import CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitWebhookTests
 from mxw_gateway.webhooks import service
 from mxw_gateway.webhooks.schemas import (
@@ -23,10 +23,8 @@ from mxw_gateway.webhooks.schemas import (
     WebhookUpdate,
     WebhookWithSecret,
 )
-from mxw_gateway.webhooks.settings import WebhookSettings, get_webhook_settings
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-WebhookSettingsDep = Annotated[WebhookSettings, Depends(get_webhook_settings)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such endpoint (or not yours).", "content": {PROBLEM_JSON: {}}}
 }
@@ -54,7 +52,7 @@ async def create_webhook(
     response: Response,
     user: CurrentUserDep,
     pool: PoolDep,
-    settings: WebhookSettingsDep,
+    settings: SettingsDep,
 ) -> WebhookWithSecret:
     created = await service.create(pool, settings, user, body)
     response.headers["Location"] = f"/webhooks/{created.id}"
@@ -86,7 +84,7 @@ async def update_webhook(
     body: WebhookUpdate,
     user: CurrentUserDep,
     pool: PoolDep,
-    settings: WebhookSettingsDep,
+    settings: SettingsDep,
 ) -> Webhook:
     return await service.update(pool, settings, user, webhook_id, body)
 
@@ -104,7 +102,7 @@ async def delete_webhook(webhook_id: uuid.UUID, user: CurrentUserDep, pool: Pool
     summary="A new signing secret; the old one also signs until previous_secret_valid_until",
 )
 async def rotate_webhook_secret(
-    webhook_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep, settings: WebhookSettingsDep
+    webhook_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep, settings: SettingsDep
 ) -> RotatedSecret:
     return await service.rotate_secret(pool, settings, user, webhook_id)
 

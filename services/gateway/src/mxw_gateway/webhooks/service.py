@@ -14,11 +14,18 @@ from asyncpg import Record
 from mxw_shared import netguard
 from mxw_shared.db import Pool
 from mxw_shared.locks import WEBHOOKS_OF_USER, text_key
-from mxw_shared.netguard import BadUrl, ForbiddenTarget, check_addresses, parse_networks, parse_url
+from mxw_shared.netguard import (
+    BadUrl,
+    ForbiddenTarget,
+    check_addresses,
+    parse_networks,
+    parse_target,
+)
 from mxw_shared.problems import Problem
 from mxw_shared.webhook_secrets import WebhookSecretBox
 
 from mxw_gateway.auth import CurrentUser
+from mxw_gateway.settings import GatewaySettings
 from mxw_gateway.webhooks.schemas import (
     Attempt,
     AttemptPage,
@@ -30,7 +37,6 @@ from mxw_gateway.webhooks.schemas import (
     WebhookUpdate,
     WebhookWithSecret,
 )
-from mxw_gateway.webhooks.settings import WebhookSettings
 
 _VIEW = """
 SELECT e.id, e.owner_id, e.url, e.description, e.event_types, e.enabled, e.created_at,
@@ -57,12 +63,12 @@ def _view(row: Record) -> Webhook:
     return Webhook(**values)
 
 
-async def check_target(settings: WebhookSettings, url: str) -> str:
+async def check_target(settings: GatewaySettings, url: str) -> str:
     """The URL, if the notifier may call it: http(s), no credentials, and every address
     its host resolves to public (or allowed by configuration). The notifier checks again
     before every attempt; this check gives the user an answer now."""
     try:
-        target = parse_url(url, settings.webhook_max_url_chars)
+        target = parse_target(url, settings.webhook_max_url_chars, purpose="webhook")
     except BadUrl as exc:
         raise Problem(422, "Invalid webhook URL", str(exc)) from exc
     try:
@@ -90,7 +96,7 @@ async def _owned(pool: Pool, user: CurrentUser, webhook_id: uuid.UUID) -> Webhoo
 
 
 async def create(
-    pool: Pool, settings: WebhookSettings, user: CurrentUser, body: WebhookCreate
+    pool: Pool, settings: GatewaySettings, user: CurrentUser, body: WebhookCreate
 ) -> WebhookWithSecret:
     url = await check_target(settings, body.url)
     secret = new_secret()
@@ -143,7 +149,7 @@ async def get(pool: Pool, user: CurrentUser, webhook_id: uuid.UUID) -> Webhook:
 
 async def update(
     pool: Pool,
-    settings: WebhookSettings,
+    settings: GatewaySettings,
     user: CurrentUser,
     webhook_id: uuid.UUID,
     body: WebhookUpdate,
@@ -180,7 +186,7 @@ async def delete(pool: Pool, user: CurrentUser, webhook_id: uuid.UUID) -> None:
 
 
 async def rotate_secret(
-    pool: Pool, settings: WebhookSettings, user: CurrentUser, webhook_id: uuid.UUID
+    pool: Pool, settings: GatewaySettings, user: CurrentUser, webhook_id: uuid.UUID
 ) -> RotatedSecret:
     await _owned(pool, user, webhook_id)
     secret = new_secret()
