@@ -120,10 +120,10 @@ async def test_h1_delete_never_removes_a_file_outside_the_store(tmp_path):
     link = store.root / "ab" / "link"
     link.symlink_to(outside)
     for uri in (f"{store.root.as_uri()}/../secret", outside.as_uri(), link.as_uri()):
-        store.delete(uri)
+        await store.delete(uri)
         assert outside.read_bytes() == b"key"
     blob = await store.put_bytes(b"audio")
-    store.delete(blob.uri)
+    await store.delete(blob.uri)
     assert not blob.path.exists()
 
 

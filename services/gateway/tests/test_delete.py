@@ -135,7 +135,7 @@ async def test_l5_an_upload_whose_file_a_concurrent_delete_removed_keeps_it(
     settings = infra.settings(GatewaySettings, "gateway", blob_root=store.root)
     user = CurrentUser(sub="l5-b", is_admin=False, name=None, email=None)
     job_id, created = await jobs_service._create_job(
-        db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True
+        db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True, store=store
     )
     assert created
     assert blob.path.read_bytes() == data  # put back from the upload's pin

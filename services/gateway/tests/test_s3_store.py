@@ -8,9 +8,15 @@ import uuid
 
 import boto3
 import pytest
+from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import service as jobs_service
+from mxw_gateway.settings import GatewaySettings
+from mxw_shared.blobs import LocalBlobStore, S3BlobStore
+from mxw_shared.contracts import JobOptions
 from mxw_shared.topics import AUDIO_UPLOADED
 
 BUCKET = "mxw-gateway"
+STAGING = "gateway-s3-staging"
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,7 @@ def endpoint(s3_server):
 @pytest.fixture(scope="module")
 async def client(start_gateway, infra, endpoint):
     async with start_gateway(
-        blob_root=infra.root / "gateway-s3-staging", blob_store_url=f"s3://{BUCKET}/audio"
+        blob_root=infra.root / STAGING, blob_store_url=f"s3://{BUCKET}/audio"
     ) as c:
         yield c
 
@@ -101,3 +107,41 @@ async def test_audio_in_s3_is_streamed_to_its_owner_with_ranges(
 
     # Someone else's job does not exist for them.
     assert (await client.get(url, headers=token("s3-stranger"))).status_code == 404
+
+
+async def test_l5_an_upload_whose_object_a_concurrent_delete_removed_keeps_it(
+    client, endpoint, token, db, infra, upload_short, short_ogg
+):
+    data = short_ogg + b"\x04" * 7  # audio no other test stores
+    sha = hashlib.sha256(data).hexdigest()
+    response = await upload_short(client, token("s3-l5-a"), data=data)
+    assert response.status_code == 202, response.text
+    first = uuid.UUID(response.json()["id"])
+    for stage in ("transcribe", "chunk", "embed"):
+        await db.execute(
+            "INSERT INTO job_stages (job_id, stage, state) VALUES ($1, $2, 'done')"
+            " ON CONFLICT (job_id, stage) DO UPDATE SET state = 'done'",
+            first,
+            stage,
+        )
+    # Another user's upload of the same bytes, stored (staged and put) but not yet committed.
+    store = S3BlobStore(f"s3://{BUCKET}/audio", LocalBlobStore(infra.root / STAGING))
+    blob = await store.put_bytes(data)
+    # The first job is deleted in that window: nothing references the object yet.
+    assert (await client.delete(f"/jobs/{first}", headers=token("s3-l5-a"))).status_code == 204
+    assert f"audio/{sha[:2]}/{sha}" not in keys(endpoint)
+    settings = infra.settings(
+        GatewaySettings,
+        "gateway",
+        blob_root=infra.root / STAGING,
+        blob_store_url=f"s3://{BUCKET}/audio",
+    )
+    user = CurrentUser(sub="s3-l5-b", is_admin=False, name=None, email=None)
+    job_id, created = await jobs_service._create_job(
+        db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True, store=store
+    )
+    assert created
+    assert f"audio/{sha[:2]}/{sha}" in keys(endpoint)  # put back from the upload's pin
+    audio = await client.get(f"/jobs/{job_id}/audio", headers=token("s3-l5-b"))
+    assert audio.status_code == 200
+    assert audio.content == data

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from mxw_shared import topics
-from mxw_shared.blobs import S3BlobStore
+from mxw_shared.blobs import LocalBlobStore, S3BlobStore
 from mxw_shared.contracts import AudioUploaded, JobOptions, Task
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
@@ -42,9 +42,10 @@ S3_BUCKET = "mxw-audio"
 
 
 @pytest.fixture(scope="module")
-def s3_store(s3_server):
+def s3_store(s3_server, infra):
+    """The store a gateway with MXW_BLOB_STORE_URL writes to (staging on its own disk)."""
     with s3_server(S3_BUCKET):
-        yield S3BlobStore(f"s3://{S3_BUCKET}/blobs")
+        yield S3BlobStore(f"s3://{S3_BUCKET}/blobs", LocalBlobStore(infra.root / "s3-staging"))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ async def transcriber(infra, s3_store):
         default_model="tiny.en",
         model_cache_dir=infra.root / "models",
         progress_interval_s=0.0,
-        blob_store_url=f"s3://{s3_store.bucket}/{s3_store.prefix}",
+        blob_store_url=s3_store.url,
         # The test origin on loopback, as the URL ingest tests allow it (nothing else).
         download_allowed_networks=["127.0.0.1/32"],
         download_max_bytes=1_000_000,
@@ -685,7 +686,7 @@ async def test_h1_adoption_refuses_audio_outside_the_blob_store_or_of_a_foreign_
     cases = {
         "file:///etc/passwd": "outside the blob store",
         escape: "outside the blob store",
-        "ftp://example.org/a.ogg": "unsupported audio URI scheme",
+        "ftp://example.org/a.ogg": "not an http(s):// source",
     }
     jobs: dict[uuid.UUID, tuple[AudioUploaded, str]] = {}
     for uri, reason in cases.items():

@@ -1,5 +1,7 @@
-"""Blob storage for audio: a local directory (LocalBlobStore, file:// URIs) or an S3 bucket
-(S3BlobStore, s3:// URIs, for deployments whose nodes share no disk)."""
+"""Blob storage for audio: one BlobStore protocol, two stores. LocalBlobStore keeps blobs in a
+local directory (file:// URIs); S3BlobStore keeps them in an S3 bucket (s3:// URIs, for
+deployments whose nodes share no disk), receiving uploads into a LocalBlobStore first.
+`open_blob_store` builds the one a service's settings name."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import obstore
@@ -65,8 +69,71 @@ class StoredBlob:
     path: Path
     # A second link to the bytes, kept until the blob's rows committed: a concurrent
     # deletion of the same content (another job's) may remove `path` meanwhile, and the
-    # commit puts it back from here (restore_blob, under the blob's lock), then lets go.
+    # commit puts it back from here (BlobStore.restore, under the blob's lock), then lets go
+    # (release_blob).
     pin: Path | None = None
+
+
+class BlobNotFound(Exception):
+    pass
+
+
+class BlobStore(Protocol):
+    """Where a deployment keeps its audio: the one interface every service uses, so no
+    caller decides by URI scheme or store type where bytes are. A URI the store does not own
+    (another bucket, a file outside its root, another scheme) is refused by every read with
+    UnsupportedUri (OutsideBlobStore for files outside the root) and never deleted."""
+
+    def owns(self, uri: str) -> bool:
+        """Whether `uri` names a blob of this store (whether or not it exists)."""
+        ...
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredBlob:
+        """Store the bytes as they arrive, hashing them; BlobTooLarge past `max_bytes`, with
+        nothing left behind. The StoredBlob's `path` is a local file with the bytes (what
+        the gateway probes) and its `pin` keeps them until release_blob."""
+        ...
+
+    async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob: ...
+
+    async def restore(self, blob: StoredBlob) -> None:
+        """Put a just stored blob back from its pin if a concurrent deletion (of the same
+        content, another job's) removed it. Call it holding the blob's lock, before
+        committing the rows that reference it; release_blob lets go of the pin after."""
+        ...
+
+    async def size_of(self, uri: str) -> int:
+        """The blob's size in bytes; BlobNotFound when it is not stored."""
+        ...
+
+    async def open(self, uri: str) -> AsyncIterator[bytes]:
+        """All of the blob's bytes as they are read. The blob is looked up here, so a missing
+        one raises BlobNotFound before any byte."""
+        ...
+
+    async def open_range(self, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the blob, as `open`."""
+        ...
+
+    def local_file(
+        self, uri: str, max_download_bytes: int
+    ) -> contextlib.AbstractAsyncContextManager[Path]:
+        """A local file with the blob's bytes while the context lasts (decoders need a file):
+        the stored file itself where the store keeps it on this disk, else a temporary
+        download of at most `max_download_bytes` (BlobTooLarge past it), removed on exit."""
+        ...
+
+    async def delete(self, uri: str) -> None:
+        """Remove the blob (a missing one is no error); a URI the store does not own is left
+        alone, whatever it names."""
+        ...
+
+    # Upkeep of the store's local directory, run by the gateway's blob janitor.
+    def remove_abandoned_parts(self, min_age_s: float = 30.0) -> int: ...
+
+    def remove_stale_pins(self, min_age_s: float) -> int: ...
+
+    def stored_uris(self, min_age_s: float) -> list[str]: ...
 
 
 class LocalBlobStore:
@@ -76,9 +143,12 @@ class LocalBlobStore:
     never sees a partial blob and identical content is stored once.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """`create=False` for a service that only reads (its volume may be mounted
+        read-only): the directory is then not made."""
         self.root = root.resolve()
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        if create:
+            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
     async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredBlob:
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
@@ -147,9 +217,73 @@ class LocalBlobStore:
 
         return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
 
-    def delete(self, uri: str) -> None:
+    async def restore(self, blob: StoredBlob) -> None:
+        await asyncio.to_thread(restore_blob, blob)
+
+    def owns(self, uri: str) -> bool:
+        try:
+            resolve_in_root(uri, self.root)
+        except UnsupportedUri:
+            return False
+        return True
+
+    def _stored_file(self, uri: str) -> Path:
+        """The file of a blob of this store; UnsupportedUri outside it, BlobNotFound when
+        not stored."""
+        path = resolve_in_root(uri, self.root)
+        if not path.is_file():
+            raise BlobNotFound(f"no file at {uri!r}")
+        return path
+
+    async def size_of(self, uri: str) -> int:
+        path = await asyncio.to_thread(self._stored_file, uri)
+        try:
+            return (await asyncio.to_thread(path.stat)).st_size
+        except FileNotFoundError as exc:  # deleted meanwhile
+            raise BlobNotFound(f"no file at {uri!r}") from exc
+
+    async def open(self, uri: str) -> AsyncIterator[bytes]:
+        return await self._open(uri, 0, None)
+
+    async def open_range(self, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
+        return await self._open(uri, start, end)
+
+    async def _open(self, uri: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+        path = await asyncio.to_thread(self._stored_file, uri)
+        try:
+            fh = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no file at {uri!r}") from exc
+
+        async def chunks() -> AsyncIterator[bytes]:
+            # The open file keeps its bytes readable even if the blob is deleted meanwhile.
+            try:
+                await asyncio.to_thread(fh.seek, start)
+                left = None if end is None else max(0, end - start)
+                while left is None or left > 0:
+                    want = _BLOCK_BYTES if left is None else min(_BLOCK_BYTES, left)
+                    block = await asyncio.to_thread(fh.read, want)
+                    if not block:
+                        return
+                    if left is not None:
+                        left -= len(block)
+                    yield block
+            finally:
+                fh.close()
+
+        return chunks()
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, uri: str, max_download_bytes: int) -> AsyncIterator[Path]:
+        # On this disk already: used where it lies, whatever its size (nothing is fetched).
+        yield await asyncio.to_thread(self._stored_file, uri)
+
+    async def delete(self, uri: str) -> None:
         """Remove a stored blob; a URI outside the store (a job adopted from another system's
         event) is never deleted, whatever it names."""
+        await asyncio.to_thread(self._delete, uri)
+
+    def _delete(self, uri: str) -> None:
         try:
             path = resolve_in_root(uri, self.root)
         except UnsupportedUri:
@@ -240,27 +374,13 @@ def resolve_in_root(uri: str, root: Path) -> Path:
     return path
 
 
-class BlobNotFound(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    uri: str
-    sha256: str
-    size_bytes: int
-
-
-class S3BlobStore:
-    """Content-addressed objects in an S3 bucket, the same layout as LocalBlobStore:
-    `s3://<bucket>/<prefix>/<sha[:2]>/<sha>`. obstore (Rust object_store) does the S3
-    protocol: multipart uploads from a stream, retries, request signing, and the standard
-    AWS_* environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    AWS_ALLOW_HTTP for a plain-http endpoint), so no S3 code of our own.
-
-    An upload streams to `<prefix>/tmp/<uuid>.part` while hashing, then is copied to its
-    content address and the part deleted: a reader never sees a partial object.
-    """
+class S3Bucket:
+    """Content-addressed objects under one prefix of an S3 bucket:
+    `s3://<bucket>/<prefix>/<sha[:2]>/<sha>`, the same layout as LocalBlobStore. obstore
+    (Rust object_store) does the S3 protocol: multipart uploads, retries, request signing,
+    and the standard AWS_* environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP for a plain-http endpoint), so no S3 code of our own.
+    The object side of S3BlobStore; nothing else uses it."""
 
     def __init__(self, url: str) -> None:
         parsed = urlparse(url)
@@ -288,42 +408,12 @@ class S3BlobStore:
             raise UnsupportedUri(f"{uri!r} is outside the blob store s3://{self.bucket}")
         return key
 
-    async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
-        part = self._key(f"tmp/{uuid.uuid4().hex}.part")
-        digest = hashlib.sha256()
-        size = 0
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BlobTooLarge(max_bytes)
-                digest.update(chunk)
-                yield chunk
-
+    def owns(self, uri: str) -> bool:
         try:
-            await obstore.put_async(self._store, part, counted())
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await obstore.delete_async(self._store, part)
-            if size > max_bytes and not isinstance(exc, BlobTooLarge):
-                raise BlobTooLarge(max_bytes) from exc  # raised inside the upload, wrapped
-            raise
-        sha = digest.hexdigest()
-        final = self._key(f"{sha[:2]}/{sha}")
-        try:
-            await obstore.copy_async(self._store, part, final)
-        finally:
-            with contextlib.suppress(Exception):
-                await obstore.delete_async(self._store, part)
-        return StoredObject(uri=f"s3://{self.bucket}/{final}", sha256=sha, size_bytes=size)
-
-    async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredObject:
-        async def one() -> AsyncIterator[bytes]:
-            yield data
-
-        return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
+            self.key_of(uri)
+        except UnsupportedUri:
+            return False
+        return True
 
     async def put_file(self, path: Path, sha256: str) -> str:
         """Upload a settled local blob (its sha256 known) to its content address; its URI.
@@ -332,20 +422,16 @@ class S3BlobStore:
         await obstore.put_async(self._store, key, path)
         return f"s3://{self.bucket}/{key}"
 
-    async def read_into(self, uri: str, write: Callable[[bytes], object], max_bytes: int) -> int:
-        """Stream the object at `uri` to `write` (called in a worker thread); its size."""
+    async def get(self, uri: str, byte_range: tuple[int, int] | None = None) -> obstore.GetResult:
+        """The object at `uri` (or a range of it), its bytes not yet read: the request is
+        made here, so a missing object raises BlobNotFound before any byte."""
         key = self.key_of(uri)
         try:
-            result = await obstore.get_async(self._store, key)
+            if byte_range is None:
+                return await obstore.get_async(self._store, key)
+            return await obstore.get_async(self._store, key, options={"range": byte_range})
         except (NotFoundError, FileNotFoundError) as exc:  # obstore raises the builtin
             raise BlobNotFound(f"no object at {uri!r}") from exc
-        if result.meta["size"] > max_bytes:
-            raise BlobTooLarge(max_bytes)
-        size = 0
-        async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
-            size += len(chunk)
-            await asyncio.to_thread(write, bytes(chunk))
-        return size
 
     async def size_of(self, uri: str) -> int:
         try:
@@ -354,48 +440,130 @@ class S3BlobStore:
             raise BlobNotFound(f"no object at {uri!r}") from exc
         return int(meta["size"])
 
-    async def open_range(self, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of the object at `uri` as they arrive (one ranged GET). The
-        request is made here, so a missing object raises BlobNotFound before any byte."""
-        try:
-            result = await obstore.get_async(
-                self._store, self.key_of(uri), options={"range": (start, end)}
-            )
-        except (NotFoundError, FileNotFoundError) as exc:
-            raise BlobNotFound(f"no object at {uri!r}") from exc
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
-                yield bytes(chunk)
-
-        return chunks()
-
     async def delete(self, uri: str) -> None:
         await obstore.delete_async(self._store, self.key_of(uri))
 
-    def delete_blocking(self, uri: str) -> None:
-        obstore.delete(self._store, self.key_of(uri))
+
+async def _chunks_of(result: obstore.GetResult) -> AsyncIterator[bytes]:
+    async for chunk in result.stream(min_chunk_size=_BLOCK_BYTES):
+        yield bytes(chunk)
 
 
-class S3BackedBlobStore(LocalBlobStore):
-    """The gateway's store when nodes share no disk: an upload is received into the local
-    directory (a staging copy the gateway probes with ffprobe), then uploaded to S3; the
-    StoredBlob names the s3:// object, which is what jobs and events reference. Staging
-    copies are referenced by no job, so the blob janitor removes them like any orphan."""
+class S3BlobStore:
+    """The store when nodes share no disk: blobs are objects of an S3 bucket (S3Bucket).
+    An upload is received into a local directory first (`staging`, a LocalBlobStore: its
+    hashing, size limit, part-file locks, fsync and pins), so the gateway can probe a file,
+    then uploaded to the bucket; the StoredBlob names the s3:// object, which is what jobs
+    and events reference, and its path/pin the staging copy. Staging copies are referenced
+    by no job, so the blob janitor removes them like any orphan.
 
-    def __init__(self, root: Path, url: str) -> None:
-        super().__init__(root)
-        self.remote = S3BlobStore(url)
+    The store owns its objects and the files of its staging directory: jobs stored there
+    before the deployment moved to S3 are still read and deleted through it."""
+
+    def __init__(self, url: str, staging: LocalBlobStore) -> None:
+        self._bucket = S3Bucket(url)
+        self._staging = staging
+
+    @property
+    def url(self) -> str:
+        """The store's s3://bucket/prefix."""
+        return f"s3://{self._bucket.bucket}/{self._bucket.prefix}".rstrip("/")
+
+    def owns(self, uri: str) -> bool:
+        return self._bucket.owns(uri) or self._staging.owns(uri)
 
     async def put_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredBlob:
-        staged = await super().put_stream(chunks, max_bytes)
-        uri = await self.remote.put_file(staged.path, staged.sha256)
+        staged = await self._staging.put_stream(chunks, max_bytes)
+        try:
+            uri = await self._bucket.put_file(staged.path, staged.sha256)
+        except BaseException:
+            release_blob(staged)  # the staged copy is left to the janitor, as any orphan
+            raise
         return dataclasses.replace(staged, uri=uri)
 
-    def delete(self, uri: str) -> None:
-        if urlparse(uri).scheme != "s3":
-            super().delete(uri)
+    async def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(one(), max_bytes if max_bytes is not None else len(data))
+
+    async def restore(self, blob: StoredBlob) -> None:
+        await self._staging.restore(blob)  # the staging copy, from the pin
+        if not self._bucket.owns(blob.uri):
             return
-        self.remote.delete_blocking(uri)
-        sha = uri.rsplit("/", 1)[-1]
-        (self.root / sha[:2] / sha).unlink(missing_ok=True)
+        try:
+            await self._bucket.size_of(blob.uri)
+        except BlobNotFound:
+            # A deletion of the same content removed the object after this upload put it:
+            # uploaded again from the pin (the bytes this upload hashed).
+            if blob.pin is None:
+                raise
+            await self._bucket.put_file(blob.pin, blob.sha256)
+
+    async def size_of(self, uri: str) -> int:
+        if not self._bucket.owns(uri):
+            return await self._staging.size_of(uri)
+        return await self._bucket.size_of(uri)
+
+    async def open(self, uri: str) -> AsyncIterator[bytes]:
+        if not self._bucket.owns(uri):
+            return await self._staging.open(uri)
+        return _chunks_of(await self._bucket.get(uri))
+
+    async def open_range(self, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """One ranged GET, so a player's seek costs one request."""
+        if not self._bucket.owns(uri):
+            return await self._staging.open_range(uri, start, end)
+        if end <= start:  # S3 refuses an empty range
+            return _chunks_of_nothing()
+        return _chunks_of(await self._bucket.get(uri, (start, end)))
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, uri: str, max_download_bytes: int) -> AsyncIterator[Path]:
+        if not self._bucket.owns(uri):
+            async with self._staging.local_file(uri, max_download_bytes) as path:
+                yield path
+            return
+        result = await self._bucket.get(uri)
+        if result.meta["size"] > max_download_bytes:
+            raise BlobTooLarge(max_download_bytes)
+        fd, name = tempfile.mkstemp(prefix="mxw-audio-", suffix=".bin")
+        path = Path(name)
+        try:
+            with open(fd, "wb") as fh:  # noqa: ASYNC230  # chunks are written as they arrive
+                async for chunk in _chunks_of(result):
+                    await asyncio.to_thread(fh.write, chunk)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def delete(self, uri: str) -> None:
+        if not self._bucket.owns(uri):
+            await self._staging.delete(uri)
+            return
+        await self._bucket.delete(uri)
+        sha = uri.rsplit("/", 1)[-1]  # and its staging copy, if still there
+        await self._staging.delete((self._staging.root / sha[:2] / sha).as_uri())
+
+    def remove_abandoned_parts(self, min_age_s: float = 30.0) -> int:
+        return self._staging.remove_abandoned_parts(min_age_s)
+
+    def remove_stale_pins(self, min_age_s: float) -> int:
+        return self._staging.remove_stale_pins(min_age_s)
+
+    def stored_uris(self, min_age_s: float) -> list[str]:
+        """The staging copies (the bucket's objects are not listed: see docs/architecture.md)."""
+        return self._staging.stored_uris(min_age_s)
+
+
+async def _chunks_of_nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an empty async generator
+
+
+def open_blob_store(root: Path, s3_url: str | None, *, readonly: bool = False) -> BlobStore:
+    """The store a service's settings name: S3 (`MXW_BLOB_STORE_URL=s3://bucket/prefix`,
+    staging in `MXW_BLOB_ROOT`) when the URL is set and not empty (compose passes "" through),
+    else the local directory. `readonly`: the service only reads (the directory is not made)."""
+    staging = LocalBlobStore(root, create=not readonly)
+    return S3BlobStore(s3_url, staging) if s3_url else staging

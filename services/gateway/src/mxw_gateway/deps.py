@@ -8,7 +8,7 @@ import httpx
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from mxw_shared.auth import JwksVerifier
-from mxw_shared.blobs import LocalBlobStore
+from mxw_shared.blobs import BlobStore
 from mxw_shared.db import Pool
 from mxw_shared.service import ServiceRuntime
 
@@ -26,8 +26,8 @@ def get_pool(request: Request) -> Pool:
     return runtime.pool
 
 
-def get_blob_store(request: Request) -> LocalBlobStore:
-    store: LocalBlobStore = request.app.state.blob_store
+def get_blob_store(request: Request) -> BlobStore:
+    store: BlobStore = request.app.state.blob_store
     return store
 
 
@@ -43,7 +43,7 @@ def get_verifier(request: Request) -> JwksVerifier:
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 PoolDep = Annotated[Pool, Depends(get_pool)]
-BlobStoreDep = Annotated[LocalBlobStore, Depends(get_blob_store)]
+BlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 EmbedderClientDep = Annotated[httpx.AsyncClient, Depends(get_embedder_client)]
 
 

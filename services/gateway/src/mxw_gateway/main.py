@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from mxw_shared.auth import JwksVerifier
-from mxw_shared.blobs import LocalBlobStore, S3BackedBlobStore
+from mxw_shared.blobs import open_blob_store
 from mxw_shared.logging import get_logger
 from mxw_shared.problems import install_problem_handlers
 from mxw_shared.retention import Pruner, job_events_task
@@ -55,11 +55,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise
         if sealed:
             log.info("webhook secrets sealed under the current key", rows=sealed)
-        app.state.blob_store = (
-            S3BackedBlobStore(settings.blob_root, settings.blob_store_url)
-            if settings.blob_store_url
-            else LocalBlobStore(settings.blob_root)
-        )
+        app.state.blob_store = open_blob_store(settings.blob_root, settings.blob_store_url)
         app.state.verifier = JwksVerifier.from_settings(settings)
         app.state.embedder_client = httpx.AsyncClient(
             base_url=settings.embedder_url.rstrip("/"),

@@ -20,10 +20,9 @@ from mxw_shared.audio import AudioRefused
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     BlobNotFound,
+    BlobStore,
     BlobTooLarge,
-    S3BlobStore,
     UnsupportedUri,
-    resolve_in_root,
 )
 from mxw_shared.contracts import AUDIO_URI_MAX_CHARS, AudioUploaded, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
@@ -53,81 +52,75 @@ log = get_logger(__name__)
 USER_AGENT = f"mxwhisper-{_package}/1.0"
 
 
+def is_http_source(uri: str) -> bool:
+    """An http(s):// URL: a source of its own, not a blob of the store. Events of other
+    systems may name audio on a web server (contracts.AudioUploaded.audio_uri); it is fetched
+    through the URL ingest's SSRF guard (`_download`), which no blob store has."""
+    return urlparse(uri).scheme.lower() in ("http", "https")
+
+
+def _not_readable(uri: str) -> str:
+    return f"audio URI {uri!r} is outside the blob store and not an http(s):// source"
+
+
 @contextlib.asynccontextmanager
-async def audio_file(uri: str, settings: TranscriberSettings) -> AsyncIterator[Path]:
-    """A local path for the event's audio URI; downloads http(s):// and s3:// to a temporary
-    file that is removed afterwards. PermanentError for sources that retrying cannot fix."""
-    scheme = urlparse(uri).scheme.lower()
-    if scheme == "file":
-        try:
-            # Only the blob store: an event must not make this service read arbitrary files.
-            path = resolve_in_root(uri, settings.blob_root)
-        except UnsupportedUri as exc:
-            raise PermanentError(str(exc)) from exc
-        if not path.is_file():
-            raise PermanentError(f"audio not found at {uri!r}")
-        yield path
-    elif scheme in ("http", "https", "s3"):
+async def audio_file(
+    uri: str, store: BlobStore, settings: TranscriberSettings
+) -> AsyncIterator[Path]:
+    """A local path for the event's audio URI: a blob of the store (its own file, or a
+    temporary download), or an http(s):// source downloaded to a temporary file that is
+    removed afterwards. PermanentError for sources that retrying cannot fix."""
+    if store.owns(uri):
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                # The timeout covers getting the file (the download), not its use.
+                async with asyncio.timeout(settings.download_timeout_s):
+                    path = await stack.enter_async_context(
+                        store.local_file(uri, settings.download_max_bytes)
+                    )
+            except (UnsupportedUri, BlobNotFound) as exc:
+                raise PermanentError(str(exc)) from exc
+            except BlobTooLarge as exc:
+                raise PermanentError(f"audio exceeds the limit of {exc.limit} bytes") from exc
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"audio download took longer than {settings.download_timeout_s} s"
+                ) from exc
+            yield path
+    elif is_http_source(uri):
         fd, name = tempfile.mkstemp(prefix="mxw-audio-", suffix=".bin")
         path = Path(name)
         try:
             with open(fd, "wb") as fh:  # noqa: ASYNC230  # chunks are written as they arrive
-                if scheme == "s3":
-                    await _read_s3(uri, fh.write, settings)
-                else:
-                    await _download(uri, fh.write, settings)
+                await _download(uri, fh.write, settings)
             yield path
         finally:
             path.unlink(missing_ok=True)
     else:
-        raise PermanentError(f"unsupported audio URI scheme {scheme or '(none)'!r}: {uri!r}")
+        raise PermanentError(_not_readable(uri))
 
 
-def check_adoptable(event: AudioUploaded, settings: TranscriberSettings) -> None:
+def check_adoptable(event: AudioUploaded, store: BlobStore) -> None:
     """PermanentError when an audio.uploaded event of another system must not become a job:
     its audio lies where this service may not read (a file outside the blob store, an object
     outside the configured S3 store, an unknown scheme), or its content type is not one the
     gateway serves audio with. Checked before the job row exists, so a refused event leaves
     no job whose audio the gateway would then read or delete."""
     uri = event.audio_uri
-    scheme = urlparse(uri).scheme.lower()
-    try:
-        if scheme == "file":
-            resolve_in_root(uri, settings.blob_root)
-        elif scheme == "s3":
-            if not settings.blob_store_url:
-                raise PermanentError(f"no S3 blob store is configured: {uri!r}")
-            S3BlobStore(settings.blob_store_url).key_of(uri)
-        elif scheme not in ("http", "https"):
-            raise PermanentError(f"unsupported audio URI scheme {scheme or '(none)'!r}: {uri!r}")
-    except UnsupportedUri as exc:
-        raise PermanentError(str(exc)) from exc
+    if not store.owns(uri) and not is_http_source(uri):
+        raise PermanentError(_not_readable(uri))
     if event.content_type is not None and event.content_type not in ALLOWED_AUDIO_CONTENT_TYPES:
         raise PermanentError(f"content type {event.content_type!r} is not an audio type served")
 
 
-def job_adopter(settings: TranscriberSettings) -> AdoptJob[AudioUploaded]:
+def job_adopter(store: BlobStore) -> AdoptJob[AudioUploaded]:
     """The StageRunner's adoption of jobs announced by other systems: checked, then a row."""
 
     async def adopt(conn: Connection, envelope: Envelope, event: AudioUploaded) -> JobRow:
-        check_adoptable(event, settings)
+        check_adoptable(event, store)
         return await repository.adopt_job(conn, envelope, event)
 
     return adopt
-
-
-async def _read_s3(uri: str, write: Callable[[bytes], object], s: TranscriberSettings) -> None:
-    if not s.blob_store_url:  # unset or empty (compose passes "" through)
-        raise PermanentError(f"no S3 blob store is configured (MXW_BLOB_STORE_URL): {uri!r}")
-    try:
-        async with asyncio.timeout(s.download_timeout_s):
-            await S3BlobStore(s.blob_store_url).read_into(uri, write, s.download_max_bytes)
-    except (UnsupportedUri, BlobNotFound) as exc:
-        raise PermanentError(str(exc)) from exc
-    except BlobTooLarge as exc:
-        raise PermanentError(f"audio exceeds the limit of {exc.limit} bytes") from exc
-    except TimeoutError as exc:
-        raise TimeoutError(f"audio download took longer than {s.download_timeout_s} s") from exc
 
 
 class AudioDownloadFailed(Exception):
@@ -222,8 +215,15 @@ class TranscribeWork:
     same job resumes after the last persisted segment; a cancelled job keeps its partial
     transcript (complete = false)."""
 
-    def __init__(self, settings: TranscriberSettings, registry: ModelRegistry, pool: Pool) -> None:
+    def __init__(
+        self,
+        settings: TranscriberSettings,
+        registry: ModelRegistry,
+        pool: Pool,
+        store: BlobStore,
+    ) -> None:
         self.settings = settings
+        self.store = store  # built once at start-up (main.py), read for every job
         self.registry = registry
         self.pool = pool
         self.decode = DecodeSettings(
@@ -249,7 +249,7 @@ class TranscribeWork:
         except UnsupportedOptions as exc:
             raise PermanentError(str(exc)) from exc
 
-        async with audio_file(event.audio_uri, settings) as path:
+        async with audio_file(event.audio_uri, self.store, settings) as path:
             if settings.verify_sha256:
                 actual = await asyncio.to_thread(_sha256, path)
                 if actual != event.sha256:

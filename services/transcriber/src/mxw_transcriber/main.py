@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from mxw_shared.blobs import open_blob_store
 from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
@@ -66,13 +67,16 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
         await runtime.start_storage()
         if settings.preload_default_model:
             default_model.task = asyncio.create_task(default_model.preload())
-        work = TranscribeWork(settings, registry, runtime.pool)
+        # One store for every job: the blob directory (read-only here), and the S3 bucket
+        # when MXW_BLOB_STORE_URL names one.
+        store = open_blob_store(settings.blob_root, settings.blob_store_url, readonly=True)
+        work = TranscribeWork(settings, registry, runtime.pool, store)
         runner: StageRunner[AudioUploaded] = StageRunner(
             pool=runtime.pool,
             settings=settings,
             stage=Stage.transcribe,
             work=work,
-            adopt_job=job_adopter(settings),
+            adopt_job=job_adopter(store),
         )
         work.worker_id = runner.worker_id
         app.state.consumer = runtime.subscribe_stage(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxw_shared import netguard
-from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob
+from mxw_shared.blobs import BlobStore, BlobTooLarge, StoredBlob
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
 
@@ -42,7 +42,7 @@ def fetch_policy(settings: GatewaySettings) -> netguard.FetchPolicy:
     )
 
 
-async def download(settings: GatewaySettings, store: LocalBlobStore, url: str) -> Downloaded:
+async def download(settings: GatewaySettings, store: BlobStore, url: str) -> Downloaded:
     policy = fetch_policy(settings)
     try:
         async with netguard.fetch(url, policy) as fetched:
@@ -76,7 +76,7 @@ async def ingest(
     user: CurrentUser,
     settings: GatewaySettings,
     pool: Pool,
-    store: LocalBlobStore,
+    store: BlobStore,
 ) -> jobs.UploadResult:
     jobs.check_model(request.options, settings)
     downloaded = await download(settings, store, request.url)
@@ -90,7 +90,15 @@ async def ingest(
             settings.max_filename_chars,
         )
         job_id, created = await jobs._create_job(
-            pool, settings, user, blob, info.content_type, filename, request.options, request.force
+            pool,
+            settings,
+            user,
+            blob,
+            info.content_type,
+            filename,
+            request.options,
+            request.force,
+            store=store,
         )
     except BaseException:
         await jobs.discard_unreferenced(pool, store, blob)

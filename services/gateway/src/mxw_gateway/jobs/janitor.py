@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from mxw_shared.blobs import LocalBlobStore
+from mxw_shared.blobs import BlobStore
 from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 
@@ -22,7 +22,7 @@ class BlobJanitor:
     def __init__(
         self,
         pool: Pool,
-        store: LocalBlobStore,
+        store: BlobStore,
         interval_s: float,
         orphan_after_s: float,
         part_after_s: float = 30.0,

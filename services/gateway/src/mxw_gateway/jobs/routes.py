@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from mxw_shared.blobs import S3BackedBlobStore
 from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
 from mxw_shared.db import Pool
 from mxw_shared.problems import PROBLEM_JSON
@@ -346,20 +345,10 @@ async def get_audio(
     store: BlobStoreDep,
 ) -> Response:
     audio = await service.audio_file(pool, store, user, job_id)
-    if audio.path is not None:
-        return FileResponse(
-            audio.path,
-            media_type=audio.content_type,
-            filename=audio.filename,
-            content_disposition_type="inline",
-        )
-    # In the S3 store: streamed through the gateway (auth and scoping stay here, and the
-    # bucket need not be reachable by browsers), one ranged GET per request so seeking works.
-    assert audio.uri is not None
-    assert isinstance(store, S3BackedBlobStore)
-    size, served, chunks = await service.open_remote_audio(
-        store, audio.uri, request.headers.get("range")
-    )
+    # Streamed through the gateway from whichever store holds it (auth and scoping stay
+    # here, and an S3 bucket need not be reachable by browsers); a Range is one ranged read,
+    # so players seek.
+    size, served, chunks = await service.open_audio(store, audio.uri, request.headers.get("range"))
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": _inline_disposition(audio.filename),

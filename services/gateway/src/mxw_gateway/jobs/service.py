@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,14 +15,10 @@ from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     UNKNOWN_AUDIO_TYPE,
     BlobNotFound,
+    BlobStore,
     BlobTooLarge,
-    LocalBlobStore,
-    S3BackedBlobStore,
     StoredBlob,
-    UnsupportedUri,
     release_blob,
-    resolve_in_root,
-    restore_blob,
 )
 from mxw_shared.contracts import (
     AudioUploaded,
@@ -145,7 +140,7 @@ async def upload(
     user: CurrentUser,
     settings: GatewaySettings,
     pool: Pool,
-    store: LocalBlobStore,
+    store: BlobStore,
 ) -> UploadResult:
     # Room for the multipart envelope and the small option fields around the file.
     envelope_allowance = settings.max_form_field_bytes * 4 + 64 * 1024
@@ -186,7 +181,7 @@ async def upload(
         info = await probe(blob, settings)
         filename = sanitize_filename(raw_filename, settings.max_filename_chars)
         job_id, created = await _create_job(
-            pool, settings, user, blob, info.content_type, filename, options, force
+            pool, settings, user, blob, info.content_type, filename, options, force, store=store
         )
     except BlobTooLarge as exc:
         raise _too_large(exc.limit) from exc
@@ -209,12 +204,16 @@ async def _create_job(
     filename: str | None,
     options: JobOptions,
     force: bool,
+    *,
+    store: BlobStore,
 ) -> tuple[uuid.UUID, bool]:
     """Blob row, job row, the queued status and AudioUploaded: one transaction, holding the
     blob's lock (a deletion of the same stored file waits, or already removed it, and the
-    file is put back before the rows commit)."""
+    store puts it back before the rows commit)."""
     try:
-        return await _commit_job(pool, settings, user, blob, content_type, filename, options, force)
+        return await _commit_job(
+            pool, settings, user, blob, content_type, filename, options, force, store
+        )
     finally:
         await asyncio.to_thread(release_blob, blob)
 
@@ -228,10 +227,11 @@ async def _commit_job(
     filename: str | None,
     options: JobOptions,
     force: bool,
+    store: BlobStore,
 ) -> tuple[uuid.UUID, bool]:
     async with pool.acquire() as conn, conn.transaction():
         await repository.lock_blob(conn, blob.sha256)
-        await asyncio.to_thread(restore_blob, blob)
+        await store.restore(blob)
         await repository.lock_owner_content(conn, user.sub, blob.sha256)
         if not force:
             existing = await repository.find_reusable_job(conn, user.sub, blob.sha256)
@@ -289,7 +289,7 @@ async def _commit_job(
         return job_id, True
 
 
-async def discard_unreferenced(pool: Pool, store: LocalBlobStore, blob: StoredBlob) -> None:
+async def discard_unreferenced(pool: Pool, store: BlobStore, blob: StoredBlob) -> None:
     """Delete a rejected upload's file unless a job already uses the same content."""
     try:
         await delete_unreferenced(pool, store, blob.uri)
@@ -299,7 +299,7 @@ async def discard_unreferenced(pool: Pool, store: LocalBlobStore, blob: StoredBl
         await asyncio.to_thread(release_blob, blob)
 
 
-async def delete_unreferenced(pool: Pool, store: LocalBlobStore, uri: str) -> None:
+async def delete_unreferenced(pool: Pool, store: BlobStore, uri: str) -> None:
     """Delete a stored file unless a job or blob row references it, checked and done under
     the blob's lock (per sha256, the file's name): an upload of the same bytes commits either
     before (the file stays) or after (and puts the file back first)."""
@@ -307,7 +307,7 @@ async def delete_unreferenced(pool: Pool, store: LocalBlobStore, uri: str) -> No
         await repository.lock_blob(conn, uri.rsplit("/", 1)[-1])
         if await repository.blob_in_use(conn, uri):
             return
-        await asyncio.to_thread(store.delete, uri)
+        await store.delete(uri)
 
 
 def _too_large(limit: int) -> Problem:
@@ -519,9 +519,7 @@ async def cancel_job(
     return await get_job(pool, settings, user, job_id)
 
 
-async def delete_job(
-    pool: Pool, store: LocalBlobStore, user: CurrentUser, job_id: uuid.UUID
-) -> None:
+async def delete_job(pool: Pool, store: BlobStore, user: CurrentUser, job_id: uuid.UUID) -> None:
     """Delete a finished job with its blob, transcript, chunks and vectors. A job still
     being worked on must be cancelled (and have stopped) first: deleting under a running
     worker would race its commit."""
@@ -665,48 +663,36 @@ async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkL
 
 @dataclass(frozen=True)
 class StoredAudio:
-    """Where a job's audio is: a local file (`path`) or an object of the S3 store (`uri`)."""
+    """A job's audio: a blob of the gateway's store."""
 
     content_type: str
     filename: str | None
-    path: Path | None = None
-    uri: str | None = None
+    uri: str
 
 
 async def audio_file(
-    pool: Pool, store: LocalBlobStore, user: CurrentUser, job_id: uuid.UUID
+    pool: Pool, store: BlobStore, user: CurrentUser, job_id: uuid.UUID
 ) -> StoredAudio:
-    """The job's stored audio, local or in the gateway's S3 store."""
+    """The job's stored audio; 409 when its URI is not one of the gateway's store (a job
+    adopted from another system's event may name anything)."""
     job = await load_owned_job(pool, user, job_id)
     content_type = job["content_type"]
     if content_type not in ALLOWED_AUDIO_CONTENT_TYPES:  # never serve what a browser runs
         content_type = UNKNOWN_AUDIO_TYPE
     uri: str = job["audio_uri"]
-    if uri.startswith("s3://") and isinstance(store, S3BackedBlobStore):
-        try:
-            store.remote.key_of(uri)
-        except UnsupportedUri as exc:
-            raise Problem(
-                409, "Audio not stored here", "this job's audio lives outside the gateway's store"
-            ) from exc
-        return StoredAudio(content_type, job["filename"], uri=uri)
-    try:
-        path = await asyncio.to_thread(resolve_in_root, uri, store.root)
-    except UnsupportedUri as exc:
+    if not await asyncio.to_thread(store.owns, uri):
         raise Problem(
             409, "Audio not stored here", "this job's audio lives outside the gateway's store"
-        ) from exc
-    if not await asyncio.to_thread(path.is_file):
-        raise Problem(404, "Not found", "the audio file is no longer stored")
-    return StoredAudio(content_type, job["filename"], path=path)
+        )
+    return StoredAudio(content_type, job["filename"], uri)
 
 
-async def open_remote_audio(
-    store: S3BackedBlobStore, uri: str, range_header: str | None
+async def open_audio(
+    store: BlobStore, uri: str, range_header: str | None
 ) -> tuple[int, tuple[int, int] | None, AsyncIterator[bytes]]:
-    """(object size, the range served or None for all of it, its bytes) of an S3 object."""
+    """(blob size, the range served or None for all of it, its bytes)."""
     try:
-        size = await store.remote.size_of(uri)
+        size = await store.size_of(uri)
         try:
             wanted = parse_byte_range(range_header, size)
         except RangeNotSatisfiable as exc:
@@ -716,13 +702,7 @@ async def open_remote_audio(
                 f"the audio has {size} bytes",
                 headers={"Content-Range": f"bytes */{size}"},
             ) from exc
-        start, end = wanted if wanted is not None else (0, size)
-        chunks = await store.remote.open_range(uri, start, end) if size else _no_bytes()
+        chunks = await (store.open(uri) if wanted is None else store.open_range(uri, *wanted))
     except BlobNotFound as exc:
         raise Problem(404, "Not found", "the audio file is no longer stored") from exc
     return size, wanted, chunks
-
-
-async def _no_bytes() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an empty async generator

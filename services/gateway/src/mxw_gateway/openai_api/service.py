@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxw_shared.audio import AudioRefused, NotAudio, probe_audio
-from mxw_shared.blobs import BlobTooLarge, LocalBlobStore, StoredBlob
+from mxw_shared.blobs import BlobStore, BlobTooLarge, StoredBlob
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
@@ -70,7 +70,7 @@ class TranscriptionForm:
 async def read_form(
     body: AsyncIterator[bytes],
     content_type: str | None,
-    store: LocalBlobStore,
+    store: BlobStore,
     settings: GatewaySettings,
     stored: list[StoredBlob],
 ) -> TranscriptionForm:
@@ -131,7 +131,7 @@ async def submit(
     user: CurrentUser,
     settings: GatewaySettings,
     pool: Pool,
-    store: LocalBlobStore,
+    store: BlobStore,
 ) -> Submitted:
     """Store and probe the audio and create its job exactly as an upload does."""
     stored: list[StoredBlob] = []
@@ -171,7 +171,15 @@ async def submit(
         )
         if job_id is None:
             job_id, _ = await jobs._create_job(
-                pool, settings, user, blob, info.content_type, filename, request.options, True
+                pool,
+                settings,
+                user,
+                blob,
+                info.content_type,
+                filename,
+                request.options,
+                True,
+                store=store,
             )
     except BlobTooLarge as exc:
         raise openai_error(
