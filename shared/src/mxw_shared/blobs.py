@@ -232,7 +232,7 @@ class LocalBlobStore:
         not stored."""
         path = resolve_in_root(uri, self.root)
         if not path.is_file():
-            raise BlobNotFound(f"no file at {uri!r}")
+            raise BlobNotFound(f"audio not found at {uri!r}")
         return path
 
     async def size_of(self, uri: str) -> int:
@@ -240,7 +240,7 @@ class LocalBlobStore:
         try:
             return (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError as exc:  # deleted meanwhile
-            raise BlobNotFound(f"no file at {uri!r}") from exc
+            raise BlobNotFound(f"audio not found at {uri!r}") from exc
 
     async def open(self, uri: str) -> AsyncIterator[bytes]:
         return await self._open(uri, 0, None)
@@ -253,7 +253,7 @@ class LocalBlobStore:
         try:
             fh = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError as exc:
-            raise BlobNotFound(f"no file at {uri!r}") from exc
+            raise BlobNotFound(f"audio not found at {uri!r}") from exc
 
         async def chunks() -> AsyncIterator[bytes]:
             # The open file keeps its bytes readable even if the blob is deleted meanwhile.
