@@ -76,7 +76,7 @@ async def test_a_stored_file_is_read_where_it_lies(store: BlobStore, root: Path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == blob.sha256
     assert blob.path.exists()  # the stored file is not removed after the job
     missing = (root / "00" / ("0" * 64)).as_uri()
-    for uri, reason in {missing: "no file at", "ftp://example.org/a.ogg": "http"}.items():
+    for uri, reason in {missing: "audio not found at", "ftp://example.org/a.ogg": "http"}.items():
         with pytest.raises(PermanentError, match=re.escape(reason)):
             async with audio_file(uri, store, settings):
                 pass
