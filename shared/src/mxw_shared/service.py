@@ -210,11 +210,17 @@ class StageConsumer:
         self.revocations = 0
         self.delivered = 0
         self.failures = FailureCounter()
+        self.rebuilds = 0  # clients replaced after repeated poll failures
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    async def start(self) -> None:
+    # Consecutive failed polls (about a second apart) after which the client is replaced:
+    # aiokafka can keep a coordinator connection it closed itself after a broker restart
+    # ("unable to perform operation on <TCPTransport closed=True>") and never recover.
+    rebuild_after_failures = 30
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             client_id=f"{self.settings.service_name}-{self.settings.instance_id}",
@@ -224,19 +230,48 @@ class StageConsumer:
             max_poll_interval_ms=self.settings.kafka_max_poll_interval_ms,
         )
         consumer.subscribe([self.runner.topic], listener=_Rebalance(self))
+        return consumer
+
+    async def _started(self) -> AIOKafkaConsumer:
+        consumer = self._new_consumer()
         try:
             await consumer.start()
         except BaseException:  # no broker, or cancelled with a sibling: leave no client behind
             with contextlib.suppress(Exception):
                 await consumer.stop()
             raise
-        self._consumer = consumer
+        return consumer
+
+    async def start(self) -> None:
+        self._consumer = await self._started()
         self._task = asyncio.create_task(self._poll(), name=f"consume:{self.runner.topic}")
 
-    async def _poll(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+    async def _rebuild(self) -> None:
+        """Replace a client that keeps failing. Records in hand finish on the old one; what
+        it can no longer commit comes back, and the runner skips what it already did."""
+        old = self._consumer
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 30)
         while not self._stopping:
+            try:
+                self._consumer = await self._started()
+                self.rebuilds += 1
+                log.warning(
+                    "stage consumer replaced after repeated poll failures", topic=self.runner.topic
+                )
+                return
+            except Exception as exc:  # the broker is still away: try again shortly
+                log.warning(
+                    "stage consumer not replaced yet", topic=self.runner.topic, error=repr(exc)
+                )
+                await asyncio.sleep(1.0)
+
+    async def _poll(self) -> None:
+        failed_polls = 0
+        while not self._stopping:
+            consumer = self._consumer
+            assert consumer is not None
             try:
                 batch = await consumer.getmany(timeout_ms=500, max_records=1)
             except asyncio.CancelledError:
@@ -246,8 +281,14 @@ class StageConsumer:
                 continue
             except Exception as exc:  # broker trouble: aiokafka reconnects, keep polling
                 log.warning("stage consumer poll failed", topic=self.runner.topic, error=repr(exc))
+                failed_polls += 1
+                if failed_polls >= self.rebuild_after_failures:
+                    failed_polls = 0
+                    await self._rebuild()
+                    continue
                 await asyncio.sleep(1.0)
                 continue
+            failed_polls = 0
             for tp, records in batch.items():
                 for record in records:
                     if self._stopping:
