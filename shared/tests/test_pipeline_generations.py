@@ -51,7 +51,9 @@ async def test_stage_runs_once_per_generation_and_skips_stale_runs(db, infra, ma
     assert await runner.handle(*ready(job_id, 0)) == "done"
     assert await runner.handle(*ready(job_id, 0)) == "already-finished"  # duplicate, new ce_id
 
-    await db.execute("UPDATE jobs SET generation = 1, rerun_from = 'chunk' WHERE id = $1", job_id)
+    # A rerun from chunk (transitions.rerun): the next generation, the chunk row reset.
+    await db.execute("UPDATE jobs SET generation = 1 WHERE id = $1", job_id)
+    await db.execute("DELETE FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id)
     assert await runner.handle(*ready(job_id, 1)) == "done"  # the reprocess runs the stage again
     assert await runner.handle(*ready(job_id, 0)) == "stale-generation"  # late copy of run 0
     assert await runner.handle(*ready(job_id, 1)) == "already-finished"

@@ -13,9 +13,9 @@ import uuid
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
-from mxw_shared import topics
-from mxw_shared.contracts import ChunksReady, Envelope, JobState, Stage, TranscriptReady
-from mxw_shared.jobs import finish_stage, start_stage
+from mxw_shared import topics, transitions
+from mxw_shared.contracts import ChunksReady, Envelope, Stage, TranscriptReady
+from mxw_shared.jobs import get_job
 from mxw_shared.pipeline import PermanentError, StageOutcome, StageRunner
 from mxw_shared.service import ServiceRuntime
 from mxw_shared.settings import CommonSettings
@@ -314,13 +314,17 @@ async def test_l4_worker_whose_lease_was_taken_cannot_finish_the_stage(
 async def test_l4_finish_stage_is_conditioned_on_the_lease_owner(db, make_job):
     job_id = await make_job()
     async with db.acquire() as conn:
-        await start_stage(conn, job_id, Stage.chunk, "old-worker", 60.0)
-        await start_stage(conn, job_id, Stage.chunk, "new-worker", 60.0)  # took it over
-        assert not await finish_stage(
-            conn, job_id, Stage.chunk, JobState.failed, error="stale", worker="old-worker"
-        )
-        assert await finish_stage(conn, job_id, Stage.chunk, JobState.done, worker="new-worker")
-    assert await stage_state(db, job_id) == "done"
+        job = await get_job(conn, job_id)
+        assert job is not None
+        for worker in ("old-worker", "new-worker"):  # the new one took it over
+            await transitions.start(
+                conn, job, Stage.chunk, worker=worker, lease_s=60.0, generation=0, source="t"
+            )
+        fail = {"job_id": job_id, "owner_id": job.owner_id, "stage": Stage.chunk, "source": "t"}
+        assert not await transitions.fail(conn, **fail, reason="stale", worker="old-worker")
+        assert await stage_state(db, job_id) == "running"
+        assert await transitions.fail(conn, **fail, reason="real", worker="new-worker")
+    assert await stage_state(db, job_id) == "failed"
 
 
 async def test_h3_handler_error_from_an_outage_is_not_counted(db):

@@ -6,8 +6,9 @@ import asyncio
 import json
 import uuid
 
+from mxw_shared import transitions
 from mxw_shared.contracts import JobState, Stage
-from mxw_shared.jobs import finish_stage, record_status, start_stage
+from mxw_shared.jobs import get_job, record_status
 from mxw_shared.settings import CommonSettings
 from mxw_shared.sweeper import StageSweeper
 from mxw_shared.topics import AUDIO_UPLOADED, TRANSCRIPT_READY, dlq
@@ -29,10 +30,18 @@ async def outbox_rows(db, job_id: uuid.UUID, topic: str) -> list[dict]:
     return [{"headers": r["headers"], "payload": json.loads(bytes(r["payload"]))} for r in rows]
 
 
+async def start_as(conn, job_id: uuid.UUID, stage: Stage, worker: str) -> None:
+    job = await get_job(conn, job_id)
+    assert job is not None
+    await transitions.start(
+        conn, job, stage, worker=worker, lease_s=60.0, generation=0, source="tests"
+    )
+
+
 async def lose_worker(db, job_id: uuid.UUID, stage: Stage) -> None:
     """A worker started the stage and died: its lease is in the past."""
     async with db.acquire() as conn:
-        await start_stage(conn, job_id, stage, "dead-worker", 60.0)
+        await start_as(conn, job_id, stage, "dead-worker")
         await conn.execute(
             "UPDATE job_stages SET lease_expires_at = now() - interval '1 s'"
             " WHERE job_id = $1 AND stage = $2",
@@ -96,7 +105,10 @@ async def test_crash_looping_stage_fails_with_reason_and_is_dead_lettered(db, in
 async def test_vanished_event_is_resent_after_inactivity_only(db, infra, make_job):
     job_id = await make_job()
     async with db.acquire() as conn:
-        await finish_stage(conn, job_id, Stage.transcribe, JobState.done)
+        await conn.execute(
+            "INSERT INTO job_stages (job_id, stage, state) VALUES ($1, 'transcribe', 'done')",
+            job_id,
+        )
         await conn.execute(
             "INSERT INTO transcripts (job_id, language, duration_s, model, text)"
             " VALUES ($1, 'en', 12.5, 'tiny.en', 'hello')",
@@ -191,7 +203,7 @@ async def test_redelivery_skips_a_live_lease_and_takes_over_a_released_one(db, i
         return envelope.to_headers(), event.model_dump_json().encode()
 
     async with db.acquire() as conn:  # another replica works on it right now
-        await start_stage(conn, job_id, Stage.chunk, "other-replica", 60.0)
+        await start_as(conn, job_id, Stage.chunk, "other-replica")
     assert await runner.handle(*record()) == "running-elsewhere"
     assert runs == []
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from mxw_shared.contracts import Envelope, JobState, JobStatus, Stage
@@ -24,6 +23,21 @@ STAGE_ORDER = PIPELINE.order
 def overall_progress(stage: Stage, stage_fraction: float) -> float:
     lo, hi = PIPELINE[stage].span
     return round(lo + (hi - lo) * min(max(stage_fraction, 0.0), 1.0), 4)
+
+
+def stage_overall_progress(stage: Stage, state: str, fraction: float) -> float:
+    if state == JobState.done:
+        return PIPELINE[stage].span[1]
+    return overall_progress(stage, fraction)
+
+
+def job_progress(state: JobState, stages: dict[Stage, tuple[str, float]]) -> float:
+    """Overall 0..1 progress: the furthest point any stage row reached."""
+    if state == JobState.done:
+        return 1.0
+    return max(
+        (stage_overall_progress(s, st, frac) for s, (st, frac) in stages.items()), default=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -99,172 +113,10 @@ async def next_status_seq(conn: Connection, job_id: uuid.UUID) -> int:
     return seq
 
 
-async def start_stage(
-    conn: Connection,
-    job_id: uuid.UUID,
-    stage: Stage,
-    worker: str,
-    lease_s: float,
-    generation: int = 0,
-    queued_at: datetime | None = None,
-) -> int:
-    """Mark the stage running under this worker's lease for `generation` of the job;
-    returns the attempt number within that generation. `queued_at` (when the event asking
-    for the stage was written) is kept from the first attempt of a generation."""
-    attempts = await conn.fetchval(
-        """INSERT INTO job_stages (job_id, stage, state, attempts, lease_owner, lease_expires_at,
-                                   started_at, error, progress, generation, queued_at)
-           VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), now(), NULL, 0,
-                   $5, coalesce($6, now()))
-           ON CONFLICT (job_id, stage) DO UPDATE SET
-               state = 'running',
-               attempts = CASE WHEN job_stages.generation = $5
-                               THEN job_stages.attempts + 1 ELSE 1 END,
-               lease_owner = $3,
-               lease_expires_at = now() + make_interval(secs => $4),
-               started_at = CASE WHEN job_stages.generation = $5
-                                 THEN coalesce(job_stages.started_at, now()) ELSE now() END,
-               finished_at = NULL, error = NULL, progress = 0, generation = $5,
-               queued_at = CASE WHEN job_stages.generation = $5
-                                THEN job_stages.queued_at ELSE coalesce($6, now()) END
-           RETURNING attempts""",
-        job_id,
-        stage.value,
-        worker,
-        lease_s,
-        generation,
-        queued_at,
-    )
-    return int(attempts)
-
-
-async def extend_lease(
-    conn: Connection, job_id: uuid.UUID, stage: Stage, worker: str, lease_s: float
-) -> bool:
-    result: str = await conn.execute(
-        "UPDATE job_stages SET lease_expires_at = now() + make_interval(secs => $4) "
-        "WHERE job_id = $1 AND stage = $2 AND lease_owner = $3 AND state = 'running'",
-        job_id,
-        stage.value,
-        worker,
-        lease_s,
-    )
-    return result.endswith(" 1")
-
-
-async def set_stage_progress(
-    conn: Connection, job_id: uuid.UUID, stage: Stage, fraction: float
-) -> None:
-    await conn.execute(
-        "UPDATE job_stages SET progress = $3 WHERE job_id = $1 AND stage = $2",
-        job_id,
-        stage.value,
-        min(max(fraction, 0.0), 1.0),
-    )
-
-
-async def finish_stage(
-    conn: Connection,
-    job_id: uuid.UUID,
-    stage: Stage,
-    state: JobState,
-    *,
-    error: str | None = None,
-    metrics: dict[str, Any] | None = None,
-    worker: str | None = None,
-) -> bool:
-    """Record the stage's end. With `worker`, only while that worker holds the stage (it
-    is running under its lease): a worker whose lease another one took over cannot
-    overwrite the newer attempt. Returns whether the stage row was written."""
-    if worker is not None:
-        result: str = await conn.execute(
-            """UPDATE job_stages SET
-                   state = $3,
-                   progress = CASE WHEN $3 = 'done' THEN 1 ELSE progress END,
-                   error = $4, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                   metrics = metrics || coalesce($5, '{}'::jsonb)
-               WHERE job_id = $1 AND stage = $2 AND lease_owner = $6 AND state = 'running'""",
-            job_id,
-            stage.value,
-            state.value,
-            error,
-            metrics,
-            worker,
-        )
-        return result.endswith(" 1")
-    await conn.execute(
-        """INSERT INTO job_stages (job_id, stage, state, progress, error, finished_at, metrics,
-                                   started_at)
-           VALUES ($1, $2, $3, CASE WHEN $3 = 'done' THEN 1 ELSE 0 END, $4, now(),
-                   coalesce($5, '{}'::jsonb), now())
-           ON CONFLICT (job_id, stage) DO UPDATE SET
-               state = $3,
-               progress = CASE WHEN $3 = 'done' THEN 1 ELSE job_stages.progress END,
-               error = $4, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-               metrics = job_stages.metrics || coalesce($5, '{}'::jsonb)""",
-        job_id,
-        stage.value,
-        state.value,
-        error,
-        metrics,
-    )
-    return True
-
-
-async def fail_stage(
-    conn: Connection,
-    *,
-    job_id: uuid.UUID,
-    owner_id: str,
-    stage: Stage,
-    reason: str,
-    source: str,
-    worker: str | None = None,
-) -> bool:
-    """The stage failed for good, with the reason for its owner to read: its row and the
-    job's status in the caller's transaction. Every writer that fails a stage (the runner,
-    the sweeper) calls this. With `worker`, only while that worker holds the stage's lease;
-    returns whether the stage was failed."""
-    if not await finish_stage(conn, job_id, stage, JobState.failed, error=reason, worker=worker):
-        return False
-    await record_status(
-        conn,
-        job_id=job_id,
-        owner_id=owner_id,
-        stage=stage,
-        state=JobState.failed,
-        progress=overall_progress(stage, 0.0),
-        source=source,
-        message=f"{stage.value} failed",
-        error=reason,
-    )
-    return True
-
-
-def is_stale(
-    stage: Stage, row_generation: int, job_generation: int, rerun_from: Stage | None
-) -> bool:
-    """After a reprocess from stage S, the rows of S and the stages after it left from an
-    older generation describe the previous run: they count as not started yet. (The same
-    rule in SQL: `current_run_sql`.)"""
-    if rerun_from is None or row_generation >= job_generation:
-        return False
-    return STAGE_ORDER.index(stage) >= STAGE_ORDER.index(rerun_from)
-
-
-def current_run_sql(row: str, job: str) -> str:
-    """SQL condition: the job_stages row `row` belongs to the current run of the jobs row
-    `job` (is_stale's rule)."""
-    order = PIPELINE.sql_order()
-    return (
-        f"({row}.generation >= {job}.generation OR {job}.rerun_from IS NULL"
-        f" OR array_position({order}, {row}.stage) < array_position({order}, {job}.rerun_from))"
-    )
-
-
 def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:
-    """Overall state from the current run's stage rows: the one rule every reader uses (the
-    same in SQL: `job_state_sql`)."""
+    """Overall state from the job's stage rows: the one rule every reader uses (the same in
+    SQL: `job_state_sql`). Every row belongs to the current run: a rerun removes the rows
+    of the stages it does again (transitions.rerun)."""
     if cancelled:
         return JobState.cancelled
     if any(s == JobState.failed for s in stages.values()):
@@ -278,7 +130,7 @@ def derive_job_state(cancelled: bool, stages: dict[Stage, str]) -> JobState:
 
 def job_state_sql(job: str = "jobs") -> str:
     """SQL expression: derive_job_state for the jobs row `job`, so lists can filter on it."""
-    current = f"s.job_id = {job}.id AND {current_run_sql('s', job)}"
+    current = f"s.job_id = {job}.id"
     final_done = " AND ".join(
         f"EXISTS (SELECT 1 FROM job_stages s WHERE {current}"
         f" AND s.stage = '{stage.value}' AND s.state = 'done')"

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from mxw_shared import metrics, telemetry
+from mxw_shared import metrics, telemetry, transitions
 from mxw_shared.contracts import (
     Envelope,
     EventData,
@@ -36,22 +36,9 @@ from mxw_shared.contracts import (
 )
 from mxw_shared.db import Connection, Pool
 from mxw_shared.deadletter import MAX_REASON_CHARS, clean_text, dead_letter, is_outage
-from mxw_shared.jobs import (
-    JobRow,
-    current_run_sql,
-    extend_lease,
-    fail_stage,
-    finish_stage,
-    get_job,
-    overall_progress,
-    record_status,
-    set_stage_progress,
-    start_stage,
-)
+from mxw_shared.jobs import JobRow, get_job
 from mxw_shared.logging import get_logger
-from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
-from mxw_shared.stage_inputs import rebuild_stage_input
 from mxw_shared.stages import PIPELINE, Pipeline
 
 log = get_logger(__name__)
@@ -75,6 +62,11 @@ class JobCancelled(Exception):
     pass
 
 
+class StageTakenOver(Exception):
+    """Another worker holds the stage now (this one's lease lapsed): stop, and drop the
+    results; the newer attempt owns the outcome."""
+
+
 @dataclass
 class StageOutcome:
     """What a stage's work produced: rows to write and the event that announces them."""
@@ -86,8 +78,9 @@ class StageOutcome:
 
 
 class Progress:
-    """Reports a stage's progress as job.status, at most every `min_interval_s`; raises
-    JobCancelled once the job was cancelled, so work stops at its next report."""
+    """A running stage's handle on its job: reports progress as job.status, at most every
+    `min_interval_s`, and writes partial results (`checkpoint`) while the stage is held.
+    Both raise JobCancelled once the job was cancelled, so work stops at its next call."""
 
     def __init__(
         self,
@@ -95,14 +88,27 @@ class Progress:
         job: JobRow,
         stage: Stage,
         source: str,
+        worker: str,
         min_interval_s: float = 0.5,
     ) -> None:
         self._pool = pool
         self._job = job
         self._stage = stage
         self._source = source
+        self._worker = worker
         self._min_interval_s = min_interval_s
         self._last = 0.0
+
+    async def checkpoint(self, write: Callable[[Connection], Awaitable[None]]) -> bool:
+        """Run `write` in a transaction while this worker holds the stage; False (nothing
+        written) when another worker took the stage over: this one's results are dropped."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            held = await transitions.checkpoint(
+                conn, self._job.id, self._stage, self._worker, write
+            )
+        if held is transitions.Hold.cancelled:
+            raise JobCancelled
+        return held is transitions.Hold.held
 
     async def __call__(self, fraction: float, message: str | None = None) -> None:
         now = time.monotonic()
@@ -110,21 +116,10 @@ class Progress:
             return
         self._last = now
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(
-                "SELECT cancelled_at IS NOT NULL FROM jobs WHERE id = $1", self._job.id
+            if not await transitions.report_progress(
+                conn, self._job, self._stage, fraction, source=self._source, message=message
             ):
                 raise JobCancelled
-            await set_stage_progress(conn, self._job.id, self._stage, fraction)
-            await record_status(
-                conn,
-                job_id=self._job.id,
-                owner_id=self._job.owner_id,
-                stage=self._stage,
-                state=JobState.running,
-                progress=overall_progress(self._stage, fraction),
-                source=self._source,
-                message=message,
-            )
 
 
 class Verdict(StrEnum):
@@ -295,9 +290,7 @@ class StageRunner(Generic[In]):
                     self.worker_id,
                     refused=reason,
                     job_deleted=deleted,
-                    waiting_for=await self._not_done(
-                        conn, job, self.pipeline.waits_for(self.stage)
-                    ),
+                    waiting_for=await self._waiting_for(conn, job),
                 )
                 if decision.verdict == Verdict.dead_letter:
                     bound.warning("event rejected", reason=decision.reason)
@@ -308,21 +301,15 @@ class StageRunner(Generic[In]):
                     bound.info("event skipped", outcome=decision.outcome, reason=decision.reason)
                     return decision.outcome
                 assert job is not None
-                attempt = await start_stage(
-                    conn,
-                    job.id,
-                    self.stage,
-                    self.worker_id,
-                    self.settings.lease_s,
-                    data.generation,
-                    queued_at=envelope.time,
-                )
-                await self._status(
+                attempt = await transitions.start(
                     conn,
                     job,
-                    JobState.running,
-                    0.0,
-                    f"{self.stage.value} started (attempt {attempt})",
+                    self.stage,
+                    worker=self.worker_id,
+                    lease_s=self.settings.lease_s,
+                    generation=data.generation,
+                    source=self.settings.service_name,
+                    queued_at=envelope.time,
                 )
                 if attempt == 1:
                     metrics.observe_queue_wait(self.stage.value, envelope.time)
@@ -339,7 +326,7 @@ class StageRunner(Generic[In]):
         key: bytes | None,
         bound: Any,
     ) -> str:
-        progress = Progress(self.pool, job, self.stage, self.settings.service_name)
+        progress = Progress(self.pool, job, self.stage, self.settings.service_name, self.worker_id)
         heartbeat = asyncio.create_task(self._heartbeat(job))
         started = time.monotonic()
         error: str | None = None
@@ -354,6 +341,9 @@ class StageRunner(Generic[In]):
                     await self._finish_cancelled(job, envelope)
                     bound.info("stage stopped: job cancelled")
                     return "cancelled"
+                except StageTakenOver:
+                    async with self.pool.acquire() as conn:
+                        return await self._lease_lost(conn, envelope, bound)
                 except PermanentError as exc:
                     error = str(exc)
                     break
@@ -379,109 +369,40 @@ class StageRunner(Generic[In]):
             reason = error or "unknown error"
             bound.error("stage failed", error=reason)
             async with self.pool.acquire() as conn, conn.transaction():
-                if not await self._fail(conn, job, reason, worker=self.worker_id):
+                letter = self._letter(headers, body, key, self.settings.max_attempts)
+                if not await self._fail(conn, job, reason, worker=self.worker_id, letter=letter):
                     return await self._lease_lost(conn, envelope, bound)
-                await self._dead_letter(
-                    conn, headers, body, key, reason, self.settings.max_attempts
-                )
                 await self._mark_processed(conn, envelope.id)
             return "failed"
 
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT state, generation, lease_owner FROM job_stages "
-                "WHERE job_id = $1 AND stage = $2 FOR UPDATE",
-                job.id,
-                self.stage.value,
-            )
-            # Another replica finished the same work first.
-            if (
-                row is not None
-                and row["state"] == JobState.done
-                and row["generation"] >= (data.generation)
-            ):
-                await self._mark_processed(conn, envelope.id)
-                return "already-finished"
-            if row is None or row["lease_owner"] != self.worker_id:
-                return await self._lease_lost(conn, envelope, bound)
-            await outcome.persist(conn)
-            metrics = {**outcome.metrics, "wall_s": round(time.monotonic() - started, 3)}
-            await finish_stage(
-                conn, job.id, self.stage, JobState.done, metrics=metrics, worker=self.worker_id
-            )
-            if outcome.next_event is not None:
-                await enqueue(
-                    conn,
-                    # The next stage works for the same run of the job.
-                    outcome.next_event.model_copy(update={"generation": data.generation}),
-                    source=self.settings.service_name,
-                    traceparent=envelope.traceparent,
-                )
-            await self._send_joins(conn, job, data.generation, envelope.traceparent)
-            last = await self._ends_the_job(conn, job, data.generation)
-            await self._status(
+            completion = await transitions.complete(
                 conn,
                 job,
-                JobState.done if last else JobState.running,
-                1.0,
-                outcome.message,
+                self.stage,
+                persist=outcome.persist,
+                next_event=outcome.next_event,
+                message=outcome.message,
+                metrics={**outcome.metrics, "wall_s": round(time.monotonic() - started, 3)},
+                worker=self.worker_id,
+                generation=data.generation,
+                source=self.settings.service_name,
+                traceparent=envelope.traceparent,
+                pipeline=self.pipeline,
             )
+            if completion is transitions.Completion.lease_lost:
+                return await self._lease_lost(conn, envelope, bound)
             await self._mark_processed(conn, envelope.id)
-        bound.info("stage done", message=outcome.message)
-        return "done"
+        if completion is transitions.Completion.done:
+            bound.info("stage done", message=outcome.message)
+        return completion.value
 
-    async def _not_done(
-        self, conn: Connection, job: JobRow | None, stages: tuple[Stage, ...]
-    ) -> tuple[str, ...]:
-        """Those of `stages` not done in the job's current run."""
-        if job is None or not stages:
+    async def _waiting_for(self, conn: Connection, job: JobRow | None) -> tuple[str, ...]:
+        """The prerequisites of a join not done in the job's current run yet."""
+        if job is None:
             return ()
-        done = await conn.fetch(
-            f"""SELECT s.stage FROM job_stages s JOIN jobs j ON j.id = s.job_id
-                WHERE s.job_id = $1 AND s.stage = ANY($2::text[]) AND s.state = 'done'
-                  AND {current_run_sql("s", "j")}""",
-            job.id,
-            [s.value for s in stages],
-        )
-        found = {r["stage"] for r in done}
-        return tuple(s.value for s in stages if s.value not in found)
-
-    async def _send_joins(
-        self, conn: Connection, job: JobRow, generation: int, traceparent: str | None
-    ) -> None:
-        """A join is decided here, in the transaction that completes this stage: each stage
-        that waits for this one gets its input once all its prerequisites are done. The job
-        row is locked first, so that two prerequisites completing at once see each other."""
-        joins = self.pipeline.joins_completed_by(self.stage)
-        if not joins:
-            return
-        await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
-        for spec in joins:
-            if await self._not_done(conn, job, spec.after):
-                continue
-            event = await rebuild_stage_input(
-                conn, job.id, spec.stage, generation=generation, pipeline=self.pipeline
-            )
-            if event is not None:
-                await enqueue(
-                    conn, event, source=self.settings.service_name, traceparent=traceparent
-                )
-
-    async def _ends_the_job(self, conn: Connection, job: JobRow, generation: int) -> bool:
-        """Whether this stage, just done, was the last of the run's final stages."""
-        if not self.pipeline.is_final(self.stage):
-            return False
-        others = [s.value for s in self.pipeline.final if s != self.stage]
-        if not others:
-            return True
-        done = await conn.fetchval(
-            "SELECT count(*) FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])"
-            " AND state = 'done' AND generation >= $3",
-            job.id,
-            others,
-            generation,
-        )
-        return bool(done == len(others))
+        waiting = await transitions.not_done(conn, job.id, self.pipeline.waits_for(self.stage))
+        return tuple(s.value for s in waiting)
 
     async def _lease_lost(self, conn: Connection, envelope: Envelope, bound: Any) -> str:
         """Another worker took this stage over while this one worked (its lease lapsed, the
@@ -551,9 +472,14 @@ class StageRunner(Generic[In]):
         await self._mark_processed(conn, envelope.id)
 
     async def _fail(
-        self, conn: Connection, job: JobRow, reason: str, worker: str | None = None
+        self,
+        conn: Connection,
+        job: JobRow,
+        reason: str,
+        worker: str | None = None,
+        letter: transitions.Letter | None = None,
     ) -> bool:
-        return await fail_stage(
+        return await transitions.fail(
             conn,
             job_id=job.id,
             owner_id=job.owner_id,
@@ -561,28 +487,20 @@ class StageRunner(Generic[In]):
             reason=reason,
             source=self.settings.service_name,
             worker=worker,
+            letter=letter,
         )
 
-    async def _status(
-        self,
-        conn: Connection,
-        job: JobRow,
-        state: JobState,
-        stage_fraction: float,
-        message: str,
-        error: str | None = None,
-    ) -> None:
-        """Record this stage's status for the job (history + job.status, same transaction)."""
-        await record_status(
-            conn,
-            job_id=job.id,
-            owner_id=job.owner_id,
-            stage=self.stage,
-            state=state,
-            progress=overall_progress(self.stage, stage_fraction),
-            source=self.settings.service_name,
-            message=message,
-            error=error,
+    def _letter(
+        self, headers: object, body: bytes, key: bytes | None, attempts: int
+    ) -> transitions.Letter:
+        return transitions.Letter(
+            topic=self.topic,
+            headers=headers,
+            body=body,
+            key=key,
+            consumer=self.consumer,
+            attempts=attempts,
+            max_body_bytes=self.settings.max_event_bytes,
         )
 
     async def _heartbeat(self, job: JobRow) -> None:
@@ -591,7 +509,7 @@ class StageRunner(Generic[In]):
             await asyncio.sleep(interval)
             try:
                 async with self.pool.acquire() as conn:
-                    await extend_lease(
+                    await transitions.extend_lease(
                         conn, job.id, self.stage, self.worker_id, self.settings.lease_s
                     )
             except Exception as exc:  # a missed beat is not fatal; the next one may land
@@ -600,33 +518,17 @@ class StageRunner(Generic[In]):
     async def _release_lease(self, job: JobRow) -> None:
         try:
             async with self.pool.acquire() as conn:
-                # No owner: whoever gets the record again takes over at once. The expiry
-                # stays ahead, so the sweeper re-sends only if that redelivery never comes.
-                await conn.execute(
-                    "UPDATE job_stages SET lease_owner = NULL,"
-                    " lease_expires_at = now() + make_interval(secs => $4)"
-                    " WHERE job_id = $1 AND stage = $2 AND lease_owner = $3 AND state = 'running'",
-                    job.id,
-                    self.stage.value,
-                    self.worker_id,
-                    self.settings.stuck_after_s,
+                await transitions.release_lease(
+                    conn, job.id, self.stage, self.worker_id, self.settings.stuck_after_s
                 )
         except Exception as exc:  # the lease then simply runs out
             log.warning("lease release failed", job_id=str(job.id), error=repr(exc))
 
     async def _finish_cancelled(self, job: JobRow, envelope: Envelope) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await finish_stage(
-                conn, job.id, self.stage, JobState.cancelled, worker=self.worker_id
-            ):
-                await self._mark_processed(conn, envelope.id)
-                return  # another worker holds the stage now: it reports the cancellation
-            await self._status(
-                conn,
-                job,
-                JobState.cancelled,
-                0.0,
-                f"{self.stage.value} stopped: job cancelled",
+            # False when another worker holds the stage now: that one reports it.
+            await transitions.stop_cancelled(
+                conn, job, self.stage, worker=self.worker_id, source=self.settings.service_name
             )
             await self._mark_processed(conn, envelope.id)
 

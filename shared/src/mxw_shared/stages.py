@@ -4,7 +4,7 @@ service that runs it, its share of a job's progress and the stages it needs done
 Everything that depends on the pipeline's shape is derived from `PIPELINE`: the stage order,
 each stage's input topic and consumer group, the stages whose end is the job's end, the
 progress spans, the admin views' stage of a topic and lag per group, the AsyncAPI
-producer/consumer lists, the Kafka access plan and the SQL order of stages. Adding a stage is
+producer/consumer lists, and the Kafka access plan. Adding a stage is
 one row here (and its handler in the service that runs it).
 """
 
@@ -117,10 +117,6 @@ class Pipeline:
         for s in self.specs:
             out[s.service] = (*out.get(s.service, ()), s.topic)
         return out
-
-    def sql_order(self) -> str:
-        """The stage order as a Postgres array literal (for array_position)."""
-        return "ARRAY[" + ", ".join(f"'{s.value}'" for s in self.order) + "]"
 
 
 PIPELINE = Pipeline(

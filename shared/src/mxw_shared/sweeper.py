@@ -27,19 +27,12 @@ from dataclasses import dataclass
 from asyncpg import Record
 from prometheus_client import Counter
 
-from mxw_shared.contracts import Envelope, JobState, Stage
+from mxw_shared import transitions
+from mxw_shared.contracts import Envelope, Stage
 from mxw_shared.db import Connection, Pool
-from mxw_shared.deadletter import dead_letter
-from mxw_shared.jobs import (
-    STAGE_ORDER,
-    current_run_sql,
-    fail_stage,
-    overall_progress,
-    record_status,
-)
+from mxw_shared.jobs import STAGE_ORDER
 from mxw_shared.locks import STAGE_SWEEP as _SWEEP_LOCK
 from mxw_shared.logging import get_logger
-from mxw_shared.outbox import enqueue
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stage_inputs import rebuild_stage_input
 from mxw_shared.stages import PIPELINE, Pipeline
@@ -49,7 +42,7 @@ SWEPT = Counter(
     "mxw_sweeper_actions_total", "Stage inputs re-sent or given up", ["stage", "action"]
 )
 
-_CANDIDATES = f"""
+_CANDIDATES = """
 WITH recent AS (
     SELECT DISTINCT job_id FROM job_events
     WHERE created_at > now() - make_interval(secs => $4)
@@ -58,8 +51,7 @@ WITH recent AS (
     WHERE stage = $1 AND state = 'running' AND lease_expires_at < now()
 )
 SELECT j.id, j.generation, j.owner_id, coalesce(s.attempts, 0) AS attempts,
-       CASE WHEN s.state = 'running' AND {current_run_sql("s", "j")}
-            THEN 'lease expired' ELSE 'no progress' END AS why,
+       CASE WHEN s.state = 'running' THEN 'lease expired' ELSE 'no progress' END AS why,
        coalesce(w.resends, 0) AS resends
 FROM recent r
 JOIN jobs j ON j.id = r.job_id
@@ -71,16 +63,16 @@ WHERE j.cancelled_at IS NULL
       SELECT 1 FROM unnest($2::text[]) AS need(stage)
       WHERE NOT EXISTS (
           SELECT 1 FROM job_stages p WHERE p.job_id = j.id AND p.stage = need.stage
-            AND p.state = 'done' AND {current_run_sql("p", "j")}))
+            AND p.state = 'done'))
   -- no stage of this run failed or was cancelled
   AND NOT EXISTS (
       SELECT 1 FROM job_stages f WHERE f.job_id = j.id
-        AND f.state IN ('failed', 'cancelled') AND {current_run_sql("f", "j")})
+        AND f.state IN ('failed', 'cancelled'))
   AND (
       -- its worker stopped renewing the lease
-      (s.state = 'running' AND {current_run_sql("s", "j")} AND s.lease_expires_at < now())
+      (s.state = 'running' AND s.lease_expires_at < now())
       -- or it never started, and nothing happened to the job for a while
-      OR ((s.job_id IS NULL OR NOT {current_run_sql("s", "j")})
+      OR (s.job_id IS NULL
           AND coalesce((SELECT max(e.created_at) FROM job_events e WHERE e.job_id = j.id),
                        j.created_at) < now() - make_interval(secs => $3))
   )
@@ -169,38 +161,36 @@ class StageSweeper:
                 if event is not None
                 else f"{self.stage.value} cannot be re-sent: the earlier results are gone"
             )
-            await fail_stage(
+            await transitions.fail(
                 conn,
                 job_id=job_id,
                 owner_id=row["owner_id"],
                 stage=self.stage,
                 reason=reason,
                 source=source,
-            )
-            if event is not None:
-                await dead_letter(
-                    conn,
+                letter=None
+                if event is None
+                else transitions.Letter(
                     topic=self.topic,
-                    raw_headers=Envelope.for_event(event, source=source).to_headers(),
+                    headers=Envelope.for_event(event, source=source).to_headers(),
                     body=event.model_dump_json().encode(),
                     key=str(job_id),
-                    reason=reason,
                     consumer=source,
                     attempts=row["attempts"],
                     max_body_bytes=self.settings.max_event_bytes,
-                )
+                ),
+            )
             await self._record(conn, row, reason)
             return SweepAction(job_id, "failed", reason)
-        await enqueue(conn, event, source=source, traceparent=await _job_trace(conn, job_id))
-        await record_status(
+        await transitions.requeue(
             conn,
             job_id=job_id,
             owner_id=row["owner_id"],
             stage=self.stage,
-            state=JobState.queued,
-            progress=overall_progress(self.stage, 0.0),
+            event=event,
             source=source,
-            message=f"{self.stage.value} re-queued ({why})",
+            why=why,
+            traceparent=await _job_trace(conn, job_id),
         )
         await self._record(conn, row, why)
         return SweepAction(job_id, "resent", why)

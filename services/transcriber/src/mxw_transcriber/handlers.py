@@ -10,7 +10,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,7 +28,14 @@ from mxw_shared.contracts import AUDIO_URI_MAX_CHARS, AudioUploaded, Envelope, T
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
-from mxw_shared.pipeline import AdoptJob, JobCancelled, PermanentError, Progress, StageOutcome
+from mxw_shared.pipeline import (
+    AdoptJob,
+    JobCancelled,
+    PermanentError,
+    Progress,
+    StageOutcome,
+    StageTakenOver,
+)
 
 from mxw_transcriber import __name__ as _package
 from mxw_transcriber import repository
@@ -45,6 +52,7 @@ from mxw_transcriber.domain import (
     transcribe,
 )
 from mxw_transcriber.models import ModelRegistry
+from mxw_transcriber.repository import Checkpoint
 from mxw_transcriber.settings import TranscriberSettings
 
 log = get_logger(__name__)
@@ -231,8 +239,6 @@ class TranscribeWork:
             vad_filter=settings.vad_filter,
             batch_size=settings.batch_size,
         )
-        # The StageRunner's lease owner: incremental writes stop if another worker took over.
-        self.worker_id: str | None = None
 
     async def __call__(
         self, envelope: Envelope, event: AudioUploaded, job: JobRow, progress: Progress
@@ -267,10 +273,19 @@ class TranscribeWork:
         duration = round(len(audio) / SAMPLE_RATE, 3)
 
         fingerprint = run_fingerprint(job, event, model_name, self.decode)
-        async with self.pool.acquire() as conn, conn.transaction():
-            checkpoint = await repository.load_checkpoint(conn, job.id, fingerprint)
-            if checkpoint is None:
+        resumable: list[Checkpoint] = []
+
+        async def begin(conn: Connection) -> None:
+            """Resume this run's checkpoint, or open an empty partial transcript."""
+            found = await repository.load_checkpoint(conn, job.id, fingerprint)
+            if found is None:
                 await repository.start_partial(conn, job.id, model_name, duration, fingerprint)
+            else:
+                resumable.append(found)
+
+        if not await progress.checkpoint(begin):
+            raise StageTakenOver(f"job {job.id}")
+        checkpoint = resumable[0] if resumable else None
         earlier: tuple[TranscriptSegment, ...] = ()
         resume: Resume | None = None
         if checkpoint is not None and checkpoint.position_s > 0:
@@ -332,13 +347,15 @@ class TranscribeWork:
         transcribe_s = time.monotonic() - started
         if error is not None:
             raise error
+        if run.lease_lost:
+            raise StageTakenOver(f"job {job.id}")
 
         if transcript is None or run.cancelled:
             # Cancelled: keep what was transcribed, marked incomplete.
             code, probability = language[0] if language else (None, None)
             produced = tuple(run.produced)
             partial = Transcript(code, probability, duration, earlier + produced)
-            unsaved = produced if run.lease_lost else produced[run.written :]
+            unsaved = produced[run.written :]
             async with self.pool.acquire() as conn, conn.transaction():
                 await repository.finish_transcript(
                     conn, job.id, model_name, partial, unsaved, complete=False
@@ -348,8 +365,7 @@ class TranscribeWork:
 
         segments = earlier + transcript.segments
         final = dataclasses.replace(transcript, segments=segments)
-        # Everything not persisted by the writer (all of this run's if it lost the lease).
-        unwritten = transcript.segments if run.lease_lost else transcript.segments[run.written :]
+        unwritten = transcript.segments[run.written :]  # what the writer did not persist
         model_label = model_name
 
         async def persist(conn: Connection) -> None:
@@ -441,33 +457,30 @@ class TranscribeWork:
                 if segment is not None:
                     run.produced.append(segment)
                 run.position_s = max(run.position_s, position)
-            if run.cancelled:
+            if run.cancelled or run.lease_lost:
                 continue  # the cancelled run's last write happens in the work itself
+            pending = run.produced[run.written :]
+            saving_language = language[0] if language and not language_saved else None
+            write = _partial_write(job, fingerprint, run.position_s, pending, saving_language)
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    if await repository.is_cancelled(conn, job.id):
-                        run.cancelled = True
-                        run.stop.set()
-                    owner = await repository.lease_owner(conn, job.id)
-                    if not run.lease_lost and self.worker_id not in (None, owner):
-                        run.lease_lost = True
-                        log.warning(
-                            "lease taken over by another worker; segments no longer written",
-                            job_id=str(job.id),
-                        )
-                    if run.lease_lost:
-                        continue
-                    if not language_saved and language:
-                        await repository.set_language(conn, job.id, *language[0])
-                        language_saved = True
-                    if len(run.produced) > run.written:
-                        await repository.write_segments(conn, job.id, run.produced[run.written :])
-                        run.written = len(run.produced)
-                        run.flushes += 1
-                        await repository.save_position(conn, job.id, fingerprint, run.position_s)
+                # The segments so far and the resume point, while this worker holds the
+                # stage (the row stays locked: no takeover can interleave with the write).
+                held = await progress.checkpoint(write)
+            except JobCancelled:
+                run.cancelled = True
+                run.stop.set()
+                continue
             except Exception as exc:  # the final commit writes whatever is left
                 log.warning("segment write failed", job_id=str(job.id), error=repr(exc))
                 continue
+            if not held:
+                run.lease_lost = True
+                run.stop.set()  # another worker transcribes this job now
+                continue
+            language_saved = language_saved or saving_language is not None
+            if pending:
+                run.written += len(pending)
+                run.flushes += 1
             if run.cancelled or run.position_s <= reported_s:
                 continue
             reported_s = run.position_s
@@ -479,6 +492,25 @@ class TranscribeWork:
                 run.stop.set()
             except Exception as exc:  # a lost progress report is not worth the job
                 log.warning("progress report failed", job_id=str(job.id), error=repr(exc))
+
+
+def _partial_write(
+    job: JobRow,
+    fingerprint: str,
+    position_s: float,
+    segments: list[TranscriptSegment],
+    language: tuple[str | None, float | None] | None,
+) -> Callable[[Connection], Awaitable[None]]:
+    """The writes of one checkpoint: the language once known, new segments, the position."""
+
+    async def write(conn: Connection) -> None:
+        if language is not None:
+            await repository.set_language(conn, job.id, *language)
+        if segments:
+            await repository.write_segments(conn, job.id, segments)
+            await repository.save_position(conn, job.id, fingerprint, position_s)
+
+    return write
 
 
 class _Stopped(Exception):

@@ -78,7 +78,6 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
             work=work,
             adopt_job=job_adopter(store),
         )
-        work.worker_id = runner.worker_id
         app.state.consumer = runtime.subscribe_stage(
             runner,
             group_id=settings.service_name,

@@ -152,19 +152,6 @@ async def write_segments(
         await conn.executemany(_UPSERT_SEGMENT, [_segment_row(job_id, s) for s in segments])
 
 
-async def lease_owner(conn: Connection, job_id: uuid.UUID) -> str | None:
-    owner: str | None = await conn.fetchval(
-        "SELECT lease_owner FROM job_stages WHERE job_id = $1 AND stage = $2", job_id, STAGE
-    )
-    return owner
-
-
-async def is_cancelled(conn: Connection, job_id: uuid.UUID) -> bool:
-    return bool(
-        await conn.fetchval("SELECT cancelled_at IS NOT NULL FROM jobs WHERE id = $1", job_id)
-    )
-
-
 async def finish_transcript(
     conn: Connection,
     job_id: uuid.UUID,
