@@ -1,24 +1,29 @@
-"""A join on the real database: two stages start from one event and a third needs both. The
-stage table is a test one (the real Stage values in other roles); the runners and their
-transitions are the product's, unchanged."""
+"""An extra stage and a join on the real database: two stages start from one event and a
+third needs both. The stage table is a test one (the real Stage values in other roles); the
+runners, the sweeper and the transitions (rerun, cancel, dead-letter replay) are the
+product's, unchanged: a new stage is one table row plus one handler."""
 
+import json
 import uuid
 
+import pytest
+from mxw_shared import transitions
 from mxw_shared.contracts import (
     AudioUploaded,
     ChunksReady,
     EmbeddingsReady,
     Envelope,
     EventData,
+    JobOptions,
     Stage,
     TranscriptReady,
 )
 from mxw_shared.jobs import STAGE_ORDER
-from mxw_shared.pipeline import StageOutcome, StageRunner
+from mxw_shared.pipeline import PermanentError, StageOutcome, StageRunner
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stages import Pipeline, StageSpec
 from mxw_shared.sweeper import StageSweeper
-from mxw_shared.topics import EMBEDDINGS_READY, TRANSCRIPT_READY
+from mxw_shared.topics import AUDIO_UPLOADED, EMBEDDINGS_READY, TRANSCRIPT_READY, dlq
 
 # transcribe and "beside" both start from audio.uploaded; "join" consumes transcribe's
 # transcript.ready but needs "beside" done too.
@@ -38,10 +43,18 @@ JOINED = Pipeline(
 )
 
 
-def runners(db, infra, calls: list[str]) -> dict[Stage, StageRunner[EventData]]:
+def runners(
+    db, infra, calls: list[str], broken: set[Stage] | None = None
+) -> dict[Stage, StageRunner[EventData]]:
+    """The test table's runners; a stage in `broken` fails its next run for good."""
+    broken = set() if broken is None else broken
+
     def work(stage: Stage):
         async def run(envelope, event, job, progress):
             calls.append(stage.value)
+            if stage in broken:
+                broken.discard(stage)
+                raise PermanentError(f"{stage.value} is broken")
 
             async def persist(conn):
                 if stage == Stage.transcribe:  # what the joined stage's input is rebuilt from
@@ -179,3 +192,142 @@ async def test_a_lost_join_input_is_sent_again_by_the_sweeper(db, infra, make_jo
     assert len(again) == len(before) + 1
     assert await stage[Stage.embed].handle(*again[-1]) == "done"
     assert await job_state(db, job_id) == "done"
+
+
+async def run_to_done(db, stage: dict[Stage, StageRunner[EventData]], job_id: uuid.UUID) -> None:
+    assert await stage[Stage.transcribe].handle(*uploaded(job_id)) == "done"
+    assert await stage[Stage.chunk].handle(*uploaded(job_id)) == "done"
+    (ready, *_) = await sent(db, job_id, TRANSCRIPT_READY)
+    assert await stage[Stage.embed].handle(*ready) == "done"
+    assert await job_state(db, job_id) == "done"
+
+
+async def stage_rows(db, job_id: uuid.UUID) -> dict[str, tuple[str, int]]:
+    rows = await db.fetch(
+        "SELECT stage, state, generation FROM job_stages WHERE job_id = $1", job_id
+    )
+    return {r["stage"]: (r["state"], r["generation"]) for r in rows}
+
+
+async def test_a_rerun_from_the_stage_beside_keeps_the_other_branch_and_redoes_the_join(
+    db, infra, make_job
+):
+    job_id = await make_job()
+    calls: list[str] = []
+    stage = runners(db, infra, calls)
+    await run_to_done(db, stage, job_id)
+    inputs = len(await sent(db, job_id, AUDIO_UPLOADED))
+
+    async with db.acquire() as conn, conn.transaction():
+        generation = await transitions.rerun(
+            conn,
+            job_id,
+            Stage.chunk,
+            options=JobOptions.model_validate,
+            source="tests",
+            pipeline=JOINED,
+        )
+    assert generation == 1
+    # The rerun's stages are reset, the kept one carried into the new run.
+    assert await stage_rows(db, job_id) == {"transcribe": ("done", 1)}
+    again = (await sent(db, job_id, AUDIO_UPLOADED))[inputs:]
+    assert len(again) == 1  # the rerun stage's input, of the new generation
+    assert await job_state(db, job_id) == "queued"
+    # Both stages that start from audio.uploaded get it: the kept one skips it.
+    assert await stage[Stage.transcribe].handle(*again[0]) == "already-finished"
+    assert await stage[Stage.chunk].handle(*again[0]) == "done"
+    (*_, rebuilt) = await sent(db, job_id, TRANSCRIPT_READY)  # the join, sent by "beside"
+    assert await stage[Stage.embed].handle(*rebuilt) == "done"
+
+    assert calls == ["transcribe", "chunk", "embed", "chunk", "embed"]
+    assert await stage_rows(db, job_id) == {s.value: ("done", 1) for s in STAGE_ORDER}
+    assert await job_state(db, job_id) == "done"
+
+
+async def test_a_cancelled_job_stops_every_branch_and_the_sweeper_leaves_it(db, infra, make_job):
+    job_id = await make_job()
+    calls: list[str] = []
+    stage = runners(db, infra, calls)
+    assert await stage[Stage.transcribe].handle(*uploaded(job_id)) == "done"
+
+    async with db.acquire() as conn, conn.transaction():
+        await transitions.cancel(conn, job_id, by="the owner", source="tests")
+    assert await job_state(db, job_id) == "cancelled"
+    assert await stage[Stage.chunk].handle(*uploaded(job_id)) == "cancelled"
+    (ready,) = await sent(db, job_id, TRANSCRIPT_READY)
+    assert await stage[Stage.embed].handle(*ready) == "cancelled"
+    assert calls == ["transcribe"]
+    # Cancelling twice, or rerunning a cancelled job, is refused.
+    async with db.acquire() as conn, conn.transaction():
+        with pytest.raises(transitions.TransitionRefused) as twice:
+            await transitions.cancel(conn, job_id, by="the owner", source="tests")
+        with pytest.raises(transitions.TransitionRefused) as rerun:
+            await transitions.rerun(
+                conn,
+                job_id,
+                Stage.chunk,
+                options=JobOptions.model_validate,
+                source="tests",
+                pipeline=JOINED,
+            )
+    assert (twice.value.state, rerun.value.state) == ("cancelled", "cancelled")
+    sweeper = StageSweeper(
+        db, infra.settings(CommonSettings, "join-joiner", stuck_after_s=3600), Stage.embed, JOINED
+    )
+    await db.execute(
+        "UPDATE job_events SET created_at = now() - interval '2 hours' WHERE job_id = $1", job_id
+    )
+    assert [a for a in await sweeper.sweep_once() if a.job_id == job_id] == []
+
+
+async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infra, make_job):
+    job_id = await make_job()
+    calls: list[str] = []
+    stage = runners(db, infra, calls, broken={Stage.embed})
+    assert await stage[Stage.transcribe].handle(*uploaded(job_id)) == "done"
+    assert await stage[Stage.chunk].handle(*uploaded(job_id)) == "done"
+    (_, rebuilt) = await sent(db, job_id, TRANSCRIPT_READY)
+    assert await stage[Stage.embed].handle(*rebuilt) == "failed"
+    assert await job_state(db, job_id) == "failed"
+    (letter,) = await db.fetch(
+        "SELECT key, headers, payload FROM outbox WHERE key = $1 AND topic = $2",
+        str(job_id),
+        dlq(TRANSCRIPT_READY),
+    )
+    assert letter["headers"]["x_consumer"] == "join-joiner"
+
+    async with db.acquire() as conn, conn.transaction():
+        replayed = await transitions.replay(
+            conn,
+            topic=dlq(TRANSCRIPT_READY),
+            key=letter["key"].encode(),
+            headers=dict(letter["headers"]),
+            body=bytes(letter["payload"]),
+            source="tests",
+            pipeline=JOINED,
+        )
+    assert (replayed.action, replayed.job_id) == (transitions.Replayed.rerun, job_id)
+    # Only the joined stage runs again; both branches it joins are kept.
+    assert await stage_rows(db, job_id) == {"transcribe": ("done", 1), "chunk": ("done", 1)}
+    (*_, rerun_input) = await sent(db, job_id, TRANSCRIPT_READY)
+    assert json.loads(rerun_input[1])["generation"] == 1
+    assert await stage[Stage.embed].handle(*rerun_input) == "done"
+    assert await job_state(db, job_id) == "done"
+    assert calls == ["transcribe", "chunk", "embed", "embed"]
+
+    # A letter of a job that is not failed (any more) is published again as it was.
+    async with db.acquire() as conn, conn.transaction():
+        again = await transitions.replay(
+            conn,
+            topic=dlq(TRANSCRIPT_READY),
+            key=letter["key"].encode(),
+            headers=dict(letter["headers"]),
+            body=bytes(letter["payload"]),
+            source="tests",
+            pipeline=JOINED,
+        )
+    assert again.action == transitions.Replayed.republished
+    (*_, republished) = await sent(db, job_id, TRANSCRIPT_READY)
+    assert republished[0]["ce_id"] == again.event_id
+    assert republished[0]["x_replay_of"] == letter["headers"]["ce_id"]
+    assert republished[1] == bytes(letter["payload"])

@@ -17,16 +17,18 @@ disagree. A stage's end is written only while the calling worker holds its lease
 
 from __future__ import annotations
 
+import contextlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from mxw_shared.contracts import EventData, JobOptions, JobState, Stage
+from mxw_shared.contracts import DeadLetter, EventData, JobOptions, JobState, Stage
 from mxw_shared.db import Connection
 from mxw_shared.deadletter import dead_letter
 from mxw_shared.jobs import (
@@ -36,7 +38,7 @@ from mxw_shared.jobs import (
     overall_progress,
     record_status,
 )
-from mxw_shared.outbox import enqueue
+from mxw_shared.outbox import enqueue, enqueue_raw
 from mxw_shared.stage_inputs import rebuild_stage_input
 from mxw_shared.stages import PIPELINE, Pipeline
 
@@ -543,8 +545,8 @@ async def rerun(
     pipeline: Pipeline = PIPELINE,
 ) -> int:
     """Run a done or failed job again from `from_stage`, keeping what the stages it does not
-    redo produced: a new generation of the job, whose stage rows from `from_stage` on are
-    reset (removed: those stages have not run in the new generation yet), announced by
+    redo produced: a new generation of the job, in which the rows of `from_stage` and the
+    stages after it are reset (removed) and the others carried over, announced by
     `from_stage`'s input event. `options` turns the stored options into the new run's.
     Returns the new generation."""
     locked = await lock_job(conn, job_id)
@@ -570,10 +572,15 @@ async def rerun(
         job_id,
         new_options.model_dump(mode="json"),
     )
+    # The redone stages have not run in the new generation; the kept ones carry over into
+    # it (a kept stage that consumes the rerun's input event skips it as already done).
     await conn.execute(
         "DELETE FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])",
         job_id,
         [s.value for s in redo],
+    )
+    await conn.execute(
+        "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation
     )
     event = await rebuild_stage_input(
         conn, job_id, from_stage, generation=generation, options=new_options, pipeline=pipeline
@@ -622,3 +629,73 @@ async def delete(conn: Connection, job_id: uuid.UUID) -> str:
         uri,
     )
     return uri
+
+
+class Replayed(StrEnum):
+    rerun = "reprocessed"  # the job, failed at the letter's stage, runs again from there
+    republished = "republished"  # the record goes to its topic again, under a new id
+
+
+@dataclass(frozen=True)
+class Replay:
+    action: Replayed
+    job_id: uuid.UUID | None
+    event_id: str | None = None  # of the republished record
+
+
+async def replay(
+    conn: Connection,
+    *,
+    topic: str,
+    key: bytes | None,
+    headers: dict[str, str],
+    body: bytes,
+    source: str,
+    pipeline: Pipeline = PIPELINE,
+) -> Replay:
+    """Give a dead letter of `topic` (a `<topic>.dlq` record) another chance. A job that
+    failed at the letter's stage is rerun from that stage (a new run: the failed one stays
+    in the history); anything else is published again to its original topic."""
+    why = DeadLetter.from_headers(headers)
+    original = why.original_topic if why else topic.removesuffix(".dlq")
+    stage = pipeline.stage_of_dead_letter(original, why.consumer if why else None)
+    job_id = _job_of(key, body)
+    if stage is not None and job_id is not None and await _failed(conn, job_id):
+        await rerun(
+            conn,
+            job_id,
+            stage,
+            options=JobOptions.model_validate,
+            source=source,
+            pipeline=pipeline,
+        )
+        return Replay(Replayed.rerun, job_id)
+    new_id = str(uuid.uuid4())
+    again = {k: v for k, v in headers.items() if not k.startswith("x_")}
+    again.update({"ce_id": new_id, "x_replay_of": headers.get("ce_id", "unknown")})
+    if "ce_time" in again:
+        again["ce_time"] = datetime.now(UTC).isoformat()
+    await enqueue_raw(
+        conn, original, key.decode(errors="replace") if key else "unknown", again, body
+    )
+    return Replay(Replayed.republished, job_id, new_id)
+
+
+async def _failed(conn: Connection, job_id: uuid.UUID) -> bool:
+    try:
+        return (await lock_job(conn, job_id)).state == JobState.failed
+    except JobNotFound:  # deleted since: nothing to rerun
+        return False
+
+
+def _job_of(key: bytes | None, body: bytes) -> uuid.UUID | None:
+    """The job a dead letter names: its key, else the body's job_id."""
+    candidates = [key.decode(errors="replace")] if key else []
+    with contextlib.suppress(ValueError, RecursionError):
+        value = json.loads(body)
+        if isinstance(value, dict) and value.get("job_id"):
+            candidates.append(str(value["job_id"]))
+    for candidate in candidates:
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(candidate)
+    return None
