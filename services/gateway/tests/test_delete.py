@@ -7,7 +7,7 @@ import uuid
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
-from mxw_gateway.jobs import service as jobs_service
+from mxw_gateway.jobs.admission import create_job
 from mxw_gateway.settings import GatewaySettings
 from mxw_shared.blobs import LocalBlobStore, local_path
 from mxw_shared.contracts import AudioUploaded, Envelope, JobOptions, Stage
@@ -134,7 +134,7 @@ async def test_l5_an_upload_whose_file_a_concurrent_delete_removed_keeps_it(
     assert not blob.path.exists()
     settings = infra.settings(GatewaySettings, "gateway", blob_root=store.root)
     user = CurrentUser(sub="l5-b", is_admin=False, name=None, email=None)
-    job_id, created = await jobs_service._create_job(
+    job_id, created = await create_job(
         db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True, store=store
     )
     assert created

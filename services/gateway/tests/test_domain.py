@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mxw_gateway.jobs.admission import parse_options
 from mxw_gateway.jobs.domain import (
     RangeNotSatisfiable,
     decode_cursor,
@@ -13,7 +14,6 @@ from mxw_gateway.jobs.domain import (
     parse_byte_range,
     sanitize_filename,
 )
-from mxw_gateway.jobs.service import parse_options
 from mxw_shared.audio import NotAudio, probe_audio
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.problems import Problem

@@ -27,13 +27,13 @@ async def read(content_type: str, body: bytes, size: int, max_field_bytes: int =
         received.append(parts)
         return b"".join(parts)
 
-    fields, stored, filename = await read_form(
+    form = await read_form(
         multipart_events(boundary_of(content_type), pieces(body, size)),
         file_field="file",
         store_file=store,
         max_field_bytes=max_field_bytes,
     )
-    return fields, stored, filename, received
+    return form.fields, form.file, form.filename, received
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096, 1 << 20])

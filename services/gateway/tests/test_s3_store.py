@@ -9,7 +9,7 @@ import uuid
 import boto3
 import pytest
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.jobs import service as jobs_service
+from mxw_gateway.jobs.admission import create_job
 from mxw_gateway.settings import GatewaySettings
 from mxw_shared.blobs import LocalBlobStore, S3BlobStore
 from mxw_shared.contracts import JobOptions
@@ -137,7 +137,7 @@ async def test_l5_an_upload_whose_object_a_concurrent_delete_removed_keeps_it(
         blob_store_url=f"s3://{BUCKET}/audio",
     )
     user = CurrentUser(sub="s3-l5-b", is_admin=False, name=None, email=None)
-    job_id, created = await jobs_service._create_job(
+    job_id, created = await create_job(
         db, settings, user, blob, "audio/ogg", "b.ogg", JobOptions(), force=True, store=store
     )
     assert created

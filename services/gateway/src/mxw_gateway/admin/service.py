@@ -24,8 +24,9 @@ from mxw_gateway.admin.schemas import (
     UserView,
 )
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.jobs import service as jobs
+from mxw_gateway.jobs.lifecycle import reprocess_job
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
+from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.settings import GatewaySettings
 
 _USER_COLUMNS = """u.id, u.name, u.email, u.role, u.role_set_by_admin, u.disabled, u.created_at,
@@ -156,9 +157,9 @@ async def replay(
     stage = PIPELINE.stage_of_dead_letter(original, why.consumer if why else None)
     job_id = _job_id(record)
     if stage is not None and job_id is not None and await _job_exists(pool, job_id):
-        view = await jobs.get_job(pool, settings, admin, job_id)
+        view = await get_job_view(pool, settings, admin, job_id)
         if view.state == JobState.failed:
-            job = await jobs.reprocess_job(pool, settings, admin, job_id, stage, {})
+            job = await reprocess_job(pool, settings, admin, job_id, stage, {})
             return ReplayResult(dead_letter=dead_letter_id, action="reprocessed", job=job)
     headers = {k: v for k, v in record.headers.items() if not k.startswith("x_")}
     new_id = str(uuid.uuid4())

@@ -15,8 +15,7 @@ from mxw_gateway import __name__ as _package
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.ingest.domain import filename_from_url
 from mxw_gateway.ingest.schemas import FromUrlRequest
-from mxw_gateway.jobs import service as jobs
-from mxw_gateway.jobs.domain import sanitize_filename
+from mxw_gateway.jobs.admission import UploadResult, admit, check_model, upload_result
 from mxw_gateway.settings import GatewaySettings
 
 USER_AGENT = f"mxwhisper-{_package}/1.0"
@@ -77,33 +76,18 @@ async def ingest(
     settings: GatewaySettings,
     pool: Pool,
     store: BlobStore,
-) -> jobs.UploadResult:
-    jobs.check_model(request.options, settings)
+) -> UploadResult:
+    check_model(request.options, settings)
     downloaded = await download(settings, store, request.url)
-    blob = downloaded.blob
-    try:
-        if blob.size_bytes == 0:
-            raise Problem(415, "Unsupported media type", "the downloaded file is empty")
-        info = await jobs.probe(blob, settings)
-        filename = sanitize_filename(
-            request.filename or filename_from_url(downloaded.final_url),
-            settings.max_filename_chars,
-        )
-        job_id, created = await jobs._create_job(
-            pool,
-            settings,
-            user,
-            blob,
-            info.content_type,
-            filename,
-            request.options,
-            request.force,
-            store=store,
-        )
-    except BaseException:
-        await jobs.discard_unreferenced(pool, store, blob)
-        raise
-    view = await jobs.get_job(pool, settings, user, job_id)
-    if not created:
-        view = view.model_copy(update={"duplicate": True})
-    return jobs.UploadResult(job=view, created=created)
+    admitted = await admit(
+        downloaded.blob,
+        request.filename or filename_from_url(downloaded.final_url),
+        request.options,
+        force=request.force,
+        user=user,
+        settings=settings,
+        pool=pool,
+        store=store,
+        empty_file=Problem(415, "Unsupported media type", "the downloaded file is empty"),
+    )
+    return await upload_result(pool, settings, user, admitted)

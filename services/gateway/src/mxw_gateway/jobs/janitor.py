@@ -13,7 +13,7 @@ from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 
 from mxw_gateway.jobs import repository
-from mxw_gateway.jobs.service import delete_unreferenced
+from mxw_gateway.jobs.admission import delete_unreferenced
 
 log = get_logger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, Literal, TypeVar
 
 from mxw_shared.problems import Problem
 from python_multipart.exceptions import MultipartParseError
@@ -129,6 +129,40 @@ async def multipart_events(boundary: bytes, body: AsyncIterator[bytes]) -> Async
         yield collector.events.popleft()
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why the reader refuses a form, in the jobs API's words; each API answers it in its own
+    error shape (`refuse`)."""
+
+    reason: Literal[
+        "truncated",
+        "malformed",
+        "second_file",
+        "unknown_field",
+        "too_many_fields",
+        "field_too_large",
+        "field_twice",
+        "too_many_values",
+    ]
+    message: str
+    field: str | None = None
+
+
+def form_problem(refusal: Refusal) -> Problem:
+    """The jobs API's answer to a refused form."""
+    if refusal.reason == "field_too_large":
+        return Problem(413, "Form field too large", refusal.message)
+    return Problem(422, "Invalid request", refusal.message)
+
+
+@dataclass
+class Form(Generic[T]):
+    fields: dict[str, str]
+    repeated: list[str]  # the values of the repeatable fields, in order
+    file: T | None
+    filename: str | None  # the client's name of the file
+
+
 async def read_form(
     events: AsyncIterator[Event],
     *,
@@ -136,12 +170,15 @@ async def read_form(
     store_file: Callable[[AsyncIterator[bytes]], Awaitable[T]],
     max_field_bytes: int,
     max_fields: int = 32,
-) -> tuple[dict[str, str], T | None, str | None]:
-    """Read every part: small text fields into a dict, the one file part through `store_file`
-    (which consumes its bytes as they arrive). Returns (fields, stored file, client filename)."""
-    fields: dict[str, str] = {}
-    stored: T | None = None
-    filename: str | None = None
+    known_fields: frozenset[str] | None = None,
+    repeatable: frozenset[str] = frozenset(),
+    max_repeated: int = 0,
+    refuse: Callable[[Refusal], Problem] = form_problem,
+) -> Form[T]:
+    """Read every part: small text fields into memory, the one file part through `store_file`
+    (which consumes its bytes as they arrive). A field named in `known_fields` (None: any
+    name) is given once, or up to `max_repeated` times in all when it is `repeatable`."""
+    form: Form[T] = Form(fields={}, repeated=[], file=None, filename=None)
     iterator = events.__aiter__()
 
     async def part_bytes() -> AsyncIterator[bytes]:
@@ -151,26 +188,35 @@ async def read_form(
             elif isinstance(event, PartEnd):
                 return
             else:
-                raise Problem(422, "Invalid request", "malformed multipart body")
-        raise Problem(422, "Invalid request", "multipart body ended inside a part")
+                raise refuse(Refusal("malformed", "malformed multipart body"))
+        raise refuse(Refusal("truncated", "multipart body ended inside a part"))
 
     async for event in iterator:
         if not isinstance(event, PartStart):
             continue
-        if event.name == file_field:
-            if stored is not None:
-                raise Problem(422, "Invalid request", f"more than one {file_field!r} part")
-            filename = event.filename
-            stored = await store_file(part_bytes())
+        name = event.name
+        if name == file_field:
+            if form.file is not None:
+                raise refuse(Refusal("second_file", f"more than one {name!r} part", name))
+            form.filename = event.filename
+            form.file = await store_file(part_bytes())
             continue
-        if len(fields) >= max_fields:
-            raise Problem(422, "Invalid request", "too many form fields")
+        if known_fields is not None and name not in known_fields | repeatable:
+            raise refuse(Refusal("unknown_field", f"unrecognized request argument: {name}", name))
+        if len(form.fields) >= max_fields:
+            raise refuse(Refusal("too_many_fields", "too many form fields"))
         value = bytearray()
         async for data in part_bytes():
             value += data
             if len(value) > max_field_bytes:
-                raise Problem(413, "Form field too large", f"field {event.name!r} is too large")
-        if event.name in fields:
-            raise Problem(422, "Invalid request", f"form field {event.name!r} given twice")
-        fields[event.name] = value.decode("utf-8", errors="replace")
-    return fields, stored, filename
+                raise refuse(Refusal("field_too_large", f"field {name!r} is too large", name))
+        text = value.decode("utf-8", errors="replace")
+        if name in repeatable:
+            if len(form.repeated) >= max_repeated:
+                raise refuse(Refusal("too_many_values", f"too many values of {name!r}", name))
+            form.repeated.append(text)
+        elif name in form.fields:
+            raise refuse(Refusal("field_twice", f"form field {name!r} given twice", name))
+        else:
+            form.fields[name] = text
+    return form

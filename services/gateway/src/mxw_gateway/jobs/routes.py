@@ -17,7 +17,7 @@ from mxw_shared.problems import PROBLEM_JSON
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitReprocess, RateLimitUploads
-from mxw_gateway.jobs import service
+from mxw_gateway.jobs import admission, downloads, lifecycle, views
 from mxw_gateway.jobs.schemas import (
     ChunkList,
     JobPage,
@@ -78,7 +78,7 @@ async def _upload(
     store: BlobStoreDep,
     force: bool,
 ) -> JSONResponse:
-    result = await service.upload(
+    result = await admission.upload(
         body=request.stream(),
         content_type=request.headers.get("content-type"),
         content_length=request.headers.get("content-length"),
@@ -156,7 +156,7 @@ class JobListQuery:
         self, pool: Pool, settings: GatewaySettings, user: CurrentUser, *, all_users: bool
     ) -> JobPage:
         size = min(self.limit or settings.jobs_default_page_size, settings.jobs_max_page_size)
-        return await service.list_jobs(
+        return await views.list_jobs(
             pool,
             settings,
             user,
@@ -192,7 +192,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such job (or no
 async def get_job(
     job_id: uuid.UUID, user: CurrentUserDep, settings: SettingsDep, pool: PoolDep
 ) -> JobView:
-    return await service.get_job(pool, settings, user, job_id)
+    return await views.get_job_view(pool, settings, user, job_id)
 
 
 @router.post(
@@ -203,7 +203,7 @@ async def get_job(
 async def cancel_job(
     job_id: uuid.UUID, user: CurrentUserDep, settings: SettingsDep, pool: PoolDep
 ) -> JobView:
-    return await service.cancel_job(pool, settings, user, job_id)
+    return await lifecycle.cancel_job(pool, settings, user, job_id)
 
 
 @router.delete(
@@ -215,7 +215,7 @@ async def cancel_job(
 async def delete_job(
     job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep, store: BlobStoreDep
 ) -> Response:
-    await service.delete_job(pool, store, user, job_id)
+    await lifecycle.delete_job(pool, store, user, job_id)
     return Response(status_code=204)
 
 
@@ -239,7 +239,7 @@ async def reprocess_job(
     settings: SettingsDep,
     pool: PoolDep,
 ) -> JobView:
-    return await service.reprocess_job(
+    return await lifecycle.reprocess_job(
         pool, settings, user, job_id, request.from_stage, request.options
     )
 
@@ -264,7 +264,7 @@ _TRANSCRIPT_CONTENT: dict[int | str, dict[str, Any]] = {
 def _rendered(
     transcript: TranscriptView, fmt: TranscriptFormat, job_id: uuid.UUID, disposition: str
 ) -> Response:
-    body, media_type = service.render_transcript(transcript, fmt)
+    body, media_type = downloads.render_transcript(transcript, fmt)
     return Response(
         body,
         media_type=media_type,
@@ -284,7 +284,7 @@ async def get_transcript(
     pool: PoolDep,
     format: Annotated[TranscriptFormat, Query()] = "json",
 ) -> TranscriptView | Response:
-    transcript = await service.get_transcript(pool, user, job_id)
+    transcript = await views.get_transcript(pool, user, job_id)
     if format == "json":
         return transcript
     return _rendered(transcript, format, job_id, "inline")
@@ -296,7 +296,7 @@ async def get_transcript(
     responses={**_NOT_TRANSCRIBED, 200: {"content": {"text/plain": {}}}},
 )
 async def get_transcript_text(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> Response:
-    transcript = await service.get_transcript(pool, user, job_id)
+    transcript = await views.get_transcript(pool, user, job_id)
     return _rendered(transcript, "txt", job_id, "inline")
 
 
@@ -312,7 +312,7 @@ async def download_transcript(
     pool: PoolDep,
     format: Annotated[TranscriptFormat, Query()] = "txt",
 ) -> Response:
-    transcript = await service.get_transcript(pool, user, job_id)
+    transcript = await views.get_transcript(pool, user, job_id)
     return _rendered(transcript, format, job_id, "attachment")
 
 
@@ -323,7 +323,7 @@ async def download_transcript(
     summary="The job's topic chunks with their timestamps",
 )
 async def get_chunks(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> ChunkList:
-    return await service.get_chunks(pool, user, job_id)
+    return await views.get_chunks(pool, user, job_id)
 
 
 @router.get(
@@ -344,11 +344,12 @@ async def get_audio(
     pool: PoolDep,
     store: BlobStoreDep,
 ) -> Response:
-    audio = await service.audio_file(pool, store, user, job_id)
+    audio = await downloads.audio_file(pool, store, user, job_id)
     # Streamed through the gateway from whichever store holds it (auth and scoping stay
     # here, and an S3 bucket need not be reachable by browsers); a Range is one ranged read,
     # so players seek.
-    size, served, chunks = await service.open_audio(store, audio.uri, request.headers.get("range"))
+    range_header = request.headers.get("range")
+    size, served, chunks = await downloads.open_audio(store, audio.uri, range_header)
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": _inline_disposition(audio.filename),

@@ -11,7 +11,7 @@ from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitUploads
-from mxw_gateway.jobs import service as jobs
+from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import service
 from mxw_gateway.openai_api.domain import OPENAI_MODEL, RESPONSE_FORMATS, render
 from mxw_gateway.openai_api.schemas import (
@@ -128,7 +128,7 @@ async def create_transcription(
                 pool, settings, user, submitted.job_id
             )
         else:  # this user already has requests waiting: answer at once with the job
-            view, transcript = await jobs.get_job(pool, settings, user, submitted.job_id), None
+            view, transcript = await get_job_view(pool, settings, user, submitted.job_id), None
     if transcript is None:
         pending = PendingTranscription(
             job_id=view.id,

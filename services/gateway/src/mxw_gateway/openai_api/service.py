@@ -12,17 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mxw_shared.audio import AudioRefused, NotAudio, probe_audio
-from mxw_shared.blobs import BlobStore, BlobTooLarge, StoredBlob
+from mxw_shared.audio import AudioRefused, NotAudio
+from mxw_shared.blobs import BlobStore, BlobTooLarge
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.jobs import service as jobs
-from mxw_gateway.jobs.domain import sanitize_filename
-from mxw_gateway.jobs.multipart import PartData, PartEnd, PartStart, boundary_of, multipart_events
+from mxw_gateway.jobs.admission import FormFiles, admit
+from mxw_gateway.jobs.multipart import Refusal, boundary_of, multipart_events, read_form
 from mxw_gateway.jobs.schemas import JobView
+from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import repository
 from mxw_gateway.openai_api.domain import (
     LIST_FIELDS,
@@ -59,63 +59,16 @@ def openai_error(
     )
 
 
-@dataclass
-class TranscriptionForm:
-    fields: dict[str, str]
-    granularities: list[str]
-    blob: StoredBlob | None
-    filename: str | None
-
-
-async def read_form(
-    body: AsyncIterator[bytes],
-    content_type: str | None,
-    store: BlobStore,
-    settings: GatewaySettings,
-    stored: list[StoredBlob],
-) -> TranscriptionForm:
-    """Stream the multipart body: the file part to the blob store, the small fields into
-    memory. Unlike the jobs upload form, `timestamp_granularities[]` may repeat."""
-    form = TranscriptionForm(fields={}, granularities=[], blob=None, filename=None)
-    events = multipart_events(boundary_of(content_type), body).__aiter__()
-
-    async def part_bytes() -> AsyncIterator[bytes]:
-        async for event in events:
-            if isinstance(event, PartData):
-                yield event.data
-            elif isinstance(event, PartEnd):
-                return
-        raise openai_error(400, "multipart body ended inside a part")
-
-    async for event in events:
-        if not isinstance(event, PartStart):
-            continue
-        if event.name == "file":
-            if form.blob is not None:
-                raise openai_error(400, "more than one 'file' part", param="file")
-            form.filename = event.filename
-            form.blob = await store.put_stream(part_bytes(), settings.max_upload_bytes)
-            stored.append(form.blob)
-            continue
-        if event.name not in SCALAR_FIELDS | LIST_FIELDS:
-            raise openai_error(
-                400, f"unrecognized request argument: {event.name}", param=event.name
-            )
-        value = bytearray()
-        async for data in part_bytes():
-            value += data
-            if len(value) > settings.max_form_field_bytes:
-                raise openai_error(413, f"field {event.name!r} is too large", param=event.name)
-        text = value.decode("utf-8", errors="replace")
-        if event.name in LIST_FIELDS:
-            if len(form.granularities) >= 2:
-                raise openai_error(400, "too many timestamp_granularities", param=event.name)
-            form.granularities.append(text.strip())
-        elif event.name in form.fields:
-            raise openai_error(400, f"{event.name} given twice", param=event.name)
-        else:
-            form.fields[event.name] = text
-    return form
+def _form_error(refusal: Refusal) -> Problem:
+    """The multipart reader's refusals in OpenAI's error shape and wording."""
+    if refusal.reason == "field_twice":
+        message = f"{refusal.field} given twice"
+    elif refusal.reason == "too_many_values":
+        message = "too many timestamp_granularities"
+    else:
+        message = refusal.message
+    status = 413 if refusal.reason == "field_too_large" else 400
+    return openai_error(status, message, param=refusal.field)
 
 
 @dataclass(frozen=True)
@@ -134,10 +87,20 @@ async def submit(
     store: BlobStore,
 ) -> Submitted:
     """Store and probe the audio and create its job exactly as an upload does."""
-    stored: list[StoredBlob] = []
+    files = FormFiles(store, settings.max_upload_bytes)
     try:
         try:
-            form = await read_form(body, content_type, store, settings, stored)
+            # Unlike the jobs upload form, `timestamp_granularities[]` may repeat.
+            form = await read_form(
+                multipart_events(boundary_of(content_type), body),
+                file_field="file",
+                store_file=files.put,
+                max_field_bytes=settings.max_form_field_bytes,
+                known_fields=SCALAR_FIELDS,
+                repeatable=LIST_FIELDS,
+                max_repeated=2,
+                refuse=_form_error,
+            )
         except UnicodeError as exc:
             # python-multipart refuses part headers that are not Latin-1 (e.g. a field name
             # in another script) with this instead of its parse error.
@@ -145,51 +108,51 @@ async def submit(
         try:
             request = parse_request(
                 form.fields,
-                form.granularities,
+                [value.strip() for value in form.repeated],
                 settings.openai_models,
                 settings.openai_default_model,
             )
         except InvalidRequest as exc:
             raise openai_error(400, str(exc), param=exc.param) from exc
-        blob = form.blob
+        blob = form.file
         if blob is None:
             raise openai_error(400, "you must provide a file parameter", param="file")
-        if blob.size_bytes == 0:
-            raise openai_error(400, "the audio file is empty", param="file", code="empty_file")
-        try:
-            info = await asyncio.to_thread(probe_audio, blob.path, settings.max_audio_seconds)
-        except (NotAudio, AudioRefused) as exc:
-            raise openai_error(
-                400, f"invalid file format: {exc}", param="file", code="invalid_file_format"
-            ) from exc
-        filename = sanitize_filename(form.filename, settings.max_filename_chars)
-        # Same audio as one of the caller's jobs: reuse it only if it was asked for with the
-        # same options (a job without word timestamps cannot answer a word-level request).
-        # Two identical requests at the same instant may both create a job; both get answers.
-        job_id = await repository.find_job_with_options(
-            pool, user.sub, blob.sha256, request.options.model_dump(mode="json")
-        )
-        if job_id is None:
-            job_id, _ = await jobs._create_job(
-                pool,
-                settings,
-                user,
-                blob,
-                info.content_type,
-                filename,
-                request.options,
-                True,
-                store=store,
-            )
     except BlobTooLarge as exc:
         raise openai_error(
             413, f"the file exceeds the limit of {exc.limit} bytes", param="file"
         ) from exc
     except BaseException:
-        for blob in stored:
-            await jobs.discard_unreferenced(pool, store, blob)
+        await files.discard(pool)
         raise
-    return Submitted(job_id=job_id, request=request)
+
+    async def same_request_job() -> uuid.UUID | None:
+        # Same audio as one of the caller's jobs: reuse it only if it was asked for with the
+        # same options (a job without word timestamps cannot answer a word-level request).
+        # Two identical requests at the same instant may both create a job; both get answers.
+        return await repository.find_job_with_options(
+            pool, user.sub, blob.sha256, request.options.model_dump(mode="json")
+        )
+
+    admitted = await admit(
+        blob,
+        form.filename,
+        request.options,
+        force=True,
+        user=user,
+        settings=settings,
+        pool=pool,
+        store=store,
+        empty_file=openai_error(400, "the audio file is empty", param="file", code="empty_file"),
+        refuse_audio=_invalid_file_format,
+        find_reusable=same_request_job,
+    )
+    return Submitted(job_id=admitted.job_id, request=request)
+
+
+def _invalid_file_format(exc: NotAudio | AudioRefused) -> Problem:
+    return openai_error(
+        400, f"invalid file format: {exc}", param="file", code="invalid_file_format"
+    )
 
 
 class WaitSlots:
@@ -223,7 +186,7 @@ async def wait_for_transcript(
     raises an OpenAI-style error carrying its reason."""
     deadline = time.monotonic() + settings.openai_wait_s
     while True:
-        view = await jobs.get_job(pool, settings, user, job_id)
+        view = await get_job_view(pool, settings, user, job_id)
         transcribe = next(s for s in view.stages if s.stage == Stage.transcribe)
         if transcribe.state == JobState.done:
             transcript = await load_transcript(pool, job_id, view)

@@ -13,7 +13,7 @@ from mxw_shared.stages import PIPELINE
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
-from mxw_gateway.jobs.service import load_owned_job
+from mxw_gateway.jobs.views import load_owned_job
 from mxw_gateway.timing.schemas import (
     JobTiming,
     Percentiles,

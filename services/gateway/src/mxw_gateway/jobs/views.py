@@ -1,0 +1,224 @@
+"""Read models of the jobs module: a job's view (state derived from its stage rows), the
+list of jobs, a transcript and its chunks, each only for a caller who may see the job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from mxw_shared.contracts import JobOptions, JobState, Stage
+from mxw_shared.db import Pool
+from mxw_shared.jobs import STAGE_ORDER, derive_job_state, is_stale
+from mxw_shared.problems import Problem
+
+from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import repository
+from mxw_gateway.jobs.domain import decode_cursor, encode_cursor, job_progress
+from mxw_gateway.jobs.schemas import (
+    ChunkList,
+    ChunkView,
+    JobLinks,
+    JobPage,
+    JobSummary,
+    JobView,
+    StageView,
+    TranscriptSegment,
+    TranscriptView,
+)
+from mxw_gateway.settings import GatewaySettings
+
+
+def _link(settings: GatewaySettings, path: str) -> str:
+    return f"{settings.public_base_url.rstrip('/')}{path}"
+
+
+def current_stages(job: asyncpg.Record, stage_rows: list[asyncpg.Record]) -> dict[Stage, Any]:
+    """The job's stage rows that belong to its current run (see mxw_shared.jobs.is_stale)."""
+    rerun_from = Stage(job["rerun_from"]) if job["rerun_from"] else None
+    return {
+        Stage(r["stage"]): r
+        for r in stage_rows
+        if not is_stale(Stage(r["stage"]), r["generation"], job["generation"], rerun_from)
+    }
+
+
+def build_view(
+    settings: GatewaySettings, job: asyncpg.Record, stage_rows: list[asyncpg.Record]
+) -> JobView:
+    by_stage = current_stages(job, stage_rows)
+    state = derive_job_state(
+        job["cancelled_at"] is not None, {s: r["state"] for s, r in by_stage.items()}
+    )
+    stages: list[StageView] = []
+    error: str | None = None
+    for stage in STAGE_ORDER:
+        row = by_stage.get(stage)
+        if row is None:
+            stages.append(StageView(stage=stage, state="pending", progress=0.0))
+            continue
+        started, finished = row["started_at"], row["finished_at"]
+        stages.append(
+            StageView(
+                stage=stage,
+                state=row["state"],
+                progress=1.0 if row["state"] == JobState.done else float(row["progress"]),
+                attempts=row["attempts"],
+                error=row["error"],
+                queued_at=row["queued_at"],
+                started_at=started,
+                finished_at=finished,
+                duration_s=(finished - started).total_seconds() if started and finished else None,
+                # The transcriber's resume point is its own bookkeeping, not a measurement.
+                metrics={k: v for k, v in (row["metrics"] or {}).items() if k != "checkpoint"},
+            )
+        )
+        if row["state"] == JobState.failed and error is None:
+            error = f"{stage.value} failed: {row['error'] or 'unknown error'}"
+    progress = job_progress(
+        state, {s: (r["state"], float(r["progress"])) for s, r in by_stage.items()}
+    )
+    transcribe = by_stage.get(Stage.transcribe)
+    summary = JobSummary.from_metrics(transcribe["metrics"] if transcribe else None)
+    base = f"/jobs/{job['id']}"
+    return JobView(
+        id=job["id"],
+        state=state,
+        progress=progress,
+        error=error if state == JobState.failed else None,
+        filename=job["filename"],
+        sha256=job["sha256"],
+        size_bytes=job["size_bytes"],
+        content_type=job["content_type"],
+        options=JobOptions.model_validate(job["options"] or {}),
+        source=job["source"],
+        owner_id=job["owner_id"],
+        created_at=job["created_at"],
+        cancelled_at=job["cancelled_at"],
+        stages=stages,
+        summary=summary,
+        links=JobLinks(
+            job=_link(settings, base),
+            audio=_link(settings, f"{base}/audio"),
+            transcript=_link(settings, f"{base}/transcript"),
+            transcript_txt=_link(settings, f"{base}/transcript.txt"),
+        ),
+    )
+
+
+def job_not_found(job_id: uuid.UUID) -> Problem:
+    return Problem(404, "Not found", f"no job {job_id}")
+
+
+async def load_owned_job(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> asyncpg.Record:
+    """The job row if the caller may see it; another user's job is reported as missing so
+    that its existence is not revealed."""
+    job = await repository.fetch_job(pool, job_id)
+    if job is None or (job["owner_id"] != user.sub and not user.is_admin):
+        raise job_not_found(job_id)
+    return job
+
+
+async def get_job_view(
+    pool: Pool, settings: GatewaySettings, user: CurrentUser, job_id: uuid.UUID
+) -> JobView:
+    job = await load_owned_job(pool, user, job_id)
+    stages = await repository.fetch_stages(pool, [job_id])
+    return build_view(settings, job, stages[job_id])
+
+
+async def list_jobs(
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    *,
+    limit: int,
+    cursor: str | None,
+    offset: int,
+    all_users: bool,
+    states: list[JobState] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    filename: str | None = None,
+) -> JobPage:
+    if all_users and not user.is_admin:
+        raise Problem(403, "Forbidden", "only admins may list every user's jobs")
+    after: tuple[datetime, uuid.UUID] | None = None
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            raise Problem(422, "Invalid request", "invalid cursor") from exc
+        offset = 0
+    rows = await repository.list_jobs(
+        pool,
+        owner_id=None if all_users else user.sub,
+        limit=limit + 1,
+        after=after,
+        offset=offset,
+        states=[s.value for s in states] if states else None,
+        created_from=created_from,
+        created_to=created_to,
+        filename=filename,
+    )
+    page = rows[:limit]
+    stages = await repository.fetch_stages(pool, [r["id"] for r in page])
+    next_cursor = (
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
+    return JobPage(
+        items=[build_view(settings, r, stages[r["id"]]) for r in page], next_cursor=next_cursor
+    )
+
+
+async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:
+    await load_owned_job(pool, user, job_id)
+    found = await repository.fetch_transcript(pool, job_id)
+    if found is None:
+        raise Problem(
+            409, "Transcript not ready", "the job has not been transcribed yet", job_id=str(job_id)
+        )
+    transcript, segments = found
+    return TranscriptView(
+        job_id=job_id,
+        language=transcript["language"],
+        language_probability=transcript["language_probability"],
+        duration=transcript["duration_s"],
+        model=transcript["model"],
+        text=transcript["text"],
+        complete=transcript["complete"],
+        segments=[
+            TranscriptSegment(
+                index=s["idx"],
+                start=s["start_s"],
+                end=s["end_s"],
+                text=s["text"],
+                words=s["words"],
+            )
+            for s in segments
+        ],
+    )
+
+
+async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkList:
+    await load_owned_job(pool, user, job_id)
+    rows = await repository.fetch_chunks(pool, job_id)
+    return ChunkList(
+        job_id=job_id,
+        chunks=[
+            ChunkView(
+                index=r["idx"],
+                start=r["start_s"],
+                end=r["end_s"],
+                text=r["text"],
+                title=r["title"],
+                summary=r["summary"],
+                topic=r["topic"],
+                keywords=list(r["keywords"]),
+                confidence=r["confidence"],
+                method=r["method"],
+            )
+            for r in rows
+        ],
+    )
