@@ -303,6 +303,7 @@ async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infr
             key=letter["key"].encode(),
             headers=dict(letter["headers"]),
             body=bytes(letter["payload"]),
+            letter_id="test-letter",
             source="tests",
             pipeline=JOINED,
         )
@@ -323,6 +324,7 @@ async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infr
             key=letter["key"].encode(),
             headers=dict(letter["headers"]),
             body=bytes(letter["payload"]),
+            letter_id="test-letter",
             source="tests",
             pipeline=JOINED,
         )

@@ -8,10 +8,11 @@ from mxw_shared.contracts import (
     AudioUploaded,
     ChunksReady,
     EmbeddingsReady,
+    JobState,
     Stage,
     TranscriptReady,
 )
-from mxw_shared.jobs import STAGE_ORDER, derive_job_state, overall_progress
+from mxw_shared.jobs import STAGE_ORDER, derive_job_state, job_progress, overall_progress
 from mxw_shared.schemas import CONSUMERS, PRODUCERS
 from mxw_shared.stages import PIPELINE, Pipeline, StageSpec
 
@@ -114,3 +115,12 @@ def test_access_plan_and_asyncapi_lists_follow_the_table() -> None:
         if spec.produces is not None:
             assert spec.service in PRODUCERS[spec.produces.topic]
     assert CONSUMERS[topics.EMBEDDINGS_READY] == "other systems"
+
+
+def test_job_progress_follows_the_furthest_stage():
+    assert job_progress(JobState.queued, {}) == 0.0
+    running = {Stage.transcribe: ("running", 0.5)}
+    assert job_progress(JobState.running, running) == pytest.approx(0.4)
+    chunking = {Stage.transcribe: ("done", 1.0), Stage.chunk: ("running", 0.0)}
+    assert job_progress(JobState.running, chunking) == pytest.approx(0.8)
+    assert job_progress(JobState.done, chunking) == 1.0

@@ -10,12 +10,10 @@ from mxw_gateway.jobs.domain import (
     RangeNotSatisfiable,
     decode_cursor,
     encode_cursor,
-    job_progress,
     parse_byte_range,
     sanitize_filename,
 )
 from mxw_shared.audio import NotAudio, probe_audio
-from mxw_shared.contracts import JobState, Stage
 from mxw_shared.problems import Problem
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
@@ -57,15 +55,6 @@ def test_probe_rejects_text(tmp_path):
     fake.write_text("this is not audio at all, just words in a file named .wav\n" * 20)
     with pytest.raises(NotAudio):
         probe_audio(fake, 3600)
-
-
-def test_job_progress_follows_the_furthest_stage():
-    assert job_progress(JobState.queued, {}) == 0.0
-    running = {Stage.transcribe: ("running", 0.5)}
-    assert job_progress(JobState.running, running) == pytest.approx(0.4)
-    chunking = {Stage.transcribe: ("done", 1.0), Stage.chunk: ("running", 0.0)}
-    assert job_progress(JobState.running, chunking) == pytest.approx(0.8)
-    assert job_progress(JobState.done, chunking) == 1.0
 
 
 def test_cursor_round_trip_and_garbage():

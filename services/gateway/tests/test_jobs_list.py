@@ -56,14 +56,18 @@ async def test_filters_by_state_name_and_time(client, token, db, job_named):
     await set_stages(db, done, transcribe="done", chunk="done", embed="done")
     await set_stages(db, failed, transcribe="failed")
     await set_stages(db, rerun, transcribe="done", chunk="done", embed="done")
-    await db.execute("UPDATE jobs SET generation = 1, rerun_from = 'chunk' WHERE id = $1", rerun)
+    # Rerun from chunk (transitions.rerun): the next generation, chunk and embed reset.
+    await db.execute("UPDATE jobs SET generation = 1 WHERE id = $1", rerun)
+    await db.execute(
+        "DELETE FROM job_stages WHERE job_id = $1 AND stage IN ('chunk', 'embed')", rerun
+    )
 
     assert await names(client, headers, state="done") == ["meeting 100% done.ogg"]
     assert set(await names(client, headers, state=["failed", "queued"])) == {
         "standup_failed.ogg",
         "queued.ogg",
     }
-    assert await names(client, headers, state="running") == ["rerun.ogg"]  # its old run is stale
+    assert await names(client, headers, state="running") == ["rerun.ogg"]
     # LIKE wildcards in the search text are literal characters.
     assert await names(client, headers, filename="100%") == ["meeting 100% done.ogg"]
     assert await names(client, headers, filename="_FAILED") == ["standup_failed.ogg"]

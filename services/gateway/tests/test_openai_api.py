@@ -180,11 +180,15 @@ async def test_verbose_json_with_words_and_segments(client, db, clip):
     assert options["initial_prompt"] == "A telephone menu."
 
 
-async def test_same_audio_and_options_reuse_the_job(client, db, clip):
+async def test_same_audio_and_options_reuse_the_job(client, db, clip, infra):
+    blob_root = infra.settings(GatewaySettings, "gateway").blob_root
     before = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
+    pins = set(blob_root.rglob("*.pin"))
     await client.audio.transcriptions.create(model="whisper-1", file=clip.path.open("rb"))
     after = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
     assert after == before
+    # The reused upload's pin (a second link to the stored file) was let go.
+    assert set(blob_root.rglob("*.pin")) <= pins
 
 
 async def test_unknown_model_is_an_openai_error(client, db):

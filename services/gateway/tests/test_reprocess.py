@@ -86,8 +86,12 @@ async def test_rechunk_with_another_method_keeps_the_transcript(
         "queued",
         "reprocessing from chunk (run 1)",
     )
-    stored = await db.fetchrow("SELECT generation, rerun_from FROM jobs WHERE id = $1", job_id)
-    assert (stored["generation"], stored["rerun_from"]) == (1, "chunk")
+    assert await db.fetchval("SELECT generation FROM jobs WHERE id = $1", job_id) == 1
+    # The redone stages are reset, the kept one carried into the new run.
+    rows = await db.fetch(
+        "SELECT stage, state, generation FROM job_stages WHERE job_id = $1", job_id
+    )
+    assert {r["stage"]: (r["state"], r["generation"]) for r in rows} == {"transcribe": ("done", 1)}
 
     again = await client.post(f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "chunk"})
     assert again.status_code == 409  # the new run has not finished

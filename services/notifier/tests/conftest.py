@@ -39,6 +39,9 @@ def start_notifier(infra):
             "ping_interval_s": 1.0,
             "ping_timeout_s": 1.0,
             "webhook_poll_interval_s": 0.2,
+            # Its own webhook group: a member an earlier test's notifier left behind would
+            # hold this one's join until the broker drops it (no test depends on another).
+            "webhook_group_id": f"notifier-webhooks-{uuid.uuid4().hex[:8]}",
             **overrides,
         }
         settings = infra.settings(NotifierSettings, "notifier", **values)

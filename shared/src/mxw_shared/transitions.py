@@ -650,12 +650,14 @@ async def replay(
     key: bytes | None,
     headers: dict[str, str],
     body: bytes,
+    letter_id: str,
     source: str,
     pipeline: Pipeline = PIPELINE,
 ) -> Replay:
-    """Give a dead letter of `topic` (a `<topic>.dlq` record) another chance. A job that
-    failed at the letter's stage is rerun from that stage (a new run: the failed one stays
-    in the history); anything else is published again to its original topic."""
+    """Give a dead letter of `topic` (a `<topic>.dlq` record, `letter_id` where it lies)
+    another chance. A job that failed at the letter's stage is rerun from that stage (a new
+    run: the failed one stays in the history); anything else is published again to its
+    original topic under a new event id."""
     why = DeadLetter.from_headers(headers)
     original = why.original_topic if why else topic.removesuffix(".dlq")
     stage = pipeline.stage_of_dead_letter(original, why.consumer if why else None)
@@ -672,7 +674,7 @@ async def replay(
         return Replay(Replayed.rerun, job_id)
     new_id = str(uuid.uuid4())
     again = {k: v for k, v in headers.items() if not k.startswith("x_")}
-    again.update({"ce_id": new_id, "x_replay_of": headers.get("ce_id", "unknown")})
+    again.update({"ce_id": new_id, "x_replay_of": headers.get("ce_id", letter_id)})
     if "ce_time" in again:
         again["ce_time"] = datetime.now(UTC).isoformat()
     await enqueue_raw(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import uuid
 from datetime import UTC, datetime
 
+from mxw_shared import transitions
 from mxw_shared.contracts import DeadLetter as DeadLetterReason
-from mxw_shared.contracts import Envelope, JobState
+from mxw_shared.contracts import JobState
 from mxw_shared.db import BIGINT_MAX, INT_MAX, Pool
-from mxw_shared.outbox import enqueue_raw
 from mxw_shared.problems import Problem
-from mxw_shared.stages import PIPELINE
 
 from mxw_gateway.admin import kafka
 from mxw_gateway.admin.schemas import (
@@ -24,7 +21,6 @@ from mxw_gateway.admin.schemas import (
     UserView,
 )
 from mxw_gateway.auth import CurrentUser
-from mxw_gateway.jobs.lifecycle import reprocess_job
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.settings import GatewaySettings
@@ -152,46 +148,19 @@ async def replay(
         raise Problem(503, "Broker unavailable", f"try again: {exc}") from exc
     if record is None:
         raise Problem(404, "Not found", f"no dead letter {dead_letter_id}")
-    why = DeadLetterReason.from_headers(record.headers)
-    original = why.original_topic if why else topic.removesuffix(".dlq")
-    stage = PIPELINE.stage_of_dead_letter(original, why.consumer if why else None)
-    job_id = _job_id(record)
-    if stage is not None and job_id is not None and await _job_exists(pool, job_id):
-        view = await get_job_view(pool, settings, admin, job_id)
-        if view.state == JobState.failed:
-            job = await reprocess_job(pool, settings, admin, job_id, stage, {})
-            return ReplayResult(dead_letter=dead_letter_id, action="reprocessed", job=job)
-    headers = {k: v for k, v in record.headers.items() if not k.startswith("x_")}
-    new_id = str(uuid.uuid4())
-    headers.update({"ce_id": new_id, "x_replay_of": record.headers.get("ce_id", dead_letter_id)})
-    if "ce_time" in headers:
-        headers["ce_time"] = Envelope(type="-", source="-").time.isoformat()
     async with pool.acquire() as conn, conn.transaction():
-        key = record.key.decode(errors="replace") if record.key else "unknown"
-        await enqueue_raw(conn, original, key, headers, record.value)
-    return ReplayResult(dead_letter=dead_letter_id, action="republished", event_id=new_id)
-
-
-def _job_id(record: kafka.RawRecord) -> uuid.UUID | None:
-    for candidate in (
-        record.key.decode(errors="replace") if record.key else None,
-        _body_job(record),
-    ):
-        try:
-            return uuid.UUID(candidate) if candidate else None
-        except ValueError:
-            continue
-    return None
-
-
-def _body_job(record: kafka.RawRecord) -> str | None:
-    try:
-        value = json.loads(record.value)
-    except ValueError:
-        return None
-    job = value.get("job_id") if isinstance(value, dict) else None
-    return str(job) if job else None
-
-
-async def _job_exists(pool: Pool, job_id: uuid.UUID) -> bool:
-    return bool(await pool.fetchval("SELECT 1 FROM jobs WHERE id = $1", job_id))
+        replayed = await transitions.replay(
+            conn,
+            topic=topic,
+            key=record.key,
+            headers=record.headers,
+            body=record.value,
+            letter_id=dead_letter_id,
+            source=settings.service_name,
+        )
+    if replayed.action is transitions.Replayed.rerun and replayed.job_id is not None:
+        job = await get_job_view(pool, settings, admin, replayed.job_id)
+        return ReplayResult(dead_letter=dead_letter_id, action="reprocessed", job=job)
+    return ReplayResult(
+        dead_letter=dead_letter_id, action="republished", event_id=replayed.event_id
+    )

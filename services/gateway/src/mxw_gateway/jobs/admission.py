@@ -145,7 +145,8 @@ async def admit(
         filename = sanitize_filename(raw_filename, settings.max_filename_chars)
         if find_reusable is not None:
             reusable = await find_reusable()
-            if reusable is not None:
+            if reusable is not None:  # same bytes, same file: let go of this upload's pin
+                await asyncio.to_thread(release_blob, blob)
                 return Admitted(reusable, created=False)
         job_id, created = await create_job(
             pool, settings, user, blob, info.content_type, filename, options, force, store=store

@@ -9,10 +9,6 @@ import uuid
 from datetime import datetime
 from pathlib import PurePosixPath, PureWindowsPath
 
-from mxw_shared.contracts import JobState, Stage
-from mxw_shared.jobs import overall_progress
-from mxw_shared.stages import PIPELINE
-
 
 def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:
     """The client's filename as something safe to store and echo: basename only (either
@@ -32,21 +28,6 @@ def sanitize_filename(raw: str | None, max_chars: int = 200) -> str | None:
         else:
             name = name[:max_chars]
     return name
-
-
-def stage_overall_progress(stage: Stage, state: str, fraction: float) -> float:
-    if state == JobState.done:
-        return PIPELINE[stage].span[1]
-    return overall_progress(stage, fraction)
-
-
-def job_progress(state: JobState, stages: dict[Stage, tuple[str, float]]) -> float:
-    """Overall 0..1 progress: the furthest point any stage row reached."""
-    if state == JobState.done:
-        return 1.0
-    return max(
-        (stage_overall_progress(s, st, frac) for s, (st, frac) in stages.items()), default=0.0
-    )
 
 
 def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:

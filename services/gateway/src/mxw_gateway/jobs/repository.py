@@ -16,7 +16,7 @@ from mxw_shared.locks import BLOB_CONTENT, UPLOAD_CONTENT, text_key
 
 _JOB_COLUMNS = (
     "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
-    "cancelled_at, created_at, generation, rerun_from"
+    "cancelled_at, created_at, generation"
 )
 
 
@@ -205,13 +205,6 @@ async def list_jobs(
     return rows
 
 
-async def mark_cancelled(conn: Connection, job_id: uuid.UUID) -> bool:
-    result: str = await conn.execute(
-        "UPDATE jobs SET cancelled_at = now() WHERE id = $1 AND cancelled_at IS NULL", job_id
-    )
-    return result.endswith(" 1")
-
-
 async def fetch_transcript(
     pool: Pool, job_id: uuid.UUID
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
@@ -229,20 +222,6 @@ async def fetch_transcript(
     return transcript, segments
 
 
-async def start_generation(
-    conn: Connection, job_id: uuid.UUID, rerun_from: str, options: dict[str, Any]
-) -> int:
-    """Begin the next run of a job from `rerun_from` with `options`; returns its generation."""
-    generation: int = await conn.fetchval(
-        "UPDATE jobs SET generation = generation + 1, rerun_from = $2, options = $3"
-        " WHERE id = $1 RETURNING generation",
-        job_id,
-        rerun_from,
-        options,
-    )
-    return generation
-
-
 async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT idx, start_s, end_s, text, title, summary, topic, keywords, confidence, method"
@@ -250,23 +229,3 @@ async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
         job_id,
     )
     return rows
-
-
-async def delete_job(conn: Connection, job_id: uuid.UUID, owner_id: str) -> str:
-    """Remove the job and everything derived from it (stages, history, transcript, chunks,
-    vectors: ON DELETE CASCADE), leave a tombstone, and drop its blob row when no other job
-    uses the same stored file. Returns the audio URI, for the caller to delete the file
-    after commit when nothing references it any more."""
-    uri: str = await conn.fetchval("DELETE FROM jobs WHERE id = $1 RETURNING audio_uri", job_id)
-    await conn.execute(
-        "INSERT INTO deleted_jobs (id, owner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        job_id,
-        owner_id,
-    )
-    await conn.execute(
-        "DELETE FROM blobs b WHERE b.owner_id = $1 AND b.uri = $2"
-        " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.owner_id = $1 AND j.audio_uri = $2)",
-        owner_id,
-        uri,
-    )
-    return uri

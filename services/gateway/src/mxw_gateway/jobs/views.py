@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from mxw_shared.contracts import JobOptions, JobState, Stage
 from mxw_shared.db import Pool
-from mxw_shared.jobs import STAGE_ORDER, derive_job_state, is_stale
+from mxw_shared.jobs import STAGE_ORDER, derive_job_state, job_progress
 from mxw_shared.problems import Problem
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
-from mxw_gateway.jobs.domain import decode_cursor, encode_cursor, job_progress
+from mxw_gateway.jobs.domain import decode_cursor, encode_cursor
 from mxw_gateway.jobs.schemas import (
     ChunkList,
     ChunkView,
@@ -34,20 +33,10 @@ def _link(settings: GatewaySettings, path: str) -> str:
     return f"{settings.public_base_url.rstrip('/')}{path}"
 
 
-def current_stages(job: asyncpg.Record, stage_rows: list[asyncpg.Record]) -> dict[Stage, Any]:
-    """The job's stage rows that belong to its current run (see mxw_shared.jobs.is_stale)."""
-    rerun_from = Stage(job["rerun_from"]) if job["rerun_from"] else None
-    return {
-        Stage(r["stage"]): r
-        for r in stage_rows
-        if not is_stale(Stage(r["stage"]), r["generation"], job["generation"], rerun_from)
-    }
-
-
 def build_view(
     settings: GatewaySettings, job: asyncpg.Record, stage_rows: list[asyncpg.Record]
 ) -> JobView:
-    by_stage = current_stages(job, stage_rows)
+    by_stage = {Stage(r["stage"]): r for r in stage_rows}
     state = derive_job_state(
         job["cancelled_at"] is not None, {s: r["state"] for s, r in by_stage.items()}
     )
