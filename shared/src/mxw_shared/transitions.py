@@ -59,6 +59,32 @@ class JobNotFound(Exception):
     pass
 
 
+async def _announce(
+    conn: Connection,
+    job_id: uuid.UUID,
+    owner_id: str,
+    stage: Stage,
+    state: JobState,
+    stage_fraction: float,
+    *,
+    source: str,
+    message: str | None,
+    error: str | None = None,
+) -> None:
+    """The job's status line for a transition of `stage` (history + job.status)."""
+    await record_status(
+        conn,
+        job_id=job_id,
+        owner_id=owner_id,
+        stage=stage,
+        state=state,
+        progress=overall_progress(stage, stage_fraction),
+        source=source,
+        message=message,
+        error=error,
+    )
+
+
 # ---- a stage's run, by the worker that holds it ----
 
 
@@ -102,13 +128,13 @@ async def start(
             queued_at,
         )
     )
-    await record_status(
+    await _announce(
         conn,
-        job_id=job.id,
-        owner_id=job.owner_id,
-        stage=stage,
-        state=JobState.running,
-        progress=overall_progress(stage, 0.0),
+        job.id,
+        job.owner_id,
+        stage,
+        JobState.running,
+        0.0,
         source=source,
         message=f"{stage.value} started (attempt {attempts})",
     )
@@ -167,13 +193,13 @@ async def report_progress(
         stage.value,
         fraction,
     )
-    await record_status(
+    await _announce(
         conn,
-        job_id=job.id,
-        owner_id=job.owner_id,
-        stage=stage,
-        state=JobState.running,
-        progress=overall_progress(stage, fraction),
+        job.id,
+        job.owner_id,
+        stage,
+        JobState.running,
+        fraction,
         source=source,
         message=message,
     )
@@ -260,13 +286,13 @@ async def complete(
         await enqueue(conn, event, source=source, traceparent=traceparent)
     await _send_joins(conn, job, stage, generation, source, traceparent, pipeline)
     last = await _ends_the_job(conn, job, stage, generation, pipeline)
-    await record_status(
+    await _announce(
         conn,
-        job_id=job.id,
-        owner_id=job.owner_id,
-        stage=stage,
-        state=JobState.done if last else JobState.running,
-        progress=overall_progress(stage, 1.0),
+        job.id,
+        job.owner_id,
+        stage,
+        JobState.done if last else JobState.running,
+        1.0,
         source=source,
         message=message,
     )
@@ -354,13 +380,13 @@ async def fail(
     while that worker holds the stage; returns whether the stage was failed."""
     if not await _finish(conn, job_id, stage, JobState.failed, error=reason, worker=worker):
         return False
-    await record_status(
+    await _announce(
         conn,
-        job_id=job_id,
-        owner_id=owner_id,
-        stage=stage,
-        state=JobState.failed,
-        progress=overall_progress(stage, 0.0),
+        job_id,
+        owner_id,
+        stage,
+        JobState.failed,
+        0.0,
         source=source,
         message=f"{stage.value} failed",
         error=reason,
@@ -387,13 +413,13 @@ async def stop_cancelled(
     worker holds the stage now (that one reports the cancellation)."""
     if not await _finish(conn, job.id, stage, JobState.cancelled, worker=worker):
         return False
-    await record_status(
+    await _announce(
         conn,
-        job_id=job.id,
-        owner_id=job.owner_id,
-        stage=stage,
-        state=JobState.cancelled,
-        progress=overall_progress(stage, 0.0),
+        job.id,
+        job.owner_id,
+        stage,
+        JobState.cancelled,
+        0.0,
         source=source,
         message=f"{stage.value} stopped: job cancelled",
     )
@@ -464,13 +490,13 @@ async def requeue(
     """The stage's input goes out again (its worker was lost, or the event was): the
     consumers skip it if the stage got done meanwhile."""
     await enqueue(conn, event, source=source, traceparent=traceparent)
-    await record_status(
+    await _announce(
         conn,
-        job_id=job_id,
-        owner_id=owner_id,
-        stage=stage,
-        state=JobState.queued,
-        progress=overall_progress(stage, 0.0),
+        job_id,
+        owner_id,
+        stage,
+        JobState.queued,
+        0.0,
         source=source,
         message=f"{stage.value} re-queued ({why})",
     )
@@ -587,13 +613,13 @@ async def rerun(
     )
     if event is None:
         raise TransitionRefused("Not transcribed", "the job has no transcript to reprocess from")
-    await record_status(
+    await _announce(
         conn,
-        job_id=job_id,
-        owner_id=locked.owner_id,
-        stage=from_stage,
-        state=JobState.queued,
-        progress=overall_progress(from_stage, 0.0),
+        job_id,
+        locked.owner_id,
+        from_stage,
+        JobState.queued,
+        0.0,
         source=source,
         message=f"reprocessing from {from_stage.value} (run {generation})",
     )
