@@ -341,21 +341,29 @@ class Unreadable:
 
 
 async def skip_unreadable(
-    consumer: AIOKafkaConsumer, partitions: set[TopicPartition]
+    consumer: AIOKafkaConsumer, partitions: set[TopicPartition], probe_timeout_ms: int = 10_000
 ) -> Unreadable | None:
     """Call after `getmany` raised UnicodeDecodeError: a record whose header *name* is not
     UTF-8, which aiokafka cannot parse and raises on at every fetch, so the consumer would
     never get past it. Finds which of `partitions` it is next on, moves that partition past
     it and says which; None when none of them fails now. The records the probe reads from
     the other partitions are read again (their positions are restored)."""
+    ends = await consumer.end_offsets(list(partitions))
     for tp in sorted(partitions):
         offset = await consumer.position(tp)
+        if offset >= ends.get(tp, 0):
+            continue  # nothing to read there: not where the consumer fails
         try:
-            await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+            # The failed fetch was dropped: the probe waits for a new one, long enough for a
+            # slow broker (a probe cut short finds nothing, and the consumer fails again).
+            probed = await consumer.getmany(tp, timeout_ms=probe_timeout_ms, max_records=1)
         except UnicodeDecodeError as exc:
             consumer.seek(tp, offset + 1)
             return Unreadable(tp, offset, exc)
-        consumer.seek(tp, offset)
+        if probed:
+            # Read it again in order. (Nothing read: no seek, which would drop the fetch
+            # in flight and make the next probe wait for another.)
+            consumer.seek(tp, offset)
     return None
 
 
