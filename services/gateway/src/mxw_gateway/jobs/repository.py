@@ -16,7 +16,7 @@ from mxw_shared.locks import BLOB_CONTENT, UPLOAD_CONTENT, text_key
 
 _JOB_COLUMNS = (
     "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
-    "cancelled_at, created_at, generation"
+    "cancelled_at, created_at"
 )
 
 
@@ -143,7 +143,7 @@ async def fetch_stages(
 ) -> dict[uuid.UUID, list[asyncpg.Record]]:
     rows = await conn.fetch(
         "SELECT job_id, stage, state, progress, attempts, error, queued_at, started_at,"
-        " finished_at, metrics, generation FROM job_stages WHERE job_id = ANY($1::uuid[])",
+        " finished_at, metrics FROM job_stages WHERE job_id = ANY($1::uuid[])",
         job_ids,
     )
     out: dict[uuid.UUID, list[asyncpg.Record]] = {j: [] for j in job_ids}
