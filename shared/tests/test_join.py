@@ -280,6 +280,21 @@ async def test_a_cancelled_job_stops_every_branch_and_the_sweeper_leaves_it(db, 
     assert [a for a in await sweeper.sweep_once() if a.job_id == job_id] == []
 
 
+async def replay(db, letter) -> transitions.Replay:
+    """Replay a dead letter of the joined stage (an outbox row) as the admin API does."""
+    async with db.acquire() as conn, conn.transaction():
+        return await transitions.replay(
+            conn,
+            topic=dlq(TRANSCRIPT_READY),
+            key=letter["key"].encode(),
+            headers=dict(letter["headers"]),
+            body=bytes(letter["payload"]),
+            letter_id="test-letter",
+            source="tests",
+            pipeline=JOINED,
+        )
+
+
 async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infra, make_job):
     job_id = await make_job()
     calls: list[str] = []
@@ -296,17 +311,7 @@ async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infr
     )
     assert letter["headers"]["x_consumer"] == "join-joiner"
 
-    async with db.acquire() as conn, conn.transaction():
-        replayed = await transitions.replay(
-            conn,
-            topic=dlq(TRANSCRIPT_READY),
-            key=letter["key"].encode(),
-            headers=dict(letter["headers"]),
-            body=bytes(letter["payload"]),
-            letter_id="test-letter",
-            source="tests",
-            pipeline=JOINED,
-        )
+    replayed = await replay(db, letter)
     assert (replayed.action, replayed.job_id) == (transitions.Replayed.rerun, job_id)
     # Only the joined stage runs again; both branches it joins are kept.
     assert await stage_rows(db, job_id) == {"transcribe": ("done", 1), "chunk": ("done", 1)}
@@ -317,17 +322,7 @@ async def test_a_dead_lettered_join_is_replayed_as_a_rerun_of_its_stage(db, infr
     assert calls == ["transcribe", "chunk", "embed", "embed"]
 
     # A letter of a job that is not failed (any more) is published again as it was.
-    async with db.acquire() as conn, conn.transaction():
-        again = await transitions.replay(
-            conn,
-            topic=dlq(TRANSCRIPT_READY),
-            key=letter["key"].encode(),
-            headers=dict(letter["headers"]),
-            body=bytes(letter["payload"]),
-            letter_id="test-letter",
-            source="tests",
-            pipeline=JOINED,
-        )
+    again = await replay(db, letter)
     assert again.action == transitions.Replayed.republished
     (*_, republished) = await sent(db, job_id, TRANSCRIPT_READY)
     assert republished[0]["ce_id"] == again.event_id
