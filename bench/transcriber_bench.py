@@ -38,8 +38,8 @@ import numpy as np
 import websockets
 from mxw_local.infra import free_port
 from mxw_local.stack import StackInfo
+from mxw_shared.audio_decode import SAMPLE_RATE, decode_audio
 from mxw_shared.devissuer import DevIssuer
-from mxw_transcriber.domain import SAMPLE_RATE, decode_audio
 from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 

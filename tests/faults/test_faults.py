@@ -415,7 +415,7 @@ def repeated_wav(path: Path, times: int) -> bytes:
     import wave
 
     import numpy as np
-    from mxw_transcriber.domain import decode_audio
+    from mxw_shared.audio_decode import decode_audio
 
     samples = np.tile(decode_audio(path, math.inf), times)
     buffer = io.BytesIO()

@@ -46,7 +46,7 @@ def long_wav(repeats: int) -> bytes:
     """The solar fixture repeated as 16 kHz mono WAV: long enough that a cancel lands
     mid-transcription, or that a job outlasts the consumer's poll interval."""
     import numpy as np
-    from mxw_transcriber.domain import decode_audio
+    from mxw_shared.audio_decode import decode_audio
 
     samples = decode_audio(FIXTURES / "solar_and_bread.ogg", 3600)
     pcm = (np.tile(samples, repeats) * 32767).clip(-32768, 32767).astype("<i2").tobytes()

@@ -9,10 +9,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from mxw_shared.audio_source import audio_file, check_adoptable
 from mxw_shared.blobs import BlobStore, LocalBlobStore, open_blob_store
 from mxw_shared.contracts import AudioUploaded
 from mxw_shared.pipeline import PermanentError
-from mxw_transcriber.handlers import audio_file, check_adoptable
 from mxw_transcriber.settings import TranscriberSettings
 
 BUCKET_URL = "s3://mxw-audio/blobs"

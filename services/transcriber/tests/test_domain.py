@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mxw_shared.audio import ContainerNotAllowed
+from mxw_shared.audio_decode import decode_audio
 from mxw_shared.contracts import JobOptions, Task
 from mxw_transcriber.domain import (
     DecodeSettings,
     UnsupportedOptions,
     check_options,
-    decode_audio,
     transcribe,
 )
 from mxw_transcriber.models import LoadedModel, ModelRegistry

@@ -615,7 +615,7 @@ async def test_the_same_speech_is_heard_in_each_of_five_formats(
     transcriber, infra, db, make_job, publish, wait_for, speech
 ):
     import av
-    from mxw_transcriber.domain import decode_audio
+    from mxw_shared.audio_decode import decode_audio
 
     clip = speech("en")
     samples = decode_audio(clip.path, 3600)

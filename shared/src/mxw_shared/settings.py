@@ -132,3 +132,25 @@ class CommonSettings(BaseSettings):
             f"MXW_KAFKA_SECURITY_PROTOCOL={protocol} needs MXW_KAFKA_PASSWORD"
             " or MXW_KAFKA_PASSWORD_FILE"
         )
+
+
+class AudioSourceSettings(CommonSettings):
+    """What a stage that reads a job's audio needs (mxw_shared.audio_source): the
+    transcriber and the diarizer."""
+
+    # Where s3:// audio lives (s3://bucket/prefix, the gateway's MXW_BLOB_STORE_URL); endpoint
+    # and credentials from the standard AWS_* environment. Unset: s3:// URIs are refused.
+    blob_store_url: str | None = None
+    # Limits for http(s):// and s3:// audio sources (the timeout covers the whole download).
+    download_max_bytes: int = 2 * 1024**3
+    download_timeout_s: float = 600.0
+    # http(s):// audio goes through the URL ingest's guard (mxw_shared.netguard): private,
+    # loopback, link-local, multicast and reserved targets are refused unless
+    # download_allow_private, or the address lies in download_allowed_networks (CIDR list).
+    download_allow_private: bool = False
+    download_allowed_networks: list[str] = Field(default_factory=list)
+    download_max_redirects: int = Field(default=5, ge=0)
+    download_connect_timeout_s: float = Field(default=10.0, gt=0)
+    download_resolve_timeout_s: float = Field(default=10.0, gt=0)
+    # Check the audio's bytes against the event's sha256 before transcribing.
+    verify_sha256: bool = True

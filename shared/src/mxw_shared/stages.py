@@ -10,6 +10,7 @@ one row here (and its handler in the service that runs it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mxw_shared.contracts import (
@@ -17,9 +18,19 @@ from mxw_shared.contracts import (
     ChunksReady,
     EmbeddingsReady,
     EventData,
+    JobOptions,
+    SpeakersReady,
     Stage,
     TranscriptReady,
 )
+
+
+def always(options: JobOptions) -> bool:
+    return True
+
+
+def speakers_requested(options: JobOptions) -> bool:
+    return options.speakers
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,9 @@ class StageSpec:
     service: str  # the service that runs it; its consumer group has the service's name
     span: tuple[float, float]  # the share of overall progress the stage covers
     after: tuple[Stage, ...] = ()  # prerequisites: stages of the same run done before it
+    # Whether a job's options ask for the stage. One that is not asked for is done from the
+    # start of the job's run (transitions.start marks it), so stages after it never wait.
+    requested: Callable[[JobOptions], bool] = always
 
     @property
     def topic(self) -> str:
@@ -70,6 +84,10 @@ class Pipeline:
 
     def is_final(self, stage: Stage) -> bool:
         return stage in self.final
+
+    def not_requested(self, options: JobOptions) -> tuple[Stage, ...]:
+        """The stages a job with `options` does not ask for."""
+        return tuple(s.stage for s in self.specs if not s.requested(options))
 
     def later(self, stage: Stage) -> tuple[Stage, ...]:
         """`stage` and every stage that depends on it, directly or through others: what a
@@ -122,8 +140,22 @@ class Pipeline:
 PIPELINE = Pipeline(
     (
         StageSpec(Stage.transcribe, AudioUploaded, TranscriptReady, "transcriber", (0.0, 0.8)),
+        # Beside transcription: both start from the upload, and the chunker joins them.
         StageSpec(
-            Stage.chunk, TranscriptReady, ChunksReady, "chunker", (0.8, 0.9), (Stage.transcribe,)
+            Stage.diarize,
+            AudioUploaded,
+            SpeakersReady,
+            "diarizer",
+            (0.0, 0.8),
+            requested=speakers_requested,
+        ),
+        StageSpec(
+            Stage.chunk,
+            TranscriptReady,
+            ChunksReady,
+            "chunker",
+            (0.8, 0.9),
+            (Stage.transcribe, Stage.diarize),
         ),
         StageSpec(
             Stage.embed, ChunksReady, EmbeddingsReady, "embedder", (0.9, 1.0), (Stage.chunk,)

@@ -28,9 +28,9 @@ from asyncpg import Record
 from prometheus_client import Counter
 
 from mxw_shared import transitions
-from mxw_shared.contracts import Envelope, Stage
+from mxw_shared.contracts import Envelope, JobOptions, Stage
 from mxw_shared.db import Connection, Pool
-from mxw_shared.jobs import STAGE_ORDER
+from mxw_shared.jobs import STAGE_ORDER, JobRow
 from mxw_shared.locks import STAGE_SWEEP as _SWEEP_LOCK
 from mxw_shared.logging import get_logger
 from mxw_shared.settings import CommonSettings
@@ -50,7 +50,7 @@ WITH recent AS (
     SELECT job_id FROM job_stages
     WHERE stage = $1 AND state = 'running' AND lease_expires_at < now()
 )
-SELECT j.id, j.generation, j.owner_id, coalesce(s.attempts, 0) AS attempts,
+SELECT j.id, j.generation, j.owner_id, j.options, coalesce(s.attempts, 0) AS attempts,
        CASE WHEN s.state = 'running' THEN 'lease expired' ELSE 'no progress' END AS why,
        coalesce(w.resends, 0) AS resends
 FROM recent r
@@ -92,7 +92,7 @@ FOR UPDATE OF j SKIP LOCKED
 @dataclass(frozen=True)
 class SweepAction:
     job_id: uuid.UUID
-    action: str  # "resent" | "failed"
+    action: str  # "resent" | "failed" | "skipped"
     why: str
 
 
@@ -140,6 +140,8 @@ class StageSweeper:
                 actions.append(await self._act(conn, row))
         for action in actions:
             SWEPT.labels(self.stage.value, action.action).inc()
+            if action.action == "skipped":
+                continue
             log.warning(
                 "stage input re-sent" if action.action == "resent" else "stage given up",
                 stage=self.stage.value,
@@ -151,6 +153,11 @@ class StageSweeper:
     async def _act(self, conn: Connection, row: Record) -> SweepAction:
         job_id: uuid.UUID = row["id"]
         why: str = row["why"]
+        job = JobRow(job_id, row["owner_id"], False, row["options"] or {}, row["generation"])
+        if self.stage in self.pipeline.not_requested(JobOptions.model_validate(job.options)):
+            # Queued before any stage started: nothing to send, the stage is done as is.
+            await transitions.skip_not_requested(conn, job, job.generation, self.pipeline)
+            return SweepAction(job_id, "skipped", "not requested by the job's options")
         event = await rebuild_stage_input(conn, job_id, self.stage, pipeline=self.pipeline)
         source = f"{self.settings.service_name}-sweeper"
         crash_loop = why == "lease expired" and row["attempts"] >= self.settings.max_stage_starts

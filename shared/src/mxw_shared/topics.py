@@ -24,11 +24,18 @@ from typing import Final
 
 AUDIO_UPLOADED: Final = "audio.uploaded"
 TRANSCRIPT_READY: Final = "transcript.ready"
+SPEAKERS_READY: Final = "speakers.ready"
 CHUNKS_READY: Final = "chunks.ready"
 EMBEDDINGS_READY: Final = "embeddings.ready"
 JOB_STATUS: Final = "job.status"
 
-PIPELINE_TOPICS: Final = (AUDIO_UPLOADED, TRANSCRIPT_READY, CHUNKS_READY, EMBEDDINGS_READY)
+PIPELINE_TOPICS: Final = (
+    AUDIO_UPLOADED,
+    TRANSCRIPT_READY,
+    SPEAKERS_READY,
+    CHUNKS_READY,
+    EMBEDDINGS_READY,
+)
 ALL_TOPICS: Final = (*PIPELINE_TOPICS, JOB_STATUS)
 
 DAY_MS: Final = 24 * 3600 * 1000

@@ -98,6 +98,7 @@ async def start(
     generation: int,
     source: str,
     queued_at: datetime | None = None,
+    pipeline: Pipeline = PIPELINE,
 ) -> int:
     """Mark the stage running under `worker`'s lease for `generation` of the job and say
     so; returns the attempt number within that generation. `queued_at` (when the event
@@ -138,7 +139,28 @@ async def start(
         source=source,
         message=f"{stage.value} started (attempt {attempts})",
     )
+    await skip_not_requested(conn, job, generation, pipeline)
     return attempts
+
+
+async def skip_not_requested(
+    conn: Connection, job: JobRow, generation: int, pipeline: Pipeline
+) -> None:
+    """The stages the job's options do not ask for are done from the start of its run, so
+    the stages after them never wait (a job without speakers needs no diarizer)."""
+    skipped = pipeline.not_requested(JobOptions.model_validate(job.options or {}))
+    if not skipped:
+        return
+    await conn.execute(
+        """INSERT INTO job_stages (job_id, stage, state, progress, generation, started_at,
+                                   finished_at, metrics)
+           SELECT $1, stage, 'done', 1, $3, now(), now(), '{"requested": false}'::jsonb
+           FROM unnest($2::text[]) AS stage
+           ON CONFLICT (job_id, stage) DO NOTHING""",
+        job.id,
+        [s.value for s in skipped],
+        generation,
+    )
 
 
 async def extend_lease(

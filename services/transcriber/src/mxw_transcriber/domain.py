@@ -1,36 +1,21 @@
-"""Transcription with faster-whisper: decode audio, run a loaded model with a job's options,
+"""Transcription with faster-whisper: run a loaded model with a job's options,
 return plain data. No database, no Kafka; blocking, so callers run it in a thread."""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
-from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
 from faster_whisper.tokenizer import _LANGUAGE_CODES
-from mxw_shared.audio import (
-    AudioRefused,
-    AudioTooLong,
-    NotAudio,
-    declared_duration,
-    open_audio,
-)
+from mxw_shared.audio_decode import SAMPLE_RATE
 from mxw_shared.contracts import JobOptions, Task
 
-SAMPLE_RATE = 16_000
 LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
 # Below this peak amplitude (about -60 dBFS) the audio is treated as silence: Whisper
 # hallucinates words ("You") on digital silence rather than returning nothing.
 SILENCE_PEAK = 1e-3
-
-
-class AudioDecodeError(Exception):
-    """The bytes are not audio that FFmpeg can decode."""
 
 
 class UnsupportedOptions(ValueError):
@@ -102,48 +87,6 @@ class Resume:
     # fresh one is, with the job's own initial_prompt.
 
 
-def decode_audio(path: Path, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Mono float32 samples at 16 kHz, opened with the container and protocol allow-lists
-    (mxw_shared.audio). Audio longer than `max_seconds` is refused before decoding when its
-    headers say so, and otherwise as soon as decoding passes the limit, so memory stays
-    bounded whatever the headers claim. Raises AudioRefused (mxw_shared.audio: container not
-    allowed, too long) or AudioDecodeError, each with the reason."""
-    limit = max_seconds * SAMPLE_RATE
-    try:
-        with open_audio(path) as container:
-            if not container.streams.audio:
-                raise AudioDecodeError("the file has no audio stream")
-            stream = container.streams.audio[0]
-            declared = declared_duration(container, stream)
-            if declared is not None and declared > max_seconds:
-                raise AudioTooLong(max_seconds)
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            # faster-whisper's own steps (skip invalid frames, regroup, resample), counted.
-            frames = _resample_frames(
-                _group_frames(_ignore_invalid_frames(container.decode(stream)), 500_000),
-                resampler,
-            )
-            pieces: list[np.ndarray[Any, np.dtype[np.int16]]] = []
-            count = 0
-            for frame in frames:
-                piece = frame.to_ndarray().reshape(-1)
-                count += len(piece)
-                if count > limit:
-                    raise AudioTooLong(max_seconds)
-                pieces.append(piece)
-            del resampler
-    except (MemoryError, AudioDecodeError, AudioRefused):
-        raise
-    except NotAudio as exc:
-        raise AudioDecodeError(str(exc)) from exc
-    except Exception as exc:  # av raises a family of FFmpeg errors, plus Index/ValueError
-        raise AudioDecodeError(f"{type(exc).__name__}: {exc}") from exc
-    gc.collect()  # PyAV's resampler objects are freed only by the collector (faster-whisper)
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(pieces).astype(np.float32) / 32768.0
-
-
 def check_options(options: JobOptions, multilingual: bool, model_name: str) -> None:
     """Reject options the model cannot honour, before any work is spent."""
     if options.language is not None and options.language not in LANGUAGE_CODES:
@@ -204,10 +147,13 @@ def transcribe(
     if len(part) == 0 or float(np.max(np.abs(part))) < SILENCE_PEAK:
         return finish_early()
     detected = language is None and bool(model.model.is_multilingual)
+    # Speakers are joined word by word (mxw_shared.speakers), so a job with speakers has
+    # word times stored even when its outputs do not show them.
+    with_words = options.word_timestamps or options.speakers
     kwargs: dict[str, Any] = {
         "language": language,
         "task": options.task.value,
-        "word_timestamps": options.word_timestamps,
+        "word_timestamps": with_words,
         "initial_prompt": options.initial_prompt,
         "beam_size": decode.beam_size,
     }
@@ -231,7 +177,7 @@ def transcribe(
         start = max(offset_s, min(float(seg.start) + offset_s, duration))
         end = max(start, min(float(seg.end) + offset_s, duration))
         words: tuple[Word, ...] | None = None
-        if options.word_timestamps:
+        if with_words:
             words = tuple(
                 Word(
                     start_s=round(max(start, min(float(w.start) + offset_s, end)), 3),

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from mxw_shared.audio_source import job_adopter
 from mxw_shared.blobs import open_blob_store
 from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
@@ -17,7 +18,7 @@ from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 
-from mxw_transcriber.handlers import TranscribeWork, job_adopter
+from mxw_transcriber.handlers import TranscribeWork
 from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 

@@ -1,5 +1,4 @@
-"""Postgres access of the transcriber: writes transcripts and segments (its own), and adopts
-jobs announced by other systems (a jobs row from the event, once)."""
+"""Postgres access of the transcriber: writes transcripts and segments (its own)."""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mxw_shared.contracts import AudioUploaded, Envelope, Stage
+from mxw_shared.contracts import Stage
 from mxw_shared.db import Connection
-from mxw_shared.jobs import JobRow, get_job
 
 from mxw_transcriber.domain import Transcript, TranscriptSegment, Word
 
@@ -181,25 +179,3 @@ async def finish_transcript(
         transcript.text,
         complete,
     )
-
-
-async def adopt_job(conn: Connection, envelope: Envelope, event: AudioUploaded) -> JobRow:
-    """A job announced by another system has no row yet: create it from the event. Two
-    replicas adopting the same job race harmlessly (ON CONFLICT DO NOTHING)."""
-    await conn.execute(
-        "INSERT INTO jobs (id, owner_id, filename, audio_uri, sha256, size_bytes, content_type,"
-        " options, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT (id) DO NOTHING",
-        event.job_id,
-        event.owner_id,
-        event.filename,
-        event.audio_uri,
-        event.sha256,
-        event.size_bytes,
-        event.content_type,
-        event.options.model_dump(mode="json"),
-        envelope.source[:255],
-    )
-    job = await get_job(conn, event.job_id)
-    assert job is not None  # inserted above, or by a racing replica in a committed tx
-    return job
