@@ -1,0 +1,1 @@
+"""MxWhisper diarizer: who spoke when."""

