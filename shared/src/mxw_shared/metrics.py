@@ -38,6 +38,15 @@ REALTIME_FACTOR = Histogram(
 AUDIO_SECONDS = Counter(
     "mxw_transcribed_audio_seconds_total", "Seconds of audio transcribed", ["model"]
 )
+DIARIZATION_REALTIME_FACTOR = Histogram(
+    "mxw_diarization_realtime_factor",
+    "Diarization wall time divided by audio duration (lower is faster)",
+    ["model", "device"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2),
+)
+DIARIZED_AUDIO_SECONDS = Counter(
+    "mxw_diarized_audio_seconds_total", "Seconds of audio diarized", ["model"]
+)
 CONSUMER_LAG = Gauge(
     "mxw_consumer_lag_records",
     "Records not yet consumed (high watermark - position) per topic and consumer group",

@@ -46,6 +46,7 @@ def up(
     transcriber_port: int = 8002,
     chunker_port: int = 8003,
     embedder_port: int = 8004,
+    diarizer_port: int = 8005,
     postgres_port: int = 54329,
     kafka_port: int = 19092,
     broker: Annotated[
@@ -75,7 +76,7 @@ def up(
         ),
     ] = True,
 ) -> None:
-    """Start PostgreSQL, the broker and all five services; Ctrl-C stops everything."""
+    """Start PostgreSQL, the broker and all six services; Ctrl-C stops everything."""
     if problem := broker_problem(broker, kafka_bootstrap):
         raise typer.BadParameter(problem)
     config = StackConfig(
@@ -91,6 +92,7 @@ def up(
             "transcriber": transcriber_port,
             "chunker": chunker_port,
             "embedder": embedder_port,
+            "diarizer": diarizer_port,
         },
         whisper_model=whisper_model,
         log_format=log_format,

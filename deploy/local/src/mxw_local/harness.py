@@ -21,7 +21,16 @@ from mxw_local.infra import EmbeddedPostgres, free_port
 from mxw_local.stack import BrokerKind, StackInfo
 
 MXW = Path(sys.executable).with_name("mxw")
-PORTS = ("gateway", "notifier", "transcriber", "chunker", "embedder", "postgres", "kafka")
+PORTS = (
+    "gateway",
+    "notifier",
+    "transcriber",
+    "diarizer",
+    "chunker",
+    "embedder",
+    "postgres",
+    "kafka",
+)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,15 @@ from mxw_local.infra import EmbeddedKafka, EmbeddedPostgres
 
 BrokerKind = Literal["embedded", "kafka", "external"]
 
-SERVICES = ("gateway", "notifier", "transcriber", "chunker", "embedder")
-COLORS = {"gateway": 36, "notifier": 35, "transcriber": 33, "chunker": 32, "embedder": 34}
+SERVICES = ("gateway", "notifier", "transcriber", "diarizer", "chunker", "embedder")
+COLORS = {
+    "gateway": 36,
+    "notifier": 35,
+    "transcriber": 33,
+    "diarizer": 31,
+    "chunker": 32,
+    "embedder": 34,
+}
 
 
 def broker_problem(broker: BrokerKind, kafka_bootstrap: str | None) -> str | None:
@@ -68,6 +75,7 @@ class StackConfig:
             "transcriber": 8002,
             "chunker": 8003,
             "embedder": 8004,
+            "diarizer": 8005,
         }
     )
     whisper_model: str = "base"

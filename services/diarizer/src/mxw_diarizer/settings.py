@@ -20,6 +20,8 @@ class DiarizerSettings(AudioSourceSettings):
     # Jobs diarized at once by this replica (one: a second one only shares the same cores).
     max_concurrent_jobs: int = 1
     shutdown_grace_s: float = 20.0
+    # How often a running diarization reports progress, or else checks for cancellation.
+    progress_interval_s: float = Field(default=1.0, gt=0)
     # Load the model at start-up so the first job does not wait for it.
     preload_model: bool = True
     # Run a few dummy inputs through the model at load (steadier first-job timings; costs
