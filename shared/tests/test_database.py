@@ -145,10 +145,16 @@ async def test_job_state_is_derived_from_stage_rows(db, make_job):
 
 
 def test_overall_progress_spans_stages_in_order():
-    points = [overall_progress(s, f) for s in Stage for f in (0.0, 0.5, 1.0)]
-    assert points == sorted(points)
-    assert points[0] == 0.0
-    assert points[-1] == 1.0
+    from mxw_shared.stages import PIPELINE
+
+    # Each stage's share starts where its prerequisites end (stages side by side share a
+    # span), so progress never goes back along any path; the last stages end at 1.
+    for spec in PIPELINE.specs:
+        start = max((PIPELINE[p].span[1] for p in spec.after), default=0.0)
+        assert overall_progress(spec.stage, 0.0) == start
+        points = [overall_progress(spec.stage, f) for f in (0.0, 0.5, 1.0)]
+        assert points == sorted(points)
+    assert {overall_progress(s, 1.0) for s in PIPELINE.final} == {1.0}
 
 
 async def test_replicas_relay_lanes_in_parallel_keeping_each_jobs_order(infra, db, make_job):
