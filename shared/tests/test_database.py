@@ -212,7 +212,7 @@ async def test_the_job_state_in_sql_is_the_python_rule(db, make_job):
     draw = random.Random(19)  # fixed: the same sample on every machine and run
     states = [None, *JobState]
     expected: dict[uuid.UUID, JobState] = {}
-    for _ in range(150):
+    for n in range(150):
         job_id = await make_job()
         cancelled = draw.random() < 0.1
         await db.execute(
@@ -221,7 +221,8 @@ async def test_the_job_state_in_sql_is_the_python_rule(db, make_job):
             cancelled,
         )
         current: dict[Stage, str] = {}
-        for stage in STAGE_ORDER:
+        # Some jobs have no stage rows at all (queued: rare in random draws of 4 stages).
+        for stage in STAGE_ORDER if n % 20 else ():
             state = draw.choice(states)
             if state is None:
                 continue

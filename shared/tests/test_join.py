@@ -3,6 +3,7 @@ third needs both. The stage table is a test one (the real Stage values in other 
 runners, the sweeper and the transitions (rerun, cancel, dead-letter replay) are the
 product's, unchanged: a new stage is one table row plus one handler."""
 
+import dataclasses
 import json
 import uuid
 
@@ -18,10 +19,9 @@ from mxw_shared.contracts import (
     Stage,
     TranscriptReady,
 )
-from mxw_shared.jobs import STAGE_ORDER
 from mxw_shared.pipeline import PermanentError, StageOutcome, StageRunner
 from mxw_shared.settings import CommonSettings
-from mxw_shared.stages import Pipeline, StageSpec
+from mxw_shared.stages import Pipeline, StageSpec, speakers_requested
 from mxw_shared.sweeper import StageSweeper
 from mxw_shared.topics import AUDIO_UPLOADED, EMBEDDINGS_READY, TRANSCRIPT_READY, dlq
 
@@ -44,7 +44,7 @@ JOINED = Pipeline(
 
 
 def runners(
-    db, infra, calls: list[str], broken: set[Stage] | None = None
+    db, infra, calls: list[str], broken: set[Stage] | None = None, pipeline: Pipeline = JOINED
 ) -> dict[Stage, StageRunner[EventData]]:
     """The test table's runners; a stage in `broken` fails its next run for good."""
     broken = set() if broken is None else broken
@@ -82,9 +82,9 @@ def runners(
             settings=infra.settings(CommonSettings, spec.service),
             stage=spec.stage,
             work=work(spec.stage),
-            pipeline=JOINED,
+            pipeline=pipeline,
         )
-        for spec in JOINED.specs
+        for spec in pipeline.specs
     }
 
 
@@ -158,14 +158,46 @@ async def test_when_the_input_s_producer_finishes_last_its_own_event_starts_the_
         for r in await db.fetch(
             "SELECT stage FROM job_stages WHERE job_id = $1 AND state = 'done'", job_id
         )
-    } == {s.value for s in STAGE_ORDER}
+    } == {s.value for s in JOINED.order}
 
 
-def test_the_product_pipeline_has_no_join_to_wait_for() -> None:
-    from mxw_shared.stages import PIPELINE
+async def test_a_stage_the_job_does_not_ask_for_is_done_and_its_join_does_not_wait(
+    db, infra, make_job
+):
+    # The product's diarize row: beside the transcriber, only when the job asks for it.
+    optional = Pipeline(
+        (
+            JOINED[Stage.transcribe],
+            dataclasses.replace(JOINED[Stage.chunk], requested=speakers_requested),
+            JOINED[Stage.embed],
+        )
+    )
+    calls: list[str] = []
+    stage = runners(db, infra, calls, pipeline=optional)
+    plain = await make_job()
+    assert await stage[Stage.chunk].handle(*uploaded(plain)) == "not-requested"
+    assert await stage[Stage.transcribe].handle(*uploaded(plain)) == "done"
+    row = await db.fetchrow(
+        "SELECT state, metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", plain
+    )
+    assert (row["state"], row["metrics"]) == ("done", {"requested": False})
+    # The join's input came with the transcript, and nothing else is waited for.
+    (transcript,) = await sent(db, plain, TRANSCRIPT_READY)
+    assert await stage[Stage.embed].handle(*transcript) == "done"
+    assert calls == ["transcribe", "embed"]
+    assert await job_state(db, plain) == "done"
 
-    assert all(PIPELINE.waits_for(s) == () for s in PIPELINE.order)
-    assert all(PIPELINE.joins_completed_by(s) == () for s in PIPELINE.order)
+    # A job that asks for it waits for it, and it runs.
+    asked = await make_job(speakers=True)
+    assert await stage[Stage.transcribe].handle(*uploaded(asked)) == "done"
+    (transcript,) = await sent(db, asked, TRANSCRIPT_READY)
+    assert await stage[Stage.embed].handle(*transcript) == "waiting"
+    assert await stage[Stage.chunk].handle(*uploaded(asked)) == "done"
+    assert await job_state(db, asked) != "done"
+    resent = await sent(db, asked, TRANSCRIPT_READY)
+    assert len(resent) == 2  # the join's input, sent by the completion of the stage beside
+    assert await stage[Stage.embed].handle(*resent[-1]) == "done"
+    assert await job_state(db, asked) == "done"
 
 
 async def test_a_lost_join_input_is_sent_again_by_the_sweeper(db, infra, make_job):
@@ -240,7 +272,7 @@ async def test_a_rerun_from_the_stage_beside_keeps_the_other_branch_and_redoes_t
     assert await stage[Stage.embed].handle(*rebuilt) == "done"
 
     assert calls == ["transcribe", "chunk", "embed", "chunk", "embed"]
-    assert await stage_rows(db, job_id) == {s.value: ("done", 1) for s in STAGE_ORDER}
+    assert await stage_rows(db, job_id) == {s.value: ("done", 1) for s in JOINED.order}
     assert await job_state(db, job_id) == "done"
 
 

@@ -8,6 +8,7 @@ from mxw_shared.contracts import (
     AudioUploaded,
     ChunksReady,
     EmbeddingsReady,
+    JobOptions,
     JobState,
     Stage,
     TranscriptReady,
@@ -31,26 +32,39 @@ JOIN = StageSpec(
 WITH_A_JOIN = Pipeline((TRANSCRIBE, BESIDE, JOIN))
 
 
-def test_the_pipeline_runs_transcribe_chunk_embed_and_ends_with_embed() -> None:
-    assert PIPELINE.order == STAGE_ORDER == (Stage.transcribe, Stage.chunk, Stage.embed)
+def test_the_pipeline_transcribes_and_diarizes_side_by_side_then_chunks_and_embeds() -> None:
+    order = (Stage.transcribe, Stage.diarize, Stage.chunk, Stage.embed)
+    assert PIPELINE.order == STAGE_ORDER == order
     assert PIPELINE.final == (Stage.embed,)
     assert [PIPELINE[s].topic for s in STAGE_ORDER] == [
+        topics.AUDIO_UPLOADED,
         topics.AUDIO_UPLOADED,
         topics.TRANSCRIPT_READY,
         topics.CHUNKS_READY,
     ]
     assert PIPELINE.stage_groups == (
         (topics.AUDIO_UPLOADED, "transcriber"),
+        (topics.AUDIO_UPLOADED, "diarizer"),
         (topics.TRANSCRIPT_READY, "chunker"),
         (topics.CHUNKS_READY, "embedder"),
     )
+    # The chunker joins the transcript with the speakers: transcript.ready brings it the one,
+    # and the diarizer's completion sends it again when it finishes last.
+    assert PIPELINE.waits_for(Stage.chunk) == (Stage.diarize,)
+    assert [s.stage for s in PIPELINE.joins_completed_by(Stage.diarize)] == [Stage.chunk]
+
+
+def test_only_jobs_that_ask_for_speakers_are_diarized() -> None:
+    assert PIPELINE.not_requested(JobOptions()) == (Stage.diarize,)
+    assert PIPELINE.not_requested(JobOptions(speakers=True, num_speakers=2)) == ()
 
 
 def test_spans_cover_progress_from_zero_to_one_in_order() -> None:
-    spans = [PIPELINE[s].span for s in STAGE_ORDER]
-    assert spans[0][0] == 0.0
-    assert spans[-1][1] == 1.0
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    chain = [PIPELINE[s].span for s in (Stage.transcribe, Stage.chunk, Stage.embed)]
+    assert chain[0][0] == 0.0
+    assert chain[-1][1] == 1.0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chain))
+    assert PIPELINE[Stage.diarize].span == PIPELINE[Stage.transcribe].span  # side by side
     assert overall_progress(Stage.chunk, 0.5) == pytest.approx(0.85)
 
 
@@ -70,7 +84,9 @@ def test_a_join_waits_for_both_stages_that_start_from_one_event() -> None:
 def test_two_final_stages_both_end_the_job() -> None:
     table = Pipeline((TRANSCRIBE, BESIDE))
     assert table.final == (Stage.transcribe, Stage.chunk)
-    assert PIPELINE.later(Stage.transcribe) == STAGE_ORDER
+    assert PIPELINE.later(Stage.transcribe) == (Stage.transcribe, Stage.chunk, Stage.embed)
+    # Reprocessing the speakers keeps the transcript and redoes the join and what follows.
+    assert PIPELINE.later(Stage.diarize) == (Stage.diarize, Stage.chunk, Stage.embed)
 
 
 def test_a_dead_letter_belongs_to_the_stage_its_consumer_runs() -> None:
