@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -190,3 +190,37 @@ def reassign(turns: Sequence[Turn], start_s: float, end_s: float, speaker: str) 
             out.append(Turn(end_s, turn.end_s, turn.speaker))
     out.append(Turn(start_s, end_s, speaker))
     return sorted(out, key=lambda t: (t.start_s, t.end_s))
+
+
+class Spoken(Protocol):
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+    @property
+    def speaker(self) -> str | None: ...
+
+
+S = TypeVar("S", bound=Spoken)
+
+
+def lines_in(lines: Iterable[S], start_s: float, end_s: float) -> list[S]:
+    """The lines that belong to the span [start_s, end_s] (a chunk's): their middle is in it."""
+    return [ln for ln in lines if start_s <= (ln.start_s + ln.end_s) / 2 <= end_s]
+
+
+def speakers_in(lines: Iterable[Spoken], start_s: float, end_s: float) -> tuple[str, ...]:
+    """The speakers of the span [start_s, end_s] (a chunk's), in the order they first speak."""
+    out: dict[str, None] = {}
+    for line in lines_in(lines, start_s, end_s):
+        if line.speaker is not None:
+            out.setdefault(line.speaker)
+    return tuple(out)
+
+
+def attribute_all(segments: Iterable[Mapping[str, Any]], turns: Turns) -> list[Line]:
+    """Every stored segment (rows with idx, start_s, end_s, text, words) as lines."""
+    lines: list[Line] = []
+    for s in segments:
+        lines += attribute(s["idx"], s["start_s"], s["end_s"], s["text"], s["words"], turns)
+    return lines

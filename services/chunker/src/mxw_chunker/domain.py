@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 import yake
+from mxw_shared.speakers import speakers_in
 
 Vectors = npt.NDArray[np.float32]
 EmbedFn = Callable[[Sequence[str]], Vectors]
@@ -29,6 +30,7 @@ class Segment:
     start_s: float
     end_s: float
     text: str
+    speaker: str | None = None  # the speaker label, when the job has speakers
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Chunk:
     summary: str | None = None
     keywords: tuple[str, ...] = field(default=())
     confidence: float | None = None
+    speakers: tuple[str, ...] = field(default=())  # labels, in the order they first speak
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,16 @@ def chunks_from_ranges(segments: Sequence[Segment], ranges: Sequence[Range]) -> 
     for idx, (first, last) in enumerate(ranges):
         group = segments[first : last + 1]
         text = " ".join(s.text.strip() for s in group)
+        start_s, end_s = group[0].start_s, max(s.end_s for s in group)
         chunks.append(
             Chunk(
                 idx=idx,
-                start_s=group[0].start_s,
-                end_s=max(s.end_s for s in group),
+                start_s=start_s,
+                end_s=end_s,
                 text=text,
                 segment_first=group[0].idx,
                 segment_last=group[-1].idx,
+                speakers=speakers_in(group, start_s, end_s),
             )
         )
     return chunks

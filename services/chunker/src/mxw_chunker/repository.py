@@ -5,15 +5,31 @@ from __future__ import annotations
 import uuid
 
 from mxw_shared.db import Connection, Pool
+from mxw_shared.speakers import Turn, Turns, attribute_all
 
 from mxw_chunker.domain import Chunk, Segment
 
 
 async def load_segments(pool: Pool, job_id: uuid.UUID) -> list[Segment]:
-    rows = await pool.fetch(
-        "SELECT idx, start_s, end_s, text FROM segments WHERE job_id = $1 ORDER BY idx", job_id
+    """The transcript as the chunker reads it: one segment per line of one speaker (the
+    diarizer's turns joined with the words, mxw_shared.speakers), or the transcriber's
+    segments as they are when the job has no speakers."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT idx, start_s, end_s, text, words FROM segments WHERE job_id = $1 ORDER BY idx",
+            job_id,
+        )
+        turns = await load_turns(conn, job_id)
+    lines = attribute_all(rows, turns)
+    return [Segment(i, ln.start_s, ln.end_s, ln.text, ln.speaker) for i, ln in enumerate(lines)]
+
+
+async def load_turns(conn: Connection, job_id: uuid.UUID) -> Turns:
+    rows = await conn.fetch(
+        "SELECT start_s, end_s, speaker FROM speaker_turns WHERE job_id = $1 ORDER BY idx",
+        job_id,
     )
-    return [Segment(r["idx"], r["start_s"], r["end_s"], r["text"]) for r in rows]
+    return Turns(Turn(r["start_s"], r["end_s"], r["speaker"]) for r in rows)
 
 
 async def replace_chunks(
@@ -24,8 +40,8 @@ async def replace_chunks(
     await conn.execute("DELETE FROM chunks WHERE job_id = $1", job_id)
     await conn.executemany(
         "INSERT INTO chunks (job_id, owner_id, idx, text, topic, title, summary, keywords,"
-        " confidence, start_s, end_s, method)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        " confidence, start_s, end_s, method, speakers)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         [
             (
                 job_id,
@@ -40,6 +56,7 @@ async def replace_chunks(
                 c.start_s,
                 c.end_s,
                 method,
+                list(c.speakers),
             )
             for c in chunks
         ],

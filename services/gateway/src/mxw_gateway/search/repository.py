@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 from mxw_shared.db import Pool
+from mxw_shared.speakers import Line, Turn, Turns, attribute_all, lines_in
 
 
 class SearchMode(StrEnum):
@@ -39,6 +40,7 @@ class Scope:
     created_from: dt.datetime | None = None
     created_to: dt.datetime | None = None
     exclude_chunk_id: int | None = None
+    speaker: str | None = None  # a speaker name, as given in each job (job_speakers.name)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,15 @@ def _scope_filters(scope: Scope, args: _Args, alias: str) -> list[str]:
         filters.append(
             f"{alias}.job_id IN (SELECT j.id FROM jobs j WHERE {' AND '.join(job_conditions)})"
         )
+    if scope.speaker is not None:
+        named = f"lower(s.name) = lower({args.add(scope.speaker)})"
+        if alias == "c":
+            filters.append(
+                f"EXISTS (SELECT 1 FROM job_speakers s WHERE s.job_id = c.job_id AND {named}"
+                " AND s.label = ANY(c.speakers))"
+            )
+        else:  # embeddings carry no speakers: their jobs, then the chunks re-checked above
+            filters.append(f"e.job_id IN (SELECT s.job_id FROM job_speakers s WHERE {named})")
     if scope.exclude_chunk_id is not None:
         column = "chunk_id" if alias == "e" else "id"
         filters.append(f"{alias}.{column} <> {args.add(scope.exclude_chunk_id)}")
@@ -189,7 +200,7 @@ def build_search_sql(mode: SearchMode, scope: Scope, tuning: Tuning) -> tuple[st
             LIMIT $4 OFFSET $5
         )
         SELECT c.id AS chunk_id, c.job_id, c.idx, c.text, c.title, c.topic, c.keywords,
-               c.start_s, c.end_s, j.filename, t.language, p.score, p.vector_rank,
+               c.start_s, c.end_s, c.speakers, j.filename, t.language, p.score, p.vector_rank,
                p.text_rank,
                CASE WHEN $2::text IS NULL OR $2::text = '' THEN NULL ELSE {headline} END
                    AS highlight
@@ -265,3 +276,49 @@ async def chunk_source(pool: Pool, chunk_id: int) -> asyncpg.Record | None:
         chunk_id,
     )
     return row
+
+
+async def speaker_lines(
+    pool: Pool, chunks: list[asyncpg.Record]
+) -> tuple[dict[int, list[Line]], dict[tuple[uuid.UUID, str], str | None]]:
+    """The lines with speakers of each chunk that has speakers (mxw_shared.speakers, from
+    the stored segments and turns), and the names of those jobs' speakers."""
+    spoken = [c for c in chunks if c["speakers"]]
+    if not spoken:
+        return {}, {}
+    jobs = list({c["job_id"] for c in spoken})
+    async with pool.acquire() as conn:
+        segments = await conn.fetch(
+            "SELECT s.job_id, s.idx, s.start_s, s.end_s, s.text, s.words FROM segments s"
+            " JOIN unnest($1::bigint[], $2::uuid[], $3::float8[], $4::float8[])"
+            "   AS c(id, job_id, start_s, end_s) ON s.job_id = c.job_id"
+            "   AND s.end_s > c.start_s AND s.start_s < c.end_s"
+            " ORDER BY s.job_id, s.idx",
+            [c["chunk_id"] for c in spoken],
+            [c["job_id"] for c in spoken],
+            [c["start_s"] for c in spoken],
+            [c["end_s"] for c in spoken],
+        )
+        turns = await conn.fetch(
+            "SELECT job_id, start_s, end_s, speaker FROM speaker_turns"
+            " WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, idx",
+            jobs,
+        )
+        names = await conn.fetch(
+            "SELECT job_id, label, name FROM job_speakers WHERE job_id = ANY($1::uuid[])", jobs
+        )
+    turns_of: dict[uuid.UUID, list[Turn]] = {}
+    for t in turns:
+        turns_of.setdefault(t["job_id"], []).append(Turn(t["start_s"], t["end_s"], t["speaker"]))
+    segments_of: dict[uuid.UUID, dict[int, asyncpg.Record]] = {}
+    for seg in segments:  # a segment in two chunks of its job comes twice: once is enough
+        segments_of.setdefault(seg["job_id"], {})[seg["idx"]] = seg
+    lines_of = {
+        job: attribute_all(rows.values(), Turns(turns_of.get(job, ())))
+        for job, rows in segments_of.items()
+    }
+    out = {
+        c["chunk_id"]: lines_in(lines_of.get(c["job_id"], []), c["start_s"], c["end_s"])
+        for c in spoken
+    }
+    return out, {(r["job_id"], r["label"]): r["name"] for r in names}

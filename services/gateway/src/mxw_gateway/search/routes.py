@@ -45,6 +45,15 @@ async def search_get(
     language: Annotated[str | None, Query(max_length=16, pattern=NO_CONTROL_CHARACTERS)] = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
+    speaker: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=NO_CONTROL_CHARACTERS,
+            description="Only what the speaker with this name said (names given per job).",
+        ),
+    ] = None,
 ) -> SearchResults:
     return await service.search(
         pool=pool,
@@ -61,6 +70,7 @@ async def search_get(
             language=language,
             created_from=created_from,
             created_to=created_to,
+            speaker=speaker,
         ),
     )
 

@@ -36,6 +36,14 @@ class SearchFilters(BaseModel):
     created_to: dt.datetime | None = Field(
         default=None, description="Jobs uploaded before this time."
     )
+    speaker: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="Only what the speaker with this name said (names are given per job, "
+        "case does not matter): chunks where they speak, and their lines in each.",
+    )
 
 
 class SearchRequest(SearchFilters):
@@ -60,6 +68,16 @@ class SimilarRequest(SearchFilters):
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
+class SpeakerLine(BaseModel):
+    """A line of the chunk and who said it."""
+
+    start_s: float
+    end_s: float
+    text: str
+    speaker: str = Field(description="The speaker's label in the job (SPEAKER_01, …).")
+    name: str = Field(description="The speaker's name, or 'Speaker N' when not named.")
+
+
 class SearchHit(BaseModel):
     job_id: uuid.UUID
     filename: str | None
@@ -82,7 +100,18 @@ class SearchHit(BaseModel):
     )
     vector_rank: int | None = Field(description="Rank by meaning; null: no embedding matched.")
     text_rank: int | None = Field(description="Rank by words; null: no word matched.")
-    audio_url: str = Field(description="Plays the audio from where the chunk starts.")
+    speakers: list[str] = Field(
+        description="Names of the speakers in the chunk, in the order they first speak; "
+        "empty for a job without speakers."
+    )
+    lines: list[SpeakerLine] = Field(
+        description="The chunk's lines with their speakers (only the filtered speaker's "
+        "with `speaker`); empty for a job without speakers."
+    )
+    audio_url: str = Field(
+        description="Plays the audio from where the chunk starts; with `speaker`, from the "
+        "line of theirs that best matches the query."
+    )
 
 
 class SearchResults(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -16,11 +17,18 @@ from mxw_shared.db import Pool
 from mxw_shared.logging import get_logger
 from mxw_shared.metrics import SEARCH_SECONDS
 from mxw_shared.problems import Problem
+from mxw_shared.speakers import default_name
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.search import repository
 from mxw_gateway.search.repository import Scope, SearchMode, Tuning
-from mxw_gateway.search.schemas import MAX_OFFSET, SearchFilters, SearchHit, SearchResults
+from mxw_gateway.search.schemas import (
+    MAX_OFFSET,
+    SearchFilters,
+    SearchHit,
+    SearchResults,
+    SpeakerLine,
+)
 from mxw_gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -28,6 +36,7 @@ log = get_logger(__name__)
 # Tuples an iterative HNSW scan may visit before it gives up (pgvector's default is
 # 20 000); a short answer then falls back to the exact scan of the caller's rows.
 MAX_SCAN_TUPLES = 40_000
+_WORD = re.compile(r"\w+")
 
 
 class QueryVectorCache:
@@ -139,6 +148,7 @@ def _scope(
         created_from=created_from,
         created_to=created_to,
         exclude_chunk_id=exclude_chunk_id,
+        speaker=filters.speaker.strip() if filters.speaker else None,
     )
 
 
@@ -185,7 +195,28 @@ async def _page(
         offset=offset,
     )
     next_offset = offset + size if len(rows) > size and offset + size <= MAX_OFFSET else None
-    return [_hit(settings, r) for r in rows[:size]], next_offset
+    page = rows[:size]
+    lines, names = await repository.speaker_lines(pool, page)
+    hits = []
+    for r in page:
+        said = [
+            SpeakerLine(
+                start_s=ln.start_s,
+                end_s=ln.end_s,
+                text=ln.text,
+                speaker=ln.speaker,
+                name=names.get((r["job_id"], ln.speaker)) or default_name(ln.speaker),
+            )
+            for ln in lines.get(r["chunk_id"], [])
+            if ln.speaker is not None
+        ]
+        names_in_chunk = list(dict.fromkeys(ln.name for ln in said))
+        best = None
+        if scope.speaker is not None:
+            said = [ln for ln in said if ln.name.lower() == scope.speaker.lower()]
+            best = best_line(said, query)
+        hits.append(_hit(settings, r, names_in_chunk, said, best))
+    return hits, next_offset
 
 
 async def search(
@@ -268,8 +299,23 @@ async def similar(
     )
 
 
-def _hit(settings: GatewaySettings, r: asyncpg.Record) -> SearchHit:
+def best_line(lines: list[SpeakerLine], query: str) -> SpeakerLine | None:
+    """The line sharing most words with the query (the first of equals)."""
+    wanted = set(_WORD.findall(query.lower()))
+    scored = [(len(wanted & set(_WORD.findall(ln.text.lower()))), -i) for i, ln in enumerate(lines)]
+    return lines[-max(scored)[1]] if scored else None
+
+
+def _hit(
+    settings: GatewaySettings,
+    r: asyncpg.Record,
+    speakers: list[str],
+    lines: list[SpeakerLine],
+    best: SpeakerLine | None,
+) -> SearchHit:
+    """A result; its audio link starts at `best` when there is one, else at the chunk."""
     base = settings.public_base_url.rstrip("/")
+    start = best.start_s if best is not None else r["start_s"]
     return SearchHit(
         job_id=r["job_id"],
         filename=r["filename"],
@@ -286,7 +332,9 @@ def _hit(settings: GatewaySettings, r: asyncpg.Record) -> SearchHit:
         score=round(float(r["score"]), 6),
         vector_rank=r["vector_rank"],
         text_rank=r["text_rank"],
-        audio_url=f"{base}/jobs/{r['job_id']}/audio#t={_seconds(r['start_s'])}",
+        speakers=speakers,
+        lines=lines,
+        audio_url=f"{base}/jobs/{r['job_id']}/audio#t={_seconds(start)}",
     )
 
 
