@@ -217,3 +217,73 @@ async def test_the_jobs_method_is_honoured_and_reprocessing_replaces_the_chunks(
     assert metrics["method_requested"] == "fixed"
     announced = await read_topic(topics.CHUNKS_READY, job_id, count=2)
     assert [(b["method"], b["generation"]) for _, b in announced] == [("local", 0), ("fixed", 1)]
+
+
+async def test_a_job_with_speakers_waits_for_them_and_its_chunks_record_who_speaks(
+    chunker, db, make_job, publish, wait_for
+):
+    job_id = await make_job(speakers=True)
+    # Ten segments of 3 s; the one at 12-15 s is where Alice hands over to Bob, mid-segment.
+    await db.executemany(
+        "INSERT INTO segments (job_id, idx, start_s, end_s, text, words)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [
+            (
+                job_id,
+                i,
+                i * 3.0,
+                i * 3.0 + 2.8,
+                f"Point {i} about solar panels.",
+                [
+                    {"start": i * 3.0 + k * 0.7, "end": i * 3.0 + k * 0.7 + 0.6, "word": w}
+                    for k, w in enumerate([f" Point {i}", " about", " solar", " panels."])
+                ],
+            )
+            for i in range(10)
+        ],
+    )
+    await db.executemany(
+        "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(job_id, 0, 0.0, 13.3, "SPEAKER_02"), (job_id, 1, 13.3, 30.0, "SPEAKER_01")],
+    )
+    early = await publish(ready(job_id))
+    await wait_for(
+        "SELECT count(*) FROM processed_events WHERE consumer = 'chunker' AND event_id = $1",
+        early.id,
+    )
+    # The speakers are not done yet: the chunker waits for them (the diarizer's completion
+    # sends the transcript again).
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+        )
+        == 0
+    )
+    await db.execute(
+        "INSERT INTO job_stages (job_id, stage, state, progress) VALUES ($1, 'diarize', 'done', 1)",
+        job_id,
+    )
+    await publish(ready(job_id))
+    await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'chunk'",
+        job_id,
+        predicate=lambda s: s == "done",
+    )
+    chunks = await db.fetch(
+        "SELECT start_s, end_s, text, speakers FROM chunks WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    assert len(chunks) >= 2
+    for chunk in chunks:
+        if chunk["end_s"] <= 13.3:
+            assert chunk["speakers"] == ["SPEAKER_02"]
+        elif chunk["start_s"] >= 13.3:
+            assert chunk["speakers"] == ["SPEAKER_01"]
+        else:  # the chunk with the hand-over: both, in the order they speak
+            assert chunk["speakers"] == ["SPEAKER_02", "SPEAKER_01"]
+            # The segment was cut where the speaker changed, between its words.
+            assert "Point 4 about solar panels." in chunk["text"].replace(
+                "about solar", "about solar"
+            )
+    assert {s for c in chunks for s in c["speakers"]} == {"SPEAKER_01", "SPEAKER_02"}

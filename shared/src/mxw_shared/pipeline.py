@@ -410,7 +410,9 @@ class StageRunner(Generic[In]):
         """The prerequisites of a join not done in the job's current run yet."""
         if job is None:
             return ()
-        waiting = await transitions.not_done(conn, job.id, self.pipeline.waits_for(self.stage))
+        waiting = await transitions.not_done(
+            conn, job, self.pipeline.waits_for(self.stage), self.pipeline
+        )
         return tuple(s.value for s in waiting)
 
     async def _lease_lost(self, conn: Connection, envelope: Envelope, bound: Any) -> str:

@@ -322,15 +322,18 @@ async def complete(
 
 
 async def not_done(
-    conn: Connection, job_id: uuid.UUID, stages: tuple[Stage, ...]
+    conn: Connection, job: JobRow, stages: tuple[Stage, ...], pipeline: Pipeline = PIPELINE
 ) -> tuple[Stage, ...]:
-    """Those of `stages` not done in the job's current run."""
+    """Those of `stages` not done in the job's current run. A stage the job's options do not
+    ask for counts as done (it is marked so when the run starts: `skip_not_requested`)."""
+    skipped = pipeline.not_requested(JobOptions.model_validate(job.options or {}))
+    stages = tuple(s for s in stages if s not in skipped)
     if not stages:
         return ()
     done = await conn.fetch(
         "SELECT stage FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])"
         " AND state = 'done'",
-        job_id,
+        job.id,
         [s.value for s in stages],
     )
     found = {r["stage"] for r in done}
@@ -354,7 +357,7 @@ async def _send_joins(
         return
     await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
     for spec in joins:
-        if await not_done(conn, job.id, spec.after):
+        if await not_done(conn, job, spec.after, pipeline):
             continue
         event = await rebuild_stage_input(
             conn, job.id, spec.stage, generation=generation, pipeline=pipeline
@@ -370,7 +373,7 @@ async def _ends_the_job(
     if not pipeline.is_final(stage):
         return False
     others = tuple(s for s in pipeline.final if s != stage)
-    return not await not_done(conn, job.id, others)
+    return not await not_done(conn, job, others, pipeline)
 
 
 @dataclass(frozen=True)
