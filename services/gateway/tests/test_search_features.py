@@ -344,3 +344,94 @@ async def test_the_query_vector_travels_as_base64(embedder_url):
     floats = decode_embedding(as_floats.json()["data"][0]["embedding"])
     assert len(b64) == 384
     assert np.allclose(b64, floats, atol=1e-6)
+
+
+GARDEN = [  # (speaker, start, end, text) per line; two chunks of 30 s
+    ("SPEAKER_02", 0.0, 9.5, "Welcome to the garden hour. Today we plant tomatoes."),
+    ("SPEAKER_01", 10.0, 25.0, "Tomatoes need full sun and deep watering twice a week."),
+    ("SPEAKER_02", 30.0, 39.0, "What about pests on the leaves?"),
+    ("SPEAKER_01", 40.0, 55.0, "Spray the leaves with soapy water to keep aphids away."),
+]
+
+
+async def speaker_job(db, make_job, publish, read_topic, owner: str) -> uuid.UUID:
+    """A job whose two speakers are named Alice (SPEAKER_02) and Bob (SPEAKER_01)."""
+    chunks = [
+        (" ".join(t for _, _, _, t in GARDEN[:2]), "Planting tomatoes"),
+        (" ".join(t for _, _, _, t in GARDEN[2:]), "Pests"),
+    ]
+    job_id, _ = await chunk_job(db, make_job, publish, read_topic, owner, chunks)
+    await db.executemany(
+        "INSERT INTO segments (job_id, idx, start_s, end_s, text) VALUES ($1, $2, $3, $4, $5)",
+        [(job_id, i, s, e, t) for i, (_, s, e, t) in enumerate(GARDEN)],
+    )
+    await db.executemany(
+        "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(job_id, i, s, e + 0.4, who) for i, (who, s, e, _) in enumerate(GARDEN)],
+    )
+    await db.executemany(
+        "INSERT INTO job_speakers (job_id, label, name, talk_s) VALUES ($1, $2, $3, 20)",
+        [(job_id, "SPEAKER_01", "Bob"), (job_id, "SPEAKER_02", "Alice")],
+    )
+    await db.execute(
+        "UPDATE chunks SET speakers = ARRAY['SPEAKER_02', 'SPEAKER_01'] WHERE job_id = $1",
+        job_id,
+    )
+    return job_id
+
+
+async def test_search_by_speaker_returns_only_their_lines_with_their_seconds(
+    client, token, db, make_job, publish, read_topic, corpus
+):
+    job_id = await speaker_job(db, make_job, publish, read_topic, "cleo-sf")
+    await speaker_job(db, make_job, publish, read_topic, "dan-sf")  # also has a Bob
+    cleo = token("cleo-sf")
+
+    async def search(**params):
+        response = await client.get("/search", params={"limit": 10, **params}, headers=cleo)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    # What did Bob say about watering? His line, with its seconds, and the link starts there.
+    first, *rest = await search(q="how often to water tomatoes", speaker="Bob")
+    assert first["job_id"] == str(job_id)
+    assert first["speakers"] == ["Alice", "Bob"]
+    assert [(ln["name"], ln["start_s"], ln["text"]) for ln in first["lines"]] == [
+        ("Bob", 10.0, GARDEN[1][3])
+    ]
+    assert first["lines"][0]["speaker"] == "SPEAKER_01"
+    assert first["audio_url"].endswith(f"/jobs/{job_id}/audio#t=10")
+    assert all(ln["name"] == "Bob" for hit in rest for ln in hit["lines"])
+    # Names match whatever their case; every hit holds only that speaker's lines.
+    alice = await search(q="pests", speaker="alice", mode="text")
+    assert [h["lines"] for h in alice] == [
+        [
+            {
+                "start_s": 30.0,
+                "end_s": 39.0,
+                "text": GARDEN[2][3],
+                "speaker": "SPEAKER_02",
+                "name": "Alice",
+            }
+        ]
+    ]
+    # Nobody of that name, or a name only another user gave: nothing.
+    assert await search(q="tomatoes", speaker="Carol") == []
+    await db.execute(
+        "UPDATE job_speakers SET name = 'Erin' WHERE job_id <> $1 AND label = 'SPEAKER_01'"
+        " AND job_id IN (SELECT id FROM jobs WHERE owner_id = 'dan-sf')",
+        job_id,
+    )
+    assert await search(q="tomatoes", speaker="Erin") == []
+    # Without a filter, lines of everyone; a job without speakers has none.
+    everyone = await search(q="aphids soapy water", mode="text")
+    assert [ln["name"] for ln in everyone[0]["lines"]] == ["Alice", "Bob"]
+    plain = await client.get(
+        "/search", params={"q": "quill", "mode": "text"}, headers=token("ada-sf")
+    )
+    assert plain.json()["results"]
+    assert all(h["speakers"] == [] and h["lines"] == [] for h in plain.json()["results"])
+    bad = await client.get("/search", params={"q": "x", "speaker": "a\x01b"}, headers=cleo)
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
