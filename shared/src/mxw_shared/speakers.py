@@ -190,3 +190,29 @@ def reassign(turns: Sequence[Turn], start_s: float, end_s: float, speaker: str) 
             out.append(Turn(end_s, turn.end_s, turn.speaker))
     out.append(Turn(start_s, end_s, speaker))
     return sorted(out, key=lambda t: (t.start_s, t.end_s))
+
+
+def transcript_lines(segments: Iterable[Mapping[str, Any]], turns: Turns) -> list[Line]:
+    """Every stored segment (idx, start_s, end_s, text, words) as attributed lines, in order."""
+    return [
+        line
+        for s in segments
+        for line in attribute(
+            int(s["idx"]), float(s["start_s"]), float(s["end_s"]), s["text"], s["words"], turns
+        )
+    ]
+
+
+def speakers_in(lines: Iterable[Line], start_s: float, end_s: float) -> list[str]:
+    """The speakers (labels, in order of first appearance) of the lines within
+    [start_s, end_s]: those overlapping it, and empty lines that lie inside it (a chunk's
+    speakers)."""
+    found: dict[str, None] = {}
+    for line in lines:
+        if line.speaker is None:
+            continue
+        overlaps = min(end_s, line.end_s) > max(start_s, line.start_s)
+        inside = line.start_s == line.end_s and start_s <= line.start_s <= end_s
+        if overlaps or inside:
+            found.setdefault(line.speaker)
+    return list(found)
