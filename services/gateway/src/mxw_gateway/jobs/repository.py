@@ -301,7 +301,7 @@ async def replace_turns(conn: Connection, job_id: uuid.UUID, turns: list[Turn]) 
     await conn.execute("DELETE FROM speaker_turns WHERE job_id = $1", job_id)
     await conn.execute(
         "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
-        " SELECT $1, t.idx - 1, t.start_s, t.end_s, t.speaker"
+        " SELECT $1::uuid, t.idx - 1, t.start_s, t.end_s, t.speaker"
         " FROM unnest($2::float8[], $3::float8[], $4::text[])"
         " WITH ORDINALITY AS t(start_s, end_s, speaker, idx)",
         job_id,
@@ -311,7 +311,7 @@ async def replace_turns(conn: Connection, job_id: uuid.UUID, turns: list[Turn]) 
     )
     await conn.execute(
         "INSERT INTO job_speakers (job_id, label)"
-        " SELECT DISTINCT $1, speaker FROM speaker_turns WHERE job_id = $1"
+        " SELECT DISTINCT job_id, speaker FROM speaker_turns WHERE job_id = $1"
         " ON CONFLICT (job_id, label) DO NOTHING",
         job_id,
     )

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobOptions, JobState, Stage
+from mxw_shared.contracts import JobOptions, JobState, Stage
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled"]
@@ -178,11 +178,11 @@ class ReprocessRequest(BaseModel):
     )
 
 
-# A speaker's name: shown in transcripts, subtitles and the web page.
+# A speaker's name: shown in transcripts, subtitles and the web page, on one line.
 SpeakerName = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=255, pattern=NO_CONTROL_CHARACTERS
+        strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$"
     ),
 ]
 # A speaker's label: the diarizer's (SPEAKER_01) or one a correction introduces.
