@@ -79,7 +79,7 @@ async def test_upload_stores_blob_job_event_and_status(client, token, db, read_t
     assert job["duplicate"] is False
     assert job["content_type"] == "audio/ogg"
     assert job["options"]["task"] == "translate"
-    assert [s["state"] for s in job["stages"]] == ["pending", "pending", "pending"]
+    assert [s["state"] for s in job["stages"]] == ["pending"] * 4
 
     sha = hashlib.sha256(SHORT).hexdigest()
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
@@ -113,6 +113,10 @@ async def test_upload_stores_blob_job_event_and_status(client, token, db, read_t
         "word_timestamps": True,
         "initial_prompt": "Foxes and dogs.",
         "chunking": "local",
+        "speakers": False,
+        "num_speakers": None,
+        "min_speakers": None,
+        "max_speakers": None,
     }
 
     ((status_ce, status),) = await read_topic(topics.JOB_STATUS, job_id)
@@ -404,12 +408,13 @@ async def test_job_state_comes_from_stage_rows(client, token, db):
     job = (await client.get(f"/jobs/{job_id}", headers=headers)).json()
     assert job["state"] == "running"
     assert job["progress"] == pytest.approx(0.85)
-    transcribe, chunk, embed = job["stages"]
+    transcribe, diarize, chunk, embed = job["stages"]
     assert transcribe["state"] == "done"
     assert transcribe["metrics"] == {"rtf": 0.08}
     assert transcribe["duration_s"] == pytest.approx(5, abs=0.5)
     assert (chunk["state"], chunk["attempts"]) == ("running", 2)
     assert embed["state"] == "pending"
+    assert diarize["state"] == "pending"  # no row yet: the transcriber marks it done at its start
 
     await db.execute(
         "UPDATE job_stages SET state = 'failed', error = 'model exploded' "

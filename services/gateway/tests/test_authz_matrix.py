@@ -14,7 +14,12 @@ FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
 SHORT = (FIXTURES / "short_en.ogg").read_bytes()
 PUBLIC = {"/livez", "/readyz", "/metrics", "/.well-known/jwks.json"}
 # Valid bodies where the route needs one, so that ownership (not validation) decides.
-BODIES = {"/jobs/{job_id}/reprocess": {"from": "embed"}}
+BODIES = {
+    "/jobs/{job_id}/reprocess": {"from": "embed"},
+    "/jobs/{job_id}/speakers/{label}": {"name": "Alice"},
+    "/jobs/{job_id}/speakers/merge": {"from": "SPEAKER_02", "into": "SPEAKER_01"},
+    "/jobs/{job_id}/segments/{idx}/speaker": {"speaker": "SPEAKER_02"},
+}
 USERS = {"owner": "mx-owner", "other": "mx-other", "admin": "mx-admin", "disabled": "mx-off"}
 
 
@@ -45,6 +50,8 @@ def fill(path: str, job_id: uuid.UUID, chunk_id: int) -> str:
         "dead_letter_id": "transcript.ready.dlq:0:999999999",
         "model": "base",
         "webhook_id": str(uuid.UUID(int=0)),  # nobody's: ownership is in test_webhooks.py
+        "label": "SPEAKER_01",
+        "idx": "0",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
 

@@ -1,7 +1,9 @@
 """The OpenAI-compatible API, end to end: the official `openai` client talks to a gateway
 served by uvicorn on a local port; the gateway's outbox relay publishes audio.uploaded to the
 real broker, where an in-process transcriber (real tiny.en) picks it up. What it heard is
-checked on real human speech (the `speech` fixture) as a word error rate with a margin."""
+checked on real human speech (the `speech` fixture) as a word error rate with a margin.
+diarized_json is checked with the diarizer's rows written by a stand-in, and with the real
+diarizer once its service exists (skipped until then)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import re
 import uuid
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import uvicorn
@@ -19,6 +22,7 @@ from mxw_gateway.settings import RATE_LIMITS, GatewaySettings
 from mxw_local.infra import free_port
 from mxw_transcriber.main import create_app as create_transcriber
 from mxw_transcriber.settings import TranscriberSettings
+from openai.types.audio import TranscriptionDiarized
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "audio"
 SHORT = FIXTURES / "short_en.ogg"
@@ -191,6 +195,103 @@ async def test_same_audio_and_options_reuse_the_job(client, db, clip, infra):
     assert set(blob_root.rglob("*.pin")) <= pins
 
 
+async def diarize_as_the_diarizer_would(db, owner: str, duration_s: float) -> uuid.UUID:
+    """Stand in for the diarizer (not part of this stack): once the caller's job asking for
+    speakers exists, write what the diarizer writes, two speakers, one for each half of the
+    audio. Returns the job's id."""
+    for _ in range(1200):
+        job = await db.fetchrow(
+            "SELECT id, generation FROM jobs j WHERE owner_id = $1"
+            " AND (options->>'speakers')::boolean"
+            " AND NOT EXISTS (SELECT 1 FROM job_speakers s WHERE s.job_id = j.id)",
+            owner,
+        )
+        if job is not None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no job asked for speakers")
+    half = duration_s / 2
+    await db.execute(
+        "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker) VALUES"
+        " ($1, 0, 0, $2, 'SPEAKER_01'), ($1, 1, $2, $3, 'SPEAKER_02')",
+        job["id"],
+        half,
+        duration_s,
+    )
+    await db.execute(
+        "INSERT INTO job_speakers (job_id, label, talk_s) VALUES"
+        " ($1, 'SPEAKER_01', $2), ($1, 'SPEAKER_02', $2)",
+        job["id"],
+        half,
+    )
+    await db.execute(
+        "INSERT INTO job_stages (job_id, stage, state, progress, generation, started_at,"
+        " finished_at) VALUES ($1, 'diarize', 'done', 1, $2, now(), now())",
+        job["id"],
+        job["generation"],
+    )
+    return uuid.UUID(str(job["id"]))
+
+
+async def test_diarized_json(client, db, clip, gateway_url, api_key):
+    diarize = asyncio.create_task(diarize_as_the_diarizer_would(db, "olga-openai", clip.duration_s))
+    result = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=clip.path.open("rb"),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+    )
+    job_id = await diarize
+
+    assert isinstance(result, TranscriptionDiarized)
+    assert result.task == "transcribe"
+    assert result.duration == pytest.approx(clip.duration_s, abs=0.1)
+    assert_heard(" ".join(s.text for s in result.segments), clip)
+    assert {s.type for s in result.segments} == {"transcript.text.segment"}
+    assert len({s.id for s in result.segments}) == len(result.segments)
+    # Speakers as OpenAI names them without known names: A, B… (the first half is A's).
+    speakers = [s.speaker for s in result.segments]
+    assert (speakers[0], speakers[-1]) == ("A", "B")
+    assert speakers == sorted(speakers)
+    assert all(s.end >= s.start for s in result.segments)
+    options = await db.fetchval("SELECT options FROM jobs WHERE id = $1", job_id)
+    assert options["speakers"] is True
+
+    # A name given to a speaker is what the next answer on the same job calls them.
+    async with httpx.AsyncClient(
+        base_url=gateway_url, headers={"Authorization": f"Bearer {api_key}"}
+    ) as http:
+        renamed = await http.patch(f"/jobs/{job_id}/speakers/SPEAKER_02", json={"name": "Bea"})
+        assert renamed.status_code == 200, renamed.text
+    again = await client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.open("rb"), response_format="diarized_json"
+    )
+    assert {s.speaker for s in again.segments} == {"A", "Bea"}
+
+
+@pytest.fixture(scope="module")
+async def diarizer(infra):
+    """The diarizer service, in process, once it exists (the main stack adds it)."""
+    main = pytest.importorskip("mxw_diarizer.main")
+    from mxw_diarizer.settings import DiarizerSettings
+
+    settings = infra.settings(DiarizerSettings, "diarizer", device="cpu")
+    async with LifespanManager(main.create_app(settings), startup_timeout=300, shutdown_timeout=60):
+        yield
+
+
+async def test_diarized_json_with_the_diarizer(client, clip, diarizer):
+    result = await client.audio.transcriptions.create(
+        model="whisper-1",
+        file=clip.path.open("rb"),
+        response_format="diarized_json",
+        language="en",  # another request than the test above: a new job
+    )
+    assert_heard(" ".join(s.text for s in result.segments), clip)
+    assert {s.speaker for s in result.segments} == {"A"}  # one voice reads every prompt
+
+
 async def test_unknown_model_is_an_openai_error(client, db):
     before = await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'olga-openai'")
     with pytest.raises(openai.BadRequestError) as caught:
@@ -252,6 +353,8 @@ async def test_bad_fields_are_400(start_gateway, token):
             ({"model": "whisper-1", "temperature": "7"}, "temperature"),
             ({"model": "whisper-1", "timestamp_granularities[]": "char"}, None),
             ({"model": "whisper-1", "colour": "blue"}, "colour"),
+            # Known speakers need voice samples the diarizer cannot match: refused.
+            ({"model": "whisper-1", "known_speaker_names[]": "Al"}, "known_speaker_names[]"),
             ({}, "model"),
         ]:
             response = await gateway.post(

@@ -20,8 +20,10 @@ def uploaded_job(upload_short):
 
 
 async def finish_stages(db, job_id: uuid.UUID, *, states: dict[str, str]) -> None:
-    """Write what the stage services write when they finish (generation 0)."""
-    for stage, state in states.items():
+    """Write what the stage services write when they finish (generation 0). A job that did
+    not ask for speakers has its diarize stage done from the start of its run (as
+    transitions.skip_not_requested writes it)."""
+    for stage, state in {"diarize": "done", **states}.items():
         await db.execute(
             "INSERT INTO job_stages (job_id, stage, state, progress, started_at, finished_at,"
             " error) VALUES ($1, $2, $3, 1, now(), now(), $4)",
@@ -70,6 +72,7 @@ async def test_rechunk_with_another_method_keeps_the_transcript(
     assert view["options"]["chunking"] == "fixed"
     assert [(s["stage"], s["state"]) for s in view["stages"]] == [
         ("transcribe", "done"),
+        ("diarize", "done"),  # not asked for
         ("chunk", "pending"),  # the previous run's rows no longer count
         ("embed", "pending"),
     ]
@@ -91,7 +94,10 @@ async def test_rechunk_with_another_method_keeps_the_transcript(
     rows = await db.fetch(
         "SELECT stage, state, generation FROM job_stages WHERE job_id = $1", job_id
     )
-    assert {r["stage"]: (r["state"], r["generation"]) for r in rows} == {"transcribe": ("done", 1)}
+    assert {r["stage"]: (r["state"], r["generation"]) for r in rows} == {
+        "transcribe": ("done", 1),
+        "diarize": ("done", 1),
+    }
 
     again = await client.post(f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "chunk"})
     assert again.status_code == 409  # the new run has not finished
@@ -158,6 +164,12 @@ async def test_transcript_formats_words_and_chunks(client, token, db, uploaded_j
     headers = token("rita")
     job_id = await uploaded_job(client, headers)
     await finish_stages(db, job_id, states={"transcribe": "done", "chunk": "done"})
+    # Words are shown only to a job that asked for them (a job with speakers stores them
+    # for the speaker join either way).
+    await db.execute(
+        """UPDATE jobs SET options = options || '{"word_timestamps": true}' WHERE id = $1""",
+        job_id,
+    )
     await db.execute(
         "UPDATE segments SET words = $2::jsonb WHERE job_id = $1 AND idx = 0",
         job_id,
@@ -190,3 +202,50 @@ async def test_transcript_formats_words_and_chunks(client, token, db, uploaded_j
         (0, 0.0, 3.4, "local")
     ]
     assert (await client.get(f"/jobs/{job_id}/chunks", headers=token("mallory"))).status_code == 404
+
+
+async def test_rediarize_with_the_number_of_speakers_keeps_the_transcript(
+    client, token, db, read_topic, uploaded_job
+):
+    headers = token("rita")
+    job_id = await uploaded_job(client, headers)
+    stages = {"transcribe": "done", "diarize": "done", "chunk": "done", "embed": "done"}
+    await finish_stages(db, job_id, states=stages)
+    url = f"/jobs/{job_id}/reprocess"
+
+    for changes in ({"num_speakers": 2}, {"speakers": True, "min_speakers": 3, "max_speakers": 2}):
+        refused = await client.post(
+            url, headers=headers, json={"from": "diarize", "options": changes}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+
+    response = await client.post(
+        url,
+        headers=headers,
+        json={"from": "diarize", "options": {"speakers": True, "num_speakers": 2}},
+    )
+
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert (view["options"]["speakers"], view["options"]["num_speakers"]) == (True, 2)
+    assert {s["stage"]: s["state"] for s in view["stages"]} == {
+        "transcribe": "done",  # kept: not transcribed again
+        "diarize": "pending",
+        "chunk": "pending",
+        "embed": "pending",
+    }
+    # The diarizer's input is announced again, for the new run and its options.
+    _, (_, event) = await read_topic(topics.AUDIO_UPLOADED, job_id, count=2)
+    assert event["generation"] == 1
+    assert event["options"]["num_speakers"] == 2
+    # The transcript rows are kept as they were.
+    assert await db.fetchval("SELECT text FROM transcripts WHERE job_id = $1", job_id) == (
+        "The quick brown fox."
+    )
+    segments = await db.fetch("SELECT idx, text FROM segments WHERE job_id = $1", job_id)
+    assert [(r["idx"], r["text"]) for r in segments] == [(0, "The quick"), (1, "brown fox.")]
+    rows = await db.fetch(
+        "SELECT stage, state, generation FROM job_stages WHERE job_id = $1", job_id
+    )
+    assert {r["stage"]: (r["state"], r["generation"]) for r in rows} == {"transcribe": ("done", 1)}

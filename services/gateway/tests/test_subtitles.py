@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 
 import pytest
-from mxw_gateway.jobs.subtitles import clock, to_srt, to_text, to_vtt
+from mxw_gateway.jobs.subtitles import clock, to_srt, to_text, to_vtt, vtt_voice
 
 
 @dataclass
@@ -55,3 +55,42 @@ def test_cue_text_cannot_break_the_format():
 def test_text_is_one_line_per_segment_or_the_full_text():
     assert to_text(CUES, "ignored") == "Solar panels turn sunlight into electricity.\nBake it.\n"
     assert to_text([], " all of it ") == "all of it\n"
+
+
+@dataclass
+class Spoken:
+    start: float
+    end: float
+    text: str
+    who: str | None
+
+
+SPOKEN = [
+    Spoken(0, 1, "Hi.", "Ann"),
+    Spoken(1, 2, "How are you?", "Ann"),
+    Spoken(2, 3, "  ", "Bo"),  # empty: no cue, and no paragraph of its own
+    Spoken(3, 4, "Fine.", "Bo & <Co>"),
+    Spoken(4, 5, "Noise.", None),
+]
+
+
+def who(cue: Spoken) -> str | None:
+    return cue.who
+
+
+def test_voices_name_who_speaks_in_every_format():
+    assert to_text(SPOKEN, "ignored", who) == (
+        "Ann: Hi. How are you?\n\nBo & <Co>: Fine.\n\nNoise.\n"
+    )
+    srt = to_srt(SPOKEN, who)
+    assert "\nAnn: How are you?\n" in srt
+    assert "\nBo & <Co>: Fine.\n" in srt
+    assert "\nNoise.\n" in srt
+    vtt = to_vtt(SPOKEN, who)
+    assert "\n<v Ann>Hi.\n" in vtt
+    assert "\n<v Bo &amp; &lt;Co&gt;>Fine.\n" in vtt
+    assert "\nNoise.\n" in vtt
+
+
+def test_a_voice_annotation_stays_on_its_line():
+    assert vtt_voice(" Ann\u2028 Lee ") == "Ann Lee"

@@ -617,6 +617,20 @@ async def rerun(
                 f"reprocessing from {from_stage.value} needs {kept.value} done first",
             )
     new_options = options(locked.row["options"] or {})
+    # A stage that was not asked for and now is (speakers turned on) has nothing to keep:
+    # only a rerun that redoes it can run it.
+    skipped = {
+        s for s, r in locked.stages.items() if (r["metrics"] or {}).get("requested") is False
+    }
+    if missing := [
+        s
+        for s in pipeline.order
+        if s in skipped and s not in redo and s not in pipeline.not_requested(new_options)
+    ]:
+        raise TransitionRefused(
+            "Stage never ran",
+            f"{missing[0].value} did not run for this job; reprocess from {missing[0].value}",
+        )
     generation: int = await conn.fetchval(
         "UPDATE jobs SET generation = generation + 1, options = $2 WHERE id = $1"
         " RETURNING generation",
@@ -625,10 +639,11 @@ async def rerun(
     )
     # The redone stages have not run in the new generation; the kept ones carry over into
     # it (a kept stage that consumes the rerun's input event skips it as already done).
+    # Stages not asked for are marked again by the run's first start, with its options.
     await conn.execute(
         "DELETE FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])",
         job_id,
-        [s.value for s in redo],
+        [s.value for s in (*redo, *skipped)],
     )
     await conn.execute(
         "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation

@@ -16,23 +16,39 @@ from mxw_shared.blobs import (
 )
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
+from mxw_shared.speakers import default_name
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import subtitles
 from mxw_gateway.jobs.domain import RangeNotSatisfiable, parse_byte_range
-from mxw_gateway.jobs.schemas import TranscriptView
+from mxw_gateway.jobs.schemas import TranscriptSegment, TranscriptView
 from mxw_gateway.jobs.views import load_owned_job
+
+
+def speaker_voice(transcript: TranscriptView) -> subtitles.Voice[TranscriptSegment] | None:
+    """Who says a segment, by name; None for a job that did not ask for speakers."""
+    if transcript.speakers is None:
+        return None
+    names = {s.label: s.name for s in transcript.speakers}
+
+    def voice(segment: TranscriptSegment) -> str | None:
+        if segment.speaker is None:
+            return None
+        return names.get(segment.speaker) or default_name(segment.speaker)
+
+    return voice
 
 
 def render_transcript(transcript: TranscriptView, fmt: str) -> tuple[str, str]:
     """(body, media type) of the transcript in `fmt`: json, txt, srt or vtt."""
     if fmt == "json":
         return transcript.model_dump_json(), "application/json"
+    segments, voice = transcript.segments, speaker_voice(transcript)
     if fmt == "srt":
-        return subtitles.to_srt(transcript.segments), "application/x-subrip; charset=utf-8"
+        return subtitles.to_srt(segments, voice), "application/x-subrip; charset=utf-8"
     if fmt == "vtt":
-        return subtitles.to_vtt(transcript.segments), "text/vtt; charset=utf-8"
-    return subtitles.to_text(transcript.segments, transcript.text), "text/plain; charset=utf-8"
+        return subtitles.to_vtt(segments, voice), "text/vtt; charset=utf-8"
+    return subtitles.to_text(segments, transcript.text, voice), "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True)

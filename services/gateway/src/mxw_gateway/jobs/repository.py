@@ -1,5 +1,6 @@
 """Postgres access of the jobs module. The gateway writes users, blobs and jobs; it reads the
-rows other services own (job_stages, transcripts, segments)."""
+rows other services own (job_stages, transcripts, segments) and corrects the speakers the
+diarizer found (names, merges, moved segments: job_speakers, speaker_turns, chunks.speakers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mxw_shared.contracts import JobOptions
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import job_state_sql
 from mxw_shared.locks import BLOB_CONTENT, UPLOAD_CONTENT, text_key
+from mxw_shared.speakers import Turn
 
 _JOB_COLUMNS = (
     "id, owner_id, filename, audio_uri, sha256, size_bytes, content_type, options, source, "
@@ -224,8 +226,109 @@ async def fetch_transcript(
 
 async def fetch_chunks(pool: Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT idx, start_s, end_s, text, title, summary, topic, keywords, confidence, method"
-        " FROM chunks WHERE job_id = $1 ORDER BY idx",
+        "SELECT idx, start_s, end_s, text, title, summary, topic, keywords, confidence, method,"
+        " speakers FROM chunks WHERE job_id = $1 ORDER BY idx",
         job_id,
     )
     return rows
+
+
+async def fetch_turns(conn: Connection | Pool, job_id: uuid.UUID) -> list[Turn]:
+    rows = await conn.fetch(
+        "SELECT start_s, end_s, speaker FROM speaker_turns WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    return [Turn(r["start_s"], r["end_s"], r["speaker"]) for r in rows]
+
+
+async def fetch_speakers(conn: Connection | Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT label, name, talk_s FROM job_speakers WHERE job_id = $1 ORDER BY label", job_id
+    )
+    return rows
+
+
+async def fetch_segments(conn: Connection, job_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT idx, start_s, end_s, text, words FROM segments WHERE job_id = $1 ORDER BY idx",
+        job_id,
+    )
+    return rows
+
+
+async def lock_job(conn: Connection, job_id: uuid.UUID) -> None:
+    """Lock the job row until the transaction ends (as the shared transitions do): one
+    correction of its speakers at a time, and none under a starting rerun."""
+    await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+
+
+async def rename_speaker(
+    conn: Connection | Pool, job_id: uuid.UUID, label: str, name: str
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE job_speakers SET name = $3 WHERE job_id = $1 AND label = $2"
+        " RETURNING label, name, talk_s",
+        job_id,
+        label,
+        name,
+    )
+    return row
+
+
+async def merge_speakers(conn: Connection, job_id: uuid.UUID, source: str, into: str) -> None:
+    """`source`'s turns relabelled `into`, its talk time added to `into`'s (and its name
+    kept when `into` has none), its row removed."""
+    await conn.execute(
+        "UPDATE speaker_turns SET speaker = $3 WHERE job_id = $1 AND speaker = $2",
+        job_id,
+        source,
+        into,
+    )
+    await conn.execute(
+        "UPDATE job_speakers i SET talk_s = i.talk_s + f.talk_s, name = coalesce(i.name, f.name)"
+        " FROM job_speakers f WHERE i.job_id = $1 AND i.label = $3"
+        " AND f.job_id = $1 AND f.label = $2",
+        job_id,
+        source,
+        into,
+    )
+    await conn.execute("DELETE FROM job_speakers WHERE job_id = $1 AND label = $2", job_id, source)
+
+
+async def replace_turns(conn: Connection, job_id: uuid.UUID, turns: list[Turn]) -> None:
+    """The job's turns are `turns` (renumbered), each speaker's talk time their sum; a new
+    label gets its row."""
+    await conn.execute("DELETE FROM speaker_turns WHERE job_id = $1", job_id)
+    await conn.execute(
+        "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
+        " SELECT $1::uuid, t.idx - 1, t.start_s, t.end_s, t.speaker"
+        " FROM unnest($2::float8[], $3::float8[], $4::text[])"
+        " WITH ORDINALITY AS t(start_s, end_s, speaker, idx)",
+        job_id,
+        [t.start_s for t in turns],
+        [t.end_s for t in turns],
+        [t.speaker for t in turns],
+    )
+    await conn.execute(
+        "INSERT INTO job_speakers (job_id, label)"
+        " SELECT DISTINCT job_id, speaker FROM speaker_turns WHERE job_id = $1"
+        " ON CONFLICT (job_id, label) DO NOTHING",
+        job_id,
+    )
+    await conn.execute(
+        "UPDATE job_speakers s SET talk_s = coalesce((SELECT sum(t.end_s - t.start_s)"
+        " FROM speaker_turns t WHERE t.job_id = s.job_id AND t.speaker = s.label), 0)"
+        " WHERE s.job_id = $1",
+        job_id,
+    )
+
+
+async def fetch_chunk_spans(conn: Connection, job_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, start_s, end_s FROM chunks WHERE job_id = $1 ORDER BY idx", job_id
+    )
+    return rows
+
+
+async def set_chunk_speakers(conn: Connection, speakers: list[tuple[int, list[str]]]) -> None:
+    await conn.executemany("UPDATE chunks SET speakers = $2 WHERE id = $1", speakers)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
 from mxw_shared.db import Pool
@@ -17,12 +17,18 @@ from mxw_shared.problems import PROBLEM_JSON
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitReprocess, RateLimitUploads
-from mxw_gateway.jobs import admission, downloads, lifecycle, views
+from mxw_gateway.jobs import admission, downloads, lifecycle, speakers, views
 from mxw_gateway.jobs.schemas import (
+    SPEAKER_LABEL,
     ChunkList,
     JobPage,
     JobView,
     ReprocessRequest,
+    SegmentSpeaker,
+    SpeakerList,
+    SpeakerMerge,
+    SpeakerRename,
+    SpeakerView,
     TranscriptView,
 )
 from mxw_gateway.settings import GatewaySettings
@@ -50,6 +56,13 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "word_timestamps": {"type": "boolean"},
                         "initial_prompt": {"type": "string"},
                         "chunking": {"type": "string", "enum": ["auto", "local", "llm"]},
+                        "speakers": {
+                            "type": "boolean",
+                            "description": "Find who spoke when and name it in the transcript.",
+                        },
+                        "num_speakers": {"type": "integer", "minimum": 1},
+                        "min_speakers": {"type": "integer", "minimum": 1},
+                        "max_speakers": {"type": "integer", "minimum": 1},
                         "force": {
                             "type": "boolean",
                             "description": "Create a new job even for audio you uploaded before.",
@@ -324,6 +337,67 @@ async def download_transcript(
 )
 async def get_chunks(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> ChunkList:
     return await views.get_chunks(pool, user, job_id)
+
+
+_SPEAKER_WRITE: dict[int | str, dict[str, Any]] = {
+    404: _problem("No such job (or not yours), or no such speaker or segment."),
+    409: _problem("The job did not ask for speakers, or they are still being found."),
+    422: _problem("Invalid name, labels or times."),
+}
+
+
+@router.get(
+    "/jobs/{job_id}/speakers",
+    response_model=SpeakerList,
+    responses=_NOT_FOUND,
+    summary="The job's speakers: labels, names and talk time",
+)
+async def list_speakers(job_id: uuid.UUID, user: CurrentUserDep, pool: PoolDep) -> SpeakerList:
+    return await speakers.list_speakers(pool, user, job_id)
+
+
+@router.patch(
+    "/jobs/{job_id}/speakers/{label}",
+    response_model=SpeakerView,
+    responses=_SPEAKER_WRITE,
+    summary="Name a speaker (shown in the transcript, its downloads and the web page)",
+)
+async def rename_speaker(
+    job_id: uuid.UUID,
+    label: Annotated[str, Path(pattern=SPEAKER_LABEL)],
+    body: SpeakerRename,
+    user: CurrentUserDep,
+    pool: PoolDep,
+) -> SpeakerView:
+    return await speakers.rename(pool, user, job_id, label, body.name)
+
+
+@router.post(
+    "/jobs/{job_id}/speakers/merge",
+    response_model=SpeakerList,
+    responses=_SPEAKER_WRITE,
+    summary="Merge a speaker into another (one voice found as two)",
+)
+async def merge_speakers(
+    job_id: uuid.UUID, body: SpeakerMerge, user: CurrentUserDep, pool: PoolDep
+) -> SpeakerList:
+    return await speakers.merge(pool, user, job_id, body.from_label, body.into)
+
+
+@router.put(
+    "/jobs/{job_id}/segments/{idx}/speaker",
+    response_model=SpeakerList,
+    responses=_SPEAKER_WRITE,
+    summary="Give a segment, or part of it, to another speaker (existing or new)",
+)
+async def move_segment(
+    job_id: uuid.UUID,
+    idx: Annotated[int, Path(ge=0, le=10_000_000)],
+    body: SegmentSpeaker,
+    user: CurrentUserDep,
+    pool: PoolDep,
+) -> SpeakerList:
+    return await speakers.move_segment(pool, user, job_id, idx, body)
 
 
 @router.get(

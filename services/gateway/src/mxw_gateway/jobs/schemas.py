@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mxw_shared.contracts import JobOptions, JobState, Stage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled"]
 
@@ -92,16 +92,36 @@ class TranscriptWord(BaseModel):
     end: float
     word: str
     probability: float | None = None
+    speaker: str | None = Field(default=None, description="The label of who said it.")
 
 
 class TranscriptSegment(BaseModel):
-    index: int
+    index: int = Field(
+        description="The transcript segment this comes from: a segment two speakers share "
+        "is split where the speaker changes, each part keeping its segment's index."
+    )
     start: float
     end: float
     text: str
+    speaker: str | None = Field(
+        default=None,
+        description="The label of who said it (`speakers` names it); absent when the job did "
+        "not ask for speakers.",
+    )
     words: list[TranscriptWord] | None = Field(
         default=None, description="Present when the job asked for word timestamps."
     )
+
+
+class SpeakerView(BaseModel):
+    label: str = Field(description="SPEAKER_01, SPEAKER_02… (by talk time, as found).")
+    name: str = Field(description="The name given to the speaker, else e.g. 'Speaker 2'.")
+    talk_s: float = Field(ge=0, description="Seconds the speaker talks.")
+
+
+class SpeakerList(BaseModel):
+    job_id: uuid.UUID
+    speakers: list[SpeakerView]
 
 
 class TranscriptView(BaseModel):
@@ -115,6 +135,9 @@ class TranscriptView(BaseModel):
         default=True, description="False for a partial transcript (e.g. a cancelled job)."
     )
     segments: list[TranscriptSegment]
+    speakers: list[SpeakerView] | None = Field(
+        default=None, description="Who speaks, when the job asked for speakers."
+    )
 
 
 class ChunkView(BaseModel):
@@ -128,6 +151,9 @@ class ChunkView(BaseModel):
     keywords: list[str]
     confidence: float | None
     method: str
+    speakers: list[str] = Field(
+        default_factory=list, description="The labels of the speakers the chunk contains."
+    )
 
 
 class ChunkList(BaseModel):
@@ -142,10 +168,49 @@ class ReprocessRequest(BaseModel):
 
     from_stage: Stage = Field(
         alias="from",
-        description="transcribe (everything again), chunk (keep the transcript) or embed.",
+        description="transcribe (everything again), diarize (find the speakers again, e.g. "
+        "with num_speakers; keep the transcript), chunk (keep the transcript) or embed.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description='Options to change for this run, e.g. {"chunking": "fixed"}; '
         "the others stay as they were.",
     )
+
+
+# A speaker's name: shown in transcripts, subtitles and the web page, on one line.
+SpeakerName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$"
+    ),
+]
+# A speaker's label: the diarizer's (SPEAKER_01) or one a correction introduces.
+SPEAKER_LABEL = r"^[A-Za-z0-9_.-]{1,64}$"
+SpeakerLabel = Annotated[str, StringConstraints(pattern=SPEAKER_LABEL)]
+
+
+class SpeakerRename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: SpeakerName
+
+
+class SpeakerMerge(BaseModel):
+    """Everything `from` said becomes `into`'s; `from` is gone."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_label: SpeakerLabel = Field(alias="from")
+    into: SpeakerLabel
+
+
+class SegmentSpeaker(BaseModel):
+    """Give a segment, or the part of it between start_s and end_s, to a speaker (one of the
+    job's or a new label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    speaker: SpeakerLabel
+    start_s: float | None = Field(default=None, ge=0, description="Default: the segment's start.")
+    end_s: float | None = Field(default=None, ge=0, description="Default: the segment's end.")

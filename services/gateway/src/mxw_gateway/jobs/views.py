@@ -1,5 +1,6 @@
 """Read models of the jobs module: a job's view (state derived from its stage rows), the
-list of jobs, a transcript and its chunks, each only for a caller who may see the job."""
+list of jobs, a transcript (its segments attributed to speakers at read time) and its
+chunks, each only for a caller who may see the job."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mxw_shared.contracts import JobOptions, JobState, Stage
 from mxw_shared.db import Pool
 from mxw_shared.jobs import STAGE_ORDER, derive_job_state, job_progress
 from mxw_shared.problems import Problem
+from mxw_shared.speakers import Line, Turns, attribute_all, default_name
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
@@ -22,9 +24,11 @@ from mxw_gateway.jobs.schemas import (
     JobPage,
     JobSummary,
     JobView,
+    SpeakerView,
     StageView,
     TranscriptSegment,
     TranscriptView,
+    TranscriptWord,
 )
 from mxw_gateway.settings import GatewaySettings
 
@@ -161,14 +165,47 @@ async def list_jobs(
     )
 
 
+def segment_view(line: Line, with_words: bool) -> TranscriptSegment:
+    """One attributed line of the transcript; its words only when the job asked for them
+    (they are stored for the speaker join too)."""
+    return TranscriptSegment(
+        index=line.segment_idx,
+        start=line.start_s,
+        end=line.end_s,
+        text=line.text,
+        speaker=line.speaker,
+        words=[TranscriptWord.model_validate(w.as_json()) for w in line.words]
+        if with_words and line.words is not None
+        else None,
+    )
+
+
+def speaker_view(row: asyncpg.Record) -> SpeakerView:
+    return SpeakerView(
+        label=row["label"], name=row["name"] or default_name(row["label"]), talk_s=row["talk_s"]
+    )
+
+
+async def job_speakers(
+    pool: Pool, job_id: uuid.UUID, options: JobOptions
+) -> tuple[Turns, list[SpeakerView] | None]:
+    """The job's speaker turns and speakers; none when it did not ask for speakers."""
+    if not options.speakers:
+        return Turns(()), None
+    turns = Turns(await repository.fetch_turns(pool, job_id))
+    return turns, [speaker_view(r) for r in await repository.fetch_speakers(pool, job_id)]
+
+
 async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:
-    await load_owned_job(pool, user, job_id)
+    job = await load_owned_job(pool, user, job_id)
     found = await repository.fetch_transcript(pool, job_id)
     if found is None:
         raise Problem(
             409, "Transcript not ready", "the job has not been transcribed yet", job_id=str(job_id)
         )
     transcript, segments = found
+    options = JobOptions.model_validate(job["options"] or {})
+    turns, speakers = await job_speakers(pool, job_id, options)
     return TranscriptView(
         job_id=job_id,
         language=transcript["language"],
@@ -178,15 +215,9 @@ async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> Tr
         text=transcript["text"],
         complete=transcript["complete"],
         segments=[
-            TranscriptSegment(
-                index=s["idx"],
-                start=s["start_s"],
-                end=s["end_s"],
-                text=s["text"],
-                words=s["words"],
-            )
-            for s in segments
+            segment_view(line, options.word_timestamps) for line in attribute_all(segments, turns)
         ],
+        speakers=speakers,
     )
 
 
@@ -207,6 +238,7 @@ async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkL
                 keywords=list(r["keywords"]),
                 confidence=r["confidence"],
                 method=r["method"],
+                speakers=list(r["speakers"]),
             )
             for r in rows
         ],

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast, get_args
 
 from mxw_shared.contracts import JobOptions, Task
+from mxw_shared.speakers import Turns, attribute
 from pydantic import ValidationError
 
 from mxw_gateway.jobs import subtitles
 from mxw_gateway.openai_api.schemas import (
+    DiarizedSegment,
+    DiarizedTranscription,
     Granularity,
     ResponseFormat,
     Segment,
@@ -23,6 +26,8 @@ from mxw_gateway.openai_api.schemas import (
 )
 
 OPENAI_MODEL = "whisper-1"
+# OpenAI's diarizing model: here the default model, its speakers found by the diarizer.
+DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 # Fields the OpenAI clients send that change nothing here: accepted, not honoured.
@@ -75,12 +80,13 @@ class TranscriptionRequest:
 
 def resolve_model(name: str, served: Sequence[str], default: str | None) -> str | None:
     """The transcriber model for an OpenAI model name; None: the transcriber's default."""
-    if name == OPENAI_MODEL:
+    if name in (OPENAI_MODEL, DIARIZE_MODEL):
         return default
     if name in served:
         return name
     raise InvalidRequest(
-        f"model {name!r} does not exist; use {OPENAI_MODEL} or one of: {', '.join(served)}",
+        f"model {name!r} does not exist; use {OPENAI_MODEL}, {DIARIZE_MODEL} or one of: "
+        f"{', '.join(served)}",
         "model",
     )
 
@@ -122,6 +128,7 @@ def parse_request(
             initial_prompt=fields.get("prompt") or None,
             task=Task.transcribe,
             word_timestamps="word" in granularities,
+            speakers=response_format == "diarized_json",
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -162,6 +169,45 @@ class StoredTranscript:
     text: str
     task: str
     segments: list[StoredSegment]
+    turns: Turns = field(default_factory=lambda: Turns(()))
+    names: Mapping[str, str | None] = field(default_factory=dict)  # label -> name given
+
+
+def letters(index: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA: how OpenAI labels speakers without known names."""
+    out = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        out = chr(ord("A") + rest) + out
+    return out
+
+
+def diarized(transcript: StoredTranscript) -> DiarizedTranscription:
+    """The segments split where the speaker changes (mxw_shared.speakers), each with the
+    speaker's name when one was given, else a letter by label; "A" where no turn says who."""
+    labels = sorted(set(transcript.names) | {t.speaker for t in transcript.turns.turns})
+    shown = {label: transcript.names.get(label) or letters(n) for n, label in enumerate(labels)}
+    lines = [
+        line
+        for s in transcript.segments
+        for line in attribute(s.index, s.start, s.end, s.text, s.words, transcript.turns)
+    ]
+    return DiarizedTranscription(
+        duration=transcript.duration_s,
+        text=transcript.text,
+        segments=[
+            DiarizedSegment(
+                id=f"seg_{n}",
+                start=line.start_s,
+                end=line.end_s,
+                text=line.text,
+                speaker=shown.get(line.speaker or "", letters(0)),
+            )
+            for n, line in enumerate(lines)
+        ],
+        usage=usage(transcript.duration_s),
+    )
 
 
 def verbose(transcript: StoredTranscript, granularities: frozenset[str]) -> VerboseTranscription:
@@ -207,6 +253,8 @@ def render(
         return verbose(transcript, granularities).model_dump_json(
             exclude_none=True
         ), "application/json"
+    if response_format == "diarized_json":
+        return diarized(transcript).model_dump_json(exclude_none=True), "application/json"
     if response_format == "srt":
         return subtitles.to_srt(transcript.segments), "application/x-subrip; charset=utf-8"
     if response_format == "vtt":

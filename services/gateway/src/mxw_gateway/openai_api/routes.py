@@ -13,8 +13,9 @@ from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import service
-from mxw_gateway.openai_api.domain import OPENAI_MODEL, RESPONSE_FORMATS, render
+from mxw_gateway.openai_api.domain import DIARIZE_MODEL, OPENAI_MODEL, RESPONSE_FORMATS, render
 from mxw_gateway.openai_api.schemas import (
+    DiarizedTranscription,
     ModelCard,
     ModelList,
     PendingTranscription,
@@ -46,13 +47,18 @@ _BODY: dict[str, Any] = {
                         "file": {"type": "string", "format": "binary"},
                         "model": {
                             "type": "string",
-                            "description": f"{OPENAI_MODEL} (the default model) or a "
-                            "model of GET /v1/models.",
+                            "description": f"{OPENAI_MODEL} (the default model), "
+                            f"{DIARIZE_MODEL} (the same) or a model of GET /v1/models.",
                             "example": OPENAI_MODEL,
                         },
                         "language": {"type": "string", "example": "en"},
                         "prompt": {"type": "string"},
-                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+                        "response_format": {
+                            "type": "string",
+                            "enum": list(RESPONSE_FORMATS),
+                            "description": "diarized_json also finds who spoke when (the "
+                            "job asks for speakers) and waits for it.",
+                        },
                         "timestamp_granularities[]": {
                             "type": "array",
                             "items": {"type": "string", "enum": ["word", "segment"]},
@@ -75,7 +81,7 @@ _BODY: dict[str, Any] = {
 @router.post(
     "/audio/transcriptions",
     openapi_extra=_BODY,
-    response_model=Transcription | VerboseTranscription,
+    response_model=Transcription | VerboseTranscription | DiarizedTranscription,
     responses={
         200: {
             "description": "The transcript in the requested response_format.",
@@ -102,7 +108,9 @@ _BODY: dict[str, Any] = {
     summary="Transcribe audio (OpenAI-compatible)",
     description="Runs through the same pipeline as POST /jobs and waits for the transcript "
     "(at most the gateway's openai_wait_s; at once with 202 when the caller already has "
-    "openai_max_waits_per_user requests waiting). `temperature` is accepted and ignored.",
+    "openai_max_waits_per_user requests waiting). `temperature` and `chunking_strategy` are "
+    "accepted and ignored; `known_speaker_names[]` is refused (speakers are named afterwards: "
+    "PATCH /jobs/{id}/speakers/{label}).",
     operation_id="create_transcription",
 )
 async def create_transcription(
@@ -148,7 +156,7 @@ async def create_transcription(
 
 
 def _models(settings: SettingsDep) -> list[ModelCard]:
-    return [ModelCard(id=name) for name in (OPENAI_MODEL, *settings.openai_models)]
+    return [ModelCard(id=name) for name in (OPENAI_MODEL, DIARIZE_MODEL, *settings.openai_models)]
 
 
 @router.get(

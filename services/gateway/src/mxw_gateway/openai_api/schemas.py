@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 Granularity = Literal["word", "segment"]
 
 
@@ -72,6 +72,28 @@ class VerboseTranscription(BaseModel):
         default=None, description="With the segment granularity (the default)."
     )
     words: list[Word] | None = Field(default=None, description="With the word granularity.")
+    usage: Usage | None = None
+
+
+class DiarizedSegment(BaseModel):
+    id: str
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    start: float
+    end: float
+    text: str
+    speaker: str = Field(
+        description="The name given to the speaker (GET /jobs/{id}/speakers), else A, B, … "
+        "in the order of the diarizer's labels."
+    )
+
+
+class DiarizedTranscription(BaseModel):
+    """response_format=diarized_json: segments split where the speaker changes."""
+
+    task: Literal["transcribe"] = "transcribe"
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
     usage: Usage | None = None
 
 

@@ -17,11 +17,13 @@ from mxw_shared.blobs import BlobStore, BlobTooLarge
 from mxw_shared.contracts import JobState, Stage
 from mxw_shared.db import Pool
 from mxw_shared.problems import Problem
+from mxw_shared.speakers import Turns
 
 from mxw_gateway.auth import CurrentUser
+from mxw_gateway.jobs import repository as jobs_repository
 from mxw_gateway.jobs.admission import FormFiles, admit
 from mxw_gateway.jobs.multipart import Refusal, boundary_of, multipart_events, read_form
-from mxw_gateway.jobs.schemas import JobView
+from mxw_gateway.jobs.schemas import JobView, StageView
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import repository
 from mxw_gateway.openai_api.domain import (
@@ -181,19 +183,22 @@ class WaitSlots:
 async def wait_for_transcript(
     pool: Pool, settings: GatewaySettings, user: CurrentUser, job_id: uuid.UUID
 ) -> tuple[JobView, StoredTranscript | None]:
-    """Poll the job until its transcribe stage finished or `openai_wait_s` passed. Returns
-    the job view and the transcript (None: not ready in time). A failed or cancelled job
-    raises an OpenAI-style error carrying its reason."""
+    """Poll the job until its transcribe stage (and its diarize stage, when it asked for
+    speakers) finished or `openai_wait_s` passed. Returns the job view and the transcript
+    (None: not ready in time). A failed or cancelled job raises an OpenAI-style error
+    carrying its reason."""
     deadline = time.monotonic() + settings.openai_wait_s
     while True:
         view = await get_job_view(pool, settings, user, job_id)
-        transcribe = next(s for s in view.stages if s.stage == Stage.transcribe)
-        if transcribe.state == JobState.done:
+        wanted = (Stage.transcribe, Stage.diarize) if view.options.speakers else (Stage.transcribe,)
+        stages = [s for s in view.stages if s.stage in wanted]
+        if all(s.state == JobState.done for s in stages):
             transcript = await load_transcript(pool, job_id, view)
             if transcript is not None:
                 return view, transcript
-        if view.state == JobState.failed or transcribe.state == JobState.failed:
-            raise _job_failed(settings, view, transcribe.attempts, transcribe.error)
+        failed = next((s for s in stages if s.state == JobState.failed), None)
+        if view.state == JobState.failed or failed is not None:
+            raise _job_failed(settings, view, failed)
         if view.state == JobState.cancelled:
             raise openai_error(
                 409,
@@ -209,16 +214,15 @@ async def wait_for_transcript(
         )
 
 
-def _job_failed(
-    settings: GatewaySettings, view: JobView, attempts: int, error: str | None
-) -> Problem:
-    reason = view.error or (f"transcribe failed: {error}" if error else "the job failed")
+def _job_failed(settings: GatewaySettings, view: JobView, stage: StageView | None) -> Problem:
+    error = stage.error if stage else None
+    reason = view.error or (f"{stage.stage.value} failed: {error}" if stage and error else None)
     # Work that failed at once was refused for what it is (undecodable audio, a model the
     # transcriber cannot load): the request's fault. Retries exhausted: ours.
-    exhausted = attempts >= settings.max_attempts
+    exhausted = stage is not None and stage.attempts >= settings.max_attempts
     return openai_error(
         502 if exhausted else 422,
-        reason,
+        reason or "the job failed",
         type_="server_error" if exhausted else "invalid_request_error",
         code="job_failed",
         title="Transcription failed",
@@ -231,6 +235,9 @@ async def load_transcript(pool: Pool, job_id: uuid.UUID, view: JobView) -> Store
     if found is None:
         return None
     transcript, segments = found
+    speakers = view.options.speakers
+    turns = await jobs_repository.fetch_turns(pool, job_id) if speakers else []
+    names = await jobs_repository.fetch_speakers(pool, job_id) if speakers else []
     return StoredTranscript(
         language=transcript["language"],
         duration_s=float(transcript["duration_s"]),
@@ -248,4 +255,6 @@ async def load_transcript(pool: Pool, job_id: uuid.UUID, view: JobView) -> Store
             )
             for s in segments
         ],
+        turns=Turns(turns),
+        names={r["label"]: r["name"] for r in names},
     )

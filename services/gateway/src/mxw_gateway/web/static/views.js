@@ -331,6 +331,7 @@ export function uploadView(main, config) {
   const model = h("select", { id: "opt-model", name: "model" }, h("option", { value: "" }, "server default"), config.models.map((m) => h("option", { value: m }, m)));
   const language = h("input", { id: "opt-language", name: "language", placeholder: "auto", maxlength: "16", autocomplete: "off", "aria-describedby": "lang-hint" });
   const chunking = h("select", { id: "opt-chunking", name: "chunking" }, config.chunking.map((c) => h("option", { value: c }, c)));
+  const speakers = h("input", { id: "opt-speakers", name: "speakers", type: "checkbox" });
   const queue = h("ul", { class: "uploads", "aria-label": "Uploads" });
   const drop = h(
     "label",
@@ -339,7 +340,7 @@ export function uploadView(main, config) {
     h("span", {}, " or press to choose (several at once is fine)"),
   );
   const sendAll = async (files) => {
-    const fields = { model: model.value, language: language.value.trim(), chunking: chunking.value };
+    const fields = { model: model.value, language: language.value.trim(), chunking: chunking.value, speakers: speakers.checked ? "true" : "" };
     for (const file of files) {
       const bar = h("progress", { max: "1", value: "0", "aria-label": `Upload of ${file.name}` });
       const status = h("span", { class: "upload-status" }, "uploading");
@@ -385,6 +386,7 @@ export function uploadView(main, config) {
         h("div", { class: "field" }, h("label", { for: "opt-model" }, "Model"), model),
         h("div", { class: "field" }, h("label", { for: "opt-language" }, "Language"), language, h("small", { id: "lang-hint" }, "ISO code such as en or de; empty detects it")),
         h("div", { class: "field" }, h("label", { for: "opt-chunking" }, "Chunking"), chunking),
+        h("div", { class: "field" }, h("label", { class: "check", for: "opt-speakers" }, speakers, "Who spoke when (speakers)")),
       ),
       drop,
       input,
@@ -438,6 +440,56 @@ export function jobsView(main, config, { all = false } = {}) {
 
 // ---- one job: player, transcript, chunks, downloads ----
 
+const SPEAKER_COLOURS = 8;
+
+/** A speaker's colour class, the same for a label wherever it shows: SPEAKER_03 is the
+ * third colour; another label by a hash of it. */
+function speakerColour(label) {
+  const numbered = /_(\d+)$/.exec(label);
+  let n = numbered ? Number(numbered[1]) - 1 : 0;
+  if (!numbered) for (const ch of label) n = (n * 31 + ch.codePointAt(0)) >>> 0;
+  return `speaker-c${n % SPEAKER_COLOURS}`;
+}
+
+function speakerNames(speakers) {
+  return new Map((speakers || []).map((s) => [s.label, s.name]));
+}
+
+/** The name before a line; a click edits it in place (Enter or leaving the field saves,
+ * Escape cancels) and `renamed(label)` shows the new name everywhere. */
+function speakerName(jobId, label, names, renamed) {
+  const button = h("button", { type: "button", class: "speaker", dataset: { speaker: label }, title: "Rename this speaker" }, names.get(label) || label);
+  button.addEventListener("click", () => {
+    const input = h("input", { class: "speaker-name", value: names.get(label) || "", maxlength: "255", "aria-label": `Name of ${names.get(label) || label}` });
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      const name = input.value.trim();
+      input.replaceWith(button);
+      button.focus();
+      if (!save || !name || name === names.get(label)) return;
+      try {
+        const speaker = await api(`/jobs/${jobId}/speakers/${encodeURIComponent(label)}`, { method: "PATCH", json: { name } });
+        names.set(label, speaker.name);
+        renamed(label);
+      } catch (err) {
+        failure(err);
+      }
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key !== "Enter" && e.key !== "Escape") return;
+      e.preventDefault(); // or the key goes on to "click" the name button that comes back
+      finish(e.key === "Enter");
+    });
+    input.addEventListener("blur", () => finish(true));
+    button.replaceWith(input);
+    input.focus();
+    input.select();
+  });
+  return button;
+}
+
 function seekAndPlay(player, seconds) {
   const go = () => {
     player.currentTime = seconds;
@@ -455,6 +507,27 @@ export function jobView(main, config, jobId) {
   const notice = liveNotice();
   const segments = h("ol", { class: "segments", "aria-label": "Transcript" });
   const chunks = h("ol", { class: "chunks", "aria-label": "Topics" });
+  // Show one speaker's lines only; hidden until the transcript has speakers.
+  const speakerSelect = h("select", { id: "speaker-filter", onchange: () => applyFilter() });
+  const filter = h("div", { class: "field speaker-filter", hidden: true }, h("label", { for: "speaker-filter" }, "Speaker"), speakerSelect);
+  const applyFilter = () => {
+    const only = speakerSelect.value;
+    for (const li of segments.querySelectorAll("li.segment")) li.hidden = Boolean(only) && li.dataset.speaker !== only;
+  };
+  const renderFilter = (names) => {
+    const chosen = speakerSelect.value;
+    clear(
+      speakerSelect,
+      h("option", { value: "" }, "All speakers"),
+      [...names].map(([label, name]) => h("option", { value: label, selected: label === chosen }, name)),
+    );
+    filter.hidden = names.size === 0;
+    applyFilter();
+  };
+  const renamedSpeaker = (names, label) => {
+    for (const b of segments.querySelectorAll("button.speaker")) if (b.dataset.speaker === label) b.textContent = names.get(label);
+    renderFilter(names);
+  };
   const downloads = h(
     "div",
     { class: "actions" },
@@ -467,7 +540,7 @@ export function jobView(main, config, jobId) {
     notice,
     header,
     h("div", { class: "player-bar" }, player),
-    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), segments),
+    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), filter, segments),
     h("section", { "aria-labelledby": "c-title" }, h("h2", { id: "c-title" }, "Topics"), chunks),
     h("section", { "aria-labelledby": "d-title" }, h("h2", { id: "d-title" }, "Downloads"), downloads),
   );
@@ -499,22 +572,25 @@ export function jobView(main, config, jobId) {
     if (job.stages.find((s) => s.stage === "transcribe")?.state === "done" || job.state === "done") {
       const transcript = await api(`/jobs/${jobId}/transcript?format=json`).catch(() => null);
       if (transcript) {
+        const names = speakerNames(transcript.speakers);
         clear(
           segments,
           transcript.segments.map((seg) =>
             h(
               "li",
-              { class: "segment", dataset: { start: seg.start, end: seg.end } },
+              { class: seg.speaker ? `segment ${speakerColour(seg.speaker)}` : "segment", dataset: seg.speaker ? { start: seg.start, end: seg.end, speaker: seg.speaker } : { start: seg.start, end: seg.end } },
               h(
                 "button",
                 { type: "button", class: "ts", dataset: { start: seg.start }, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
                 clock(seg.start),
               ),
               " ",
+              seg.speaker ? speakerName(jobId, seg.speaker, names, (label) => renamedSpeaker(names, label)) : "",
               h("span", { class: "text" }, seg.text.trim()),
             ),
           ),
         );
+        renderFilter(names);
       }
     } else {
       clear(segments, h("li", { class: "empty" }, "The transcript appears here when it is ready."));
