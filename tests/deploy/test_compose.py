@@ -97,7 +97,9 @@ def test_every_service_runs_on_real_infrastructure(
     assert {"gpu", "llm", "auth"} <= profiles
 
 
-@pytest.mark.parametrize("name", ["gateway", "notifier", "transcriber", "chunker", "embedder"])
+@pytest.mark.parametrize(
+    "name", ["gateway", "notifier", "transcriber", "diarizer", "chunker", "embedder"]
+)
 def test_service_wiring_matches_its_code(
     name: str, compose: dict[str, Any], services: dict[str, Any], env_check: Any
 ) -> None:
@@ -178,8 +180,11 @@ def test_blob_volume_is_shared_by_writer_and_reader(compose: dict[str, Any]) -> 
         (volume,) = [source for source, target, _ in mounts(spec) if target == root]
         return volume
 
-    assert blob_mount(specs["gateway"]) == blob_mount(specs["transcriber"])
-    assert blob_mount(specs["transcriber-gpu"]) == blob_mount(specs["gateway"])
+    for reader in ("transcriber", "transcriber-gpu", "diarizer", "diarizer-gpu"):
+        spec = specs[reader]
+        assert blob_mount(spec) == blob_mount(specs["gateway"]), reader
+        read_only = f"{blob_mount(spec)}:{spec['environment']['MXW_BLOB_ROOT']}:ro"
+        assert read_only in spec["volumes"], f"{reader} reads the uploads read-only"
 
 
 def test_kafka_setup_creates_topics_users_and_acls_as_the_code_declares(
@@ -236,12 +241,22 @@ def test_each_container_mounts_only_its_own_kafka_password(compose: dict[str, An
 
 
 def test_gpu_profile_runs_the_cuda_image_on_the_nvidia_runtime(compose: dict[str, Any]) -> None:
-    gpu = compose["services"]["transcriber-gpu"]
-    assert gpu["build"]["dockerfile"] == "services/transcriber/Dockerfile.cuda"
-    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia"
-    assert "gpu" in device["capabilities"]
-    assert gpu["environment"]["MXW_DEVICE"] == "cuda"
+    specs = compose["services"]
+    assert specs["transcriber-gpu"]["build"]["dockerfile"] == "services/transcriber/Dockerfile.cuda"
+    # The diarizer's CUDA image: its Dockerfile target with PyPI's (CUDA) torch.
+    assert specs["diarizer-gpu"]["build"]["target"] == "diarizer"
+    assert specs["diarizer-gpu"]["build"]["args"]["TORCH"] == "cuda"
+    for name, cpu_name in (("transcriber-gpu", "transcriber"), ("diarizer-gpu", "diarizer")):
+        gpu = specs[name]
+        assert gpu["profiles"] == ["gpu"], name
+        assert gpu["image"].endswith("-cuda"), name
+        (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia"
+        assert "gpu" in device["capabilities"]
+        assert gpu["environment"]["MXW_DEVICE"] == "cuda"
+        # The same consumer group and principal as the CPU service it replaces.
+        for key in ("MXW_SERVICE_NAME", "MXW_KAFKA_USERNAME"):
+            assert gpu["environment"][key] == specs[cpu_name]["environment"][key], (name, key)
 
 
 def env_file(name: str) -> dict[str, str]:
@@ -260,7 +275,7 @@ def test_env_files_set_only_known_settings(known_settings_env: frozenset[str]) -
 def test_s3_settings_reach_the_writer_and_the_reader(compose: dict[str, Any]) -> None:
     s3_names = set(env_file("s3.env"))
     assert "MXW_BLOB_STORE_URL" in s3_names
-    for name in ("gateway", "transcriber", "transcriber-gpu"):
+    for name in ("gateway", "transcriber", "transcriber-gpu", "diarizer", "diarizer-gpu"):
         env = compose["services"][name]["environment"]
         # Valueless: passed through when set, absent otherwise (an empty string would be an
         # invalid s3:// URL, or a list setting that does not parse).

@@ -227,7 +227,10 @@ def test_every_compose_build_names_its_service(
         assert service in targets
         assert spec["image"].split(":")[0] == f"mxwhisper/{service}", name
         needs_torch = "torch" in lock_closure(f"mxwhisper-{service}")
-        assert (args.get("TORCH", "none") == "cpu") == needs_torch, f"{name}: TORCH"
+        torch = args.get("TORCH", "none")
+        # cpu: PyTorch's CPU build; cuda: PyPI's (CUDA) build, only for an image tagged -cuda.
+        assert (torch in {"cpu", "cuda"}) == needs_torch, f"{name}: TORCH"
+        assert (torch == "cuda") == spec["image"].endswith("-cuda"), f"{name}: TORCH"
         assert set(args) <= {"SERVICE", "TORCH"}, name
         built.add(service)
     assert built == set(services), "every service's image is built by compose"

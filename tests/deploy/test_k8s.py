@@ -136,7 +136,7 @@ def test_core_objects_validate_against_kubernetes_schemas(
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc}")
         checked += 1
-    assert checked >= 30  # 5 x (Deployment, Service, SA, PDB, NetworkPolicy) and the rest
+    assert checked >= 36  # 6 x (Deployment, Service, SA, PDB, NetworkPolicy) and the rest
 
 
 def test_strict_validation_catches_a_misspelt_field(
@@ -547,30 +547,33 @@ def test_prod_tolerates_a_broker_down_and_a_lost_database_primary(
     )
 
 
-def test_gpu_overlay_puts_the_transcriber_on_a_gpu_and_scales_it_to_zero(
+def test_gpu_overlay_puts_the_listening_stages_on_a_gpu_and_scales_them_to_zero(
     rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
 ) -> None:
     docs = rendered["gpu"]
-    transcriber = next(n for n, c in services.items() if c.consumes == topics.AUDIO_UPLOADED)
-    pod = by_name(docs, "Deployment")[transcriber]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["image"].endswith("-cuda")
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-    env = effective_env(container, docs)
-    assert env["MXW_DEVICE"] == "cuda"
-    scaled = by_name(docs, "ScaledObject")[transcriber]["spec"]
-    assert scaled["minReplicaCount"] == 0
-    # Each replica takes MXW_MAX_CONCURRENT_JOBS jobs: the lag per replica matches it.
-    (trigger,) = scaled["triggers"]
-    assert int(trigger["metadata"]["lagThreshold"]) == int(env["MXW_MAX_CONCURRENT_JOBS"])
+    # The stages that work on the audio itself: the transcriber and the diarizer.
+    listening = [n for n, c in services.items() if c.consumes == topics.AUDIO_UPLOADED]
+    assert {"transcriber", "diarizer"} <= set(listening)
+    for name in listening:
+        pod = by_name(docs, "Deployment")[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"].endswith("-cuda"), name
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, name
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), name
+        env = effective_env(container, docs)
+        assert env["MXW_DEVICE"] == "cuda", name
+        scaled = by_name(docs, "ScaledObject")[name]["spec"]
+        assert scaled["minReplicaCount"] == 0, name
+        # Each replica takes MXW_MAX_CONCURRENT_JOBS jobs: the lag per replica matches it.
+        (trigger,) = scaled["triggers"]
+        assert int(trigger["metadata"]["lagThreshold"]) == int(env["MXW_MAX_CONCURRENT_JOBS"])
+        assert math.isfinite(scaled["cooldownPeriod"]), name
     # The other overlays never give the GPU image or GPUs to anything.
     for overlay in ("dev", "prod"):
         for _, spec in pod_specs(rendered[overlay]):
             for c in spec["containers"]:
                 assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
                 assert not c["image"].endswith("-cuda")
-    assert math.isfinite(scaled["cooldownPeriod"])
 
 
 def test_docs_name_what_a_cluster_must_provide() -> None:
@@ -582,13 +585,13 @@ def test_docs_name_what_a_cluster_must_provide() -> None:
 def test_s3_overlay_keeps_audio_in_the_bucket(
     rendered: dict[str, list[dict[str, Any]]], services: dict[str, Any]
 ) -> None:
-    # Gateway (writes) and transcriber (reads) name the same bucket, and nothing needs a
-    # shared volume any more.
+    # Gateway (writes), transcriber and diarizer (read) name the same bucket, and nothing needs
+    # a shared volume any more.
     docs = rendered["s3"]
     assert not of_kind(docs, "PersistentVolumeClaim")
     deployments = by_name(docs, "Deployment")
     stores = {}
-    for name in ("gateway", "transcriber"):
+    for name in ("gateway", "transcriber", "diarizer"):
         pod = deployments[name]["spec"]["template"]["spec"]
         assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), name
         (container,) = pod["containers"]
@@ -597,7 +600,7 @@ def test_s3_overlay_keeps_audio_in_the_bucket(
         stores[name] = by_name(docs, "ConfigMap")[ref["name"]]["data"][ref["key"]]
         assert {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env), name
         assert "blob_store_url" in services[name].settings_cls.model_fields
-    assert stores["gateway"] == stores["transcriber"]
+    assert stores["gateway"] == stores["transcriber"] == stores["diarizer"]
     assert stores["gateway"].startswith("s3://")
     # Staging copies on the gateway's emptyDir go sooner than the default hour.
     gateway_env = effective_env(

@@ -21,7 +21,7 @@ def stage_consumer_offset_reset() -> set[str]:
     """The auto_offset_reset values the stage consumers (mxw_shared.service) are built with."""
     tree = ast.parse((ROOT / "shared" / "src" / "mxw_shared" / "service.py").read_text())
     return {
-        kw.value.value
+        str(kw.value.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         for kw in node.keywords
