@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "transcriber", "chunker", "embedder", "notifier")
+SERVICES = ("gateway", "transcriber", "diarizer", "chunker", "embedder", "notifier")
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBhcnQ"
 
 

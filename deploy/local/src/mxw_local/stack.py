@@ -1,6 +1,6 @@
 """`mxw up`: the whole stack on this machine as supervised processes, no Docker.
 
-Order: PostgreSQL (embedded) → migrate → broker → topics → dev issuer → the five services.
+Order: PostgreSQL (embedded) → migrate → broker → topics → dev issuer → the six services.
 The broker is the embedded tansu (in-memory topics, the default) or, with `--broker kafka`,
 Apache Kafka itself (one KRaft node from Maven Central, logs kept in the data directory), or,
 with `--broker external --kafka-bootstrap HOST:PORT,...`, a Kafka cluster someone else runs:

@@ -61,6 +61,17 @@ def diarize(
         if on_progress is not None:
             on_progress(fraction)
 
+    with model.lock:
+        return _diarize(model, samples, counts, batch_windows, report)
+
+
+def _diarize(
+    model: SpeakerModel,
+    samples: Samples,
+    counts: SpeakerCounts,
+    batch_windows: int,
+    report: Callable[[float], None],
+) -> Diarization:
     duration = len(samples) / SAMPLE_RATE
     speech = model.speech(samples)
     speech_s = sum(end - start for start, end in speech)

