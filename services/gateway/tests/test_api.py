@@ -79,7 +79,7 @@ async def test_upload_stores_blob_job_event_and_status(client, token, db, read_t
     assert job["duplicate"] is False
     assert job["content_type"] == "audio/ogg"
     assert job["options"]["task"] == "translate"
-    assert [s["state"] for s in job["stages"]] == ["pending"] * 4
+    assert [s["state"] for s in job["stages"]] == ["pending", "skipped", "pending", "pending"]
 
     sha = hashlib.sha256(SHORT).hexdigest()
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
@@ -414,7 +414,7 @@ async def test_job_state_comes_from_stage_rows(client, token, db):
     assert transcribe["duration_s"] == pytest.approx(5, abs=0.5)
     assert (chunk["state"], chunk["attempts"]) == ("running", 2)
     assert embed["state"] == "pending"
-    assert diarize["state"] == "pending"  # no row yet: the transcriber marks it done at its start
+    assert diarize["state"] == "skipped"  # the job did not ask for speakers
 
     await db.execute(
         "UPDATE job_stages SET state = 'failed', error = 'model exploded' "

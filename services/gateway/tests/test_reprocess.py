@@ -26,11 +26,12 @@ async def finish_stages(db, job_id: uuid.UUID, *, states: dict[str, str]) -> Non
     for stage, state in {"diarize": "done", **states}.items():
         await db.execute(
             "INSERT INTO job_stages (job_id, stage, state, progress, started_at, finished_at,"
-            " error) VALUES ($1, $2, $3, 1, now(), now(), $4)",
+            " error, metrics) VALUES ($1, $2, $3, 1, now(), now(), $4, $5)",
             job_id,
             stage,
             state,
             "boom" if state == "failed" else None,
+            {"requested": False} if stage == "diarize" and "diarize" not in states else {},
         )
     if states.get("transcribe") == "done":
         await db.execute(
@@ -72,7 +73,7 @@ async def test_rechunk_with_another_method_keeps_the_transcript(
     assert view["options"]["chunking"] == "fixed"
     assert [(s["stage"], s["state"]) for s in view["stages"]] == [
         ("transcribe", "done"),
-        ("diarize", "done"),  # not asked for
+        ("diarize", "skipped"),  # not asked for
         ("chunk", "pending"),  # the previous run's rows no longer count
         ("embed", "pending"),
     ]
@@ -94,9 +95,9 @@ async def test_rechunk_with_another_method_keeps_the_transcript(
     rows = await db.fetch(
         "SELECT stage, state, generation FROM job_stages WHERE job_id = $1", job_id
     )
+    # (The stage not asked for is marked again when the run starts, with its options.)
     assert {r["stage"]: (r["state"], r["generation"]) for r in rows} == {
         "transcribe": ("done", 1),
-        "diarize": ("done", 1),
     }
 
     again = await client.post(f"/jobs/{job_id}/reprocess", headers=headers, json={"from": "chunk"})

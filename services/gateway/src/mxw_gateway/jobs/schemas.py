@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 from mxw_shared.contracts import JobOptions, JobState, Stage
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled"]
+StageState = Literal["pending", "queued", "running", "done", "failed", "cancelled", "skipped"]
 
 
 class StageView(BaseModel):
     stage: Stage
-    state: StageState = Field(description="'pending' until the stage's service picked it up.")
+    state: StageState = Field(
+        description="'pending' until the stage's service picked it up; 'skipped': the job's "
+        "options do not ask for it (diarize without speakers)."
+    )
     progress: float = Field(ge=0, le=1, description="Progress within this stage, 0..1.")
     attempts: int = 0
     error: str | None = None

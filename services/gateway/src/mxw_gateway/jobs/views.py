@@ -13,6 +13,7 @@ from mxw_shared.db import Pool
 from mxw_shared.jobs import STAGE_ORDER, derive_job_state, job_progress
 from mxw_shared.problems import Problem
 from mxw_shared.speakers import Line, Turns, attribute_all, default_name
+from mxw_shared.stages import PIPELINE
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
@@ -46,8 +47,12 @@ def build_view(
     )
     stages: list[StageView] = []
     error: str | None = None
+    skipped = PIPELINE.not_requested(JobOptions.model_validate(job["options"] or {}))
     for stage in STAGE_ORDER:
         row = by_stage.get(stage)
+        if stage in skipped:
+            stages.append(StageView(stage=stage, state="skipped", progress=1.0))
+            continue
         if row is None:
             stages.append(StageView(stage=stage, state="pending", progress=0.0))
             continue
