@@ -340,3 +340,74 @@ async def test_rechunking_a_finished_job_does_not_transcribe_again(stack, finish
         assert any(str(r["job_id"]) == job_id for r in found.json()["results"])
     finally:
         await conn.close()
+
+
+# tiny.en on the two espeak-ng voices of the conversation fixture: what each speaker is
+# heard to say, against what they said. A speaker given the other one's lines is near 100 %.
+CONVERSATION_WER_MARGIN = 0.35
+
+
+async def test_a_conversation_comes_back_with_named_speakers_everywhere(stack, wer):
+    """The README's walk-through with two people: who said what in every format, and search
+    by speaker lands on that speaker's line."""
+    turns = SENTENCES["conversation"]["turns"]
+    job = await upload(stack, "carol", "conversation.ogg", language="en", speakers="true")
+    events = await watch(stack, "carol", str(job["id"]))
+    assert events[-1]["state"] == "done", events[-1]
+    assert "diarize" in {e["stage"] for e in events}
+    job_id = job["id"]
+    auth = stack.auth("carol")
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        found = (await client.get(f"/jobs/{job_id}/speakers", headers=auth)).json()
+        assert len(found["speakers"]) == 2, found
+        transcript = (await client.get(f"/jobs/{job_id}/transcript", headers=auth)).json()
+        # Alice opens the show: the speaker of the first line is hers.
+        first = transcript["segments"][0]["speaker"]
+        names = {s["label"]: ("Alice" if s["label"] == first else "Bob") for s in found["speakers"]}
+        for label, name in names.items():
+            renamed = await client.patch(
+                f"/jobs/{job_id}/speakers/{label}", json={"name": name}, headers=auth
+            )
+            assert renamed.status_code == 200, renamed.text
+
+        transcript = (await client.get(f"/jobs/{job_id}/transcript", headers=auth)).json()
+        assert {s["name"] for s in transcript["speakers"]} == {"Alice", "Bob"}
+        said = {"Alice": [], "Bob": []}
+        for segment in transcript["segments"]:
+            said[names[segment["speaker"]]].append(segment["text"])
+        for name in ("Alice", "Bob"):
+            reference = " ".join(t["text"] for t in turns if t["speaker"] == name)
+            heard = " ".join(said[name])
+            assert wer(reference, heard) <= CONVERSATION_WER_MARGIN, (name, heard)
+
+        text = (await client.get(f"/jobs/{job_id}/transcript.txt", headers=auth)).text
+        paragraphs = [p.split(":", 1)[0] for p in text.strip().split("\n\n")]
+        assert paragraphs == ["Alice", "Bob", "Alice", "Bob"], text
+        srt = (await client.get(f"/jobs/{job_id}/transcript.srt", headers=auth)).text
+        assert "\nAlice: " in srt
+        assert "\nBob: " in srt
+        vtt = (await client.get(f"/jobs/{job_id}/transcript.vtt", headers=auth)).text
+        assert "<v Alice>" in vtt
+        assert "<v Bob>" in vtt
+        chunks = (await client.get(f"/jobs/{job_id}/chunks", headers=auth)).json()["chunks"]
+        assert {s for c in chunks for s in c["speakers"]} == set(names)
+
+        # What did Bob say about baking time? His answer, with its second.
+        search = await client.get(
+            "/search",
+            params={"q": "how long should I bake a loaf", "speaker": "Bob"},
+            headers=auth,
+        )
+        assert search.status_code == 200, search.text
+        top = search.json()["results"][0]
+        assert str(top["job_id"]) == str(job_id)
+        assert top["lines"]
+        assert {ln["name"] for ln in top["lines"]} == {"Bob"}
+        answer = 20.75  # Bob's second turn starts here (make_audio.sh: turns + 0.6 s pauses)
+        seconds = float(top["audio_url"].rsplit("#t=", 1)[1])
+        assert abs(seconds - answer) <= 1.5, top
+        assert "minutes" in " ".join(ln["text"] for ln in top["lines"]).lower()
+        others = await client.get(
+            "/search", params={"q": "bake a loaf", "speaker": "Bob"}, headers=stack.auth("dave")
+        )
+        assert others.json()["results"] == []
