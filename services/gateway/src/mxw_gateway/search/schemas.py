@@ -110,7 +110,7 @@ class SearchHit(BaseModel):
     )
     audio_url: str = Field(
         description="Plays the audio from where the chunk starts; with `speaker`, from the "
-        "line of theirs that best matches the query."
+        "line of theirs closest to the query in meaning (in words, in text mode)."
     )
 
 

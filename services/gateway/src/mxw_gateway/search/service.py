@@ -98,13 +98,20 @@ async def embed_query(
 async def _embed_query(
     client: httpx.AsyncClient, settings: GatewaySettings, text: str
 ) -> list[float]:
+    (vector,) = await embed_texts(client, settings, [text])
+    return vector
+
+
+async def embed_texts(
+    client: httpx.AsyncClient, settings: GatewaySettings, texts: list[str]
+) -> list[list[float]]:
     headers = {}
     if settings.embedder_service_token is not None:
         headers["Authorization"] = f"Bearer {settings.embedder_service_token.get_secret_value()}"
     try:
         response = await client.post(
             "/v1/embeddings",
-            json={"input": [text], "model": settings.embedder_model, "encoding_format": "base64"},
+            json={"input": texts, "model": settings.embedder_model, "encoding_format": "base64"},
             headers=headers,
         )
     except httpx.HTTPError as exc:
@@ -116,17 +123,21 @@ async def _embed_query(
             503, "Search unavailable", f"the embedding service answered {response.status_code}"
         )
     try:
-        vector = decode_embedding(response.json()["data"][0]["embedding"])
+        data = response.json()["data"]
+        vectors = [decode_embedding(item["embedding"]) for item in data]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise Problem(502, "Bad gateway", "the embedding service sent an unusable answer") from exc
-    if len(vector) != settings.embedding_dimensions:
-        raise Problem(
-            502,
-            "Bad gateway",
-            f"the embedding service sent {len(vector)} dimensions, "
-            f"expected {settings.embedding_dimensions}",
-        )
-    return vector
+    if len(vectors) != len(texts):
+        raise Problem(502, "Bad gateway", "the embedding service left texts out")
+    for vector in vectors:
+        if len(vector) != settings.embedding_dimensions:
+            raise Problem(
+                502,
+                "Bad gateway",
+                f"the embedding service sent {len(vector)} dimensions, "
+                f"expected {settings.embedding_dimensions}",
+            )
+    return vectors
 
 
 def _scope(
@@ -211,12 +222,49 @@ async def _page(
             if ln.speaker is not None
         ]
         names_in_chunk = list(dict.fromkeys(ln.name for ln in said))
-        best = None
         if scope.speaker is not None:
             said = [ln for ln in said if ln.name.lower() == scope.speaker.lower()]
-            best = best_line(said, query)
-        hits.append(_hit(settings, r, names_in_chunk, said, best))
+        hits.append(_hit(settings, r, names_in_chunk, said))
     return hits, next_offset
+
+
+# Most lines embedded to find where in its chunk each hit of a speaker search lands.
+MAX_LANDING_LINES = 64
+
+
+async def land_on_best_lines(
+    client: httpx.AsyncClient,
+    settings: GatewaySettings,
+    hits: list[SearchHit],
+    query: str,
+    vector: list[float] | None,
+) -> list[SearchHit]:
+    """Each hit's audio link moved to its line closest to the query in meaning (its words
+    when there is no query vector, in text mode, or too many lines)."""
+    lines = [ln.text for hit in hits for ln in hit.lines]
+    if not lines:
+        return hits
+    scores: list[float] | None = None
+    if vector is not None and len(lines) <= MAX_LANDING_LINES:
+        query_unit = np.asarray(vector) / (np.linalg.norm(vector) or 1.0)
+        embedded = np.asarray(await embed_texts(client, settings, lines))
+        embedded /= np.linalg.norm(embedded, axis=1, keepdims=True) + 1e-9
+        scores = [float(x) for x in embedded @ query_unit]
+    else:
+        wanted = set(_WORD.findall(query.lower()))
+        scores = [float(len(wanted & set(_WORD.findall(text.lower())))) for text in lines]
+    out, at = [], 0
+    for hit in hits:
+        mine = scores[at : at + len(hit.lines)]
+        at += len(hit.lines)
+        if not mine:
+            out.append(hit)
+            continue
+        best = hit.lines[max(range(len(mine)), key=lambda i: (mine[i], -i))]
+        out.append(
+            hit.model_copy(update={"audio_url": _audio_url(settings, hit.job_id, best.start_s)})
+        )
+    return out
 
 
 async def search(
@@ -253,6 +301,8 @@ async def search(
             size=size,
             offset=offset,
         )
+        if scope.speaker is not None:
+            hits = await land_on_best_lines(client, settings, hits, query, vector)
     return SearchResults(
         query=query, mode=mode, offset=offset, limit=size, next_offset=next_offset, results=hits
     )
@@ -299,23 +349,12 @@ async def similar(
     )
 
 
-def best_line(lines: list[SpeakerLine], query: str) -> SpeakerLine | None:
-    """The line sharing most words with the query (the first of equals)."""
-    wanted = set(_WORD.findall(query.lower()))
-    scored = [(len(wanted & set(_WORD.findall(ln.text.lower()))), -i) for i, ln in enumerate(lines)]
-    return lines[-max(scored)[1]] if scored else None
-
-
 def _hit(
     settings: GatewaySettings,
     r: asyncpg.Record,
     speakers: list[str],
     lines: list[SpeakerLine],
-    best: SpeakerLine | None,
 ) -> SearchHit:
-    """A result; its audio link starts at `best` when there is one, else at the chunk."""
-    base = settings.public_base_url.rstrip("/")
-    start = best.start_s if best is not None else r["start_s"]
     return SearchHit(
         job_id=r["job_id"],
         filename=r["filename"],
@@ -334,8 +373,14 @@ def _hit(
         text_rank=r["text_rank"],
         speakers=speakers,
         lines=lines,
-        audio_url=f"{base}/jobs/{r['job_id']}/audio#t={_seconds(start)}",
+        audio_url=_audio_url(settings, r["job_id"], r["start_s"]),
     )
+
+
+def _audio_url(settings: GatewaySettings, job_id: uuid.UUID, start_s: float) -> str:
+    """Plays the job's audio from `start_s`."""
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/jobs/{job_id}/audio#t={_seconds(start_s)}"
 
 
 def _seconds(value: float) -> str:
