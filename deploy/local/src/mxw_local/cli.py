@@ -152,6 +152,10 @@ def submit(
     language: str | None = None,
     task: str | None = None,
     word_timestamps: bool = False,
+    speakers: Annotated[bool, typer.Option(help="Find who spoke when (the diarizer).")] = False,
+    num_speakers: Annotated[
+        int | None, typer.Option(help="With --speakers: how many people speak, if known.")
+    ] = None,
     force: bool = False,
     follow: bool = True,
     token: Token = None,
@@ -169,6 +173,8 @@ def submit(
             "language": language,
             "task": task,
             "word_timestamps": "true" if word_timestamps else None,
+            "speakers": "true" if speakers else None,
+            "num_speakers": str(num_speakers) if num_speakers is not None else None,
             "force": "true" if force else None,
         }.items()
         if v is not None
@@ -264,9 +270,45 @@ def transcript(
 
 
 @app.command()
+def speakers(
+    job_id: str,
+    name: Annotated[
+        list[str] | None,
+        typer.Option(help="LABEL=NAME: name a speaker, e.g. SPEAKER_01=Alice (repeatable)."),
+    ] = None,
+    token: Token = None,
+    gateway: Gateway = None,
+    data_dir: DataDir = Path(".data"),
+) -> None:
+    """List a job's speakers (label, name, talk time); name them with --name."""
+    gateway_url, _ = _urls(data_dir, gateway, None)
+    headers = {"Authorization": f"Bearer {_need_token(token)}"}
+    for pair in name or []:
+        label, sep, given = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not LABEL=NAME")
+        _fail_on_problem(
+            httpx.patch(
+                f"{gateway_url}/jobs/{job_id}/speakers/{label}",
+                json={"name": given},
+                headers=headers,
+                timeout=30,
+            )
+        )
+    body = _fail_on_problem(
+        httpx.get(f"{gateway_url}/jobs/{job_id}/speakers", headers=headers, timeout=30)
+    )
+    for speaker in body["speakers"]:
+        out.print(f"{speaker['label']}  {speaker['name']}  {_clock(speaker['talk_s'])}")
+
+
+@app.command()
 def search(
     query: str,
     limit: int = 5,
+    speaker: Annotated[
+        str | None, typer.Option(help="Only what the speaker of this name said.")
+    ] = None,
     token: Token = None,
     gateway: Gateway = None,
     data_dir: DataDir = Path(".data"),
@@ -276,7 +318,7 @@ def search(
     body = _fail_on_problem(
         httpx.get(
             f"{gateway_url}/search",
-            params={"q": query, "limit": limit},
+            params={"q": query, "limit": limit, **({"speaker": speaker} if speaker else {})},
             headers={"Authorization": f"Bearer {_need_token(token)}"},
             timeout=30,
         )
@@ -289,7 +331,11 @@ def search(
         out.print(
             f"[bold]{hit.get('filename') or hit['job_id']}[/] {span}  {hit.get('topic') or ''}"
         )
-        out.print(f"  {hit['text'][:300]}", soft_wrap=True)
+        if speaker and hit.get("lines"):
+            for line in hit["lines"]:
+                out.print(f"  {_clock(line['start_s'])} {line['name']}: {line['text']}")
+        else:
+            out.print(f"  {hit['text'][:300]}", soft_wrap=True)
         if hit.get("audio_url"):
             out.print(f"  {hit['audio_url']}")
 
