@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 
+# Cosine similarity of two voices (unit CAM++ embeddings) from which they are taken for the
+# same person: a voice profile's suggestion, and a re-diarized speaker keeping its name.
+VOICE_MATCH_THRESHOLD = 0.78
+
+
 @dataclass(frozen=True)
 class Turn:
     start_s: float
