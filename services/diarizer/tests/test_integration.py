@@ -233,3 +233,55 @@ async def test_a_redelivered_event_leaves_one_set_of_turns(
     )
     ready = await read_topic(topics.SPEAKERS_READY, job_id, count=2, timeout_s=3)
     assert len(ready) == 1
+
+
+def test_names_pass_to_the_same_voice_never_by_label_alone():
+    from mxw_diarizer.domain import Voice
+    from mxw_diarizer.repository import carried_names
+
+    rng = np.random.default_rng(7)
+    june, allison, third = (v / np.linalg.norm(v) for v in rng.normal(size=(3, 192)))
+    nearly_june = june + 0.1 * third
+    voices = (
+        Voice("SPEAKER_01", 20.0, tuple(allison)),
+        Voice("SPEAKER_02", 10.0, tuple(nearly_june / np.linalg.norm(nearly_june))),
+    )
+    # June was SPEAKER_01 before; the new SPEAKER_01 is someone else.
+    assert carried_names(voices, [("June", june * 3.0), ("Nobody", third)]) == {
+        "SPEAKER_02": "June"
+    }
+
+
+async def test_diarizing_again_keeps_the_names_given(
+    diarizer, infra, db, make_job, publish, wait_for, speech
+):
+    data, _ = conversation(speech)
+    uri, sha = store(infra, data)
+    job_id = await make_job(speakers=True)
+    await publish(uploaded(job_id, uri, sha, speakers=True))
+    assert await diarize_state(wait_for, job_id) == "done"
+    await db.execute(
+        "UPDATE job_speakers SET name = CASE label WHEN 'SPEAKER_01' THEN 'June' ELSE 'Allison'"
+        " END WHERE job_id = $1",
+        job_id,
+    )
+    before = {
+        r["name"]: r["embedding"].to_list()
+        for r in await db.fetch("SELECT * FROM job_speakers WHERE job_id = $1", job_id)
+    }
+    # Reprocessed from diarize (transitions.rerun): a new run, the stage row gone.
+    await db.execute("UPDATE jobs SET generation = 1 WHERE id = $1", job_id)
+    await db.execute("DELETE FROM job_stages WHERE job_id = $1 AND stage = 'diarize'", job_id)
+    rerun = uploaded(job_id, uri, sha, speakers=True).model_copy(update={"generation": 1})
+    await publish(rerun)
+    await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'diarize' AND generation = 1",
+        job_id,
+        predicate=lambda s: s == "done",
+        timeout_s=240,
+    )
+    after = await db.fetch("SELECT * FROM job_speakers WHERE job_id = $1", job_id)
+    assert {r["name"] for r in after} == {"June", "Allison"}
+    for r in after:
+        similarity = float(np.dot(r["embedding"].to_list(), before[r["name"]]))
+        assert similarity > 0.99  # the same voice kept its name
