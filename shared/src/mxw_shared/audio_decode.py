@@ -18,6 +18,7 @@ import numpy as np
 from mxw_shared.audio import AudioRefused, AudioTooLong, NotAudio, declared_duration, open_audio
 
 SAMPLE_RATE = 16_000
+Samples = np.ndarray[Any, np.dtype[np.float32]]
 
 
 class AudioDecodeError(Exception):
@@ -56,7 +57,7 @@ def _resample_frames(
         yield from resampler.resample(frame)
 
 
-def decode_audio(path: Path, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+def decode_audio(path: Path, max_seconds: float) -> Samples:
     """Mono float32 samples at 16 kHz, opened with the container and protocol allow-lists
     (mxw_shared.audio). Audio longer than `max_seconds` is refused before decoding when its
     headers say so, and otherwise as soon as decoding passes the limit, so memory stays

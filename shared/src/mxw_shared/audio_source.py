@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import hashlib
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mxw_shared import netguard
+from mxw_shared.audio import AudioRefused
+from mxw_shared.audio_decode import AudioDecodeError, Samples, decode_audio
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
     BlobNotFound,
@@ -157,6 +160,24 @@ def _sha256(path: Path) -> str:
         while block := fh.read(1024 * 1024):
             digest.update(block)
     return digest.hexdigest()
+
+
+async def event_audio(
+    event: AudioUploaded, store: BlobStore, settings: AudioSourceSettings
+) -> tuple[Samples, float]:
+    """The event's audio checked against its sha256 and decoded (mxw_shared.audio_decode),
+    with the seconds the decoding took. PermanentError, with the reason, for audio that
+    cannot or may not be used."""
+    async with audio_file(event.audio_uri, store, settings) as path:
+        await check_sha256(path, event, settings)
+        started = time.monotonic()
+        try:
+            samples = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
+        except AudioDecodeError as exc:
+            raise PermanentError(f"audio could not be decoded: {exc}") from exc
+        except AudioRefused as exc:
+            raise PermanentError(f"audio refused: {exc}") from exc
+        return samples, time.monotonic() - started
 
 
 async def check_sha256(path: Path, event: AudioUploaded, settings: AudioSourceSettings) -> None:

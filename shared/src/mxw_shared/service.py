@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.config import STARTUP_FAILURE
 
 from mxw_shared import metrics, telemetry
+from mxw_shared.contracts import Stage
 from mxw_shared.db import Pool, check_schema, create_pool
 from mxw_shared.deadletter import FailureCounter, is_outage
 from mxw_shared.kafka import (
@@ -29,6 +30,7 @@ from mxw_shared.logging import configure_logging, get_logger
 from mxw_shared.outbox import OutboxRelay
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.problems import problem_response
+from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.settings import CommonSettings
 from mxw_shared.sweeper import StageSweeper
 
@@ -111,6 +113,19 @@ class ServiceRuntime:
         consumer = StageConsumer(runner, self.settings, group_id, max_concurrent, grace)
         self.stage_consumers.append(consumer)
         return consumer
+
+    @contextlib.asynccontextmanager
+    async def running_stage(self, stage: Stage) -> AsyncIterator[None]:
+        """A stage service at work: messaging started (its consumers subscribed first) and
+        the stage's own retention (dedupe marks, sweep rows) running; both stopped on exit."""
+        await self.start_messaging()
+        pruner = Pruner(self.pool, self.settings, stage_service_tasks(self.settings, [stage]))
+        pruner.start()
+        try:
+            yield
+        finally:
+            await pruner.stop()
+            await self.stop()
 
     async def stop(self) -> None:
         for sweeper in self._sweepers:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-
 # Cosine similarity of two voices (unit CAM++ embeddings) from which they are taken for the
 # same person: a voice profile's suggestion, and a re-diarized speaker keeping its name.
 VOICE_MATCH_THRESHOLD = 0.78

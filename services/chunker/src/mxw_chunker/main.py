@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from mxw_shared.contracts import Stage, TranscriptReady
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
-from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 
@@ -85,15 +84,10 @@ def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
         )
         runtime.subscribe_stage(runner, group_id=settings.service_name)
         runtime.ready_checks.append(embedder.check)
-        await runtime.start_messaging()
-        # Its own dedupe marks and sweep rows (shared/retention.py).
-        pruner = Pruner(runtime.pool, settings, stage_service_tasks(settings, [Stage.chunk]))
-        pruner.start()
         try:
-            yield
+            async with runtime.running_stage(Stage.chunk):
+                yield
         finally:
-            await pruner.stop()
-            await runtime.stop()
             await chunker.aclose()
             # A load in its thread cannot be interrupted; wait for it, it is bounded.
             with contextlib.suppress(Exception):

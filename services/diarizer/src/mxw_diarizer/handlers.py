@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.audio import AudioRefused
-from mxw_shared.audio_decode import SAMPLE_RATE, AudioDecodeError, decode_audio
-from mxw_shared.audio_source import audio_file, check_sha256
+from mxw_shared.audio_decode import SAMPLE_RATE
+from mxw_shared.audio_source import event_audio
 from mxw_shared.blobs import BlobStore
 from mxw_shared.contracts import AudioUploaded, Envelope, SpeakersReady
 from mxw_shared.db import Connection
@@ -20,7 +19,6 @@ from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import (
     JobCancelled,
-    PermanentError,
     Progress,
     StageOutcome,
     StageTakenOver,
@@ -55,16 +53,7 @@ class DiarizeWork:
         settings = self.settings
         queue_wait_s = max(0.0, (datetime.now(UTC) - envelope.time).total_seconds())
         model = await self.model()
-        async with audio_file(event.audio_uri, self.store, settings) as path:
-            await check_sha256(path, event, settings)
-            started = time.monotonic()
-            try:
-                samples = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
-            except AudioDecodeError as exc:
-                raise PermanentError(f"audio could not be decoded: {exc}") from exc
-            except AudioRefused as exc:
-                raise PermanentError(f"audio refused: {exc}") from exc
-            decode_s = time.monotonic() - started
+        samples, decode_s = await event_audio(event, self.store, settings)
 
         stop = threading.Event()
         reached = [0.0]

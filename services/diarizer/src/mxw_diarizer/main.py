@@ -13,7 +13,6 @@ from mxw_shared.blobs import open_blob_store
 from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
-from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 
@@ -83,15 +82,10 @@ def create_app(settings: DiarizerSettings | None = None) -> FastAPI:
             shutdown_grace_s=settings.shutdown_grace_s,
         )
         runtime.ready_checks.append(loader.check)
-        await runtime.start_messaging()
-        # Its own dedupe marks and sweep rows (shared/retention.py).
-        pruner = Pruner(runtime.pool, settings, stage_service_tasks(settings, [Stage.diarize]))
-        pruner.start()
         try:
-            yield
+            async with runtime.running_stage(Stage.diarize):
+                yield
         finally:
-            await pruner.stop()
-            await runtime.stop()
             if loader.task is not None:
                 # A load in its thread cannot be interrupted; wait for it, it is bounded.
                 await asyncio.gather(loader.task, return_exceptions=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mxw_shared.audio_decode import Samples
 
 from mxw_diarizer.settings import DiarizerSettings
 
@@ -26,7 +27,6 @@ SPECTRAL_MAX_S = 1200.0
 SPECTRAL_MAX_SPEAKERS = 15
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
-Samples = np.ndarray[Any, np.dtype[np.float32]]
 
 
 @dataclass(frozen=True)

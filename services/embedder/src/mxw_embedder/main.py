@@ -12,7 +12,6 @@ from mxw_shared.contracts import ChunksReady, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.problems import install_problem_handlers
-from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 from mxw_shared.user_access import UserAccess
@@ -90,15 +89,10 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
                 work=embed_chunks(settings, runtime.pool, batcher),
             )
             runtime.subscribe_stage(runner, group_id=settings.service_name)
-        await runtime.start_messaging()
-        # Its own dedupe marks and sweep rows (shared/retention.py).
-        pruner = Pruner(runtime.pool, settings, stage_service_tasks(settings, [Stage.embed]))
-        pruner.start()
         try:
-            yield
+            async with runtime.running_stage(Stage.embed):
+                yield
         finally:
-            await pruner.stop()
-            await runtime.stop()
             await batcher.stop()
 
     app = FastAPI(title="MxWhisper embedder", lifespan=lifespan)

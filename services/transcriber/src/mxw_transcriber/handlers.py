@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.audio import AudioRefused
-from mxw_shared.audio_decode import SAMPLE_RATE, AudioDecodeError, decode_audio
-from mxw_shared.audio_source import audio_file, check_sha256
+from mxw_shared.audio_decode import SAMPLE_RATE
+from mxw_shared.audio_source import event_audio
 from mxw_shared.blobs import (
     BlobStore,
 )
@@ -118,16 +117,7 @@ class TranscribeWork:
         except UnsupportedOptions as exc:
             raise PermanentError(str(exc)) from exc
 
-        async with audio_file(event.audio_uri, self.store, settings) as path:
-            await check_sha256(path, event, settings)
-            started = time.monotonic()
-            try:
-                audio = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
-            except AudioDecodeError as exc:
-                raise PermanentError(f"audio could not be decoded: {exc}") from exc
-            except AudioRefused as exc:
-                raise PermanentError(f"audio refused: {exc}") from exc
-            decode_s = time.monotonic() - started
+        audio, decode_s = await event_audio(event, self.store, settings)
         duration = round(len(audio) / SAMPLE_RATE, 3)
 
         fingerprint = run_fingerprint(job, event, model_name, self.decode)

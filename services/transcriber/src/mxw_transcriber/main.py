@@ -14,7 +14,6 @@ from mxw_shared.blobs import open_blob_store
 from mxw_shared.contracts import AudioUploaded, Stage
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
-from mxw_shared.retention import Pruner, stage_service_tasks
 from mxw_shared.service import ServiceRuntime, health_router, serve
 from mxw_shared.telemetry import instrument_app
 
@@ -86,15 +85,10 @@ def create_app(settings: TranscriberSettings | None = None) -> FastAPI:
             shutdown_grace_s=settings.shutdown_grace_s,
         )
         runtime.ready_checks.append(default_model.check)
-        await runtime.start_messaging()
-        # Its own dedupe marks and sweep rows (shared/retention.py).
-        pruner = Pruner(runtime.pool, settings, stage_service_tasks(settings, [Stage.transcribe]))
-        pruner.start()
         try:
-            yield
+            async with runtime.running_stage(Stage.transcribe):
+                yield
         finally:
-            await pruner.stop()
-            await runtime.stop()
             if default_model.task is not None:
                 # A load in its thread cannot be interrupted; wait for it, it is bounded.
                 with contextlib.suppress(Exception):
