@@ -21,7 +21,7 @@ from mxw_shared.contracts import (
 )
 from mxw_shared.pipeline import PermanentError, StageOutcome, StageRunner
 from mxw_shared.settings import CommonSettings
-from mxw_shared.stages import Pipeline, StageSpec, speakers_requested
+from mxw_shared.stages import Pipeline, StageSpec
 from mxw_shared.sweeper import StageSweeper
 from mxw_shared.topics import AUDIO_UPLOADED, EMBEDDINGS_READY, TRANSCRIPT_READY, dlq
 
@@ -168,7 +168,7 @@ async def test_a_stage_the_job_does_not_ask_for_is_done_and_its_join_does_not_wa
     optional = Pipeline(
         (
             JOINED[Stage.transcribe],
-            dataclasses.replace(JOINED[Stage.chunk], requested=speakers_requested),
+            dataclasses.replace(JOINED[Stage.chunk], requested_by="speakers"),
             JOINED[Stage.embed],
         )
     )

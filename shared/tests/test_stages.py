@@ -57,6 +57,10 @@ def test_the_pipeline_transcribes_and_diarizes_side_by_side_then_chunks_and_embe
 def test_only_jobs_that_ask_for_speakers_are_diarized() -> None:
     assert PIPELINE.not_requested(JobOptions()) == (Stage.diarize,)
     assert PIPELINE.not_requested(JobOptions(speakers=True, num_speakers=2)) == ()
+    # The switch is a bool option (the sweeper reads it from the stored options in SQL).
+    for switch in ("language", "no_such_option"):
+        with pytest.raises(ValueError, match="no bool option"):
+            Pipeline((StageSpec(Stage.transcribe, AudioUploaded, None, "x", (0, 1), (), switch),))
 
 
 def test_spans_cover_progress_from_zero_to_one_in_order() -> None:

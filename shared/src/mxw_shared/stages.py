@@ -10,7 +10,6 @@ one row here (and its handler in the service that runs it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from mxw_shared.contracts import (
@@ -25,14 +24,6 @@ from mxw_shared.contracts import (
 )
 
 
-def always(options: JobOptions) -> bool:
-    return True
-
-
-def speakers_requested(options: JobOptions) -> bool:
-    return options.speakers
-
-
 @dataclass(frozen=True)
 class StageSpec:
     stage: Stage
@@ -41,9 +32,14 @@ class StageSpec:
     service: str  # the service that runs it; its consumer group has the service's name
     span: tuple[float, float]  # the share of overall progress the stage covers
     after: tuple[Stage, ...] = ()  # prerequisites: stages of the same run done before it
-    # Whether a job's options ask for the stage. One that is not asked for is done from the
-    # start of the job's run (transitions.start marks it), so stages after it never wait.
-    requested: Callable[[JobOptions], bool] = always
+    # The JobOptions switch (a bool field) that asks for the stage; None: every job runs
+    # it. A stage not asked for is done from the start of the job's run (transitions.start
+    # marks it), so stages after it never wait. One declaration for Python and SQL
+    # (`requested`, the sweeper's `requested_sql`).
+    requested_by: str | None = None
+
+    def requested(self, options: JobOptions) -> bool:
+        return self.requested_by is None or bool(getattr(options, self.requested_by))
 
     @property
     def topic(self) -> str:
@@ -64,6 +60,9 @@ class Pipeline:
             lo, hi = spec.span
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ValueError(f"stage {spec.stage}: span {spec.span} is not within [0, 1]")
+            switch = JobOptions.model_fields.get(spec.requested_by or "")
+            if spec.requested_by is not None and (switch is None or switch.annotation is not bool):
+                raise ValueError(f"stage {spec.stage}: {spec.requested_by!r} is no bool option")
             seen.add(spec.stage)
         self.specs = specs
         self._by_stage = {s.stage: s for s in specs}
@@ -147,7 +146,7 @@ PIPELINE = Pipeline(
             SpeakersReady,
             "diarizer",
             (0.0, 0.8),
-            requested=speakers_requested,
+            requested_by="speakers",
         ),
         StageSpec(
             Stage.chunk,

@@ -58,10 +58,12 @@ JOIN jobs j ON j.id = r.job_id
 LEFT JOIN job_stages s ON s.job_id = j.id AND s.stage = $1
 LEFT JOIN stage_sweeps w ON w.job_id = j.id AND w.stage = $1 AND w.generation = j.generation
 WHERE j.cancelled_at IS NULL
-  -- every prerequisite is done for this run (the first stage has none)
+  -- every prerequisite the job asks for is done for this run (the first stage has none;
+  -- `switch` is the JobOptions field that asks for one, '' when every job runs it)
   AND NOT EXISTS (
-      SELECT 1 FROM unnest($2::text[]) AS need(stage)
-      WHERE NOT EXISTS (
+      SELECT 1 FROM unnest($2::text[], $6::text[]) AS need(stage, switch)
+      WHERE (need.switch = '' OR coalesce((j.options ->> need.switch)::boolean, false))
+        AND NOT EXISTS (
           SELECT 1 FROM job_stages p WHERE p.job_id = j.id AND p.stage = need.stage
             AND p.state = 'done'))
   -- no stage of this run failed or was cancelled
@@ -121,7 +123,7 @@ class StageSweeper:
 
     async def sweep_once(self) -> list[SweepAction]:
         index = STAGE_ORDER.index(self.stage)
-        prerequisites = [s.value for s in self.pipeline[self.stage].after]
+        prerequisites = [self.pipeline[s] for s in self.pipeline[self.stage].after]
         actions: list[SweepAction] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(
@@ -131,10 +133,11 @@ class StageSweeper:
             rows = await conn.fetch(
                 _CANDIDATES,
                 self.stage.value,
-                prerequisites,
+                [p.stage.value for p in prerequisites],
                 self.settings.stuck_after_s,
                 self.settings.sweep_window_s,
                 self.topic,
+                [p.requested_by or "" for p in prerequisites],
             )
             for row in rows:
                 actions.append(await self._act(conn, row))

@@ -608,8 +608,11 @@ async def rerun(
             locked.state,
         )
     redo = pipeline.later(from_stage)
-    # What a rerun from `from_stage` keeps must be there: every stage it does not redo.
-    for kept in (s for s in pipeline.order if s not in redo):
+    asked_before = JobOptions.model_validate(locked.row["options"] or {})
+    never_asked = pipeline.not_requested(asked_before)
+    # What a rerun from `from_stage` keeps must be there: every stage it does not redo (a
+    # stage the job did not ask for has nothing to keep).
+    for kept in (s for s in pipeline.order if s not in redo and s not in never_asked):
         row = locked.stages.get(kept)
         if row is None or row["state"] != JobState.done:
             raise TransitionRefused(
@@ -619,14 +622,8 @@ async def rerun(
     new_options = options(locked.row["options"] or {})
     # A stage that was not asked for and now is (speakers turned on) has nothing to keep:
     # only a rerun that redoes it can run it.
-    skipped = {
-        s for s, r in locked.stages.items() if (r["metrics"] or {}).get("requested") is False
-    }
-    if missing := [
-        s
-        for s in pipeline.order
-        if s in skipped and s not in redo and s not in pipeline.not_requested(new_options)
-    ]:
+    asked_now = pipeline.not_requested(new_options)
+    if missing := [s for s in never_asked if s not in redo and s not in asked_now]:
         raise TransitionRefused(
             "Stage never ran",
             f"{missing[0].value} did not run for this job; reprocess from {missing[0].value}",
@@ -643,7 +640,7 @@ async def rerun(
     await conn.execute(
         "DELETE FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])",
         job_id,
-        [s.value for s in (*redo, *skipped)],
+        [s.value for s in (*redo, *never_asked)],
     )
     await conn.execute(
         "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation
