@@ -272,12 +272,12 @@ async def test_diarized_json(client, db, clip, gateway_url, api_key):
 
 @pytest.fixture(scope="module")
 async def diarizer(infra):
-    """The diarizer service, in process, once it exists (the main stack adds it)."""
-    main = pytest.importorskip("mxw_diarizer.main")
+    """The diarizer service, in process."""
+    from mxw_diarizer.main import create_app
     from mxw_diarizer.settings import DiarizerSettings
 
     settings = infra.settings(DiarizerSettings, "diarizer", device="cpu")
-    async with LifespanManager(main.create_app(settings), startup_timeout=300, shutdown_timeout=60):
+    async with LifespanManager(create_app(settings), startup_timeout=300, shutdown_timeout=60):
         yield
 
 
