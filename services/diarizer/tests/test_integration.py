@@ -3,6 +3,7 @@ speaker model, on real voices (Debian's asterisk prompts: one person per languag
 
 import hashlib
 import io
+import uuid
 import wave
 
 import numpy as np
@@ -285,3 +286,31 @@ async def test_diarizing_again_keeps_the_names_given(
     for r in after:
         similarity = float(np.dot(r["embedding"].to_list(), before[r["name"]]))
         assert similarity > 0.99  # the same voice kept its name
+
+
+async def test_a_malformed_record_is_dead_lettered_and_the_next_job_still_diarized(
+    diarizer, infra, db, make_job, kafka_producer, publish, read_topic, wait_for, speech
+):
+    bad_job = uuid.uuid4()
+    await kafka_producer.send_and_wait(
+        topics.AUDIO_UPLOADED,
+        value=b'{"job_id": "not a uuid", "options": {"speakers": tru',
+        key=str(bad_job).encode(),
+        headers=[
+            ("ce_id", b"bad-diarize-1"),
+            ("ce_type", b"io.mxwhisper.audio.uploaded.v1"),
+            ("ce_source", b"tests"),
+            ("ce_specversion", b"1.0"),
+        ],
+    )
+    uri, sha = store(infra, speech("en").path.read_bytes())
+    good_job = await make_job(speakers=True)
+    await publish(uploaded(good_job, uri, sha, speakers=True))
+    assert await diarize_state(wait_for, good_job) == "done"
+    dead = [
+        h
+        for h, _ in await read_topic(topics.dlq(topics.AUDIO_UPLOADED), bad_job)
+        if h["x_consumer"] == "diarizer"
+    ]
+    assert [h["ce_id"] for h in dead] == ["bad-diarize-1"]
+    assert dead[0]["x_error"].startswith("invalid event")
