@@ -30,7 +30,7 @@ from mxw_local.harness import Stack, run_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = (ROOT / "tests" / "fixtures" / "audio" / "short_en.ogg").read_bytes()
-SERVICES = ("gateway", "notifier", "transcriber", "chunker", "embedder")
+SERVICES = ("gateway", "notifier", "transcriber", "diarizer", "chunker", "embedder")
 
 
 def rss_mib(stack: Stack) -> dict[str, float]:
