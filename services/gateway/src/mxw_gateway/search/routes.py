@@ -54,6 +54,10 @@ async def search_get(
             description="Only what the speaker with this name said (names given per job).",
         ),
     ] = None,
+    voice: Annotated[
+        uuid.UUID | None,
+        Query(description="Only what this voice profile of yours said (GET /voices)."),
+    ] = None,
 ) -> SearchResults:
     return await service.search(
         pool=pool,
@@ -71,6 +75,7 @@ async def search_get(
             created_from=created_from,
             created_to=created_to,
             speaker=speaker,
+            voice=voice,
         ),
     )
 
