@@ -26,6 +26,7 @@ from mxw_gateway.search.schemas import (
 router = APIRouter(tags=["search"])
 
 _RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "No such voice profile (or not yours).", "content": {PROBLEM_JSON: {}}},
     503: {"description": "The embedding service is down.", "content": {PROBLEM_JSON: {}}},
 }
 
