@@ -501,3 +501,48 @@ async def test_bad_ids_are_422_problems(client, token):
         422,
     )
     problem(await client.get("/voices", headers=headers, params={"limit": 0}), 422)
+
+
+@pytest.fixture(scope="module")
+def real_voices(speech):
+    """The diarizer's voices (its SpeakerModel, as its stage computes them) of two halves
+    of one real person's recording each: Allison (en) and June (fr), asterisk's prompts."""
+    from mxw_diarizer.domain import diarize
+    from mxw_diarizer.models import SpeakerCounts, SpeakerModel
+    from mxw_diarizer.settings import DiarizerSettings
+    from mxw_shared.audio_decode import decode_audio
+
+    model = SpeakerModel(DiarizerSettings(warmup=False, device="cpu"))
+    out = {}
+    for who, language in (("allison", "en"), ("june", "fr")):
+        samples = decode_audio(speech(language).path, 600)
+        half = len(samples) // 2
+        for n, part in enumerate((samples[:half], samples[half:]), 1):
+            (found,) = diarize(model, part, SpeakerCounts(exactly=1)).voices
+            out[f"{who}{n}"] = np.asarray(found.embedding)
+    return out
+
+
+async def test_real_voices_the_same_person_is_suggested_another_is_not(
+    client, token, voice_job, real_voices
+):
+    v = real_voices
+    same, other = float(v["allison1"] @ v["allison2"]), float(v["allison1"] @ v["june2"])
+    # What the threshold separates: one person's two recordings, two people.
+    assert same >= VOICE_MATCH_THRESHOLD > other, (same, other)
+
+    headers = token("vp-real")
+    first = await voice_job("vp-real", v["allison1"], v["june1"])
+    await name_voice(client, headers, first, "SPEAKER_01", "Allison")
+    later = await voice_job("vp-real", v["june2"], v["allison2"])
+    listed = await speakers_of(client, headers, later)
+    hint = listed["SPEAKER_02"]["suggestion"]
+    assert hint["name"] == "Allison"
+    assert hint["similarity"] == pytest.approx(same, abs=1e-3)
+    assert listed["SPEAKER_01"]["suggestion"] is None  # June does not sound like Allison
+
+    # Once June has a profile too, her later recording is suggested as June.
+    await name_voice(client, headers, first, "SPEAKER_02", "June")
+    listed = await speakers_of(client, headers, later)
+    assert listed["SPEAKER_01"]["suggestion"]["name"] == "June"
+    assert listed["SPEAKER_02"]["suggestion"]["name"] == "Allison"
