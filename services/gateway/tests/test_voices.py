@@ -209,7 +209,7 @@ async def test_name_a_voice_list_get_rename_and_delete_with_its_samples(
 
     # A deleted job takes its samples with it.
     assert await samples(db, bob["id"]) == 1
-    await db.execute("DELETE FROM jobs WHERE id = $1", job_id)  # as the purge of a deleted job
+    assert (await client.delete(f"/jobs/{job_id}", headers=headers)).status_code == 204
     assert await samples(db, bob["id"]) == 0
 
 
@@ -546,3 +546,30 @@ async def test_real_voices_the_same_person_is_suggested_another_is_not(
     listed = await speakers_of(client, headers, later)
     assert listed["SPEAKER_01"]["suggestion"]["name"] == "June"
     assert listed["SPEAKER_02"]["suggestion"]["name"] == "Allison"
+
+
+async def test_a_speaker_belongs_to_one_profile_and_a_merge_keeps_it(client, token, db, voice_job):
+    headers = token("vp-hal")
+    job = await voice_job("vp-hal", like(ALICE), like(BOB))
+    alice = await name_voice(client, headers, job, "SPEAKER_01", "Alice")
+    bob = await name_voice(client, headers, job, "SPEAKER_02", "Bob")
+    # Confirming another profile moves the speaker (and its sample) there.
+    moved = await client.post(
+        f"/jobs/{job}/speakers/SPEAKER_01/voice",
+        headers=headers,
+        json={"profile_id": bob["id"], "accept": True},
+    )
+    assert moved.status_code == 200, moved.text
+    now = {s["label"]: s for s in moved.json()["speakers"]}
+    assert (now["SPEAKER_01"]["name"], now["SPEAKER_01"]["profile_id"]) == ("Bob", bob["id"])
+    assert (await samples(db, alice["id"]), await samples(db, bob["id"])) == (0, 2)
+    # A merge: `into` keeps its profile; `from`'s rejections go with it.
+    merged = await client.post(
+        f"/jobs/{job}/speakers/merge",
+        headers=headers,
+        json={"from": "SPEAKER_02", "into": "SPEAKER_01"},
+    )
+    assert merged.status_code == 200, merged.text
+    assert [(s["label"], s["profile_id"]) for s in merged.json()["speakers"]] == [
+        ("SPEAKER_01", bob["id"])
+    ]
