@@ -319,7 +319,9 @@ async def test_merge_relabels_turns_sums_talk_time_and_updates_chunks(
 
     assert response.status_code == 200, response.text
     # One speaker left, with both talk times and the name the merged one had.
-    assert response.json()["speakers"] == [{"label": "SPEAKER_01", "name": "Bo", "talk_s": 4.8}]
+    assert response.json()["speakers"] == [
+        {"label": "SPEAKER_01", "name": "Bo", "talk_s": 4.8, "profile_id": None, "suggestion": None}
+    ]
     turns = await db.fetch("SELECT speaker FROM speaker_turns WHERE job_id = $1", job_id)
     assert {r["speaker"] for r in turns} == {"SPEAKER_01"}
     assert await chunk_speakers(db, job_id) == [["SPEAKER_01"], ["SPEAKER_01"]]

@@ -243,7 +243,8 @@ async def fetch_turns(conn: Connection | Pool, job_id: uuid.UUID) -> list[Turn]:
 
 async def fetch_speakers(conn: Connection | Pool, job_id: uuid.UUID) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT label, name, talk_s FROM job_speakers WHERE job_id = $1 ORDER BY label", job_id
+        "SELECT label, name, talk_s, profile_id FROM job_speakers WHERE job_id = $1 ORDER BY label",
+        job_id,
     )
     return rows
 
@@ -285,7 +286,8 @@ async def merge_speakers(conn: Connection, job_id: uuid.UUID, source: str, into:
         into,
     )
     await conn.execute(
-        "UPDATE job_speakers i SET talk_s = i.talk_s + f.talk_s, name = coalesce(i.name, f.name)"
+        "UPDATE job_speakers i SET talk_s = i.talk_s + f.talk_s, name = coalesce(i.name, f.name),"
+        " profile_id = coalesce(i.profile_id, f.profile_id)"
         " FROM job_speakers f WHERE i.job_id = $1 AND i.label = $3"
         " AND f.job_id = $1 AND f.label = $2",
         job_id,

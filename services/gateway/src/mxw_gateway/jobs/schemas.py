@@ -122,9 +122,32 @@ class SpeakerView(BaseModel):
     talk_s: float = Field(ge=0, description="Seconds the speaker talks.")
 
 
+class VoiceSuggestion(BaseModel):
+    """One of your voice profiles that sounds like this speaker (docs/api.md, Voice profiles)."""
+
+    profile_id: uuid.UUID
+    name: str
+    similarity: float = Field(
+        description="Cosine similarity of the speaker's voice to the profile's (its samples' "
+        "mean), at least mxw_shared.speakers.VOICE_MATCH_THRESHOLD."
+    )
+
+
+class JobSpeaker(SpeakerView):
+    profile_id: uuid.UUID | None = Field(
+        default=None, description="The voice profile confirmed for this speaker."
+    )
+    suggestion: VoiceSuggestion | None = Field(
+        default=None,
+        description="For a speaker without a confirmed profile: your profile whose voice is "
+        "closest, if close enough and not rejected for this speaker. Confirm or reject it "
+        "with POST /jobs/{job_id}/speakers/{label}/voice.",
+    )
+
+
 class SpeakerList(BaseModel):
     job_id: uuid.UUID
-    speakers: list[SpeakerView]
+    speakers: list[JobSpeaker]
 
 
 class TranscriptView(BaseModel):

@@ -12,12 +12,19 @@ import uuid
 from mxw_shared.contracts import JobOptions, JobState, Stage
 from mxw_shared.db import Connection, Pool
 from mxw_shared.problems import Problem
-from mxw_shared.speakers import Turns, attribute_all, reassign, speakers_in
+from mxw_shared.speakers import VOICE_MATCH_THRESHOLD, Turns, attribute_all, reassign, speakers_in
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
-from mxw_gateway.jobs.schemas import SegmentSpeaker, SpeakerList, SpeakerView
+from mxw_gateway.jobs.schemas import (
+    JobSpeaker,
+    SegmentSpeaker,
+    SpeakerList,
+    SpeakerView,
+    VoiceSuggestion,
+)
 from mxw_gateway.jobs.views import load_owned_job, speaker_view
+from mxw_gateway.voices import repository as voices
 
 
 def _no_speaker(label: str) -> Problem:
@@ -25,12 +32,37 @@ def _no_speaker(label: str) -> Problem:
 
 
 async def list_speakers(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> SpeakerList:
-    await load_owned_job(pool, user, job_id)
+    """The job's speakers with their confirmed voice profile, and for the others the
+    caller's closest profile as a suggestion. Only the job's owner gets suggestions, from
+    their own profiles: an admin looking at another user's job sees none (profiles are
+    never matched across users)."""
+    job = await load_owned_job(pool, user, job_id)
     rows = await repository.fetch_speakers(pool, job_id)
-    return SpeakerList(job_id=job_id, speakers=[speaker_view(r) for r in rows])
+    suggested = (
+        await voices.suggestions(pool, job_id, user.sub, VOICE_MATCH_THRESHOLD)
+        if job["owner_id"] == user.sub
+        else {}
+    )
+    speakers = []
+    for r in rows:
+        hint = suggested.get(r["label"])
+        speakers.append(
+            JobSpeaker(
+                **speaker_view(r).model_dump(),
+                profile_id=r["profile_id"],
+                suggestion=None
+                if hint is None
+                else VoiceSuggestion(
+                    profile_id=hint["profile_id"],
+                    name=hint["name"],
+                    similarity=round(float(hint["similarity"]), 4),
+                ),
+            )
+        )
+    return SpeakerList(job_id=job_id, speakers=speakers)
 
 
-async def _load_diarized_job(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> None:
+async def load_diarized_job(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> None:
     """The caller's job, with its speakers found in its current run (409 otherwise: a
     correction must not race the diarizer writing them)."""
     job = await load_owned_job(pool, user, job_id)
@@ -56,7 +88,7 @@ async def refresh_chunk_speakers(conn: Connection, job_id: uuid.UUID) -> None:
 async def rename(
     pool: Pool, user: CurrentUser, job_id: uuid.UUID, label: str, name: str
 ) -> SpeakerView:
-    await _load_diarized_job(pool, user, job_id)
+    await load_diarized_job(pool, user, job_id)
     row = await repository.rename_speaker(pool, job_id, label, name)
     if row is None:
         raise _no_speaker(label)
@@ -68,7 +100,7 @@ async def merge(
 ) -> SpeakerList:
     if source == into:
         raise Problem(422, "Invalid request", "a speaker cannot be merged into itself")
-    await _load_diarized_job(pool, user, job_id)
+    await load_diarized_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
         await repository.lock_job(conn, job_id)
         known = {r["label"] for r in await repository.fetch_speakers(conn, job_id)}
@@ -83,7 +115,7 @@ async def merge(
 async def move_segment(
     pool: Pool, user: CurrentUser, job_id: uuid.UUID, idx: int, move: SegmentSpeaker
 ) -> SpeakerList:
-    await _load_diarized_job(pool, user, job_id)
+    await load_diarized_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
         await repository.lock_job(conn, job_id)
         segment = next(

@@ -41,6 +41,7 @@ class Scope:
     created_to: dt.datetime | None = None
     exclude_chunk_id: int | None = None
     speaker: str | None = None  # a speaker name, as given in each job (job_speakers.name)
+    voice: uuid.UUID | None = None  # a voice profile, as confirmed per job (.profile_id)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ def _scope_filters(scope: Scope, args: _Args, alias: str) -> list[str]:
             )
         else:  # embeddings carry no speakers: their jobs, then the chunks re-checked above
             filters.append(f"e.job_id IN (SELECT s.job_id FROM job_speakers s WHERE {named})")
+    if scope.voice is not None:
+        confirmed = f"s.profile_id = {args.add(scope.voice)}"
+        if alias == "c":
+            filters.append(
+                f"EXISTS (SELECT 1 FROM job_speakers s WHERE s.job_id = c.job_id AND {confirmed}"
+                " AND s.label = ANY(c.speakers))"
+            )
+        else:
+            filters.append(f"e.job_id IN (SELECT s.job_id FROM job_speakers s WHERE {confirmed})")
     if scope.exclude_chunk_id is not None:
         column = "chunk_id" if alias == "e" else "id"
         filters.append(f"{alias}.{column} <> {args.add(scope.exclude_chunk_id)}")
@@ -280,9 +290,9 @@ async def chunk_source(pool: Pool, chunk_id: int) -> asyncpg.Record | None:
 
 async def speaker_lines(
     pool: Pool, chunks: list[asyncpg.Record]
-) -> tuple[dict[int, list[Line]], dict[tuple[uuid.UUID, str], str | None]]:
+) -> tuple[dict[int, list[Line]], dict[tuple[uuid.UUID, str], asyncpg.Record]]:
     """The lines with speakers of each chunk that has speakers (mxw_shared.speakers, from
-    the stored segments and turns), and the names of those jobs' speakers."""
+    the stored segments and turns), and those jobs' speakers (name, profile_id)."""
     spoken = [c for c in chunks if c["speakers"]]
     if not spoken:
         return {}, {}
@@ -305,7 +315,9 @@ async def speaker_lines(
             jobs,
         )
         names = await conn.fetch(
-            "SELECT job_id, label, name FROM job_speakers WHERE job_id = ANY($1::uuid[])", jobs
+            "SELECT job_id, label, name, profile_id FROM job_speakers"
+            " WHERE job_id = ANY($1::uuid[])",
+            jobs,
         )
     turns_of: dict[uuid.UUID, list[Turn]] = {}
     for t in turns:
@@ -321,4 +333,4 @@ async def speaker_lines(
         c["chunk_id"]: lines_in(lines_of.get(c["job_id"], []), c["start_s"], c["end_s"])
         for c in spoken
     }
-    return out, {(r["job_id"], r["label"]): r["name"] for r in names}
+    return out, {(r["job_id"], r["label"]): r for r in names}

@@ -26,6 +26,7 @@ from mxw_gateway.search.schemas import (
 router = APIRouter(tags=["search"])
 
 _RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "No such voice profile (or not yours).", "content": {PROBLEM_JSON: {}}},
     503: {"description": "The embedding service is down.", "content": {PROBLEM_JSON: {}}},
 }
 
@@ -54,6 +55,10 @@ async def search_get(
             description="Only what the speaker with this name said (names given per job).",
         ),
     ] = None,
+    voice: Annotated[
+        uuid.UUID | None,
+        Query(description="Only what this voice profile of yours said (GET /voices)."),
+    ] = None,
 ) -> SearchResults:
     return await service.search(
         pool=pool,
@@ -71,6 +76,7 @@ async def search_get(
             created_from=created_from,
             created_to=created_to,
             speaker=speaker,
+            voice=voice,
         ),
     )
 

@@ -44,6 +44,11 @@ class SearchFilters(BaseModel):
         description="Only what the speaker with this name said (names are given per job, "
         "case does not matter): chunks where they speak, and their lines in each.",
     )
+    voice: uuid.UUID | None = Field(
+        default=None,
+        description="Only what the voice profile with this id said (one of yours; speakers "
+        "confirmed as it in each job): chunks where it speaks, and its lines in each.",
+    )
 
 
 class SearchRequest(SearchFilters):
@@ -106,7 +111,7 @@ class SearchHit(BaseModel):
     )
     lines: list[SpeakerLine] = Field(
         description="The chunk's lines with their speakers (only the filtered speaker's "
-        "with `speaker`); empty for a job without speakers."
+        "with `speaker` or `voice`); empty for a job without speakers."
     )
     audio_url: str = Field(
         description="Plays the audio from where the chunk starts; with `speaker`, from the "

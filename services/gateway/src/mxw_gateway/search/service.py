@@ -30,6 +30,8 @@ from mxw_gateway.search.schemas import (
     SpeakerLine,
 )
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.voices import repository as voices_repository
+from mxw_gateway.voices.service import profile_not_found
 
 log = get_logger(__name__)
 
@@ -160,6 +162,7 @@ def _scope(
         created_to=created_to,
         exclude_chunk_id=exclude_chunk_id,
         speaker=filters.speaker.strip() if filters.speaker else None,
+        voice=filters.voice,
     )
 
 
@@ -207,21 +210,28 @@ async def _page(
     )
     next_offset = offset + size if len(rows) > size and offset + size <= MAX_OFFSET else None
     page = rows[:size]
-    lines, names = await repository.speaker_lines(pool, page)
+    lines, speakers = await repository.speaker_lines(pool, page)
     hits = []
     for r in page:
-        said = [
-            SpeakerLine(
-                start_s=ln.start_s,
-                end_s=ln.end_s,
-                text=ln.text,
-                speaker=ln.speaker,
-                name=names.get((r["job_id"], ln.speaker)) or default_name(ln.speaker),
+        said, voices = [], []
+        for ln in lines.get(r["chunk_id"], []):
+            if ln.speaker is None:
+                continue
+            known = speakers.get((r["job_id"], ln.speaker))
+            name = known["name"] if known is not None else None
+            said.append(
+                SpeakerLine(
+                    start_s=ln.start_s,
+                    end_s=ln.end_s,
+                    text=ln.text,
+                    speaker=ln.speaker,
+                    name=name or default_name(ln.speaker),
+                )
             )
-            for ln in lines.get(r["chunk_id"], [])
-            if ln.speaker is not None
-        ]
+            voices.append(known["profile_id"] if known is not None else None)
         names_in_chunk = list(dict.fromkeys(ln.name for ln in said))
+        if scope.voice is not None:
+            said = [ln for ln, voice in zip(said, voices, strict=True) if voice == scope.voice]
         if scope.speaker is not None:
             said = [ln for ln in said if ln.name.lower() == scope.speaker.lower()]
         hits.append(_hit(settings, r, names_in_chunk, said))
@@ -281,6 +291,13 @@ async def search(
     job_id: uuid.UUID | None = None,
 ) -> SearchResults:
     scope = _scope(user, filters, extra_job=job_id)
+    # Another user's profile is "not found", like one that does not exist.
+    if (
+        scope.voice is not None
+        and scope.owner_id is not None
+        and await voices_repository.fetch_profile(pool, scope.owner_id, scope.voice) is None
+    ):
+        raise profile_not_found(scope.voice)
     query = q.strip()
     if not query:
         raise Problem(422, "Invalid request", "q must not be blank")
@@ -301,7 +318,7 @@ async def search(
             size=size,
             offset=offset,
         )
-        if scope.speaker is not None:
+        if scope.speaker is not None or scope.voice is not None:
             hits = await land_on_best_lines(client, settings, hits, query, vector)
     return SearchResults(
         query=query, mode=mode, offset=offset, limit=size, next_offset=next_offset, results=hits

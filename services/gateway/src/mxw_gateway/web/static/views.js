@@ -490,6 +490,52 @@ function speakerName(jobId, label, names, renamed) {
   return button;
 }
 
+/** The job's speakers and their voice profiles: a suggested name to confirm or reject
+ * ("Alice? 0.91 — yes / no") and "Save as voice" for a speaker not confirmed as one.
+ * `named(speakers)` shows the names an answer gives everywhere on the page. */
+function voicePanel(jobId, named) {
+  const list = h("ul", { class: "voices", "aria-label": "Voices", hidden: true });
+  const render = (speakers) => {
+    named(speakers);
+    clear(list, speakers.map(item));
+    list.hidden = speakers.length === 0;
+  };
+  const reload = async () => render((await api(`/jobs/${jobId}/speakers`)).speakers);
+  const decide = async (s, accept) => {
+    const url = `/jobs/${jobId}/speakers/${encodeURIComponent(s.label)}/voice`;
+    render((await api(url, { method: "POST", json: { profile_id: s.suggestion.profile_id, accept } })).speakers);
+  };
+  const save = async (s, name) => {
+    if (!name) return;
+    await api("/voices", { method: "POST", json: { name, job_id: jobId, label: s.label } });
+    await reload();
+  };
+  const item = (s) => {
+    const parts = [h("span", { class: "name" }, s.name)];
+    if (s.profile_id) {
+      parts.push(" ", h("span", { class: "badge voice-saved" }, "saved voice"));
+    } else {
+      if (s.suggestion) {
+        parts.push(
+          " ",
+          h(
+            "span",
+            { class: "suggestion" },
+            `${s.suggestion.name}? ${s.suggestion.similarity.toFixed(2)} — `,
+            h("button", { type: "button", class: "secondary", dataset: { answer: "yes" }, onclick: () => decide(s, true).catch(failure) }, "yes"),
+            " / ",
+            h("button", { type: "button", class: "secondary", dataset: { answer: "no" }, onclick: () => decide(s, false).catch(failure) }, "no"),
+          ),
+        );
+      }
+      const input = h("input", { class: "voice-name", value: s.name, maxlength: "255", "aria-label": `Voice name for ${s.name}` });
+      parts.push(" ", input, h("button", { type: "button", class: "secondary save-voice", onclick: () => save(s, input.value.trim()).catch(failure) }, "Save as voice"));
+    }
+    return h("li", { class: `voice ${speakerColour(s.label)}`, dataset: { speaker: s.label } }, parts);
+  };
+  return { element: list, load: () => reload().catch(() => {}) };
+}
+
 function seekAndPlay(player, seconds) {
   const go = () => {
     player.currentTime = seconds;
@@ -528,6 +574,13 @@ export function jobView(main, config, jobId) {
     for (const b of segments.querySelectorAll("button.speaker")) if (b.dataset.speaker === label) b.textContent = names.get(label);
     renderFilter(names);
   };
+  let names = new Map();
+  const voices = voicePanel(jobId, (speakers) => {
+    for (const sp of speakers) {
+      names.set(sp.label, sp.name);
+      renamedSpeaker(names, sp.label);
+    }
+  });
   const downloads = h(
     "div",
     { class: "actions" },
@@ -540,7 +593,7 @@ export function jobView(main, config, jobId) {
     notice,
     header,
     h("div", { class: "player-bar" }, player),
-    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), filter, segments),
+    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), voices.element, filter, segments),
     h("section", { "aria-labelledby": "c-title" }, h("h2", { id: "c-title" }, "Topics"), chunks),
     h("section", { "aria-labelledby": "d-title" }, h("h2", { id: "d-title" }, "Downloads"), downloads),
   );
@@ -572,7 +625,7 @@ export function jobView(main, config, jobId) {
     if (job.stages.find((s) => s.stage === "transcribe")?.state === "done" || job.state === "done") {
       const transcript = await api(`/jobs/${jobId}/transcript?format=json`).catch(() => null);
       if (transcript) {
-        const names = speakerNames(transcript.speakers);
+        names = speakerNames(transcript.speakers);
         clear(
           segments,
           transcript.segments.map((seg) =>
@@ -585,12 +638,18 @@ export function jobView(main, config, jobId) {
                 clock(seg.start),
               ),
               " ",
-              seg.speaker ? speakerName(jobId, seg.speaker, names, (label) => renamedSpeaker(names, label)) : "",
+              seg.speaker
+                ? speakerName(jobId, seg.speaker, names, (label) => {
+                    renamedSpeaker(names, label);
+                    voices.load();
+                  })
+                : "",
               h("span", { class: "text" }, seg.text.trim()),
             ),
           ),
         );
         renderFilter(names);
+        if (transcript.speakers) await voices.load();
       }
     } else {
       clear(segments, h("li", { class: "empty" }, "The transcript appears here when it is ready."));
