@@ -13,16 +13,18 @@ from mxw_diarizer.domain import Diarization, Voice
 
 async def write_speakers(conn: Connection, job_id: uuid.UUID, found: Diarization) -> None:
     """Replace the job's turns and voices with this run's. A name a user gave a speaker of
-    an earlier run passes to the new speaker with the same voice (a job diarized again with
-    the right number of speakers keeps its names), never by label alone."""
+    an earlier run, and the voice profile they confirmed for it, pass to the new speaker
+    with the same voice (a job diarized again with the right number of speakers keeps
+    them), never by label alone."""
     named = await conn.fetch(
-        "SELECT name, embedding FROM job_speakers"
+        "SELECT name, profile_id, embedding FROM job_speakers"
         " WHERE job_id = $1 AND name IS NOT NULL AND embedding IS NOT NULL",
         job_id,
     )
     names = carried_names(
         found.voices, [(r["name"], np.asarray(r["embedding"].to_list())) for r in named]
     )
+    profiles = {r["name"]: r["profile_id"] for r in named}
     await conn.execute("DELETE FROM speaker_turns WHERE job_id = $1", job_id)
     await conn.executemany(
         "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
