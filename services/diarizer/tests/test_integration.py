@@ -266,6 +266,15 @@ async def test_diarizing_again_keeps_the_names_given(
         " END WHERE job_id = $1",
         job_id,
     )
+    june = uuid.uuid4()  # a voice profile confirmed for June
+    await db.execute(
+        "INSERT INTO voice_profiles (id, owner_id, name) VALUES ($1, 'alice', 'June')", june
+    )
+    await db.execute(
+        "UPDATE job_speakers SET profile_id = $2 WHERE job_id = $1 AND name = 'June'",
+        job_id,
+        june,
+    )
     before = {
         r["name"]: r["embedding"].to_list()
         for r in await db.fetch("SELECT * FROM job_speakers WHERE job_id = $1", job_id)
@@ -282,7 +291,7 @@ async def test_diarizing_again_keeps_the_names_given(
         timeout_s=240,
     )
     after = await db.fetch("SELECT * FROM job_speakers WHERE job_id = $1", job_id)
-    assert {r["name"] for r in after} == {"June", "Allison"}
+    assert {(r["name"], r["profile_id"]) for r in after} == {("June", june), ("Allison", None)}
     for r in after:
         similarity = float(np.dot(r["embedding"].to_list(), before[r["name"]]))
         assert similarity > 0.99  # the same voice kept its name

@@ -143,6 +143,17 @@ async def start(
     return attempts
 
 
+# What marks the row of a stage a job did not ask for (its metrics), and the SQL that keeps
+# such rows out of what measures the stages that ran (timing).
+NOT_REQUESTED = {"requested": False}
+
+
+def ran_sql(alias: str) -> str:
+    """SQL: the job_stages row `alias` is of a stage that ran (not one skipped as not
+    asked for)."""
+    return f"NOT ({alias}.metrics @> '{json.dumps(NOT_REQUESTED)}'::jsonb)"
+
+
 async def skip_not_requested(
     conn: Connection, job: JobRow, generation: int, pipeline: Pipeline
 ) -> None:
@@ -154,12 +165,13 @@ async def skip_not_requested(
     await conn.execute(
         """INSERT INTO job_stages (job_id, stage, state, progress, generation, started_at,
                                    finished_at, metrics)
-           SELECT $1, stage, 'done', 1, $3, now(), now(), '{"requested": false}'::jsonb
+           SELECT $1, stage, 'done', 1, $3, now(), now(), $4::jsonb
            FROM unnest($2::text[]) AS stage
            ON CONFLICT (job_id, stage) DO NOTHING""",
         job.id,
         [s.value for s in skipped],
         generation,
+        NOT_REQUESTED,
     )
 
 

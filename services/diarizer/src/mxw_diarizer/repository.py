@@ -33,9 +33,19 @@ async def write_speakers(conn: Connection, job_id: uuid.UUID, found: Diarization
     )
     await conn.execute("DELETE FROM job_speakers WHERE job_id = $1", job_id)
     await conn.executemany(
-        "INSERT INTO job_speakers (job_id, label, name, talk_s, embedding)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        [(job_id, v.label, names.get(v.label), v.talk_s, list(v.embedding)) for v in found.voices],
+        "INSERT INTO job_speakers (job_id, label, name, profile_id, talk_s, embedding)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [
+            (
+                job_id,
+                v.label,
+                names.get(v.label),
+                profiles.get(names.get(v.label, "")),
+                v.talk_s,
+                list(v.embedding),
+            )
+            for v in found.voices
+        ],
     )
 
 

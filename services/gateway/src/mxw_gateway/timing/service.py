@@ -10,6 +10,7 @@ from typing import Any
 from mxw_shared.db import Pool
 from mxw_shared.metrics import set_jobs_by_state
 from mxw_shared.stages import PIPELINE
+from mxw_shared.transitions import ran_sql
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs.repository import JOB_STATE_SQL
@@ -36,7 +37,7 @@ async def job_timing(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> JobTim
     job = await load_owned_job(pool, user, job_id)
     rows = await pool.fetch(
         "SELECT stage, state, generation, attempts, queued_at, started_at, finished_at"
-        " FROM job_stages WHERE job_id = $1",
+        f" FROM job_stages s WHERE job_id = $1 AND {ran_sql('s')}",
         job_id,
     )
     stages = [
@@ -96,7 +97,7 @@ async def timing_report(pool: Pool, window_s: int) -> TimingReport:
                    {_PERCENTILES.format(x=_WAIT, n="wait")},
                    {_PERCENTILES.format(x=f"CASE WHEN s.state = 'done' THEN {_RUN} END", n="run")}
                 FROM job_stages s
-                WHERE s.finished_at >= $1 AND s.state IN ('done', 'failed')
+                WHERE s.finished_at >= $1 AND s.state IN ('done', 'failed') AND {ran_sql("s")}
                 GROUP BY s.stage""",
             since,
         )
