@@ -172,6 +172,8 @@ async def read_one(
         while (left := deadline - loop.time()) > 0:
             batch = await consumer.getmany(tp, timeout_ms=int(left * 1000), max_records=1)
             for record in batch.get(tp, []):
+                if record.offset < offset:
+                    continue  # a broker may hand back the whole batch the offset lies in
                 # A compacted or aborted record is skipped: the first one is past it.
                 return _raw(record) if record.offset == offset else None
         raise BrokerTimeout(f"{topic}:{partition}:{offset} not fetched within {timeout_s:g} s")
