@@ -785,3 +785,43 @@ def conversation():  # type: ignore[no-untyped-def]
     where Debian's packages cannot be had; a failed download fails the test."""
     _need_sounds()
     return conversation_clip
+
+
+# Forgiveness around each reference boundary, each side (NIST's usual 0.25 s): pyannote's
+# `collar` is the whole width, twice this.
+DER_COLLAR_S = 0.25
+
+
+def diarization_error(
+    truth: tuple[Turn, ...] | list[Turn],
+    found: tuple[Turn, ...] | list[Turn],
+    duration_s: float,
+    collar_s: float = DER_COLLAR_S,
+) -> dict[str, float]:
+    """pyannote.metrics' diarization error rate of `found` against `truth` over the whole
+    file, speakers mapped one-to-one for the least error: {"diarization error rate",
+    "missed detection", "false alarm", "confusion", "total"} (rate a fraction, the rest
+    seconds of reference speech, outside the collars)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    def annotation(turns: tuple[Turn, ...] | list[Turn]) -> Annotation:
+        out = Annotation()
+        for n, turn in enumerate(turns):
+            out[Segment(turn.start_s, turn.end_s), n] = turn.speaker
+        return out
+
+    metric = DiarizationErrorRate(collar=2 * collar_s)
+    detail = metric(
+        annotation(truth),
+        annotation(found),
+        uem=Timeline([Segment(0.0, duration_s)]),
+        detailed=True,
+    )
+    return {k: float(v) for k, v in detail.items()}
+
+
+@pytest.fixture(scope="session")
+def der():  # type: ignore[no-untyped-def]
+    """der(truth, found, duration_s, collar_s=DER_COLLAR_S) -> diarization_error's dict."""
+    return diarization_error

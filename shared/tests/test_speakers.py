@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from mxw_shared.speakers import (
+    VOICE_MATCH_THRESHOLD,
     Turn,
     Turns,
     attribute,
@@ -113,3 +114,7 @@ def test_reassign_cuts_the_covered_turns_around_the_new_one() -> None:
     # The join then reads the moved segment as the new speaker.
     moved = Turns(reassign(turns, 4.0, 8.0, A))
     assert moved.speaker_at(5.0, 6.0) == A
+
+
+def test_the_voice_match_threshold_is_a_cosine() -> None:
+    assert 0.0 < VOICE_MATCH_THRESHOLD < 1.0
