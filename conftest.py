@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from mxw_shared.speakers import Turn
 
 if TYPE_CHECKING:
     from mxw_local.apache_kafka import ApacheKafka
@@ -598,13 +599,7 @@ def speech():  # type: ignore[no-untyped-def]
     text (`times` over, for audio longer than one 30-s Whisper window).
     Skips where Debian's packages cannot be had (no apt-get, e.g. macOS); where apt-get is
     present a failed download fails the test."""
-    import shutil
-
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip(
-            "real-speech tests need Debian's asterisk-core-sounds packages, and this machine "
-            "has no apt-get/dpkg-deb to fetch them (not Debian or Ubuntu)"
-        )
+    _need_sounds()
     clips: dict[tuple[str, int], Speech] = {}
 
     def get(language: str, times: int = 1) -> Speech:
@@ -619,3 +614,214 @@ def speech():  # type: ignore[no-untyped-def]
 def wer():  # type: ignore[no-untyped-def]
     """wer(reference, heard) -> word error rate (0.0 = every word heard)."""
     return word_error_rate
+
+
+# ---- conversations of several real voices, with the true speaker turns ----
+#
+# The diarizer's tests and bench (bench/diarizer_bench.py) need speech of several people
+# with the truth of who spoke when: prompts of several asterisk-core-sounds voices, one after
+# the other with pauses, each prompt's speech (its leading and trailing silence cut off) one
+# reference turn. Who reads each package, from its copyright file: es and en are the same
+# woman, so they are never two speakers of one conversation (CONVERSATION_VOICES).
+VOICE_PEOPLE: dict[str, str] = {
+    "en": "Allison Smith (en_US_f_Allison)",
+    "es": "Allison Smith (es_MX_f_Allison)",
+    "fr": "June Wallack (fr_CA_f_June)",
+    "it": "Carlo Flora (it_IT_m_Carlo)",
+    "ru": "ivrvoice.ru (ru_RU_f_IvrvoiceRU)",
+}
+CONVERSATION_VOICES = ("en", "fr", "it", "ru")  # four different people
+_PROMPT_SECONDS = (1.5, 8.0)  # speech per prompt kept for conversations (after trimming)
+_TURN_GAP_S = 0.25  # between two prompts of one turn
+
+
+@dataclass(frozen=True)
+class Conversation:
+    path: Path  # 16-bit mono WAV, 8 kHz (decode_audio resamples to 16 kHz, as for uploads)
+    voices: tuple[str, ...]  # languages of VOICE_PEOPLE, one speaker each
+    # The truth: one turn per prompt (its speech, trimmed), in order, speaker = the language.
+    turns: tuple[Turn, ...]
+    duration_s: float
+
+    @property
+    def changes(self) -> list[float]:
+        """Where one speaker stops and another starts: midway through the pause."""
+        return [
+            (a.end_s + b.start_s) / 2
+            for a, b in zip(self.turns, self.turns[1:], strict=False)
+            if a.speaker != b.speaker
+        ]
+
+
+def _trim_silence(pcm: bytes) -> bytes:
+    """The prompt without its leading and trailing silence (10-ms frames quieter than 3 % of
+    the loudest frame's RMS), 50 ms kept on each side."""
+    import numpy as np
+
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    frame = 80  # 10 ms at 8 kHz
+    count = len(samples) // frame
+    if count == 0:
+        return b""
+    rms = np.sqrt((samples[: count * frame].reshape(count, frame) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms > 0.03 * rms.max()) if rms.max() > 0 else np.array([], int)
+    if len(loud) == 0:
+        return b""
+    first = max(0, (int(loud[0]) - 5) * frame)
+    last = min(len(samples), (int(loud[-1]) + 6) * frame)
+    return pcm[2 * first : 2 * last]
+
+
+_PROMPTS: dict[str, list[tuple[str, bytes]]] = {}
+
+
+def voice_prompts(language: str) -> list[tuple[str, bytes]]:
+    """(name, trimmed 8-kHz PCM) of every spoken prompt of a voice with 1.5-8 s of speech, in
+    an order shuffled once per voice (seeded by the language: the same on every machine).
+    Tones and noises (bracketed in the English transcript: beeps, monkeys) are left out."""
+    import gzip
+    import random
+
+    if language in _PROMPTS:
+        return _PROMPTS[language]
+
+    def transcript(lang: str) -> dict[str, str]:
+        root = _fetch_sounds(lang)
+        path = root / "doc" / f"asterisk-core-sounds-{lang}" / f"core-sounds-{lang}.txt.gz"
+        out = {}
+        with gzip.open(path, "rt", encoding="utf-8-sig") as lines:
+            for line in lines.read().splitlines():
+                name, sep, text = line.partition(":")
+                if sep and not line.startswith(";"):
+                    out[name.strip()] = text.strip()
+        return out
+
+    english, own = transcript("en"), transcript(language)
+    (voice,) = (_fetch_sounds(language) / "asterisk" / "sounds").glob(f"{language}_*")
+    low, high = _PROMPT_SECONDS
+    prompts = []
+    for wav in sorted(voice.glob("*.wav")):  # top level only: no digits, letters, silence
+        name = wav.stem
+        said, english_text = own.get(name, ""), english.get(name, "")
+        if not said or not english_text or english_text[0] in "[(" or said[0] in "[(":
+            continue
+        pcm = _trim_silence(_read_pcm(wav))
+        if low <= len(pcm) / 2 / 8000 <= high:
+            prompts.append((name, pcm))
+    random.Random(f"prompts:{language}").shuffle(prompts)  # noqa: S311 (a test set)
+    _PROMPTS[language] = prompts
+    return prompts
+
+
+def conversation_clip(
+    voices: tuple[str, ...], turns_per_voice: int, seed: int = 0, *, offset: int = 0
+) -> Conversation:
+    """`turns_per_voice` turns of each voice (1 or 2 prompts each), the voices in a seeded
+    order that never gives one voice two turns in a row, 0.4-0.9 s of silence between turns,
+    0.5 s before the first and after the last. Each voice reads its prompts from position
+    `offset` of voice_prompts (cycling when a long conversation uses them all), so clips
+    of one voice at offsets far enough apart share no prompt. One voice: a monologue of
+    `turns_per_voice` turns with pauses. Written to .data/test-sounds (and rewritten: a
+    parallel run reads the old file or the new one, never half)."""
+    import random
+    import wave
+
+    if len(set(voices)) != len(voices) or (len(voices) > 1 and {"en", "es"} <= set(voices)):
+        raise ValueError(f"{voices}: one speaker per person (en and es are one woman)")
+    rng = random.Random(f"conversation:{','.join(voices)}:{turns_per_voice}:{seed}:{offset}")  # noqa: S311
+    pools = {v: voice_prompts(v) for v in voices}
+    used = dict.fromkeys(voices, offset)
+    order: list[str] = []
+    for _ in range(turns_per_voice):
+        round_ = list(voices)
+        rng.shuffle(round_)
+        if order and len(round_) > 1 and round_[0] == order[-1]:
+            round_.append(round_.pop(0))
+        order += round_
+
+    def silence(seconds: float) -> bytes:
+        return b"\x00\x00" * int(8000 * seconds)
+
+    pcm, turns = silence(0.5), []
+    for n, voice in enumerate(order):
+        if n:
+            pcm += silence(rng.uniform(0.4, 0.9))
+        for k in range(rng.choice((1, 2))):
+            if k:
+                pcm += silence(_TURN_GAP_S)
+            _name, prompt = pools[voice][used[voice] % len(pools[voice])]
+            used[voice] += 1
+            start_s = len(pcm) / 2 / 8000
+            pcm += prompt
+            turns.append(Turn(round(start_s, 4), round(len(pcm) / 2 / 8000, 4), voice))
+    pcm += silence(0.5)
+    path = (
+        SOUNDS_CACHE / f"conversation-{'-'.join(voices)}-t{turns_per_voice}-s{seed}-o{offset}.wav"
+    )
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    with wave.open(str(partial), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm)
+    partial.replace(path)
+    return Conversation(path, tuple(voices), tuple(turns), len(pcm) / 2 / 8000)
+
+
+def _need_sounds() -> None:
+    import shutil
+
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip(
+            "real-speech tests need Debian's asterisk-core-sounds packages, and this machine "
+            "has no apt-get/dpkg-deb to fetch them (not Debian or Ubuntu)"
+        )
+
+
+@pytest.fixture(scope="session")
+def conversation():  # type: ignore[no-untyped-def]
+    """conversation(voices, turns_per_voice, seed=0, offset=0) -> Conversation: real voices
+    (languages of VOICE_PEOPLE) taking turns, with the true turns. Skips, as `speech` does,
+    where Debian's packages cannot be had; a failed download fails the test."""
+    _need_sounds()
+    return conversation_clip
+
+
+# Forgiveness around each reference boundary, each side (NIST's usual 0.25 s): pyannote's
+# `collar` is the whole width, twice this.
+DER_COLLAR_S = 0.25
+
+
+def diarization_error(
+    truth: tuple[Turn, ...] | list[Turn],
+    found: tuple[Turn, ...] | list[Turn],
+    duration_s: float,
+    collar_s: float = DER_COLLAR_S,
+) -> dict[str, float]:
+    """pyannote.metrics' diarization error rate of `found` against `truth` over the whole
+    file, speakers mapped one-to-one for the least error: {"diarization error rate",
+    "missed detection", "false alarm", "confusion", "total"} (rate a fraction, the rest
+    seconds of reference speech, outside the collars)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    def annotation(turns: tuple[Turn, ...] | list[Turn]) -> Annotation:
+        out = Annotation()
+        for n, turn in enumerate(turns):
+            out[Segment(turn.start_s, turn.end_s), n] = turn.speaker
+        return out
+
+    metric = DiarizationErrorRate(collar=2 * collar_s)
+    detail = metric(
+        annotation(truth),
+        annotation(found),
+        uem=Timeline([Segment(0.0, duration_s)]),
+        detailed=True,
+    )
+    return {k: float(v) for k, v in detail.items()}
+
+
+@pytest.fixture(scope="session")
+def der():  # type: ignore[no-untyped-def]
+    """der(truth, found, duration_s, collar_s=DER_COLLAR_S) -> diarization_error's dict."""
+    return diarization_error

