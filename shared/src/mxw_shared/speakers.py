@@ -18,10 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-# Cosine similarity of two voices (unit CAM++ embeddings) from which they are taken for the
-# same person: a voice profile's suggestion, and a re-diarized speaker keeping its name.
-VOICE_MATCH_THRESHOLD = 0.78
-
 # Two voices (the diarizer's unit CAM++ embeddings, each the mean of a speaker's windows) are
 # one person when their cosine similarity is at least this. Calibrated 2026-12-03 on the
 # diarizer's labelled set (root conftest.py, services/diarizer/tests/test_domain.py): the five
