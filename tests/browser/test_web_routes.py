@@ -97,7 +97,10 @@ async def test_config_and_dev_sign_in_with_the_dev_issuer(dev_gateway: httpx.Asy
     assert (await dev_gateway.get("/jobs", headers=auth)).status_code == 200
     users = await dev_gateway.get("/admin/users", headers=auth)  # admin was asked for
     assert users.status_code == 200
-    assert any(u["id"] == "dana" for u in users.json())
+    # Signing in made the user (looked up by id: the list's first page is other tests' users).
+    dana = await dev_gateway.get("/admin/users/dana", headers=auth)
+    assert dana.status_code == 200
+    assert dana.json()["id"] == "dana"
     plain = await dev_gateway.post("/app/dev-sign-in", json={"user": "erin"})
     plain_auth = {"Authorization": f"Bearer {plain.json()['access_token']}"}
     assert (await dev_gateway.get("/admin/users", headers=plain_auth)).status_code == 403

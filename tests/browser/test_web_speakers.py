@@ -5,7 +5,6 @@ diarizer's rows are written as the stage services write them (no stack, no diari
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from mxw_gateway.main import create_app
-from mxw_gateway.settings import GatewaySettings
-from mxw_local.infra import free_port
+
+from .helpers import served_gateway
 
 SHORT = Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "short_en.ogg"
 USER = "sofia"
@@ -36,28 +33,8 @@ TURNS = [(0.0, 1.9, "SPEAKER_01"), (2.0, 3.0, "SPEAKER_02"), (3.1, 5.0, "SPEAKER
 
 @pytest.fixture(scope="module")
 async def gateway(infra: Any, dev_issuer: Any) -> AsyncIterator[str]:
-    port = free_port()
-    settings = infra.settings(
-        GatewaySettings,
-        "gateway",
-        blob_root=infra.root / "web-speaker-blobs",
-        dev_jwks_path=dev_issuer.jwks_path,
-        dev_sign_in=True,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(600):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    assert server.started, "the gateway did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 60)
+    async with served_gateway(infra, dev_issuer, "web-speaker") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ voice embeddings built for the test, are written as the diarizer writes them."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,10 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from mxw_gateway.main import create_app
-from mxw_gateway.settings import GatewaySettings
-from mxw_local.infra import free_port
+
+from .helpers import served_gateway
 
 SHORT = Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "short_en.ogg"
 USER = "vera"
@@ -35,28 +32,8 @@ def voice(i: int, noise: float = 0.0) -> list[float]:
 
 @pytest.fixture(scope="module")
 async def gateway(infra: Any, dev_issuer: Any) -> AsyncIterator[str]:
-    port = free_port()
-    settings = infra.settings(
-        GatewaySettings,
-        "gateway",
-        blob_root=infra.root / "web-voice-blobs",
-        dev_jwks_path=dev_issuer.jwks_path,
-        dev_sign_in=True,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(600):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    assert server.started, "the gateway did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 60)
+    async with served_gateway(infra, dev_issuer, "web-voice") as url:
+        yield url
 
 
 async def diarized_job(gateway: str, auth: dict[str, str], db: Any, voices: list[Any]) -> str:

@@ -25,7 +25,8 @@ async def diarizer(infra):
         "diarizer",
         warmup=False,
         progress_interval_s=0.1,
-        max_audio_seconds=300,
+        max_audio_seconds=600,
+        embedding_batch_windows=64,  # progress (and the checks for cancellation) in steps
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=300, shutdown_timeout=60):
@@ -323,3 +324,32 @@ async def test_a_malformed_record_is_dead_lettered_and_the_next_job_still_diariz
     ]
     assert [h["ce_id"] for h in dead] == ["bad-diarize-1"]
     assert dead[0]["x_error"].startswith("invalid event")
+
+
+async def test_cancelling_a_job_stops_its_diarization(
+    diarizer, infra, db, make_job, publish, read_topic, wait_for, speech
+):
+    data, _ = conversation(speech)
+    with wave.open(io.BytesIO(data)) as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float32)
+    long = np.tile(pcm / 32768.0, 6)  # about three and a half minutes
+    uri, sha = store(infra, wav_bytes(long))
+    job_id = await make_job(speakers=True)
+    await publish(uploaded(job_id, uri, sha, speakers=True))
+    # Under way: past voice activity, embedding batch by batch.
+    await wait_for(
+        "SELECT progress FROM job_stages WHERE job_id = $1 AND stage = 'diarize'",
+        job_id,
+        predicate=lambda p: p is not None and 0 < p < 0.8,
+        timeout_s=240,
+    )
+    await db.execute("UPDATE jobs SET cancelled_at = now() WHERE id = $1", job_id)
+    state = await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'diarize'",
+        job_id,
+        predicate=lambda s: s in ("done", "failed", "cancelled"),
+        timeout_s=240,
+    )
+    assert state == "cancelled"
+    assert await db.fetchval("SELECT count(*) FROM speaker_turns WHERE job_id = $1", job_id) == 0
+    assert not await read_topic(topics.SPEAKERS_READY, job_id, timeout_s=2)

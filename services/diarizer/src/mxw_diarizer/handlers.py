@@ -132,8 +132,8 @@ class DiarizeWork:
         at its next batch."""
         reported = 0.0
         while not work.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(work), self.settings.progress_interval_s)
+            # Waits without raising what the thread raised: that is read below, once.
+            await asyncio.wait({work}, timeout=self.settings.progress_interval_s)
             if work.done() or stop.is_set():
                 continue
             try:

@@ -39,7 +39,8 @@ function stageLine(job) {
   return h(
     "ul",
     { class: "stages", "aria-label": "Stages" },
-    job.stages.map((s) =>
+    // A stage the job did not ask for (diarize without speakers) is not part of its work.
+    job.stages.filter((s) => s.state !== "skipped").map((s) =>
       h(
         "li",
         { class: `stage state-${s.state}`, dataset: { stage: s.stage } },
