@@ -23,6 +23,12 @@ CE_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")
 AUDIO_URI_MAX_CHARS = 4096
 # Most speakers a job may ask the diarizer for (and the most it reports).
 MAX_SPEAKERS = 32
+# Custom vocabulary (hotwords): names and terms the transcriber is told to expect. Whisper
+# reads them as part of its prompt, which holds at most 223 tokens (half its text context),
+# shared with the initial prompt: these bounds keep a full list well inside it.
+MAX_HOTWORDS = 50
+MAX_HOTWORD_CHARS = 60
+MAX_HOTWORDS_TOTAL_CHARS = 500
 # Whisper models a job may name by default (MXW_OPENAI_MODELS at the gateway,
 # MXW_ALLOWED_MODELS at the transcriber): those mxw_transcriber.models ships as packages.
 WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
@@ -31,6 +37,13 @@ WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
 class Task(StrEnum):
     transcribe = "transcribe"
     translate = "translate"  # type: ignore[assignment]  # str.translate, shadowed on purpose
+
+
+class Decoding(StrEnum):
+    """How the transcriber runs Whisper over the audio."""
+
+    batched = "batched"  # VAD-split 30-s windows decoded in batches: faster, no text context
+    sequential = "sequential"  # one window after another, each conditioned on the text before
 
 
 class ChunkingMethod(StrEnum):
@@ -81,6 +94,31 @@ CONTROL_CHARACTERS = re.compile(f"[{_CONTROL}]")
 NO_CONTROL_CHARACTERS = f"^[^{_CONTROL}]*$"
 
 
+def normalize_hotwords(terms: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Terms trimmed, inner whitespace collapsed, duplicates (case-insensitive) dropped in
+    order; ValueError when one is empty, too long, holds control characters or a comma (the
+    list's separator in Whisper's prompt), or when they are too many or too long together.
+    The one rule for a user's vocabulary and a job's list (and their merge)."""
+    kept: list[str] = []
+    seen: set[str] = set()
+    for raw in terms:
+        term = " ".join(raw.split())
+        if not term:
+            raise ValueError("a hotword must not be empty")
+        if len(term) > MAX_HOTWORD_CHARS:
+            raise ValueError(f"a hotword holds at most {MAX_HOTWORD_CHARS} characters")
+        if CONTROL_CHARACTERS.search(term) or "," in term:
+            raise ValueError("a hotword must not contain control characters or commas")
+        if term.casefold() not in seen:
+            seen.add(term.casefold())
+            kept.append(term)
+    if len(kept) > MAX_HOTWORDS:
+        raise ValueError(f"at most {MAX_HOTWORDS} hotwords")
+    if len(", ".join(kept)) > MAX_HOTWORDS_TOTAL_CHARS:
+        raise ValueError(f"hotwords hold at most {MAX_HOTWORDS_TOTAL_CHARS} characters together")
+    return tuple(kept)
+
+
 class JobOptions(BaseModel):
     """Per-job options; every one is honoured by the stage it concerns."""
 
@@ -99,6 +137,17 @@ class JobOptions(BaseModel):
     task: Task = Task.transcribe
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=2000)
+    decoding: Decoding | None = Field(
+        default=None,
+        description="batched or sequential; unset: the transcriber's choice for the language "
+        "(MXW_DECODING, measured in docs/benchmarks.md).",
+    )
+    hotwords: tuple[str, ...] = Field(
+        default=(),
+        max_length=MAX_HOTWORDS,
+        description="Names and terms to expect (custom vocabulary): the user's own list and "
+        "the job's, merged by the gateway.",
+    )
     chunking: ChunkingMethod = ChunkingMethod.auto
     speakers: bool = Field(
         default=False,
@@ -128,6 +177,11 @@ class JobOptions(BaseModel):
         if value is not None and CONTROL_CHARACTERS.search(value):
             raise ValueError("must not contain control characters")
         return value
+
+    @field_validator("hotwords")
+    @classmethod
+    def _hotwords_are_terms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return normalize_hotwords(value)
 
     @field_validator("language")
     @classmethod

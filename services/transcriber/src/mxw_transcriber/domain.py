@@ -155,6 +155,9 @@ def transcribe(
         "task": options.task.value,
         "word_timestamps": with_words,
         "initial_prompt": options.initial_prompt,
+        # The custom vocabulary: faster-whisper puts it in the prompt's prefix, where Whisper
+        # reads it as words said before (so it prefers their spelling).
+        "hotwords": ", ".join(options.hotwords) or None,
         "beam_size": decode.beam_size,
     }
     if decode.batch_size > 0:
