@@ -611,6 +611,14 @@ def speech():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def speech_set():  # type: ignore[no-untyped-def]
+    """speech_set(language, count, offset=0) -> Speech: `count` real prompts of a language's
+    voice with their text (conftest.make_speech_set), for word error rates on longer audio."""
+    _need_sounds()
+    return make_speech_set
+
+
+@pytest.fixture(scope="session")
 def wer():  # type: ignore[no-untyped-def]
     """wer(reference, heard) -> word error rate (0.0 = every word heard)."""
     return word_error_rate
@@ -675,28 +683,62 @@ def _trim_silence(pcm: bytes) -> bytes:
 _PROMPTS: dict[str, list[tuple[str, bytes]]] = {}
 
 
+def prompt_texts(language: str) -> dict[str, str]:
+    """What each prompt of a language's package says (name -> text), from its transcript."""
+    import gzip
+
+    root = _fetch_sounds(language)
+    path = root / "doc" / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt.gz"
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8-sig") as lines:
+        for line in lines.read().splitlines():
+            name, sep, text = line.partition(":")
+            if sep and not line.startswith(";"):
+                out[name.strip()] = text.strip()
+    return out
+
+
+def make_speech_set(language: str, count: int, offset: int = 0) -> Speech:
+    """`count` prompts of a language's voice (voice_prompts order from `offset`, so the same
+    set on every machine) read one after the other with 0.5-s pauses, as one 8-kHz WAV with
+    their text: the real-speech set for word error rates per language (bench and tests)."""
+    import wave
+
+    texts = prompt_texts(language)
+    chosen = voice_prompts(language)[offset : offset + count]
+    if len(chosen) < count:
+        raise ValueError(f"{language} has only {len(chosen)} prompts from {offset}")
+    gap = b"\x00\x00" * int(8000 * _GAP_S)
+    pcm, prompts = b"", []
+    for name, said in chosen:
+        pcm += gap if pcm else b""
+        start_s = len(pcm) / 2 / 8000
+        pcm += said
+        prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
+    pcm += gap
+    path = SOUNDS_CACHE / f"set-{language}-{offset}-{count}.wav"
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    with wave.open(str(partial), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm)
+    partial.replace(path)
+    return Speech(
+        path=path, language=language, duration_s=len(pcm) / 2 / 8000, prompts=tuple(prompts)
+    )
+
+
 def voice_prompts(language: str) -> list[tuple[str, bytes]]:
     """(name, trimmed 8-kHz PCM) of every spoken prompt of a voice with 1.5-8 s of speech, in
     an order shuffled once per voice (seeded by the language: the same on every machine).
     Tones and noises (bracketed in the English transcript: beeps, monkeys) are left out."""
-    import gzip
     import random
 
     if language in _PROMPTS:
         return _PROMPTS[language]
 
-    def transcript(lang: str) -> dict[str, str]:
-        root = _fetch_sounds(lang)
-        path = root / "doc" / f"asterisk-core-sounds-{lang}" / f"core-sounds-{lang}.txt.gz"
-        out = {}
-        with gzip.open(path, "rt", encoding="utf-8-sig") as lines:
-            for line in lines.read().splitlines():
-                name, sep, text = line.partition(":")
-                if sep and not line.startswith(";"):
-                    out[name.strip()] = text.strip()
-        return out
-
-    english, own = transcript("en"), transcript(language)
+    english, own = prompt_texts("en"), prompt_texts(language)
     (voice,) = (_fetch_sounds(language) / "asterisk" / "sounds").glob(f"{language}_*")
     low, high = _PROMPT_SECONDS
     prompts = []

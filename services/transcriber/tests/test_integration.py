@@ -18,7 +18,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from mxw_shared import topics
 from mxw_shared.blobs import LocalBlobStore, S3BlobStore
-from mxw_shared.contracts import AudioUploaded, JobOptions, Task
+from mxw_shared.contracts import AudioUploaded, Decoding, JobOptions, Task
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
 
@@ -95,11 +95,12 @@ async def test_ready_once_the_default_model_resolves(transcriber):
 async def test_audio_is_transcribed_stored_and_announced(
     transcriber, infra, db, make_job, publish, read_topic, wait_for, speech
 ):
-    # Twice over (33 s): longer than one 30-s Whisper window, so progress comes in steps.
+    # Twice over (33 s): longer than one 30-s Whisper window, so progress comes in steps
+    # when decoded sequentially (batched decoding reports once per batch of 8 pieces).
     clip = speech("en", times=2)
     uri, sha, _ = store_speech(infra, clip)
     job_id = await make_job()
-    await publish(uploaded(job_id, uri, sha, wav=True))
+    await publish(uploaded(job_id, uri, sha, wav=True, decoding=Decoding.sequential))
 
     assert await stage_state(wait_for, job_id) == "done"
     transcript = await db.fetchrow("SELECT * FROM transcripts WHERE job_id = $1", job_id)
@@ -123,7 +124,7 @@ async def test_audio_is_transcribed_stored_and_announced(
     assert body["segment_count"] == len(segments)
     assert body["model"] == "tiny.en"
     assert body["language"] == "en"
-    assert body["options"] == JobOptions().model_dump(mode="json")
+    assert body["options"] == JobOptions(decoding=Decoding.sequential).model_dump(mode="json")
     assert body["duration_s"] == pytest.approx(transcript["duration_s"])
 
     statuses = [b for _, b in await read_topic(topics.JOB_STATUS, job_id, count=3)]
@@ -445,7 +446,9 @@ async def test_cancelling_a_job_stops_its_transcription(
 ):
     uri, sha = store(infra, long_wav(8))  # about two minutes of speech
     job_id = await make_job()
-    await publish(uploaded(job_id, uri, sha))
+    # Sequential: a segment at a time (batched decoding checks between batches of 8 pieces,
+    # which here would be the whole file).
+    await publish(uploaded(job_id, uri, sha, decoding=Decoding.sequential))
 
     # The first progress report from the worker thread: transcription is under way.
     await wait_for(

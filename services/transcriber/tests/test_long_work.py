@@ -15,6 +15,7 @@ import time
 
 from asgi_lifespan import LifespanManager
 from mxw_shared import topics
+from mxw_shared.contracts import Decoding
 from mxw_shared.pipeline import EVENTS
 from mxw_transcriber.main import create_app
 from mxw_transcriber.settings import TranscriberSettings
@@ -156,7 +157,9 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
     log_path = tmp_path / "worker.log"
     worker = start_worker(broker_infra, log_path)
     try:
-        await broker_publish(uploaded(job_id, uri, sha))
+        # Sequential: segments persist one by one (batched decoding would hand over this
+        # file's segments as one batch), so there is a point to kill it in the middle.
+        await broker_publish(uploaded(job_id, uri, sha, decoding=Decoding.sequential))
         # Killed once some segments are persisted, well before the end.
         await wait_for(
             "SELECT count(*) FROM segments WHERE job_id = $1",

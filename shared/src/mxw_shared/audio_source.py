@@ -11,12 +11,12 @@ import contextlib
 import hashlib
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mxw_shared import netguard
-from mxw_shared.audio import AudioRefused
+from mxw_shared.audio import AudioRefused, NotAudio, probe_audio
 from mxw_shared.audio_decode import AudioDecodeError, Samples, decode_audio
 from mxw_shared.blobs import (
     ALLOWED_AUDIO_CONTENT_TYPES,
@@ -165,19 +165,45 @@ def _sha256(path: Path) -> str:
 async def event_audio(
     event: AudioUploaded, store: BlobStore, settings: AudioSourceSettings
 ) -> tuple[Samples, float]:
-    """The event's audio checked against its sha256 and decoded (mxw_shared.audio_decode),
-    with the seconds the decoding took. PermanentError, with the reason, for audio that
-    cannot or may not be used."""
+    """The event's audio checked against its sha256 and decoded whole (mxw_shared.
+    audio_decode), with the seconds the decoding took. PermanentError, with the reason, for
+    audio that cannot or may not be used."""
     async with audio_file(event.audio_uri, store, settings) as path:
         await check_sha256(path, event, settings)
         started = time.monotonic()
-        try:
+        with refused_audio():
             samples = await asyncio.to_thread(decode_audio, path, settings.max_audio_seconds)
-        except AudioDecodeError as exc:
-            raise PermanentError(f"audio could not be decoded: {exc}") from exc
-        except AudioRefused as exc:
-            raise PermanentError(f"audio refused: {exc}") from exc
         return samples, time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def event_audio_path(
+    event: AudioUploaded, store: BlobStore, settings: AudioSourceSettings
+) -> AsyncIterator[tuple[Path, float]]:
+    """The event's audio file, checked against its sha256 and probed (an allowed container
+    whose audio decodes, within the duration limit), with its duration: the headers', else
+    measured by decoding without keeping the samples. For a caller that decodes it block by
+    block (mxw_shared.audio_decode.AudioStream, inside refused_audio()), so memory does not
+    grow with its length."""
+    async with audio_file(event.audio_uri, store, settings) as path:
+        await check_sha256(path, event, settings)
+        with refused_audio():
+            info = await asyncio.to_thread(probe_audio, path, settings.max_audio_seconds)
+        yield path, info.duration_s
+
+
+@contextlib.contextmanager
+def refused_audio() -> Iterator[None]:
+    """Audio that cannot be decoded or may not be (too long, a container not allowed) as
+    PermanentError with the reason: no retry decodes it."""
+    try:
+        yield
+    except AudioDecodeError as exc:
+        raise PermanentError(f"audio could not be decoded: {exc}") from exc
+    except NotAudio as exc:
+        raise PermanentError(f"audio could not be decoded: {exc}") from exc
+    except AudioRefused as exc:
+        raise PermanentError(f"audio refused: {exc}") from exc
 
 
 async def check_sha256(path: Path, event: AudioUploaded, settings: AudioSourceSettings) -> None:

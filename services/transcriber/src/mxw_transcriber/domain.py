@@ -3,19 +3,21 @@ return plain data. No database, no Kafka; blocking, so callers run it in a threa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
-from mxw_shared.audio_decode import SAMPLE_RATE
-from mxw_shared.contracts import JobOptions, Task
+from mxw_shared.audio_decode import SAMPLE_RATE, Samples
+from mxw_shared.contracts import Decoding, JobOptions, Task
 
 LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
 # Below this peak amplitude (about -60 dBFS) the audio is treated as silence: Whisper
 # hallucinates words ("You") on digital silence rather than returning nothing.
 SILENCE_PEAK = 1e-3
+_WORDLIKE = re.compile(r"[^\W_]")
 
 
 class UnsupportedOptions(ValueError):
@@ -64,13 +66,29 @@ class Transcript:
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Service-wide decoding knobs (not per job)."""
+    """Service-wide decoding knobs; the mode may also come per job (JobOptions.decoding)."""
 
     beam_size: int = 5
+    # Sequential mode only (batched always splits the audio at pauses its VAD finds).
     vad_filter: bool = False
-    # > 0: faster_whisper.BatchedInferencePipeline with this many 30-s windows per batch.
-    # It splits the audio at pauses found by its VAD, so it always filters silence.
-    batch_size: int = 0
+    # Batched mode: faster_whisper.BatchedInferencePipeline with this many 30-s pieces per
+    # batch.
+    batch_size: int = 8
+    # "auto": batched, except for the languages below, where sequential measured better
+    # (docs/benchmarks.md, "Decoding modes").
+    decoding: Decoding | Literal["auto"] = "auto"
+    sequential_languages: frozenset[str] = frozenset()
+    # Audio is decoded and transcribed this many seconds at a time, so memory does not grow
+    # with the file's length (about 64 kB per second of audio held, plus the model's work).
+    window_s: float = 600.0
+
+
+# A window is cut at its quietest moment within this many seconds of its end, and a segment
+# ending within TAIL_GUARD_S of the cut is left to the next window (which starts where the
+# last kept segment ended), so no word is split by a cut.
+CUT_SEARCH_S = 10.0
+TAIL_GUARD_S = 2.0
+_CUT_FRAME = SAMPLE_RATE // 10  # quietness is judged per 0.1 s
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,18 @@ class Resume:
     # Deliberately no "text so far" as the decoder's prompt: on repeated speech tiny.en
     # prompted with it skipped whole repeats after the resume point (5 of 8 left, WER
     # 49 % against 20 % unprompted, AVX2, 2026-12-02). A resumed run is prompted as a
-    # fresh one is, with the job's own initial_prompt.
+    # fresh one is, with the job's own initial_prompt (windows after the first are too).
+
+
+def choose_decoding(options: JobOptions, language: str | None, decode: DecodeSettings) -> Decoding:
+    """The job's own choice, else the service's; "auto" by the measured table per language."""
+    if options.decoding is not None:
+        return options.decoding
+    if decode.decoding != "auto":
+        return decode.decoding
+    if language is not None and language in decode.sequential_languages:
+        return Decoding.sequential
+    return Decoding.batched
 
 
 def check_options(options: JobOptions, multilingual: bool, model_name: str) -> None:
@@ -107,9 +136,63 @@ def _f(value: Any) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
+class AudioWindows:
+    """Consecutive windows of an audio stream (blocks of samples, as mxw_shared.audio_decode
+    yields them), holding only the samples from the current window's start on."""
+
+    def __init__(self, blocks: Iterable[Samples]) -> None:
+        self._blocks = iter(blocks)
+        self._buffer: Samples = np.zeros(0, dtype=np.float32)
+        self._first = 0  # sample index of _buffer[0]
+        self.exhausted = False
+
+    @property
+    def seen_samples(self) -> int:
+        """Samples read so far (all of them once `exhausted`)."""
+        return self._first + len(self._buffer)
+
+    def take(self, start: int, length: int) -> tuple[Samples, bool]:
+        """Samples [start, start + length) and whether they reach the end of the audio.
+        Samples before `start` are dropped (a window never goes back); past what was read
+        (a resumed run), they are read and skipped."""
+        if start < self._first:
+            raise ValueError("windows only move forward")
+        drop = start - self._first
+        skip = max(0, drop - len(self._buffer))
+        self._first += min(drop, len(self._buffer))
+        pieces = [self._buffer[drop:]]
+        held = len(pieces[0])
+        while held <= length and not self.exhausted:
+            block = next(self._blocks, None)
+            if block is None:
+                self.exhausted = True
+                break
+            if skip:
+                cut = min(skip, len(block))
+                skip -= cut
+                self._first += cut
+                block = block[cut:]
+            pieces.append(block)
+            held += len(block)
+        self._buffer = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        return self._buffer[:length], self.exhausted and held <= length
+
+
+def quiet_cut(window: Samples) -> int:
+    """Where to end a window that is not the last: the start of its quietest 0.1 s within
+    the last CUT_SEARCH_S seconds (a pause, where no word is cut)."""
+    search = min(len(window) // 2, int(CUT_SEARCH_S * SAMPLE_RATE))
+    tail = window[len(window) - search :]
+    frames = len(tail) // _CUT_FRAME
+    if frames < 2:
+        return len(window)
+    energy = np.square(tail[: frames * _CUT_FRAME].reshape(frames, _CUT_FRAME)).mean(axis=1)
+    return len(window) - search + int(np.argmin(energy)) * _CUT_FRAME
+
+
 def transcribe(
     model: Any,
-    audio: np.ndarray[Any, np.dtype[np.float32]],
+    audio: Samples | Iterable[Samples],
     options: JobOptions,
     decode: DecodeSettings,
     on_progress: Callable[[float], None] | None = None,
@@ -117,68 +200,148 @@ def transcribe(
     resume: Resume | None = None,
     on_language: Callable[[str | None, float | None], None] | None = None,
     on_segment: Callable[[TranscriptSegment | None, float], None] | None = None,
+    expected_s: float | None = None,
 ) -> Transcript:
     """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option.
 
+    `audio` is the whole recording, or a stream of blocks (mxw_shared.audio_decode.
+    stream_audio) read one window (decode.window_s) at a time, so memory stays bounded
+    whatever the length; segment times are absolute either way. The language is decided
+    once, on the first speech heard (or taken from the options or `resume`), and the
+    decoding mode with it (choose_decoding).
+
     Segments are produced lazily; as each arrives `on_segment(segment, position_s)` (the
     segment is None when it held no text) and `on_progress(position / duration)` are
-    called. `on_language` is called once, before the first segment. With `resume`, only the
-    audio from `resume.start_s` is transcribed; segments keep absolute times and continue
-    at `resume.next_idx`; the returned transcript holds only those new segments.
-    Exceptions raised by a callback stop the work and propagate."""
-    duration = len(audio) / SAMPLE_RATE
-    offset_s = resume.start_s if resume is not None else 0.0
-    first = round(offset_s * SAMPLE_RATE)
-    part = audio[first:] if first else audio
+    called (duration: the array's, else `expected_s`, else no progress). `on_language` is
+    called once, before the first segment. With `resume`, only the audio from
+    `resume.start_s` is transcribed; segments continue at `resume.next_idx`; the returned
+    transcript holds only those new segments. Exceptions raised by a callback stop the
+    work and propagate."""
+    if isinstance(audio, np.ndarray):
+        blocks: Iterable[Samples] = [audio]
+        expected_s = len(audio) / SAMPLE_RATE
+    else:
+        blocks = audio
+    windows = AudioWindows(blocks)
+    window = max(int(decode.window_s * SAMPLE_RATE), int(4 * CUT_SEARCH_S * SAMPLE_RATE))
+    guard = int(TAIL_GUARD_S * SAMPLE_RATE)
+    position = round((resume.start_s if resume is not None else 0.0) * SAMPLE_RATE)
     language = resume.language if resume is not None else options.language
-    known_probability = resume.language_probability if resume is not None else None
-
-    def finish_early() -> Transcript:
-        if on_language is not None:
-            on_language(language, known_probability)
-        if on_progress is not None:
-            on_progress(1.0)
-        return Transcript(
-            language=language,
-            language_probability=known_probability,
-            duration_s=round(duration, 3),
-        )
-
-    if len(part) == 0 or float(np.max(np.abs(part))) < SILENCE_PEAK:
-        return finish_early()
-    detected = language is None and bool(model.model.is_multilingual)
+    probability = resume.language_probability if resume is not None else None
+    if language is None and not bool(model.model.is_multilingual):
+        language = "en"  # an English-only model hears English
+    decided = language is not None
+    language_told = False
     # Speakers are joined word by word (mxw_shared.speakers), so a job with speakers has
     # word times stored even when its outputs do not show them.
     with_words = options.word_timestamps or options.speakers
+    segments: list[TranscriptSegment] = []
+    next_idx = resume.next_idx if resume is not None else 0
+
+    def tell_language() -> None:
+        nonlocal language_told
+        if not language_told and on_language is not None:
+            on_language(language, probability)
+        language_told = True
+
+    def report(end_s: float) -> None:
+        if on_progress is not None and expected_s:
+            on_progress(min(end_s / expected_s, 1.0))
+
+    while True:
+        samples, last = windows.take(position, window)
+        if not last:
+            samples = samples[: quiet_cut(samples)]
+        offset_s = position / SAMPLE_RATE
+        end = position + len(samples)
+        resume_at = end  # where the next window starts
+        if len(samples) and float(np.max(np.abs(samples))) >= SILENCE_PEAK:
+            if not decided:
+                language, probability = _detect(model, samples)
+                decided = True
+            tell_language()
+            keep_until = None if last else (end - guard) / SAMPLE_RATE
+            kept_end: float | None = None
+            for segment, seg_end in _run(
+                model, samples, offset_s, options, decode, language, with_words, next_idx
+            ):
+                if keep_until is not None and seg_end > keep_until:
+                    break  # the next window hears it whole
+                kept_end = seg_end
+                if segment is not None:
+                    next_idx += 1
+                    segments.append(segment)
+                if on_segment is not None:
+                    on_segment(segment, seg_end)
+                report(seg_end)
+            if not last:
+                cut = round(kept_end * SAMPLE_RATE) if kept_end is not None else end - guard
+                resume_at = max(cut, position + guard)  # always forward
+        elif on_segment is not None:  # silence: nothing to hear, but progress
+            on_segment(None, round(end / SAMPLE_RATE, 3))
+        if last:
+            break
+        position = resume_at
+        report(position / SAMPLE_RATE)
+    tell_language()
+    duration = windows.seen_samples / SAMPLE_RATE
+    if on_progress is not None:
+        on_progress(1.0)
+    return Transcript(
+        language=language,
+        # An explicit language, or an English-only model, detects nothing: no probability.
+        language_probability=probability,
+        duration_s=round(duration, 3),
+        segments=tuple(segments),
+    )
+
+
+def _detect(model: Any, samples: Samples) -> tuple[str | None, float | None]:
+    """The language of the first speech in `samples` (its VAD skips silence and music)."""
+    code, probability, _all = model.detect_language(audio=samples, vad_filter=True)
+    return code, _f(probability)
+
+
+def _run(
+    model: Any,
+    samples: Samples,
+    offset_s: float,
+    options: JobOptions,
+    decode: DecodeSettings,
+    language: str | None,
+    with_words: bool,
+    first_idx: int,
+) -> Iterator[tuple[TranscriptSegment | None, float]]:
+    """One window through faster-whisper, lazily: (segment or None when it held no text,
+    its end in seconds of the whole audio)."""
     kwargs: dict[str, Any] = {
         "language": language,
         "task": options.task.value,
         "word_timestamps": with_words,
         "initial_prompt": options.initial_prompt,
+        "beam_size": decode.beam_size,
         # The custom vocabulary: faster-whisper puts it in the prompt's prefix, where Whisper
         # reads it as words said before (so it prefers their spelling).
         "hotwords": ", ".join(options.hotwords) or None,
-        "beam_size": decode.beam_size,
     }
-    if decode.batch_size > 0:
+    if choose_decoding(options, language, decode) == Decoding.batched:
         from faster_whisper import BatchedInferencePipeline
 
-        segments_iter, info = BatchedInferencePipeline(model).transcribe(
-            part, batch_size=decode.batch_size, vad_filter=True, **kwargs
+        pieces, _info = BatchedInferencePipeline(model).transcribe(
+            samples, batch_size=decode.batch_size, vad_filter=True, **kwargs
         )
     else:
-        segments_iter, info = model.transcribe(part, vad_filter=decode.vad_filter, **kwargs)
-    language = info.language or language
-    probability = _f(info.language_probability) if detected else known_probability
-    if on_language is not None:
-        on_language(language, probability)
-    segments: list[TranscriptSegment] = []
-    next_idx = resume.next_idx if resume is not None else 0
-    # faster-whisper yields segments lazily: the work happens while iterating.
-    for seg in segments_iter:
+        # Conditioned on the text before within a window; each window starts afresh (with
+        # the job's prompt), so a misheard passage cannot steer the rest of a long file.
+        pieces, _info = model.transcribe(samples, vad_filter=decode.vad_filter, **kwargs)
+    window_end = offset_s + len(samples) / SAMPLE_RATE
+    idx = first_idx
+    for seg in pieces:  # faster-whisper works while this is iterated
         text = seg.text.strip()
-        start = max(offset_s, min(float(seg.start) + offset_s, duration))
-        end = max(start, min(float(seg.end) + offset_s, duration))
+        if not _WORDLIKE.search(text):
+            text = ""  # punctuation alone (". ." heard in music) is not something said
+        start = max(offset_s, min(float(seg.start) + offset_s, window_end))
+        end = max(start, min(float(seg.end) + offset_s, window_end))
         words: tuple[Word, ...] | None = None
         if with_words:
             words = tuple(
@@ -193,7 +356,7 @@ def transcribe(
         segment: TranscriptSegment | None = None
         if text:
             segment = TranscriptSegment(
-                idx=next_idx,
+                idx=idx,
                 start_s=round(start, 3),
                 end_s=round(end, 3),
                 text=text,
@@ -201,16 +364,5 @@ def transcribe(
                 no_speech_prob=_f(seg.no_speech_prob),
                 words=words,
             )
-            next_idx += 1
-            segments.append(segment)
-        if on_segment is not None:
-            on_segment(segment, round(end, 3))
-        if on_progress is not None:
-            on_progress(min(end / duration, 1.0))
-    return Transcript(
-        language=language,
-        # An explicit language, or an English-only model, detects nothing: no probability.
-        language_probability=probability,
-        duration_s=round(duration, 3),
-        segments=tuple(segments),
-    )
+            idx += 1
+        yield segment, round(end, 3)

@@ -11,14 +11,16 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.audio_decode import SAMPLE_RATE
-from mxw_shared.audio_source import event_audio
+from mxw_shared.audio_decode import AudioStream
+from mxw_shared.audio_source import event_audio_path, refused_audio
 from mxw_shared.blobs import (
     BlobStore,
 )
-from mxw_shared.contracts import AudioUploaded, Envelope, TranscriptReady
+from mxw_shared.contracts import AudioUploaded, Decoding, Envelope, TranscriptReady
 from mxw_shared.db import Connection, Pool
 from mxw_shared.jobs import JobRow
 from mxw_shared.logging import get_logger
@@ -38,6 +40,7 @@ from mxw_transcriber.domain import (
     TranscriptSegment,
     UnsupportedOptions,
     check_options,
+    choose_decoding,
     transcribe,
 )
 from mxw_transcriber.models import ModelRegistry
@@ -59,7 +62,8 @@ def run_fingerprint(
         "options": event.options.model_dump(mode="json"),
         "decode": dataclasses.asdict(decode),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    encoded = json.dumps(parts, sort_keys=True, default=sorted)  # sets as sorted lists
+    return hashlib.sha256(encoded.encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass
@@ -100,6 +104,9 @@ class TranscribeWork:
             beam_size=settings.beam_size,
             vad_filter=settings.vad_filter,
             batch_size=settings.batch_size,
+            decoding=settings.decoding,
+            sequential_languages=frozenset(settings.sequential_languages),
+            window_s=settings.window_s,
         )
 
     async def __call__(
@@ -117,81 +124,82 @@ class TranscribeWork:
         except UnsupportedOptions as exc:
             raise PermanentError(str(exc)) from exc
 
-        audio, decode_s = await event_audio(event, self.store, settings)
-        duration = round(len(audio) / SAMPLE_RATE, 3)
+        async with event_audio_path(event, self.store, settings) as (path, expected_s):
+            duration = round(expected_s, 3)  # the headers' or measured; exact once decoded
+            fingerprint = run_fingerprint(job, event, model_name, self.decode)
+            resumable: list[Checkpoint] = []
 
-        fingerprint = run_fingerprint(job, event, model_name, self.decode)
-        resumable: list[Checkpoint] = []
+            async def begin(conn: Connection) -> None:
+                """Resume this run's checkpoint, or open an empty partial transcript."""
+                found = await repository.load_checkpoint(conn, job.id, fingerprint)
+                if found is None:
+                    await repository.start_partial(conn, job.id, model_name, duration, fingerprint)
+                else:
+                    resumable.append(found)
 
-        async def begin(conn: Connection) -> None:
-            """Resume this run's checkpoint, or open an empty partial transcript."""
-            found = await repository.load_checkpoint(conn, job.id, fingerprint)
-            if found is None:
-                await repository.start_partial(conn, job.id, model_name, duration, fingerprint)
-            else:
-                resumable.append(found)
-
-        if not await progress.checkpoint(begin):
-            raise StageTakenOver(f"job {job.id}")
-        checkpoint = resumable[0] if resumable else None
-        earlier: tuple[TranscriptSegment, ...] = ()
-        resume: Resume | None = None
-        if checkpoint is not None and checkpoint.position_s > 0:
-            earlier = checkpoint.segments
-            resume = Resume(
-                start_s=checkpoint.position_s,
-                next_idx=len(earlier),
-                language=checkpoint.language,
-                language_probability=checkpoint.language_probability,
-            )
-            log.info(
-                "transcription resumed",
-                job_id=str(job.id),
-                position_s=checkpoint.position_s,
-                segments=len(earlier),
-            )
-
-        loop = asyncio.get_running_loop()
-        run = _Run(pieces=asyncio.Queue(), position_s=resume.start_s if resume else 0.0)
-        language: list[tuple[str | None, float | None]] = []
-
-        def on_language(code: str | None, probability: float | None) -> None:
-            language.append((code, probability))
-
-        def on_segment(segment: TranscriptSegment | None, position_s: float) -> None:
-            # Worker thread: never waits; stops at the next segment once told to.
-            if run.stop.is_set():
-                raise _Stopped
-            loop.call_soon_threadsafe(run.pieces.put_nowait, (segment, position_s))
-
-        writer = asyncio.create_task(
-            self._write(run, job, fingerprint, duration, progress, language),
-            name=f"segments:{job.id}",
-        )
-        started = time.monotonic()
-        error: BaseException | None = None
-        transcript: Transcript | None = None
-        try:
-            with telemetry.span("whisper.transcribe", model=model_name, device=loaded.device):
-                transcript = await asyncio.to_thread(
-                    transcribe,
-                    loaded.model,
-                    audio,
-                    options,
-                    self.decode,
-                    resume=resume,
-                    on_language=on_language,
-                    on_segment=on_segment,
+            if not await progress.checkpoint(begin):
+                raise StageTakenOver(f"job {job.id}")
+            checkpoint = resumable[0] if resumable else None
+            earlier: tuple[TranscriptSegment, ...] = ()
+            resume: Resume | None = None
+            if checkpoint is not None and checkpoint.position_s > 0:
+                earlier = checkpoint.segments
+                resume = Resume(
+                    start_s=checkpoint.position_s,
+                    next_idx=len(earlier),
+                    language=checkpoint.language,
+                    language_probability=checkpoint.language_probability,
                 )
-        except _Stopped:
-            pass
-        except BaseException as exc:
-            error = exc
-        finally:
-            run.stop.set()  # a cancelled await leaves the thread running: stop it too
-            run.pieces.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await writer
+                log.info(
+                    "transcription resumed",
+                    job_id=str(job.id),
+                    position_s=checkpoint.position_s,
+                    segments=len(earlier),
+                )
+
+            loop = asyncio.get_running_loop()
+            run = _Run(pieces=asyncio.Queue(), position_s=resume.start_s if resume else 0.0)
+            language: list[tuple[str | None, float | None]] = []
+
+            def on_language(code: str | None, probability: float | None) -> None:
+                language.append((code, probability))
+
+            def on_segment(segment: TranscriptSegment | None, position_s: float) -> None:
+                # Worker thread: never waits; stops at the next segment once told to.
+                if run.stop.is_set():
+                    raise _Stopped
+                loop.call_soon_threadsafe(run.pieces.put_nowait, (segment, position_s))
+
+            writer = asyncio.create_task(
+                self._write(run, job, fingerprint, duration, progress, language),
+                name=f"segments:{job.id}",
+            )
+            started = time.monotonic()
+            error: BaseException | None = None
+            transcript: Transcript | None = None
+            try:
+                with telemetry.span("whisper.transcribe", model=model_name, device=loaded.device):
+                    transcript = await asyncio.to_thread(
+                        transcribe_file,
+                        loaded.model,
+                        path,
+                        settings.max_audio_seconds,
+                        options,
+                        self.decode,
+                        resume=resume,
+                        on_language=on_language,
+                        on_segment=on_segment,
+                        expected_s=expected_s,
+                    )
+            except _Stopped:
+                pass
+            except BaseException as exc:
+                error = exc
+            finally:
+                run.stop.set()  # a cancelled await leaves the thread running: stop it too
+                run.pieces.put_nowait(None)
+                with contextlib.suppress(Exception):
+                    await writer
         transcribe_s = time.monotonic() - started
         if error is not None:
             raise error
@@ -213,6 +221,8 @@ class TranscribeWork:
 
         segments = earlier + transcript.segments
         final = dataclasses.replace(transcript, segments=segments)
+        duration = final.duration_s  # counted while decoding
+        decoding = choose_decoding(options, final.language, self.decode)
         unwritten = transcript.segments[run.written :]  # what the writer did not persist
         model_label = model_name
 
@@ -251,11 +261,13 @@ class TranscribeWork:
                 "device": loaded.device,
                 "compute_type": loaded.compute_type,
                 "beam_size": self.decode.beam_size,
-                "vad_filter": self.decode.vad_filter or self.decode.batch_size > 0,
-                "batch_size": self.decode.batch_size,
+                "decoding": decoding.value,
+                "vad_filter": self.decode.vad_filter or decoding == Decoding.batched,
+                "batch_size": self.decode.batch_size if decoding == Decoding.batched else None,
+                "window_s": self.decode.window_s,
+                "hotwords": len(options.hotwords),
                 "queue_wait_s": round(queue_wait_s, 3),
                 "audio_duration_s": duration,
-                "decode_s": round(decode_s, 3),
                 "transcribe_s": round(transcribe_s, 3),
                 # Seconds of compute per second of audio transcribed by this run.
                 "real_time_factor": (
@@ -359,6 +371,15 @@ def _partial_write(
             await repository.save_position(conn, job.id, fingerprint, position_s)
 
     return write
+
+
+def transcribe_file(
+    model: Any, path: Path, max_seconds: float, *args: Any, **kwargs: Any
+) -> Transcript:
+    """transcribe() over the file decoded block by block: the thread owns the open file,
+    so a stopped or abandoned run closes it itself."""
+    with refused_audio(), AudioStream(path, max_seconds) as audio:
+        return transcribe(model, audio, *args, **kwargs)
 
 
 class _Stopped(Exception):

@@ -1,6 +1,7 @@
 from pathlib import Path
+from typing import Literal
 
-from mxw_shared.contracts import WHISPER_MODELS
+from mxw_shared.contracts import WHISPER_MODELS, Decoding
 from mxw_shared.settings import AudioSourceSettings
 from pydantic import Field, model_validator
 
@@ -19,11 +20,22 @@ class TranscriberSettings(AudioSourceSettings):
     compute_type: str = "auto"
     # 0 leaves CTranslate2's default (OMP_NUM_THREADS or 4).
     cpu_threads: int = 0
-    beam_size: int = 5
+    beam_size: int = Field(default=5, ge=1, le=10)
+    # How Whisper runs over the audio when a job does not say (JobOptions.decoding):
+    # "batched" (faster-whisper's BatchedInferencePipeline: pauses found by its VAD split the
+    # audio into pieces decoded batch_size at a time, with no text context), "sequential"
+    # (30-s windows one after another, each conditioned on the text before), or "auto":
+    # batched except for sequential_languages. Measured on real speech in five languages
+    # (docs/benchmarks.md, "Decoding modes"): batched is 1.5-2x faster at a word error rate
+    # within half a point of sequential's.
+    decoding: Decoding | Literal["auto"] = "auto"
+    sequential_languages: list[str] = Field(default_factory=list)
+    # Sequential mode only: skip silence with the VAD first (batched always does).
     vad_filter: bool = False
-    # > 0: faster-whisper's BatchedInferencePipeline with this batch size (always with VAD);
-    # 0: the sequential model, which conditions each window on the text before it.
-    batch_size: int = 0
+    batch_size: int = Field(default=8, ge=1, le=64)
+    # Audio is decoded and transcribed this many seconds at a time: memory stays flat
+    # whatever the length (about 64 kB per second held), and cuts fall in pauses.
+    window_s: float = Field(default=600.0, ge=60.0)
     # Jobs transcribed at once by this replica (each on its own partition). One on CPU:
     # a second job only shares the same cores. More replicas scale out to the topic's
     # partition count.
