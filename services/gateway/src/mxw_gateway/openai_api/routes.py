@@ -1,5 +1,6 @@
-"""OpenAI-compatible routes: POST /v1/audio/transcriptions and GET /v1/models, so tools that
-speak OpenAI's audio API (the official clients among them) use the pipeline unchanged."""
+"""OpenAI-compatible routes: POST /v1/audio/transcriptions, POST /v1/audio/translations and
+GET /v1/models, so tools that speak OpenAI's audio API (the official clients among them) use
+the pipeline unchanged."""
 
 from __future__ import annotations
 
@@ -7,20 +8,30 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from mxw_shared.contracts import Task
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import service
-from mxw_gateway.openai_api.domain import DIARIZE_MODEL, OPENAI_MODEL, RESPONSE_FORMATS, render
+from mxw_gateway.openai_api.domain import (
+    DIARIZE_MODEL,
+    OPENAI_MODEL,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+    Endpoint,
+    render,
+)
 from mxw_gateway.openai_api.schemas import (
     DiarizedTranscription,
     ModelCard,
     ModelList,
     PendingTranscription,
     Transcription,
+    Translation,
     VerboseTranscription,
+    VerboseTranslation,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,56 +46,54 @@ _AUTH: dict[int | str, dict[str, Any]] = {
     403: _error("The account is disabled."),
 }
 
-_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "model"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "model": {
-                            "type": "string",
-                            "description": f"{OPENAI_MODEL} (the default model), "
-                            f"{DIARIZE_MODEL} (the same) or a model of GET /v1/models.",
-                            "example": OPENAI_MODEL,
-                        },
-                        "language": {"type": "string", "example": "en"},
-                        "prompt": {"type": "string"},
-                        "response_format": {
-                            "type": "string",
-                            "enum": list(RESPONSE_FORMATS),
-                            "description": "diarized_json also finds who spoke when (the "
-                            "job asks for speakers) and waits for it.",
-                        },
-                        "timestamp_granularities[]": {
-                            "type": "array",
-                            "items": {"type": "string", "enum": ["word", "segment"]},
-                        },
-                        "temperature": {
-                            "type": "number",
-                            "minimum": 0,
-                            "maximum": 1,
-                            "description": "Accepted and ignored: the transcriber decodes "
-                            "with its own temperature fallback schedule.",
-                        },
-                    },
-                }
-            }
-        },
-    }
+_FIELDS: dict[str, dict[str, Any]] = {
+    "file": {"type": "string", "format": "binary"},
+    "model": {
+        "type": "string",
+        "description": f"{OPENAI_MODEL} (the default model), "
+        f"{DIARIZE_MODEL} (the same) or a model of GET /v1/models.",
+        "example": OPENAI_MODEL,
+    },
+    "language": {"type": "string", "example": "en"},
+    "prompt": {"type": "string"},
+    "response_format": {"type": "string"},
+    "timestamp_granularities[]": {
+        "type": "array",
+        "items": {"type": "string", "enum": ["word", "segment"]},
+    },
+    "temperature": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Accepted and ignored: the transcriber decodes "
+        "with its own temperature fallback schedule.",
+    },
+}
+_FORMAT_NOTES = {
+    Task.transcribe: "diarized_json also finds who spoke when (the job asks for speakers) "
+    "and waits for it.",
+    Task.translate: "verbose_json gives language english (the output's) and segments.",
 }
 
 
-@router.post(
-    "/audio/transcriptions",
-    openapi_extra=_BODY,
-    response_model=Transcription | VerboseTranscription | DiarizedTranscription,
-    responses={
+def _body(endpoint: Endpoint) -> dict[str, Any]:
+    """The multipart form `endpoint` takes, for the OpenAPI document."""
+    taken = {"file", *endpoint.fields, *endpoint.lists}
+    properties = {name: spec for name, spec in _FIELDS.items() if name in taken}
+    properties["response_format"] = {
+        "type": "string",
+        "enum": list(endpoint.formats),
+        "description": _FORMAT_NOTES[endpoint.task],
+    }
+    schema = {"type": "object", "required": ["file", "model"], "properties": properties}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return {
         200: {
-            "description": "The transcript in the requested response_format.",
+            "description": f"The {what} in the requested response_format.",
             "content": {
                 "text/plain": {},
                 "application/x-subrip": {},
@@ -93,7 +102,7 @@ _BODY: dict[str, Any] = {
         },
         202: {
             "model": PendingTranscription,
-            "description": "Not transcribed within the wait: poll the job (Location).",
+            "description": "Not done within the wait: poll the job (Location).",
         },
         **_AUTH,
         400: _error("Invalid field, unknown model or a file that is not audio."),
@@ -103,23 +112,19 @@ _BODY: dict[str, Any] = {
         422: _error("The job failed on this audio or these options (the reason is given)."),
         429: _error("Upload rate limit reached (Retry-After)."),
         502: _error("The job failed after every retry."),
-    },
-    dependencies=[RateLimitUploads],
-    summary="Transcribe audio (OpenAI-compatible)",
-    description="Runs through the same pipeline as POST /jobs and waits for the transcript "
-    "(at most the gateway's openai_wait_s; at once with 202 when the caller already has "
-    "openai_max_waits_per_user requests waiting). `temperature` and `chunking_strategy` are "
-    "accepted and ignored; `known_speaker_names[]` is refused (speakers are named afterwards: "
-    "PATCH /jobs/{id}/speakers/{label}).",
-    operation_id="create_transcription",
-)
-async def create_transcription(
+    }
+
+
+async def _answer(
     request: Request,
     user: CurrentUserDep,
     settings: SettingsDep,
     pool: PoolDep,
     store: BlobStoreDep,
+    endpoint: Endpoint,
 ) -> Response:
+    """One request of either audio route: a job of the caller's with the route's task, the
+    wait for its transcript, and the answer in the requested format (202: not yet)."""
     slots: service.WaitSlots = request.app.state.openai_waits
     # Taken before the upload, so a user's concurrent requests count from their start.
     with slots.take(user.sub) as may_wait:
@@ -130,6 +135,7 @@ async def create_transcription(
             settings=settings,
             pool=pool,
             store=store,
+            endpoint=endpoint,
         )
         if may_wait:
             view, transcript = await service.wait_for_transcript(
@@ -153,6 +159,57 @@ async def create_transcription(
         transcript, submitted.request.response_format, submitted.request.granularities
     )
     return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+
+
+_WAIT = (
+    "Runs through the same pipeline as POST /jobs and waits for the transcript (at most the "
+    "gateway's openai_wait_s; at once with 202 when the caller already has "
+    "openai_max_waits_per_user requests waiting)."
+)
+
+
+@router.post(
+    "/audio/transcriptions",
+    openapi_extra=_body(TRANSCRIPTIONS),
+    response_model=Transcription | VerboseTranscription | DiarizedTranscription,
+    responses=_responses("transcript"),
+    dependencies=[RateLimitUploads],
+    summary="Transcribe audio (OpenAI-compatible)",
+    description=f"{_WAIT} `temperature` and `chunking_strategy` are "
+    "accepted and ignored; `known_speaker_names[]` is refused (speakers are named afterwards: "
+    "PATCH /jobs/{id}/speakers/{label}).",
+    operation_id="create_transcription",
+)
+async def create_transcription(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+) -> Response:
+    return await _answer(request, user, settings, pool, store, TRANSCRIPTIONS)
+
+
+@router.post(
+    "/audio/translations",
+    openapi_extra=_body(TRANSLATIONS),
+    response_model=Translation | VerboseTranslation,
+    responses=_responses("English translation"),
+    dependencies=[RateLimitUploads],
+    summary="Translate audio into English (OpenAI-compatible)",
+    description=f"{_WAIT} The job asks for task translate: Whisper's translation into "
+    "English, which only multilingual models do (a model named *.en is refused with 400). "
+    "`temperature` is accepted and ignored.",
+    operation_id="create_translation",
+)
+async def create_translation(
+    request: Request,
+    user: CurrentUserDep,
+    settings: SettingsDep,
+    pool: PoolDep,
+    store: BlobStoreDep,
+) -> Response:
+    return await _answer(request, user, settings, pool, store, TRANSLATIONS)
 
 
 def _models(settings: SettingsDep) -> list[ModelCard]:
