@@ -527,3 +527,25 @@ async def test_bad_translation_fields_are_400(start_gateway, token, db):
             if param:
                 assert error["param"] == param, (data, error)
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'tess-translate'") == 0
+
+
+async def test_translations_are_bounded_as_transcriptions(start_gateway, token, db):
+    # SHORT: 19 KB, 3.4 s; SOLAR: 75 KB. Both routes refuse the same uploads, with no job.
+    async with (
+        start_gateway(max_upload_bytes=40_000) as small_uploads,
+        start_gateway(max_audio_seconds=2) as short_audio,
+    ):
+        for route in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            for gateway, audio, status, wording in [
+                (small_uploads, SOLAR, 413, "exceeds the limit of 40000 bytes"),
+                (short_audio, SHORT, 400, "longer than the limit of 2 s"),
+            ]:
+                response = await gateway.post(
+                    route,
+                    headers=token("bo-bounds"),
+                    files={"file": (audio.name, audio.read_bytes(), "audio/ogg")},
+                    data={"model": "base"},
+                )
+                assert response.status_code == status, (route, response.text)
+                assert wording in response.json()["error"]["message"], response.text
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE owner_id = 'bo-bounds'") == 0

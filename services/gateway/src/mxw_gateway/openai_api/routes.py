@@ -115,50 +115,62 @@ def _responses(what: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-async def _answer(
-    request: Request,
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    store: BlobStoreDep,
-    endpoint: Endpoint,
-) -> Response:
-    """One request of either audio route: a job of the caller's with the route's task, the
-    wait for its transcript, and the answer in the requested format (202: not yet)."""
-    slots: service.WaitSlots = request.app.state.openai_waits
-    # Taken before the upload, so a user's concurrent requests count from their start.
-    with slots.take(user.sub) as may_wait:
-        submitted = await service.submit(
-            body=request.stream(),
-            content_type=request.headers.get("content-type"),
-            user=user,
-            settings=settings,
-            pool=pool,
-            store=store,
-            endpoint=endpoint,
-        )
-        if may_wait:
-            view, transcript = await service.wait_for_transcript(
-                pool, settings, user, submitted.job_id
+def _audio_route(endpoint: Endpoint, path: str, what: str, **route: Any) -> None:
+    """Register one of the audio routes: the same handler, form reader, limits and answers,
+    with `endpoint`'s task, fields and formats."""
+
+    async def create(
+        request: Request,
+        user: CurrentUserDep,
+        settings: SettingsDep,
+        pool: PoolDep,
+        store: BlobStoreDep,
+    ) -> Response:
+        """A job of the caller's with the route's task, the wait for its transcript, and the
+        answer in the requested format (202: not yet)."""
+        slots: service.WaitSlots = request.app.state.openai_waits
+        # Taken before the upload, so a user's concurrent requests count from their start.
+        with slots.take(user.sub) as may_wait:
+            submitted = await service.submit(
+                body=request.stream(),
+                content_type=request.headers.get("content-type"),
+                user=user,
+                settings=settings,
+                pool=pool,
+                store=store,
+                endpoint=endpoint,
             )
-        else:  # this user already has requests waiting: answer at once with the job
-            view, transcript = await get_job_view(pool, settings, user, submitted.job_id), None
-    if transcript is None:
-        pending = PendingTranscription(
-            job_id=view.id,
-            state=view.state.value,
-            job=view.links.job,
-            transcript=view.links.transcript,
+            if may_wait:
+                view, transcript = await service.wait_for_transcript(
+                    pool, settings, user, submitted.job_id
+                )
+            else:  # this user already has requests waiting: answer at once with the job
+                view = await get_job_view(pool, settings, user, submitted.job_id)
+                transcript = None
+        if transcript is None:
+            pending = PendingTranscription(
+                job_id=view.id,
+                state=view.state.value,
+                job=view.links.job,
+                transcript=view.links.transcript,
+            )
+            return JSONResponse(
+                pending.model_dump(mode="json"),
+                status_code=202,
+                headers={"Location": view.links.job, "Retry-After": "5"},
+            )
+        body, media_type = render(
+            transcript, submitted.request.response_format, submitted.request.granularities
         )
-        return JSONResponse(
-            pending.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": view.links.job, "Retry-After": "5"},
-        )
-    body, media_type = render(
-        transcript, submitted.request.response_format, submitted.request.granularities
-    )
-    return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+        return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+
+    router.post(
+        path,
+        openapi_extra=_body(endpoint),
+        responses=_responses(what),
+        dependencies=[RateLimitUploads],
+        **route,
+    )(create)
 
 
 _WAIT = (
@@ -167,49 +179,28 @@ _WAIT = (
     "openai_max_waits_per_user requests waiting)."
 )
 
-
-@router.post(
+_audio_route(
+    TRANSCRIPTIONS,
     "/audio/transcriptions",
-    openapi_extra=_body(TRANSCRIPTIONS),
+    "transcript",
     response_model=Transcription | VerboseTranscription | DiarizedTranscription,
-    responses=_responses("transcript"),
-    dependencies=[RateLimitUploads],
     summary="Transcribe audio (OpenAI-compatible)",
     description=f"{_WAIT} `temperature` and `chunking_strategy` are "
     "accepted and ignored; `known_speaker_names[]` is refused (speakers are named afterwards: "
     "PATCH /jobs/{id}/speakers/{label}).",
     operation_id="create_transcription",
 )
-async def create_transcription(
-    request: Request,
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    store: BlobStoreDep,
-) -> Response:
-    return await _answer(request, user, settings, pool, store, TRANSCRIPTIONS)
-
-
-@router.post(
+_audio_route(
+    TRANSLATIONS,
     "/audio/translations",
-    openapi_extra=_body(TRANSLATIONS),
+    "English translation",
     response_model=Translation | VerboseTranslation,
-    responses=_responses("English translation"),
-    dependencies=[RateLimitUploads],
     summary="Translate audio into English (OpenAI-compatible)",
     description=f"{_WAIT} The job asks for task translate: Whisper's translation into "
     "English, which only multilingual models do (a model named *.en is refused with 400). "
     "`temperature` is accepted and ignored.",
     operation_id="create_translation",
 )
-async def create_translation(
-    request: Request,
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    store: BlobStoreDep,
-) -> Response:
-    return await _answer(request, user, settings, pool, store, TRANSLATIONS)
 
 
 def _models(settings: SettingsDep) -> list[ModelCard]:
