@@ -34,6 +34,13 @@ MAX_HOTWORDS_TOTAL_CHARS = 500
 WHISPER_MODELS: tuple[str, ...] = ("tiny.en", "base", "small")
 
 
+def english_only(model: str) -> bool:
+    """Whether a Whisper model (a name, a repository or a path) is English-only: Whisper names
+    those ".en" (tiny.en … medium.en, distil-medium.en). They can neither translate nor
+    transcribe another language; every multilingual one can."""
+    return model.rstrip("/").lower().endswith(".en")
+
+
 class Task(StrEnum):
     transcribe = "transcribe"
     translate = "translate"  # type: ignore[assignment]  # str.translate, shadowed on purpose

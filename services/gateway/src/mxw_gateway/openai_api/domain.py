@@ -1,5 +1,6 @@
 """Pure rules of the OpenAI-compatible API: request fields → job options, and a stored
-transcript → OpenAI's response formats."""
+transcript → OpenAI's response formats. Transcriptions and translations are one path: an
+`Endpoint` says which task, form fields and response formats a route takes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, get_args
 
-from mxw_shared.contracts import JobOptions, Task
+from mxw_shared.contracts import JobOptions, Task, english_only
 from mxw_shared.speakers import Turns, attribute
 from pydantic import ValidationError
 
@@ -20,8 +21,10 @@ from mxw_gateway.openai_api.schemas import (
     ResponseFormat,
     Segment,
     Transcription,
+    Translation,
     Usage,
     VerboseTranscription,
+    VerboseTranslation,
     Word,
 )
 
@@ -34,6 +37,24 @@ GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 IGNORED_FIELDS = frozenset({"temperature", "chunking_strategy", "include[]", "stream"})
 SCALAR_FIELDS = frozenset({"model", "language", "prompt", "response_format"}) | IGNORED_FIELDS
 LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
+# OpenAI's translations take fewer fields (no language: the output is English) and formats.
+TRANSLATION_FIELDS = frozenset({"model", "prompt", "response_format", "temperature"})
+TRANSLATION_FORMATS: tuple[str, ...] = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAI audio route: the task its jobs ask for, the form fields it takes (scalar
+    and repeatable) and the response formats it answers in."""
+
+    task: Task
+    fields: frozenset[str]
+    lists: frozenset[str]
+    formats: tuple[str, ...]
+
+
+TRANSCRIPTIONS = Endpoint(Task.transcribe, SCALAR_FIELDS, LIST_FIELDS, RESPONSE_FORMATS)
+TRANSLATIONS = Endpoint(Task.translate, TRANSLATION_FIELDS, frozenset(), TRANSLATION_FORMATS)
 
 # Whisper's language names for the codes OpenAI's verbose_json spells out; other codes are
 # returned as they are.
@@ -96,15 +117,26 @@ def parse_request(
     granularities: Sequence[str],
     served_models: Sequence[str],
     default_model: str | None,
+    endpoint: Endpoint = TRANSCRIPTIONS,
 ) -> TranscriptionRequest:
+    """The job options and answer format of a request to `endpoint`, whose form held only
+    the fields it takes (the multipart reader refused the others)."""
     model_name = fields.get("model", "").strip()
     if not model_name:
         raise InvalidRequest("you must provide a model parameter", "model")
     model = resolve_model(model_name, served_models, default_model)
-    response_format = fields.get("response_format", "").strip() or "json"
-    if response_format not in RESPONSE_FORMATS:
+    if endpoint.task == Task.translate and model is not None and english_only(model):
+        # None (the transcriber's default): unknown here; the job fails with the reason.
+        shown = model_name if model == model_name else f"{model_name} ({model} here)"
         raise InvalidRequest(
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "response_format"
+            f"model {shown} is English-only and cannot translate; use a multilingual model "
+            f"({', '.join(m for m in served_models if not english_only(m)) or 'e.g. base'})",
+            "model",
+        )
+    response_format = fields.get("response_format", "").strip() or "json"
+    if response_format not in endpoint.formats:
+        raise InvalidRequest(
+            f"response_format must be one of {', '.join(endpoint.formats)}", "response_format"
         )
     for granularity in granularities:
         if granularity not in GRANULARITIES:
@@ -126,7 +158,7 @@ def parse_request(
             model=model,
             language=fields.get("language") or None,
             initial_prompt=fields.get("prompt") or None,
-            task=Task.transcribe,
+            task=endpoint.task,
             word_timestamps="word" in granularities,
             speakers=response_format == "diarized_json",
         )
@@ -210,7 +242,9 @@ def diarized(transcript: StoredTranscript) -> DiarizedTranscription:
     )
 
 
-def verbose(transcript: StoredTranscript, granularities: frozenset[str]) -> VerboseTranscription:
+def verbose(
+    transcript: StoredTranscript, granularities: frozenset[str]
+) -> VerboseTranscription | VerboseTranslation:
     words: list[Word] | None = None
     if "word" in granularities:
         words = [
@@ -231,8 +265,13 @@ def verbose(transcript: StoredTranscript, granularities: frozenset[str]) -> Verb
             )
             for s in transcript.segments
         ]
+    if transcript.task == Task.translate:
+        # OpenAI names the output's language here: always English.
+        return VerboseTranslation(
+            duration=transcript.duration_s, text=transcript.text, segments=segments
+        )
     return VerboseTranscription(
-        task="translate" if transcript.task == Task.translate else "transcribe",
+        task="transcribe",
         language=language_name(transcript.language),
         duration=transcript.duration_s,
         text=transcript.text,
@@ -247,7 +286,11 @@ def render(
 ) -> tuple[str, str]:
     """(body, media type) in OpenAI's response format."""
     if response_format == "json":
-        body = Transcription(text=transcript.text, usage=usage(transcript.duration_s))
+        body: Transcription | Translation = (
+            Translation(text=transcript.text)
+            if transcript.task == Task.translate
+            else Transcription(text=transcript.text, usage=usage(transcript.duration_s))
+        )
         return body.model_dump_json(exclude_none=True), "application/json"
     if response_format == "verbose_json":
         return verbose(transcript, granularities).model_dump_json(

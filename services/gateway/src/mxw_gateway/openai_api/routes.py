@@ -1,5 +1,6 @@
-"""OpenAI-compatible routes: POST /v1/audio/transcriptions and GET /v1/models, so tools that
-speak OpenAI's audio API (the official clients among them) use the pipeline unchanged."""
+"""OpenAI-compatible routes: POST /v1/audio/transcriptions, POST /v1/audio/translations and
+GET /v1/models, so tools that speak OpenAI's audio API (the official clients among them) use
+the pipeline unchanged."""
 
 from __future__ import annotations
 
@@ -7,20 +8,30 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from mxw_shared.contracts import Task
 from mxw_shared.problems import PROBLEM_JSON
 
 from mxw_gateway.deps import BlobStoreDep, CurrentUserDep, PoolDep, SettingsDep
 from mxw_gateway.hygiene import RateLimitUploads
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import service
-from mxw_gateway.openai_api.domain import DIARIZE_MODEL, OPENAI_MODEL, RESPONSE_FORMATS, render
+from mxw_gateway.openai_api.domain import (
+    DIARIZE_MODEL,
+    OPENAI_MODEL,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+    Endpoint,
+    render,
+)
 from mxw_gateway.openai_api.schemas import (
     DiarizedTranscription,
     ModelCard,
     ModelList,
     PendingTranscription,
     Transcription,
+    Translation,
     VerboseTranscription,
+    VerboseTranslation,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,56 +46,54 @@ _AUTH: dict[int | str, dict[str, Any]] = {
     403: _error("The account is disabled."),
 }
 
-_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "model"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "model": {
-                            "type": "string",
-                            "description": f"{OPENAI_MODEL} (the default model), "
-                            f"{DIARIZE_MODEL} (the same) or a model of GET /v1/models.",
-                            "example": OPENAI_MODEL,
-                        },
-                        "language": {"type": "string", "example": "en"},
-                        "prompt": {"type": "string"},
-                        "response_format": {
-                            "type": "string",
-                            "enum": list(RESPONSE_FORMATS),
-                            "description": "diarized_json also finds who spoke when (the "
-                            "job asks for speakers) and waits for it.",
-                        },
-                        "timestamp_granularities[]": {
-                            "type": "array",
-                            "items": {"type": "string", "enum": ["word", "segment"]},
-                        },
-                        "temperature": {
-                            "type": "number",
-                            "minimum": 0,
-                            "maximum": 1,
-                            "description": "Accepted and ignored: the transcriber decodes "
-                            "with its own temperature fallback schedule.",
-                        },
-                    },
-                }
-            }
-        },
-    }
+_FIELDS: dict[str, dict[str, Any]] = {
+    "file": {"type": "string", "format": "binary"},
+    "model": {
+        "type": "string",
+        "description": f"{OPENAI_MODEL} (the default model), "
+        f"{DIARIZE_MODEL} (the same) or a model of GET /v1/models.",
+        "example": OPENAI_MODEL,
+    },
+    "language": {"type": "string", "example": "en"},
+    "prompt": {"type": "string"},
+    "response_format": {"type": "string"},
+    "timestamp_granularities[]": {
+        "type": "array",
+        "items": {"type": "string", "enum": ["word", "segment"]},
+    },
+    "temperature": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Accepted and ignored: the transcriber decodes "
+        "with its own temperature fallback schedule.",
+    },
+}
+_FORMAT_NOTES = {
+    Task.transcribe: "diarized_json also finds who spoke when (the job asks for speakers) "
+    "and waits for it.",
+    Task.translate: "verbose_json gives language english (the output's) and segments.",
 }
 
 
-@router.post(
-    "/audio/transcriptions",
-    openapi_extra=_BODY,
-    response_model=Transcription | VerboseTranscription | DiarizedTranscription,
-    responses={
+def _body(endpoint: Endpoint) -> dict[str, Any]:
+    """The multipart form `endpoint` takes, for the OpenAPI document."""
+    taken = {"file", *endpoint.fields, *endpoint.lists}
+    properties = {name: spec for name, spec in _FIELDS.items() if name in taken}
+    properties["response_format"] = {
+        "type": "string",
+        "enum": list(endpoint.formats),
+        "description": _FORMAT_NOTES[endpoint.task],
+    }
+    schema = {"type": "object", "required": ["file", "model"], "properties": properties}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return {
         200: {
-            "description": "The transcript in the requested response_format.",
+            "description": f"The {what} in the requested response_format.",
             "content": {
                 "text/plain": {},
                 "application/x-subrip": {},
@@ -93,7 +102,7 @@ _BODY: dict[str, Any] = {
         },
         202: {
             "model": PendingTranscription,
-            "description": "Not transcribed within the wait: poll the job (Location).",
+            "description": "Not done within the wait: poll the job (Location).",
         },
         **_AUTH,
         400: _error("Invalid field, unknown model or a file that is not audio."),
@@ -103,56 +112,95 @@ _BODY: dict[str, Any] = {
         422: _error("The job failed on this audio or these options (the reason is given)."),
         429: _error("Upload rate limit reached (Retry-After)."),
         502: _error("The job failed after every retry."),
-    },
-    dependencies=[RateLimitUploads],
+    }
+
+
+def _audio_route(endpoint: Endpoint, path: str, what: str, **route: Any) -> None:
+    """Register one of the audio routes: the same handler, form reader, limits and answers,
+    with `endpoint`'s task, fields and formats."""
+
+    async def create(
+        request: Request,
+        user: CurrentUserDep,
+        settings: SettingsDep,
+        pool: PoolDep,
+        store: BlobStoreDep,
+    ) -> Response:
+        """A job of the caller's with the route's task, the wait for its transcript, and the
+        answer in the requested format (202: not yet)."""
+        slots: service.WaitSlots = request.app.state.openai_waits
+        # Taken before the upload, so a user's concurrent requests count from their start.
+        with slots.take(user.sub) as may_wait:
+            submitted = await service.submit(
+                body=request.stream(),
+                content_type=request.headers.get("content-type"),
+                user=user,
+                settings=settings,
+                pool=pool,
+                store=store,
+                endpoint=endpoint,
+            )
+            if may_wait:
+                view, transcript = await service.wait_for_transcript(
+                    pool, settings, user, submitted.job_id
+                )
+            else:  # this user already has requests waiting: answer at once with the job
+                view = await get_job_view(pool, settings, user, submitted.job_id)
+                transcript = None
+        if transcript is None:
+            pending = PendingTranscription(
+                job_id=view.id,
+                state=view.state.value,
+                job=view.links.job,
+                transcript=view.links.transcript,
+            )
+            return JSONResponse(
+                pending.model_dump(mode="json"),
+                status_code=202,
+                headers={"Location": view.links.job, "Retry-After": "5"},
+            )
+        body, media_type = render(
+            transcript, submitted.request.response_format, submitted.request.granularities
+        )
+        return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+
+    router.post(
+        path,
+        openapi_extra=_body(endpoint),
+        responses=_responses(what),
+        dependencies=[RateLimitUploads],
+        **route,
+    )(create)
+
+
+_WAIT = (
+    "Runs through the same pipeline as POST /jobs and waits for the transcript (at most the "
+    "gateway's openai_wait_s; at once with 202 when the caller already has "
+    "openai_max_waits_per_user requests waiting)."
+)
+
+_audio_route(
+    TRANSCRIPTIONS,
+    "/audio/transcriptions",
+    "transcript",
+    response_model=Transcription | VerboseTranscription | DiarizedTranscription,
     summary="Transcribe audio (OpenAI-compatible)",
-    description="Runs through the same pipeline as POST /jobs and waits for the transcript "
-    "(at most the gateway's openai_wait_s; at once with 202 when the caller already has "
-    "openai_max_waits_per_user requests waiting). `temperature` and `chunking_strategy` are "
+    description=f"{_WAIT} `temperature` and `chunking_strategy` are "
     "accepted and ignored; `known_speaker_names[]` is refused (speakers are named afterwards: "
     "PATCH /jobs/{id}/speakers/{label}).",
     operation_id="create_transcription",
 )
-async def create_transcription(
-    request: Request,
-    user: CurrentUserDep,
-    settings: SettingsDep,
-    pool: PoolDep,
-    store: BlobStoreDep,
-) -> Response:
-    slots: service.WaitSlots = request.app.state.openai_waits
-    # Taken before the upload, so a user's concurrent requests count from their start.
-    with slots.take(user.sub) as may_wait:
-        submitted = await service.submit(
-            body=request.stream(),
-            content_type=request.headers.get("content-type"),
-            user=user,
-            settings=settings,
-            pool=pool,
-            store=store,
-        )
-        if may_wait:
-            view, transcript = await service.wait_for_transcript(
-                pool, settings, user, submitted.job_id
-            )
-        else:  # this user already has requests waiting: answer at once with the job
-            view, transcript = await get_job_view(pool, settings, user, submitted.job_id), None
-    if transcript is None:
-        pending = PendingTranscription(
-            job_id=view.id,
-            state=view.state.value,
-            job=view.links.job,
-            transcript=view.links.transcript,
-        )
-        return JSONResponse(
-            pending.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": view.links.job, "Retry-After": "5"},
-        )
-    body, media_type = render(
-        transcript, submitted.request.response_format, submitted.request.granularities
-    )
-    return Response(body, media_type=media_type, headers={"X-MxW-Job-Id": str(view.id)})
+_audio_route(
+    TRANSLATIONS,
+    "/audio/translations",
+    "English translation",
+    response_model=Translation | VerboseTranslation,
+    summary="Translate audio into English (OpenAI-compatible)",
+    description=f"{_WAIT} The job asks for task translate: Whisper's translation into "
+    "English, which only multilingual models do (a model named *.en is refused with 400). "
+    "`temperature` is accepted and ignored.",
+    operation_id="create_translation",
+)
 
 
 def _models(settings: SettingsDep) -> list[ModelCard]:

@@ -64,7 +64,7 @@ class Segment(BaseModel):
 class VerboseTranscription(BaseModel):
     """response_format=verbose_json."""
 
-    task: Literal["transcribe", "translate"]
+    task: Literal["transcribe"] = "transcribe"
     language: str = Field(description="Language name in lower case, as OpenAI writes it.")
     duration: float
     text: str
@@ -73,6 +73,24 @@ class VerboseTranscription(BaseModel):
     )
     words: list[Word] | None = Field(default=None, description="With the word granularity.")
     usage: Usage | None = None
+
+
+class Translation(BaseModel):
+    """response_format=json of a translation."""
+
+    text: str = Field(description="The English translation.")
+
+
+class VerboseTranslation(BaseModel):
+    """response_format=verbose_json of a translation."""
+
+    task: Literal["translate"] = "translate"
+    language: str = Field(
+        default="english", description="The language of the output, as OpenAI gives it."
+    )
+    duration: float
+    text: str
+    segments: list[Segment] | None = None
 
 
 class DiarizedSegment(BaseModel):

@@ -27,8 +27,7 @@ from mxw_gateway.jobs.schemas import JobView, StageView
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.openai_api import repository
 from mxw_gateway.openai_api.domain import (
-    LIST_FIELDS,
-    SCALAR_FIELDS,
+    Endpoint,
     InvalidRequest,
     StoredSegment,
     StoredTranscript,
@@ -87,8 +86,10 @@ async def submit(
     settings: GatewaySettings,
     pool: Pool,
     store: BlobStore,
+    endpoint: Endpoint,
 ) -> Submitted:
-    """Store and probe the audio and create its job exactly as an upload does."""
+    """Store and probe the audio and create its job exactly as an upload does, with the
+    task and fields of `endpoint` (transcriptions or translations)."""
     files = FormFiles(store, settings.max_upload_bytes)
     try:
         try:
@@ -98,8 +99,8 @@ async def submit(
                 file_field="file",
                 store_file=files.put,
                 max_field_bytes=settings.max_form_field_bytes,
-                known_fields=SCALAR_FIELDS,
-                repeatable=LIST_FIELDS,
+                known_fields=endpoint.fields,
+                repeatable=endpoint.lists,
                 max_repeated=2,
                 refuse=_form_error,
             )
@@ -113,6 +114,7 @@ async def submit(
                 [value.strip() for value in form.repeated],
                 settings.openai_models,
                 settings.openai_default_model,
+                endpoint,
             )
         except InvalidRequest as exc:
             raise openai_error(400, str(exc), param=exc.param) from exc
