@@ -280,7 +280,7 @@ def test_every_listed_model_resolves_locally_loads_and_hears_a_second_of_speech(
     assert loaded.source != "hub"
     clip = speech("en")
     audio = decode_audio(str(clip.path), sampling_rate=16_000)
-    prompt = clip.prompts[0]  # "You are next."
+    prompt = clip.prompts[0]  # "Your call is now first in line and will be answered ..."
     second = audio[int(prompt.start_s * 16_000) :][: 16_000 + 8_000]
     assert 1.0 <= len(second) / 16_000 <= 1.5
     segments, _ = loaded.model.transcribe(second, language="en", beam_size=1)
