@@ -192,12 +192,13 @@ def _model_bin_only(root: Path) -> list[Path]:
     return [one, two]
 
 
-def test_a_model_bin_only_split_model_is_completed_from_base_with_its_own_heads(
+def test_a_model_bin_only_split_model_is_completed_from_base_with_the_heads_given(
     tmp_path: Path,
 ) -> None:
     base = resolve_local("base", tmp_path)
     assert base is not None
-    heads = decode_alignment_heads(*ALIGNMENT_HEADS["small"])
+    # Base's weights stand in for small's here, so heads of base's shape (not base's own).
+    heads = [[2, 1], [3, 5], [5, 7]]
     data_dirs = _model_bin_only(tmp_path)
     cache = tmp_path / "cache"
     # A stale cache of the old kind: base's config (base's heads) beside the weights.
@@ -220,6 +221,11 @@ def test_a_model_bin_only_split_model_is_completed_from_base_with_its_own_heads(
     }
     assert not (path / "model.bin").is_symlink()
 
+    # Heads the decoder lacks (small's in base's 6 layers of 8) would crash CTranslate2.
+    with pytest.raises(ModelUnavailable, match=r"not in its decoder \(6 layers of 8 heads\)"):
+        join_split_model(
+            "wrong", data_dirs, cache, complete_from=base, alignment_heads=[[3, 1], [9, 0]]
+        )
     inode = (path / "config.json").stat().st_ino
     again = join_split_model("small", data_dirs, cache, complete_from=base, alignment_heads=heads)
     assert again == path

@@ -147,9 +147,9 @@ def join_split_model(
     if missing:
         raise ModelUnavailable(name, f"its packages lack {', '.join(missing)}")
     if "model.bin" in parts:
-        problem = model_bin_problem([p for _, p in sorted(parts["model.bin"])])
+        problem = model_bin_problem([p for _, p in sorted(parts["model.bin"])], alignment_heads)
     else:
-        problem = model_bin_problem([others["model.bin"]])
+        problem = model_bin_problem([others["model.bin"]], alignment_heads)
     if problem:
         raise ModelUnavailable(name, problem)
 
@@ -229,12 +229,19 @@ class _Concatenated:
         return out
 
 
-def model_bin_problem(pieces: list[Path]) -> str | None:
+def model_bin_problem(
+    pieces: list[Path], alignment_heads: list[list[int]] | None = None
+) -> str | None:
     """Why the CTranslate2 model.bin made of `pieces` (in order) cannot load, or None: walks
     its header (version, spec, then each variable's name, shape, dtype and payload size) and
-    checks that every payload lies within the file. Reads only the headers."""
+    checks that every payload lies within the file. Reads only the headers and scalars.
+    With `alignment_heads`, also that each [layer, head] exists in the decoder: CTranslate2
+    does not check, and word timestamps with a head past the last layer crash the process
+    (SIGSEGV, seen with small's heads in base's config)."""
     data = _Concatenated(pieces)
     pos = 0
+    layers: set[int] = set()
+    num_heads: int | None = None
 
     def take(fmt: str) -> int:
         nonlocal pos
@@ -270,10 +277,24 @@ def model_bin_problem(pieces: list[Path]) -> str | None:
                     f"model.bin is cut short: its packages hold {data.size:,} bytes, variable "
                     f"{index} ({variable}) ends at byte {pos + payload:,}"
                 )
+            if layer := _DECODER_LAYER.match(variable):
+                layers.add(int(layer[1]))
+            elif variable == "decoder/num_heads" and payload in (1, 2, 4):
+                num_heads = int.from_bytes(data.read(pos, payload), "little")
             pos += payload
     except EOFError:
         return f"model.bin is cut short: its packages hold {data.size:,} bytes, in its header"
+    if alignment_heads is not None and layers and num_heads:
+        wrong = [h for h in alignment_heads if not (h[0] in layers and 0 <= h[1] < num_heads)]
+        if wrong:
+            return (
+                f"alignment heads {wrong} are not in its decoder ({len(layers)} layers of "
+                f"{num_heads} heads)"
+            )
     return None
+
+
+_DECODER_LAYER = re.compile(r"^decoder/layer_(\d+)/")
 
 
 def _product(dims: list[int]) -> int:
@@ -308,7 +329,7 @@ def _split_model(name: str, cache_dir: Path) -> Path | None:
         for item in d.iterdir()
         if (m := _PART.match(item.name)) and m["file"] == "model.bin"
     )
-    problem = model_bin_problem([p for _, p in pieces]) if pieces else None
+    problem = model_bin_problem([p for _, p in pieces], heads) if pieces else None
     if problem:
         raise ModelUnavailable(name, problem)
     donor_dir = _split_model(donor, cache_dir)
