@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mxw_shared.contracts import WHISPER_MODELS
 from mxw_shared.logging import get_logger
@@ -211,6 +211,7 @@ class _Concatenated:
     def __init__(self, pieces: list[Path]) -> None:
         self.pieces = [(p, p.stat().st_size) for p in pieces]
         self.size = sum(size for _, size in self.pieces)
+        self._open: dict[Path, BinaryIO] = {}
 
     def read(self, offset: int, count: int) -> bytes:
         out = b""
@@ -218,15 +219,21 @@ class _Concatenated:
             if offset >= size:
                 offset -= size
                 continue
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                out += fh.read(min(count - len(out), size - offset))
+            fh = self._open.get(path)
+            if fh is None:
+                fh = self._open[path] = path.open("rb")
+            fh.seek(offset)
+            out += fh.read(min(count - len(out), size - offset))
             offset = 0
             if len(out) == count:
                 break
         if len(out) != count:
             raise EOFError
         return out
+
+    def close(self) -> None:
+        for fh in self._open.values():
+            fh.close()
 
 
 def model_bin_problem(
@@ -284,6 +291,8 @@ def model_bin_problem(
             pos += payload
     except EOFError:
         return f"model.bin is cut short: its packages hold {data.size:,} bytes, in its header"
+    finally:
+        data.close()
     if alignment_heads is not None and layers and num_heads:
         wrong = [h for h in alignment_heads if not (h[0] in layers and 0 <= h[1] < num_heads)]
         if wrong:
