@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 from mxw_shared.audio import AudioTooLong, ContainerNotAllowed, probe_audio
+from mxw_shared.contracts import WHISPER_MODELS
 
 from .test_reprocess import finish_stages
 
@@ -106,7 +107,7 @@ async def test_l7_upload_naming_a_model_outside_the_allow_list_is_422(
     )
     body = assert_problem(response, 422)
     assert "is not available" in body["detail"]
-    assert body["allowed_models"] == ["tiny.en", "base", "small"]
+    assert body["allowed_models"] == list(WHISPER_MODELS)
     assert await job_count(db) == jobs
 
 

@@ -228,7 +228,7 @@ async def test_l7_a_local_directory_as_model_fails_the_job_with_a_reason(
     assert await stage_state(wait_for, job_id) == "failed"
     error = await stage_error(db, job_id)
     assert error == (
-        f"model {directory} is not available: not an allowed model (allowed: base, small, tiny.en)"
+        f"model {directory} is not available: not an allowed model (allowed: base, tiny.en)"
     )
 
 

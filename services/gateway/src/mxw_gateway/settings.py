@@ -100,7 +100,7 @@ class GatewaySettings(CommonSettings, WebhookSecretSettings):
     # The Whisper models jobs may name (POST /jobs, from-url, reprocess: 422 otherwise), which
     # /v1/models lists and /v1/audio/transcriptions accepts. Static: the gateway does not load
     # models; keep it to what the transcriber allows (MXW_ALLOWED_MODELS; mxw_transcriber.
-    # models: tiny.en and base ship as packages, small when installed).
+    # models: tiny.en and base ship as packages).
     openai_models: list[str] = Field(default_factory=lambda: list(WHISPER_MODELS))
     # "whisper-1" (OpenAI's name) maps to this model; None: the transcriber's default.
     openai_default_model: str | None = None
