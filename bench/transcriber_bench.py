@@ -1,24 +1,29 @@
-"""Transcriber benchmarks (issue 5). Never part of the test suite.
+"""Transcriber benchmarks (issues 5 and 21). Never part of the test suite.
 
-    .venv/bin/python bench/transcriber_bench.py overhead [--model tiny.en] [--minutes 10]
-        Starts the local stack (`mxw up`, own data directory and ports), then, alternating,
-        sends the same long audio through the whole pipeline (upload → `done` on the
-        WebSocket) and through raw faster-whisper in this process (same model, int8, same
-        beam size and VAD setting; the model is loaded before timing, as the running
-        transcriber has it loaded). Prints both wall times, the ratio, and the transcriber's
-        own per-job metrics (from GET /jobs/{id}) that explain the difference.
+.venv/bin/python bench/transcriber_bench.py overhead [--model base] [--minutes 10]
+    Starts the local stack (`mxw up`, own data directory and ports), then, alternating,
+    sends the same real English speech through the whole pipeline (upload -> `done` on
+    the WebSocket, the service's default decoding) and through raw sequential
+    faster-whisper in this process (same model, int8, same beam size; loaded before
+    timing, as the running transcriber has it loaded). Prints both wall times, the
+    ratio, both word error rates and the transcriber's own per-job metrics.
 
-    .venv/bin/python bench/transcriber_bench.py rtf [--models tiny.en base] [--minutes 2]
-        Real-time factor (transcription seconds / audio seconds) per packaged model, int8,
-        sequential and with faster_whisper.BatchedInferencePipeline.
+.venv/bin/python bench/transcriber_bench.py quality [--models tiny.en base] [--count 40]
+    Word error rate and real-time factor per model, decoding mode and language on real
+    speech (`count` asterisk-core-sounds prompts per language, conftest.make_speech_set;
+    tiny.en in English only): the measurement behind the default decoding mode.
 
-Audio: the committed English fixtures concatenated to the requested length (16 kHz WAV).
+.venv/bin/python bench/transcriber_bench.py memory [--minutes 10 60 120]
+    Peak RSS of a fresh process transcribing files of those lengths through the
+    service's own path (handlers.transcribe_file, default settings), a minute of real
+    speech in every five.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import io
 import json
 import math
@@ -38,40 +43,50 @@ import numpy as np
 import websockets
 from mxw_local.infra import free_port
 from mxw_local.stack import StackInfo
-from mxw_shared.audio_decode import SAMPLE_RATE, decode_audio
+from mxw_shared.audio_decode import decode_audio
+from mxw_shared.contracts import Decoding, JobOptions
 from mxw_shared.devissuer import DevIssuer
+from mxw_transcriber.domain import DecodeSettings, transcribe
 from mxw_transcriber.models import ModelRegistry
 from mxw_transcriber.settings import TranscriberSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "audio"
+# The real-speech set lives in the root conftest.py (the tests' fixtures), imported by name.
+sys.path.insert(0, str(ROOT))
+testset: Any = importlib.import_module("conftest")
 MXW = Path(sys.executable).with_name("mxw")
 
 
-def long_audio(minutes: float) -> bytes:
-    """English fixtures, one after the other, repeated to `minutes` (WAV bytes)."""
-    parts = [decode_audio(FIXTURES / f, math.inf) for f in ("solar_and_bread.ogg", "short_en.ogg")]
-    pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
-    unit = np.concatenate([parts[0], pause, parts[1], pause])
-    repeats = int(np.ceil(minutes * 60 * SAMPLE_RATE / len(unit)))
-    samples = np.tile(unit, repeats)[: int(minutes * 60 * SAMPLE_RATE)]
+def real_speech(minutes: float) -> tuple[bytes, str]:
+    """Real English prompts (conftest.make_speech_set), the whole set over and over to
+    `minutes` (16-bit WAV at 8 kHz), with the text said."""
+    speech = testset.make_speech_set("en", len(testset.voice_prompts("en")))
+    with wave.open(str(speech.path), "rb") as clip:
+        frames, rate = clip.readframes(clip.getnframes()), clip.getframerate()
+    repeats = math.ceil(minutes * 60 / speech.duration_s)
+    pcm = (frames * repeats)[: int(minutes * 60 * rate) * 2]
+    # The reference: the prompts that fit whole in the cut audio.
+    text = " ".join(
+        p.text
+        for r in range(repeats)
+        for p in speech.prompts
+        if r * speech.duration_s + p.end_s <= minutes * 60
+    )
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((samples * 32767).clip(-32768, 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return buffer.getvalue(), text
 
 
-def raw_seconds(model: Any, audio: Path, settings: TranscriberSettings) -> tuple[float, int]:
-    """faster-whisper alone: decode + transcribe the file, as the service does."""
+def raw_sequential(model: Any, audio: Path, beam_size: int) -> tuple[float, str]:
+    """faster-whisper alone, as a user would run it: decode + sequential transcription."""
     started = time.perf_counter()
-    segments, _info = model.transcribe(
-        str(audio), beam_size=settings.beam_size, vad_filter=settings.vad_filter
-    )
-    count = sum(1 for _ in segments)
-    return time.perf_counter() - started, count
+    segments, _info = model.transcribe(str(audio), beam_size=beam_size, language="en")
+    text = " ".join(s.text.strip() for s in segments)
+    return time.perf_counter() - started, text
 
 
 class Stack:
@@ -143,19 +158,24 @@ class Stack:
             elapsed = time.perf_counter() - started
             view = await client.get(f"{self.info.gateway_url}/jobs/{job_id}", headers=headers)
             view.raise_for_status()
-        return elapsed, view.json()
+            text = await client.get(
+                f"{self.info.gateway_url}/jobs/{job_id}/transcript.txt", headers=headers
+            )
+            text.raise_for_status()
+        return elapsed, {**view.json(), "text": text.text}
 
 
 def overhead(args: argparse.Namespace) -> None:
-    data = long_audio(args.minutes)
+    data, said = real_speech(args.minutes)
     audio = Path(tempfile.mkdtemp(prefix="mxw-bench-")) / "long.wav"
     audio.write_bytes(data)
     settings = TranscriberSettings()
     registry = ModelRegistry(ROOT / ".data" / "models", device="cpu", compute_type="int8")
     model = registry.load(args.model).model
     print(
-        f"audio: {args.minutes:.1f} min ({len(data) / 1e6:.1f} MB WAV), model {args.model}, "
-        f"beam {settings.beam_size}, vad {settings.vad_filter}, int8, cpu"
+        f"audio: {args.minutes:.1f} min of real English speech ({len(data) / 1e6:.1f} MB WAV), "
+        f"model {args.model}, beam {settings.beam_size}, int8, cpu; pipeline decoding "
+        f"{settings.decoding} (batch {settings.batch_size}), raw: sequential"
     )
     stack = Stack(args.model)
     rows: list[dict[str, Any]] = []
@@ -163,7 +183,7 @@ def overhead(args: argparse.Namespace) -> None:
         asyncio.run(stack.ready())
         for run in range(1, args.runs + 1):
             p, view = asyncio.run(stack.job(f"long-{run}.wav", data, args.model))
-            r, segments = raw_seconds(model, audio, settings)
+            r, raw_text = raw_sequential(model, audio, settings.beam_size)
             stages = {s["stage"]: s for s in view["stages"]}
             m = stages["transcribe"]["metrics"]
             row = {
@@ -171,26 +191,24 @@ def overhead(args: argparse.Namespace) -> None:
                 "pipeline_s": round(p, 2),
                 "raw_s": round(r, 2),
                 "ratio": round(p / r, 3),
-                "raw_segments": segments,
+                "pipeline_wer": round(testset.word_error_rate(said, view["text"]), 4),
+                "raw_wer": round(testset.word_error_rate(said, raw_text), 4),
                 "transcriber": {
                     k: m.get(k)
                     for k in (
+                        "decoding",
                         "queue_wait_s",
-                        "decode_s",
                         "transcribe_s",
-                        "wall_s",
                         "audio_duration_s",
                         "real_time_factor",
                         "segments",
                         "segment_writes",
-                        "model",
-                        "device",
                     )
                 },
                 "stage_s": {s: stages[s]["duration_s"] for s in stages},
             }
             rows.append(row)
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
     finally:
         stack.stop()
     p_med = statistics.median(r["pipeline_s"] for r in rows)
@@ -207,60 +225,101 @@ def overhead(args: argparse.Namespace) -> None:
     )
 
 
-def rtf(args: argparse.Namespace) -> None:
-    data = long_audio(args.minutes)
-    audio_path = Path(tempfile.mkdtemp(prefix="mxw-bench-")) / "rtf.wav"
-    audio_path.write_bytes(data)
-    samples = decode_audio(audio_path, math.inf)
-    duration = len(samples) / SAMPLE_RATE
-    from faster_whisper import BatchedInferencePipeline
-
+def quality(args: argparse.Namespace) -> None:
     registry = ModelRegistry(ROOT / ".data" / "models", device="cpu", compute_type="int8")
     for name in args.models:
-        try:
-            loaded = registry.load(name)
-        except Exception as exc:
-            print(json.dumps({"model": name, "error": str(exc)}))
-            continue
-        for mode in ("sequential", "batched"):
-            started = time.perf_counter()
-            if mode == "sequential":
-                segments, _ = loaded.model.transcribe(samples, beam_size=5, language="en")
-            else:
-                pipeline = BatchedInferencePipeline(loaded.model)
-                segments, _ = pipeline.transcribe(
-                    samples, beam_size=5, language="en", batch_size=args.batch_size
-                )
-            text = " ".join(s.text for s in segments)
-            seconds = time.perf_counter() - started
-            print(
-                json.dumps(
-                    {
-                        "model": name,
-                        "mode": mode,
-                        "audio_s": round(duration, 1),
-                        "seconds": round(seconds, 2),
-                        "rtf": round(seconds / duration, 4),
-                        "words": len(text.split()),
-                        "load": os.getloadavg()[0],
-                    }
-                )
-            )
+        loaded = registry.load(name)
+        languages = args.languages if loaded.multilingual else ["en"]
+        for language in languages:
+            speech = testset.make_speech_set(language, args.count, args.offset)
+            samples = decode_audio(speech.path, math.inf)
+            for mode in (Decoding.sequential, Decoding.batched):
+                options = JobOptions(language=language, decoding=mode)
+                started = time.perf_counter()
+                heard = transcribe(loaded.model, samples, options, DecodeSettings())
+                seconds = time.perf_counter() - started
+                row = {
+                    "model": name,
+                    "language": language,
+                    "mode": mode.value,
+                    "audio_s": round(speech.duration_s, 1),
+                    "wer": round(speech.wer(heard.text), 4),
+                    "rtf": round(seconds / speech.duration_s, 4),
+                    "load": round(os.getloadavg()[0], 2),
+                }
+                print(json.dumps(row), flush=True)
+
+
+PEAK = """
+import json, resource, sys, time
+from pathlib import Path
+from mxw_shared.contracts import JobOptions
+from mxw_transcriber.domain import DecodeSettings
+from mxw_transcriber.handlers import transcribe_file
+from mxw_transcriber.models import ModelRegistry
+
+model = ModelRegistry(Path(sys.argv[2]), device="cpu").load(sys.argv[3]).model
+started = time.perf_counter()
+transcript, decode_s = transcribe_file(
+    model, Path(sys.argv[1]), 3 * 3600, JobOptions(), DecodeSettings()
+)
+print(json.dumps({
+    "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "seconds": round(time.perf_counter() - started, 1),
+    "decode_s": round(decode_s, 1),
+    "segments": len(transcript.segments),
+}))
+"""
+
+
+def memory(args: argparse.Namespace) -> None:
+    import av
+
+    minute, _ = real_speech(1.0)
+    with wave.open(io.BytesIO(minute), "rb") as clip:
+        speech = np.frombuffer(clip.readframes(clip.getnframes()), dtype="<i2")
+        rate = clip.getframerate()
+    folder = Path(tempfile.mkdtemp(prefix="mxw-bench-memory-"))
+    for minutes in args.minutes:
+        path = folder / f"{minutes}min.flac"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("flac", rate=rate, layout="mono")
+            for m in range(int(minutes)):  # a minute of speech, then four of silence
+                pcm = speech if m % 5 == 0 else np.zeros(60 * rate, dtype="<i2")
+                frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+                frame.sample_rate = rate
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK, str(path), str(ROOT / ".data" / "models"), args.model],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps({"minutes": minutes, "model": args.model, **result}), flush=True)
+        path.unlink()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     o = sub.add_parser("overhead")
-    o.add_argument("--model", default="tiny.en")
+    o.add_argument("--model", default="base")
     o.add_argument("--minutes", type=float, default=10.0)
     o.add_argument("--runs", type=int, default=2)
-    r = sub.add_parser("rtf")
-    r.add_argument("--models", nargs="+", default=["tiny.en", "base"])
-    r.add_argument("--minutes", type=float, default=2.0)
-    r.add_argument("--batch-size", type=int, default=8)
+    q = sub.add_parser("quality")
+    q.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    q.add_argument("--languages", nargs="+", default=["en", "fr", "es", "it", "ru"])
+    q.add_argument("--count", type=int, default=40)
+    q.add_argument("--offset", type=int, default=0)
+    m = sub.add_parser("memory")
+    m.add_argument("--minutes", nargs="+", type=int, default=[10, 60, 120])
+    m.add_argument("--model", default="tiny.en")
     args = parser.parse_args()
-    overhead(args) if args.cmd == "overhead" else rtf(args)
+    {"overhead": overhead, "quality": quality, "memory": memory}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ async def test_audio_is_transcribed_stored_and_announced(
     assert metrics["audio_duration_s"] == pytest.approx(transcript["duration_s"])
     assert metrics["queue_wait_s"] >= 0
     assert metrics["decode_s"] > 0
+    assert metrics["decoding"] == "sequential"  # the job's own choice
+    assert metrics["batch_size"] is None
     assert metrics["resumed_from_s"] is None
     assert metrics["segment_writes"] >= 1
 
@@ -390,6 +392,10 @@ async def test_word_timestamps_are_stored_in_order_inside_their_segment(
         assert words("".join(w["word"] for w in seg_words)) == words(seg["text"])
     ((_, body),) = await read_topic(topics.TRANSCRIPT_READY, job_id)
     assert body["options"]["word_timestamps"] is True
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
+    )
+    assert (metrics["decoding"], metrics["batch_size"]) == ("batched", 8)  # the default
 
 
 async def test_redelivered_event_leaves_one_transcript(

@@ -98,7 +98,7 @@ async def test_a_job_longer_than_the_max_poll_interval_is_handled_once_without_r
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
         consumer = app.state.consumer
         uri, sha = store(broker_infra, long_wav(10))  # about 160 s of speech
-        job_id = await make_job()
+        job_id = await make_job(decoding="sequential")
         await wait_for("SELECT 1", predicate=lambda _: consumer.assignments >= 1, timeout_s=60)
         # Records that earlier modules left on audio.uploaded are handled first, so that the
         # count below is of this job's record alone.
@@ -106,7 +106,8 @@ async def test_a_job_longer_than_the_max_poll_interval_is_handled_once_without_r
         state, members = await group_members(broker_infra, "transcriber")
         assert (state, len(members)) == ("Stable", 1)
         delivered, duplicates = consumer.delivered, events("duplicate")
-        await broker_publish(uploaded(job_id, uri, sha))
+        # Sequential: the slower mode, so that the work outlasts the poll interval.
+        await broker_publish(uploaded(job_id, uri, sha, decoding=Decoding.sequential))
 
         assert await stage_state(wait_for, job_id) == "done"
         metrics = await db.fetchval(
@@ -153,7 +154,8 @@ async def test_a_worker_killed_mid_job_resumes_after_its_last_persisted_segment(
     broker_infra, db, make_job, broker_publish, broker_read_topic, wait_for, tmp_path, wer
 ):
     uri, sha = store(broker_infra, long_wav(8))  # about 125 s of speech
-    job_id = await make_job(audio_uri=uri, sha256=sha)
+    # The row's options are the event's: the sweeper rebuilds the event from this row.
+    job_id = await make_job(audio_uri=uri, sha256=sha, decoding="sequential")
     log_path = tmp_path / "worker.log"
     worker = start_worker(broker_infra, log_path)
     try:

@@ -34,7 +34,7 @@ from mxw_transcriber.models import ModelRegistry
 
 model = ModelRegistry(Path(sys.argv[2]), device="cpu").load("tiny.en").model
 decode = DecodeSettings(window_s=float(sys.argv[3]))
-transcript = transcribe_file(model, Path(sys.argv[1]), 3 * 3600, JobOptions(), decode)
+transcript, _ = transcribe_file(model, Path(sys.argv[1]), 3 * 3600, JobOptions(), decode)
 print(json.dumps({
     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "duration_s": transcript.duration_s,

@@ -9,13 +9,13 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mxw_shared import metrics, telemetry
-from mxw_shared.audio_decode import AudioStream
+from mxw_shared.audio_decode import AudioStream, Samples
 from mxw_shared.audio_source import event_audio_path, refused_audio
 from mxw_shared.blobs import (
     BlobStore,
@@ -177,9 +177,10 @@ class TranscribeWork:
             started = time.monotonic()
             error: BaseException | None = None
             transcript: Transcript | None = None
+            decode_s = 0.0
             try:
                 with telemetry.span("whisper.transcribe", model=model_name, device=loaded.device):
-                    transcript = await asyncio.to_thread(
+                    transcript, decode_s = await asyncio.to_thread(
                         transcribe_file,
                         loaded.model,
                         path,
@@ -269,6 +270,8 @@ class TranscribeWork:
                 "queue_wait_s": round(queue_wait_s, 3),
                 "audio_duration_s": duration,
                 "transcribe_s": round(transcribe_s, 3),
+                # Of which decoding the file (done window by window, inside transcribe_s).
+                "decode_s": round(decode_s, 3),
                 # Seconds of compute per second of audio transcribed by this run.
                 "real_time_factor": (
                     round(transcribe_s / transcribed_s, 4) if transcribed_s > 0 else None
@@ -375,11 +378,24 @@ def _partial_write(
 
 def transcribe_file(
     model: Any, path: Path, max_seconds: float, *args: Any, **kwargs: Any
-) -> Transcript:
-    """transcribe() over the file decoded block by block: the thread owns the open file,
-    so a stopped or abandoned run closes it itself."""
+) -> tuple[Transcript, float]:
+    """transcribe() over the file decoded block by block, and the seconds spent decoding.
+    The thread owns the open file, so a stopped or abandoned run closes it itself."""
+    decode_s = 0.0
+
+    def timed(blocks: Iterator[Samples]) -> Iterator[Samples]:
+        nonlocal decode_s
+        while True:
+            started = time.perf_counter()
+            block = next(blocks, None)
+            decode_s += time.perf_counter() - started
+            if block is None:
+                return
+            yield block
+
     with refused_audio(), AudioStream(path, max_seconds) as audio:
-        return transcribe(model, audio, *args, **kwargs)
+        transcript = transcribe(model, timed(iter(audio)), *args, **kwargs)
+    return transcript, decode_s
 
 
 class _Stopped(Exception):
