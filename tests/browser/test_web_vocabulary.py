@@ -103,6 +103,10 @@ async def test_the_vocabulary_is_edited_and_used_by_an_upload(
     await page.set_input_files("#files", str(other))
     link = await page.wait_for_selector("li[data-file='alone.ogg'] a.job-link")
     second = (await link.get_attribute("href") or "").rsplit("/", 1)[-1]
+    # The job's page says what the transcriber is told.
+    await page.click("li[data-file='names.ogg'] a.job-link")
+    shown = await page.wait_for_selector("dl.facts .hotwords")
+    assert await shown.text_content() == "Zyntrix, Niamh, Kubernetes, Xochitl, pgvector"
     await context.close()
     assert not errors, errors
 

@@ -726,6 +726,9 @@ export function jobView(main, config, jobId) {
       ["Audio", s.audio_duration_s ? clock(s.audio_duration_s) : "–"],
       ["Real-time factor", s.real_time_factor ? s.real_time_factor.toFixed(3) : "–"],
     ];
+    // The effective list the transcriber was told (the job's own, then the vocabulary).
+    const hotwords = job.options.hotwords || [];
+    if (hotwords.length) facts.push(["Names and terms", h("span", { class: "hotwords" }, hotwords.join(", "))]);
     clear(
       header,
       h("h1", { id: "page-title" }, job.filename || job.id),
