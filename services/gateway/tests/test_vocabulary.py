@@ -57,6 +57,10 @@ async def test_a_vocabulary_is_stored_normalised_and_edited(client, token):
     removed = await client.delete("/vocabulary/terms/pg%20vector", headers=me)
     assert removed.status_code == 200, removed.text
     assert removed.json()["terms"] == ["Siobhan", "Kubernetes", "Xochitl"]
+    await client.post("/vocabulary/terms", headers=me, json={"term": "TCP/IP"})
+    slashed = await client.delete("/vocabulary/terms/tcp%2Fip", headers=me)
+    assert slashed.status_code == 200, slashed.text
+    assert slashed.json()["terms"] == ["Siobhan", "Kubernetes", "Xochitl"]
     assert_problem(await client.delete("/vocabulary/terms/Nobody", headers=me), 404)
 
     # Another user's list is their own.

@@ -56,7 +56,8 @@ async def add_term(body: TermAdd, user: CurrentUserDep, pool: PoolDep) -> Vocabu
 
 
 @router.delete(
-    "/vocabulary/terms/{term}",
+    # A path: a term may hold a slash (TCP/IP), which the client percent-encodes or not.
+    "/vocabulary/terms/{term:path}",
     response_model=Vocabulary,
     responses={404: _problem("The term is not in your vocabulary.")},
     summary="Remove one term from your custom vocabulary (case-insensitive)",
