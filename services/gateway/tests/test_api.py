@@ -112,6 +112,8 @@ async def test_upload_stores_blob_job_event_and_status(client, token, db, read_t
         "task": "translate",
         "word_timestamps": True,
         "initial_prompt": "Foxes and dogs.",
+        "decoding": None,
+        "hotwords": [],  # none given, and uma has no vocabulary (test_vocabulary.py)
         "chunking": "local",
         "speakers": False,
         "num_speakers": None,

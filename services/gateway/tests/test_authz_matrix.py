@@ -22,6 +22,8 @@ BODIES = {
     "/jobs/{job_id}/speakers/{label}/voice": {"profile_id": str(uuid.UUID(int=0)), "accept": True},
     "/voices": {"name": "Alice", "job_id": "{job_id}", "label": "SPEAKER_01"},
     "/voices/{profile_id}": {"name": "Alice"},
+    "/vocabulary": {"terms": ["Siobhan"]},
+    "/vocabulary/terms": {"term": "Siobhan"},
 }
 # Operations on a job of the owner's named in the body rather than the path.
 JOB_IN_BODY = {("POST", "/voices")}
@@ -60,6 +62,7 @@ def fill(path: str, job_id: uuid.UUID, chunk_id: int) -> str:
         "label": "SPEAKER_01",
         "idx": "0",
         "profile_id": str(uuid.UUID(int=0)),  # nobody's: ownership is in test_voices.py
+        "term": "Siobhan",  # the caller's own list: scoping is in test_vocabulary.py
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
 

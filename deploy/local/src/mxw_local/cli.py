@@ -156,6 +156,16 @@ def submit(
     num_speakers: Annotated[
         int | None, typer.Option(help="With --speakers: how many people speak, if known.")
     ] = None,
+    hotword: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A rare name or term said in the recording (repeatable); added before your "
+            "vocabulary (GET /vocabulary)."
+        ),
+    ] = None,
+    use_vocabulary: Annotated[
+        bool, typer.Option(help="Merge your custom vocabulary into the job's hotwords.")
+    ] = True,
     force: bool = False,
     follow: bool = True,
     token: Token = None,
@@ -175,6 +185,9 @@ def submit(
             "word_timestamps": "true" if word_timestamps else None,
             "speakers": "true" if speakers else None,
             "num_speakers": str(num_speakers) if num_speakers is not None else None,
+            # One form field, the terms separated by new lines (a term holds no comma).
+            "hotwords": "\n".join(hotword) if hotword else None,
+            "use_vocabulary": None if use_vocabulary else "false",
             "force": "true" if force else None,
         }.items()
         if v is not None

@@ -31,6 +31,7 @@ from mxw_gateway.search.routes import router as search_router
 from mxw_gateway.settings import GatewaySettings
 from mxw_gateway.timing.routes import router as timing_router
 from mxw_gateway.timing.service import refresh_job_gauges
+from mxw_gateway.vocabulary.routes import router as vocabulary_router
 from mxw_gateway.voices.routes import router as voices_router
 from mxw_gateway.web.routes import web_router
 from mxw_gateway.webhooks.routes import router as webhooks_router
@@ -106,6 +107,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(timing_router)
     app.include_router(webhooks_router)
     app.include_router(voices_router)
+    app.include_router(vocabulary_router)
     app.include_router(web_router(settings))  # the web page at /app
     if settings.dev_jwks_path is not None:
         app.include_router(dev_jwks_router(settings.dev_jwks_path))

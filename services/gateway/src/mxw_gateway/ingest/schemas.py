@@ -20,6 +20,11 @@ class FromUrlRequest(BaseModel):
     force: bool = Field(
         default=False, description="Create a new job even for audio you uploaded before."
     )
+    use_vocabulary: bool = Field(
+        default=True,
+        description="Merge your custom vocabulary (GET /vocabulary) into options.hotwords, "
+        "after the job's own; false: only the job's.",
+    )
     filename: str | None = Field(
         default=None, max_length=255, description="Name to store; default: the URL's last part."
     )

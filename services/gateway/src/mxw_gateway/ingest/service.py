@@ -17,6 +17,7 @@ from mxw_gateway.ingest.domain import filename_from_url
 from mxw_gateway.ingest.schemas import FromUrlRequest
 from mxw_gateway.jobs.admission import UploadResult, admit, check_model, upload_result
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.vocabulary.service import effective_options
 
 USER_AGENT = f"mxwhisper-{_package}/1.0"
 
@@ -78,11 +79,15 @@ async def ingest(
     store: BlobStore,
 ) -> UploadResult:
     check_model(request.options, settings)
+    # Before the download: a vocabulary merge beyond its limits fetches nothing.
+    options = await effective_options(
+        pool, user, request.options, use_vocabulary=request.use_vocabulary
+    )
     downloaded = await download(settings, store, request.url)
     admitted = await admit(
         downloaded.blob,
         request.filename or filename_from_url(downloaded.final_url),
-        request.options,
+        options,
         force=request.force,
         user=user,
         settings=settings,

@@ -5,9 +5,11 @@ transaction with AudioUploaded, and discard the file when it is not taken."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from mxw_shared.audio import AudioRefused, AudioTooLong, NotAudio, probe_audio
@@ -26,9 +28,12 @@ from mxw_gateway.jobs.multipart import boundary_of, multipart_events, read_form
 from mxw_gateway.jobs.schemas import JobView
 from mxw_gateway.jobs.views import get_job_view
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.vocabulary.service import effective_options
 
 OPTION_FIELDS = frozenset(JobOptions.model_fields)
-FORM_FIELDS = OPTION_FIELDS | {"force", "file"}
+FORM_FIELDS = OPTION_FIELDS | {"force", "file", "use_vocabulary"}
+# A form's hotwords: one field, the terms separated by commas or new lines (JSON: a list).
+_HOTWORD_SEPARATORS = re.compile(r"[,\n]")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -73,11 +78,21 @@ def parse_bool(name: str, value: str) -> bool:
     raise Problem(422, "Invalid request", f"{name} must be true or false")
 
 
+def split_hotwords(text: str) -> list[str]:
+    """A form's hotwords field as terms: split at commas and new lines, blank pieces
+    dropped (the rule, normalize_hotwords, trims and bounds the rest)."""
+    return [t for t in _HOTWORD_SEPARATORS.split(text) if t.strip()]
+
+
 def parse_options(fields: dict[str, str]) -> JobOptions:
     unknown = sorted(set(fields) - FORM_FIELDS)
     if unknown:
         raise Problem(422, "Invalid request", f"unknown form fields: {', '.join(unknown)}")
-    values = {k: v for k, v in fields.items() if k in OPTION_FIELDS and v.strip() != ""}
+    values: dict[str, Any] = {
+        k: v for k, v in fields.items() if k in OPTION_FIELDS and v.strip() != ""
+    }
+    if "hotwords" in values:
+        values["hotwords"] = split_hotwords(values["hotwords"])
     try:
         return JobOptions.model_validate(values)
     except ValidationError as exc:
@@ -208,6 +223,8 @@ async def upload(
         options = parse_options(form.fields)
         check_model(options, settings)
         force = force_query or parse_bool("force", form.fields.get("force", ""))
+        use_vocabulary = parse_bool("use_vocabulary", form.fields.get("use_vocabulary") or "true")
+        options = await effective_options(pool, user, options, use_vocabulary=use_vocabulary)
     except BlobTooLarge as exc:
         raise _too_large(exc.limit) from exc
     except BaseException:

@@ -21,6 +21,7 @@ from mxw_gateway.jobs.admission import check_model, delete_unreferenced
 from mxw_gateway.jobs.schemas import JobView
 from mxw_gateway.jobs.views import get_job_view, job_not_found, load_owned_job
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.vocabulary.service import user_terms
 
 
 @contextmanager
@@ -62,10 +63,15 @@ async def reprocess_job(
     job_id: uuid.UUID,
     from_stage: Stage,
     option_changes: dict[str, Any],
+    *,
+    use_vocabulary: bool = True,
 ) -> JobView:
     """Run a finished job again from `from_stage` (e.g. re-chunk with another method without
-    transcribing again), with `option_changes` over its stored options (transitions.rerun)."""
+    transcribing again), with `option_changes` over its stored options (transitions.rerun).
+    A run that transcribes again takes the user's vocabulary as it is now, merged after the
+    hotwords (unless `use_vocabulary` is false)."""
     await load_owned_job(pool, user, job_id)
+    vocabulary = await user_terms(pool, user, use_vocabulary and from_stage == Stage.transcribe)
 
     def options(stored: dict[str, Any]) -> JobOptions:
         try:
@@ -74,7 +80,7 @@ async def reprocess_job(
             raise Problem(422, "Invalid job options", str(exc).splitlines()[0]) from exc
         if "model" in option_changes:
             check_model(changed, settings)
-        return changed
+        return vocabulary.apply(changed)
 
     with _as_problems(job_id):
         async with pool.acquire() as conn, conn.transaction():

@@ -55,6 +55,18 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "task": {"type": "string", "enum": ["transcribe", "translate"]},
                         "word_timestamps": {"type": "boolean"},
                         "initial_prompt": {"type": "string"},
+                        "hotwords": {
+                            "type": "string",
+                            "description": "Names and terms to expect (custom vocabulary), "
+                            "separated by commas or new lines; merged with your vocabulary.",
+                            "example": "Siobhan, Kubernetes",
+                        },
+                        "use_vocabulary": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "Merge your custom vocabulary (GET /vocabulary) "
+                            "into the job's hotwords; false: only the job's own.",
+                        },
                         "chunking": {"type": "string", "enum": ["auto", "local", "llm"]},
                         "speakers": {
                             "type": "boolean",
@@ -253,7 +265,13 @@ async def reprocess_job(
     pool: PoolDep,
 ) -> JobView:
     return await lifecycle.reprocess_job(
-        pool, settings, user, job_id, request.from_stage, request.options
+        pool,
+        settings,
+        user,
+        job_id,
+        request.from_stage,
+        request.options,
+        use_vocabulary=request.use_vocabulary,
     )
 
 

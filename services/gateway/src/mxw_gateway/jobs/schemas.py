@@ -202,6 +202,12 @@ class ReprocessRequest(BaseModel):
         description='Options to change for this run, e.g. {"chunking": "fixed"}; '
         "the others stay as they were.",
     )
+    use_vocabulary: bool = Field(
+        default=True,
+        description="When the run transcribes again (from transcribe): merge your custom "
+        "vocabulary as it is now into the hotwords (the job's, or options.hotwords), after "
+        "them; false: the hotwords exactly as given or stored.",
+    )
 
 
 # A speaker's name: shown in transcripts, subtitles and the web page, on one line.

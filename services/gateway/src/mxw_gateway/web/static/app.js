@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { finishOidc, session, signOut, updateSession } from "./auth.js";
 import { h, toast } from "./dom.js";
-import { adminView, jobView, jobsView, searchView, signInView, uploadView } from "./views.js";
+import { adminView, jobView, jobsView, searchView, signInView, uploadView, vocabularyView } from "./views.js";
 
 const main = document.getElementById("main");
 let config = null;
@@ -53,6 +53,7 @@ async function route() {
   await renderNav(name);
   if (name === "upload") cleanup = uploadView(main, config);
   else if (name === "jobs" && parts[1]) cleanup = jobView(main, config, parts[1]);
+  else if (name === "vocabulary") cleanup = vocabularyView(main, config);
   else if (name === "search") cleanup = searchView(main, config, params);
   else if (name === "admin") cleanup = adminView(main, config);
   else if (name === "sign-in") {

@@ -333,6 +333,8 @@ export function uploadView(main, config) {
   const language = h("input", { id: "opt-language", name: "language", placeholder: "auto", maxlength: "16", autocomplete: "off", "aria-describedby": "lang-hint" });
   const chunking = h("select", { id: "opt-chunking", name: "chunking" }, config.chunking.map((c) => h("option", { value: c }, c)));
   const speakers = h("input", { id: "opt-speakers", name: "speakers", type: "checkbox" });
+  const hotwords = h("input", { id: "opt-hotwords", name: "hotwords", placeholder: "Siobhan, Kubernetes", maxlength: "2000", autocomplete: "off", "aria-describedby": "hotwords-hint" });
+  const useVocabulary = h("input", { id: "opt-use-vocabulary", name: "use_vocabulary", type: "checkbox", checked: true });
   const queue = h("ul", { class: "uploads", "aria-label": "Uploads" });
   const drop = h(
     "label",
@@ -341,7 +343,14 @@ export function uploadView(main, config) {
     h("span", {}, " or press to choose (several at once is fine)"),
   );
   const sendAll = async (files) => {
-    const fields = { model: model.value, language: language.value.trim(), chunking: chunking.value, speakers: speakers.checked ? "true" : "" };
+    const fields = {
+      model: model.value,
+      language: language.value.trim(),
+      chunking: chunking.value,
+      speakers: speakers.checked ? "true" : "",
+      hotwords: hotwords.value.trim(),
+      use_vocabulary: useVocabulary.checked ? "" : "false",
+    };
     for (const file of files) {
       const bar = h("progress", { max: "1", value: "0", "aria-label": `Upload of ${file.name}` });
       const status = h("span", { class: "upload-status" }, "uploading");
@@ -388,6 +397,14 @@ export function uploadView(main, config) {
         h("div", { class: "field" }, h("label", { for: "opt-language" }, "Language"), language, h("small", { id: "lang-hint" }, "ISO code such as en or de; empty detects it")),
         h("div", { class: "field" }, h("label", { for: "opt-chunking" }, "Chunking"), chunking),
         h("div", { class: "field" }, h("label", { class: "check", for: "opt-speakers" }, speakers, "Who spoke when (speakers)")),
+        h(
+          "div",
+          { class: "field" },
+          h("label", { for: "opt-hotwords" }, "Names and terms"),
+          hotwords,
+          h("small", { id: "hotwords-hint" }, "Rare names or jargon said in this recording, separated by commas; added before ", h("a", { href: "#/vocabulary" }, "your vocabulary")),
+        ),
+        h("div", { class: "field" }, h("label", { class: "check", for: "opt-use-vocabulary" }, useVocabulary, "Use my vocabulary")),
       ),
       drop,
       input,
@@ -395,6 +412,106 @@ export function uploadView(main, config) {
     queue,
     h("p", {}, h("a", { href: "#/jobs" }, "Follow your jobs live →")),
   );
+  return () => {};
+}
+
+// ---- custom vocabulary ----
+
+/** The user's names and terms (GET/PUT /vocabulary): listed, added to, removed from, then
+ * saved as a whole; the server normalises the list and says why it refuses one. */
+export function vocabularyView(main) {
+  let terms = [];
+  let limits = { max_terms: 50, max_term_chars: 60, max_total_chars: 500 };
+  let dirty = false;
+  const list = h("ul", { class: "vocabulary", "aria-label": "Your terms" });
+  const count = h("p", { class: "note vocab-count", role: "status" });
+  const problem = h("p", { class: "note error vocab-error", role: "alert", hidden: true });
+  const term = h("input", { id: "vocab-term", maxlength: "240", autocomplete: "off", placeholder: "Siobhan", "aria-describedby": "vocab-hint" });
+  const save = h("button", { type: "button", id: "vocab-save", disabled: true }, "Save");
+  const showError = (message) => {
+    problem.textContent = message || "";
+    problem.hidden = !message;
+  };
+  const render = () => {
+    clear(
+      list,
+      terms.map((t, i) =>
+        h(
+          "li",
+          { class: "vocab-term", dataset: { term: t } },
+          h("span", { class: "term" }, t),
+          " ",
+          h(
+            "button",
+            {
+              type: "button",
+              class: "link-button remove-term",
+              "aria-label": `Remove ${t}`,
+              onclick: () => {
+                terms.splice(i, 1);
+                dirty = true;
+                render();
+              },
+            },
+            "Remove",
+          ),
+        ),
+      ),
+    );
+    count.textContent = `${terms.length} of ${limits.max_terms} terms${dirty ? " · not saved yet" : ""}`;
+    save.disabled = !dirty;
+  };
+  const add = () => {
+    const value = term.value.trim();
+    if (!value) return;
+    // Several at once: "Siobhan, Kubernetes" (a term holds no comma).
+    terms.push(...value.split(/[,\n]/).map((t) => t.trim()).filter(Boolean));
+    term.value = "";
+    dirty = true;
+    showError("");
+    render();
+  };
+  const load = async () => {
+    const vocabulary = await api("/vocabulary");
+    terms = vocabulary.terms;
+    limits = vocabulary.limits;
+    dirty = false;
+    render();
+  };
+  save.addEventListener("click", async () => {
+    try {
+      const vocabulary = await api("/vocabulary", { method: "PUT", json: { terms } });
+      terms = vocabulary.terms;
+      dirty = false;
+      showError("");
+      render();
+      toast("Vocabulary saved");
+    } catch (err) {
+      showError(`Not saved: ${err.message}`);
+    }
+  });
+  clear(
+    main,
+    heading("Custom vocabulary"),
+    h("p", {}, "Names and terms your recordings hold (people, places, products, jargon). Every job of yours is told to expect them, so that they are spelled right; a job may add its own or leave these out."),
+    h(
+      "form",
+      { class: "stack vocab-add", onsubmit: (e) => (e.preventDefault(), add()) },
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "vocab-term" }, "Add a term"),
+        term,
+        h("small", { id: "vocab-hint" }, `At most ${limits.max_terms} terms of ${limits.max_term_chars} characters, ${limits.max_total_chars} together; no commas inside a term`),
+      ),
+      h("button", { type: "submit", class: "secondary", id: "vocab-add" }, "Add"),
+    ),
+    list,
+    count,
+    problem,
+    h("div", { class: "actions" }, save),
+  );
+  load().catch((err) => showError(err.message));
   return () => {};
 }
 
@@ -609,6 +726,9 @@ export function jobView(main, config, jobId) {
       ["Audio", s.audio_duration_s ? clock(s.audio_duration_s) : "–"],
       ["Real-time factor", s.real_time_factor ? s.real_time_factor.toFixed(3) : "–"],
     ];
+    // The effective list the transcriber was told (the job's own, then the vocabulary).
+    const hotwords = job.options.hotwords || [];
+    if (hotwords.length) facts.push(["Names and terms", h("span", { class: "hotwords" }, hotwords.join(", "))]);
     clear(
       header,
       h("h1", { id: "page-title" }, job.filename || job.id),
