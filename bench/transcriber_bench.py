@@ -43,7 +43,7 @@ import numpy as np
 import websockets
 from mxw_local.infra import free_port
 from mxw_local.stack import StackInfo
-from mxw_shared.audio_decode import decode_audio
+from mxw_shared.audio_decode import SAMPLE_RATE, decode_audio
 from mxw_shared.contracts import Decoding, JobOptions
 from mxw_shared.devissuer import DevIssuer
 from mxw_transcriber.domain import DecodeSettings, transcribe
@@ -225,14 +225,39 @@ def overhead(args: argparse.Namespace) -> None:
     )
 
 
+def synthetic_speech() -> tuple[Path, str]:
+    """The committed espeak-ng English fixtures one after the other (another kind of audio
+    than telephone speech: clean, synthetic, 16 kHz), with their text."""
+    fixtures = ROOT / "tests" / "fixtures" / "audio"
+    sentences = json.loads((fixtures / "sentences.json").read_text())
+    texts = [sentences["solar_and_bread"]["text"], sentences["short_en"]["text"]]
+    texts.append(" ".join(t["text"] for t in sentences["conversation"]["turns"]))
+    names = ("solar_and_bread.ogg", "short_en.ogg", "conversation.ogg")
+    pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    parts = [np.concatenate([decode_audio(fixtures / n, math.inf), pause]) for n in names]
+    samples = np.concatenate(parts)
+    path = Path(tempfile.mkdtemp(prefix="mxw-bench-")) / "synthetic.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((samples * 32767).clip(-32768, 32767).astype("<i2").tobytes())
+    return path, " ".join(texts)
+
+
 def quality(args: argparse.Namespace) -> None:
     registry = ModelRegistry(ROOT / ".data" / "models", device="cpu", compute_type="int8")
     for name in args.models:
         loaded = registry.load(name)
         languages = args.languages if loaded.multilingual else ["en"]
+        sets: list[tuple[str, str, Path, str]] = []
         for language in languages:
             speech = testset.make_speech_set(language, args.count, args.offset)
-            samples = decode_audio(speech.path, math.inf)
+            sets.append(("telephone", language, speech.path, speech.text))
+        sets.append(("synthetic", "en", *synthetic_speech()))
+        for kind, language, path, said in sets:
+            samples = decode_audio(path, math.inf)
+            duration = len(samples) / SAMPLE_RATE
             for mode in (Decoding.sequential, Decoding.batched):
                 options = JobOptions(language=language, decoding=mode)
                 started = time.perf_counter()
@@ -240,11 +265,12 @@ def quality(args: argparse.Namespace) -> None:
                 seconds = time.perf_counter() - started
                 row = {
                     "model": name,
+                    "kind": kind,
                     "language": language,
                     "mode": mode.value,
-                    "audio_s": round(speech.duration_s, 1),
-                    "wer": round(speech.wer(heard.text), 4),
-                    "rtf": round(seconds / speech.duration_s, 4),
+                    "audio_s": round(duration, 1),
+                    "wer": round(testset.word_error_rate(said, heard.text), 4),
+                    "rtf": round(seconds / duration, 4),
                     "load": round(os.getloadavg()[0], 2),
                 }
                 print(json.dumps(row), flush=True)
