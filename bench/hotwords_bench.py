@@ -7,7 +7,7 @@ The vocabulary given is every name of the set (one user's list: 12 terms), so ea
 also heard with 11 hotwords it does not contain. Real speech is the root conftest's `speech`
 clip (Debian asterisk-core-sounds, English), heard with and without the same vocabulary.
 
-    .venv/bin/python bench/hotwords_bench.py [--models tiny.en base] [--batch-size 0] [-v]
+    .venv/bin/python bench/hotwords_bench.py [--models tiny.en base] [--decoding batched] [-v]
 
 Prints one JSON line per model and a Markdown table; CT2_FORCE_CPU_ISA picks CTranslate2's
 kernels (GENERIC, AVX, AVX2, AVX512) as in the tests.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mxw_shared.audio_decode import decode_audio
-from mxw_shared.contracts import JobOptions
+from mxw_shared.contracts import Decoding, JobOptions
 from mxw_transcriber.domain import DecodeSettings, transcribe
 from mxw_transcriber.models import ModelRegistry
 
@@ -95,10 +95,10 @@ def run_model(name: str, decode: DecodeSettings, verbose: bool) -> dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
-    parser.add_argument("--batch-size", type=int, default=0, help="> 0: batched decoding")
+    parser.add_argument("--decoding", choices=["batched", "sequential"], default="batched")
     parser.add_argument("-v", "--verbose", action="store_true", help="every transcript")
     args = parser.parse_args()
-    decode = DecodeSettings(batch_size=args.batch_size)
+    decode = DecodeSettings(decoding=Decoding(args.decoding))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     rows = []
     for name in args.models:

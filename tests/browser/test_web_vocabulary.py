@@ -98,6 +98,7 @@ async def test_the_vocabulary_is_edited_and_used_by_an_upload(
     # And one without the vocabulary.
     await page.fill("#opt-hotwords", "Zyntrix")
     await page.uncheck("#opt-use-vocabulary")
+    await page.select_option("#opt-decoding", "sequential")  # and a decoding mode of its own
     other = tmp_path / "alone.ogg"
     other.write_bytes(SHORT.read_bytes() + b"\0")  # other bytes: a new job, not a duplicate
     await page.set_input_files("#files", str(other))
@@ -120,3 +121,4 @@ async def test_the_vocabulary_is_edited_and_used_by_an_upload(
         "pgvector",
     ]
     assert jobs[1]["options"]["hotwords"] == ["Zyntrix"]
+    assert (jobs[0]["options"]["decoding"], jobs[1]["options"]["decoding"]) == (None, "sequential")

@@ -35,3 +35,21 @@ def test_hotwords_are_sent_with_the_upload(tmp_path: Path, monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     assert "hotwords" not in sent[-1]["data"]
     assert sent[-1]["data"]["use_vocabulary"] == "false"
+
+
+def test_the_decoding_mode_is_sent_when_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    audio = tmp_path / "a.ogg"
+    audio.write_bytes(b"x")
+    sent: list[dict[str, Any]] = []
+
+    def post(url: str, **kwargs: Any) -> httpx.Response:
+        sent.append(kwargs["data"])
+        return httpx.Response(202, json={"id": "00000000-0000-0000-0000-000000000001"})
+
+    monkeypatch.setattr(httpx, "post", post)
+    args = ["submit", str(audio), "--data-dir", str(tmp_path), "--no-follow", "--token", "t"]
+    gateway = ["--gateway", "http://gw.test", "--notifier", "http://nt.test"]
+    assert CliRunner().invoke(app, [*args, *gateway, "--decoding", "sequential"]).exit_code == 0
+    assert sent[-1]["decoding"] == "sequential"
+    assert CliRunner().invoke(app, [*args, *gateway]).exit_code == 0
+    assert "decoding" not in sent[-1]  # the transcriber's choice

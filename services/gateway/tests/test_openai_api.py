@@ -328,6 +328,31 @@ async def test_failed_job_reports_its_reason(client):
     assert UNLOADABLE in caught.value.message
 
 
+async def test_the_callers_vocabulary_reaches_the_job_and_reuse_still_works(
+    gateway_url, dev_issuer, db
+):
+    bearer = str(dev_issuer.mint("vera-vocab"))
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        stored = await http.put(
+            "/vocabulary",
+            headers={"Authorization": f"Bearer {bearer}"},
+            json={"terms": ["Siobhan", "pgvector"]},
+        )
+    assert stored.status_code == 200, stored.text
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway_url}/v1", api_key=bearer, max_retries=0, timeout=180
+    ) as vera:
+        jobs = []
+        for _ in range(2):
+            raw = await vera.audio.transcriptions.with_raw_response.create(
+                model="tiny.en", file=SOLAR.open("rb")
+            )
+            jobs.append(uuid.UUID(raw.headers["x-mxw-job-id"]))
+    options = await db.fetchval("SELECT options FROM jobs WHERE id = $1", jobs[0])
+    assert options["hotwords"] == ["Siobhan", "pgvector"]
+    assert jobs[1] == jobs[0]  # the same request again: the same job, merged options and all
+
+
 async def test_no_token_is_401(gateway_url):
     async with openai.AsyncOpenAI(
         base_url=f"{gateway_url}/v1", api_key="not-a-token", max_retries=0

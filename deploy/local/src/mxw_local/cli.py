@@ -152,6 +152,10 @@ def submit(
     language: str | None = None,
     task: str | None = None,
     word_timestamps: bool = False,
+    decoding: Annotated[
+        str | None,
+        typer.Option(help="batched or sequential; unset: the transcriber's choice."),
+    ] = None,
     speakers: Annotated[bool, typer.Option(help="Find who spoke when (the diarizer).")] = False,
     num_speakers: Annotated[
         int | None, typer.Option(help="With --speakers: how many people speak, if known.")
@@ -183,6 +187,7 @@ def submit(
             "language": language,
             "task": task,
             "word_timestamps": "true" if word_timestamps else None,
+            "decoding": decoding,
             "speakers": "true" if speakers else None,
             "num_speakers": str(num_speakers) if num_speakers is not None else None,
             # One form field, the terms separated by new lines (a term holds no comma).

@@ -18,6 +18,10 @@ LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
 # hallucinates words ("You") on digital silence rather than returning nothing.
 SILENCE_PEAK = 1e-3
 _WORDLIKE = re.compile(r"[^\W_]")
+_WORD = re.compile(r"[^\W_]+")
+# echoes_hotwords: a list read back holds this many words or more, this share of the list's.
+ECHO_MIN_WORDS = 4
+ECHO_SHARE = 0.8
 
 
 class UnsupportedOptions(ValueError):
@@ -296,6 +300,24 @@ def transcribe(
     )
 
 
+def _words(text: str) -> list[str]:
+    return [w.casefold() for w in _WORD.findall(text)]
+
+
+def echoes_hotwords(text: str, hotwords: tuple[str, ...]) -> bool:
+    """A segment that is the hotwords list read back, not speech: Whisper reads hotwords as
+    text said before, and a small model sometimes continues it ("Siobhan, Wojciech, Wojciech,
+    ..." until its token limit, tiny.en batched, 2026-12-03). At least ECHO_MIN_WORDS words,
+    nearly all of them the list's."""
+    if not hotwords:
+        return False
+    said = _words(text)
+    if len(said) < ECHO_MIN_WORDS:
+        return False
+    listed = {w for term in hotwords for w in _words(term)}
+    return sum(w in listed for w in said) >= ECHO_SHARE * len(said)
+
+
 def _detect(model: Any, samples: Samples) -> tuple[str | None, float | None]:
     """The language of the first speech in `samples` (its VAD skips silence and music)."""
     code, probability, _all = model.detect_language(audio=samples, vad_filter=True)
@@ -338,8 +360,8 @@ def _run(
     idx = first_idx
     for seg in pieces:  # faster-whisper works while this is iterated
         text = seg.text.strip()
-        if not _WORDLIKE.search(text):
-            text = ""  # punctuation alone (". ." heard in music) is not something said
+        if not _WORDLIKE.search(text) or echoes_hotwords(text, options.hotwords):
+            text = ""  # punctuation alone (". ." heard in music) or the prompt read back
         start = max(offset_s, min(float(seg.start) + offset_s, window_end))
         end = max(start, min(float(seg.end) + offset_s, window_end))
         words: tuple[Word, ...] | None = None

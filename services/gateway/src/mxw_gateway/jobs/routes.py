@@ -55,6 +55,13 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "task": {"type": "string", "enum": ["transcribe", "translate"]},
                         "word_timestamps": {"type": "boolean"},
                         "initial_prompt": {"type": "string"},
+                        "decoding": {
+                            "type": "string",
+                            "enum": ["batched", "sequential"],
+                            "description": "How Whisper runs over the audio; unset: the "
+                            "transcriber's choice (batched: faster; sequential: each window "
+                            "conditioned on the text before).",
+                        },
                         "hotwords": {
                             "type": "string",
                             "description": "Names and terms to expect (custom vocabulary), "

@@ -35,6 +35,7 @@ from mxw_gateway.openai_api.domain import (
     parse_request,
 )
 from mxw_gateway.settings import GatewaySettings
+from mxw_gateway.vocabulary.service import effective_options
 
 _TITLES = {400: "Bad request", 409: "Conflict", 413: "Upload too large"}
 
@@ -129,18 +130,22 @@ async def submit(
         await files.discard(pool)
         raise
 
+    # The caller's custom vocabulary, as for any job (OpenAI's API has no field for it; the
+    # user's list alone is within the limits, so the merge cannot fail).
+    options = await effective_options(pool, user, request.options)
+
     async def same_request_job() -> uuid.UUID | None:
         # Same audio as one of the caller's jobs: reuse it only if it was asked for with the
         # same options (a job without word timestamps cannot answer a word-level request).
         # Two identical requests at the same instant may both create a job; both get answers.
         return await repository.find_job_with_options(
-            pool, user.sub, blob.sha256, request.options.model_dump(mode="json")
+            pool, user.sub, blob.sha256, options.model_dump(mode="json")
         )
 
     admitted = await admit(
         blob,
         form.filename,
-        request.options,
+        options,
         force=True,
         user=user,
         settings=settings,

@@ -332,6 +332,13 @@ export function uploadView(main, config) {
   const model = h("select", { id: "opt-model", name: "model" }, h("option", { value: "" }, "server default"), config.models.map((m) => h("option", { value: m }, m)));
   const language = h("input", { id: "opt-language", name: "language", placeholder: "auto", maxlength: "16", autocomplete: "off", "aria-describedby": "lang-hint" });
   const chunking = h("select", { id: "opt-chunking", name: "chunking" }, config.chunking.map((c) => h("option", { value: c }, c)));
+  const decoding = h(
+    "select",
+    { id: "opt-decoding", name: "decoding" },
+    h("option", { value: "" }, "server default"),
+    h("option", { value: "batched" }, "batched (faster)"),
+    h("option", { value: "sequential" }, "sequential (each window follows the text before)"),
+  );
   const speakers = h("input", { id: "opt-speakers", name: "speakers", type: "checkbox" });
   const hotwords = h("input", { id: "opt-hotwords", name: "hotwords", placeholder: "Siobhan, Kubernetes", maxlength: "2000", autocomplete: "off", "aria-describedby": "hotwords-hint" });
   const useVocabulary = h("input", { id: "opt-use-vocabulary", name: "use_vocabulary", type: "checkbox", checked: true });
@@ -347,6 +354,7 @@ export function uploadView(main, config) {
       model: model.value,
       language: language.value.trim(),
       chunking: chunking.value,
+      decoding: decoding.value,
       speakers: speakers.checked ? "true" : "",
       hotwords: hotwords.value.trim(),
       use_vocabulary: useVocabulary.checked ? "" : "false",
@@ -396,6 +404,7 @@ export function uploadView(main, config) {
         h("div", { class: "field" }, h("label", { for: "opt-model" }, "Model"), model),
         h("div", { class: "field" }, h("label", { for: "opt-language" }, "Language"), language, h("small", { id: "lang-hint" }, "ISO code such as en or de; empty detects it")),
         h("div", { class: "field" }, h("label", { for: "opt-chunking" }, "Chunking"), chunking),
+        h("div", { class: "field" }, h("label", { for: "opt-decoding" }, "Decoding"), decoding),
         h("div", { class: "field" }, h("label", { class: "check", for: "opt-speakers" }, speakers, "Who spoke when (speakers)")),
         h(
           "div",
