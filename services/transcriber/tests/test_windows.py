@@ -17,6 +17,7 @@ from mxw_transcriber.domain import (
     DecodeSettings,
     Transcript,
     choose_decoding,
+    next_window_start,
     quiet_cut,
     transcribe,
 )
@@ -229,3 +230,18 @@ def test_batched_timestamps_stay_on_speech_between_music(
     assert len(words) >= 0.9 * len(speech.text.split()) * 2
     assert len(stray) <= 3, stray  # seen: 1 ("The" at 6.6 s, in the tones)
     assert wer(f"{speech.text} {speech.text}", heard.text) <= WER_BOUND, heard.text
+
+
+def test_the_next_window_starts_where_the_segment_left_to_it_began() -> None:
+    sr = SAMPLE_RATE
+    # A segment crossed the cut: it is heard whole next time, from a little before it.
+    assert next_window_start(0, 45 * sr, 20.0, 30.0) == round(29.7 * sr)
+    # Silence, then speech running over the cut: nothing kept, the speech is not skipped.
+    assert next_window_start(0, 45 * sr, None, 33.0) == round(32.7 * sr)
+    # Never before the end of what was kept.
+    assert next_window_start(0, 45 * sr, 30.1, 30.0) == round(30.1 * sr)
+    # Nothing crossed: after the last kept segment; nothing at all: just before the cut.
+    assert next_window_start(0, 45 * sr, 41.0, None) == 41 * sr
+    assert next_window_start(0, 45 * sr, None, None) == 43 * sr
+    # Always forward.
+    assert next_window_start(10 * sr, 55 * sr, None, 10.0) == 12 * sr

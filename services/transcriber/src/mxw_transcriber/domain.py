@@ -92,6 +92,7 @@ class DecodeSettings:
 # last kept segment ended), so no word is split by a cut.
 CUT_SEARCH_S = 10.0
 TAIL_GUARD_S = 2.0
+LEAD_S = 0.3  # a segment's start is taken this much early where a window begins at it
 _CUT_FRAME = SAMPLE_RATE // 10  # quietness is judged per 0.1 s
 
 
@@ -266,11 +267,13 @@ def transcribe(
             tell_language()
             keep_until = None if last else (end - guard) / SAMPLE_RATE
             kept_end: float | None = None
-            for segment, seg_end in _run(
+            crossing_start: float | None = None
+            for segment, seg_start, seg_end in _run(
                 model, samples, offset_s, options, decode, language, with_words, next_idx
             ):
                 if keep_until is not None and seg_end > keep_until:
-                    break  # the next window hears it whole
+                    crossing_start = seg_start  # the next window hears it whole
+                    break
                 kept_end = seg_end
                 if segment is not None:
                     next_idx += 1
@@ -279,8 +282,7 @@ def transcribe(
                     on_segment(segment, seg_end)
                 report(seg_end)
             if not last:
-                cut = round(kept_end * SAMPLE_RATE) if kept_end is not None else end - guard
-                resume_at = max(cut, position + guard)  # always forward
+                resume_at = next_window_start(position, end, kept_end, crossing_start)
         elif on_segment is not None:  # silence: nothing to hear, but progress
             on_segment(None, round(end / SAMPLE_RATE, 3))
         if last:
@@ -318,6 +320,24 @@ def echoes_hotwords(text: str, hotwords: tuple[str, ...]) -> bool:
     return sum(w in listed for w in said) >= ECHO_SHARE * len(said)
 
 
+def next_window_start(
+    position: int, end: int, kept_end: float | None, crossing_start: float | None
+) -> int:
+    """Where the window after [position, end) starts (samples): where the segment left to it
+    began (a little before: its time may be late), never before the last kept segment's end;
+    with none left over, at the last kept end, else TAIL_GUARD_S before the cut. Always
+    forward, so a window is never read twice whole."""
+    guard = int(TAIL_GUARD_S * SAMPLE_RATE)
+    floor = round(kept_end * SAMPLE_RATE) if kept_end is not None else position
+    if crossing_start is not None:
+        start = max(floor, round((crossing_start - LEAD_S) * SAMPLE_RATE))
+    elif kept_end is not None:
+        start = floor
+    else:
+        start = end - guard
+    return max(start, position + guard)
+
+
 def _detect(model: Any, samples: Samples) -> tuple[str | None, float | None]:
     """The language of the first speech in `samples` (its VAD skips silence and music)."""
     code, probability, _all = model.detect_language(audio=samples, vad_filter=True)
@@ -333,9 +353,9 @@ def _run(
     language: str | None,
     with_words: bool,
     first_idx: int,
-) -> Iterator[tuple[TranscriptSegment | None, float]]:
+) -> Iterator[tuple[TranscriptSegment | None, float, float]]:
     """One window through faster-whisper, lazily: (segment or None when it held no text,
-    its end in seconds of the whole audio)."""
+    its start and end in seconds of the whole audio)."""
     kwargs: dict[str, Any] = {
         "language": language,
         "task": options.task.value,
@@ -387,4 +407,4 @@ def _run(
                 words=words,
             )
             idx += 1
-        yield segment, round(end, 3)
+        yield segment, round(start, 3), round(end, 3)
