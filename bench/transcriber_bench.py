@@ -252,7 +252,8 @@ def quality(args: argparse.Namespace) -> None:
         languages = args.languages if loaded.multilingual else ["en"]
         sets: list[tuple[str, str, Path, str]] = []
         for language in languages:
-            speech = testset.make_speech_set(language, args.count, args.offset)
+            count = min(args.count, len(testset.voice_prompts(language)) - args.offset)
+            speech = testset.make_speech_set(language, count, args.offset)
             sets.append(("telephone", language, speech.path, speech.text))
         sets.append(("synthetic", "en", *synthetic_speech()))
         for kind, language, path, said in sets:

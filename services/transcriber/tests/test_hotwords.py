@@ -9,16 +9,17 @@ names (one user's list), so each clip also hears eleven terms it does not contai
 Synthetic speech is at tiny.en's accuracy edge and CTranslate2 picks its kernels by ISA, so
 the assertions are counts with margins, measured under CT2_FORCE_CPU_ISA GENERIC, AVX, AVX2
 and AVX512 (2 shared cores, 2026-12-03; docs/benchmarks.md "Custom vocabulary (issue 21)").
-With the default (batched) decoding and the echo guard (domain.echoes_hotwords):
+Sequential decoding (tiny.en's measured default), two runs each:
 
 | ISA     | names heard without | with | real speech WER without | with the vocabulary |
 |---------|---------------------|------|-------------------------|---------------------|
-| GENERIC | 1/12                | 8/12 | 0.048                   | 0.048               |
-| AVX     | 1/12                | 8/12 | 0.048                   | 0.048               |
-| AVX2    | 1/12                | 7/12 | 0.048                   | 0.048               |
-| AVX512  | 1/12                | 8/12 | 0.048                   | 0.048               |
+| GENERIC | 1/12                | 6/12 | 0.048                   | 0.048               |
+| AVX     | 1/12                | 7/12 | 0.048                   | 0.071               |
+| AVX2    | 0/12                | 6/12 | 0.048                   | 0.071               |
+| AVX512  | 1/12                | 7/12 | 0.048                   | 0.071               |
 
-Sequential decoding (the first measurement) gave 6-7 with, 0-1 without, and 0.048-0.071.
+Batched decoding with the echo guard (domain.echoes_hotwords) gave 7-8 with, 1 without,
+and 0.048 either way.
 Temperature fallback samples, so a run may differ by a name: the margins are two or three
 names below the worst run.
 """

@@ -81,21 +81,22 @@ def test_a_window_is_cut_in_its_quietest_tenth_of_a_second() -> None:
 
 
 @pytest.mark.parametrize(
-    ("job", "service", "language", "expected"),
+    ("job", "service", "model", "language", "expected"),
     [
-        (None, "auto", "en", Decoding.batched),
-        (None, "auto", "fr", Decoding.sequential),  # fr listed as sequential below
-        (None, "sequential", "en", Decoding.sequential),
-        (Decoding.sequential, "batched", "en", Decoding.sequential),  # the job's choice wins
-        (Decoding.batched, "auto", "fr", Decoding.batched),
-        (None, "auto", None, Decoding.batched),
+        (None, "auto", "base", "en", Decoding.batched),  # a measured pair
+        (None, "auto", "base", "it", Decoding.sequential),  # not listed: sequential
+        (None, "auto", "small", "it", Decoding.batched),  # "small:*": every language
+        (None, "auto", "base", None, Decoding.sequential),  # nothing known
+        (None, "sequential", "base", "en", Decoding.sequential),  # the service's setting
+        (Decoding.sequential, "batched", "base", "en", Decoding.sequential),  # the job's wins
+        (Decoding.batched, "auto", "base", "it", Decoding.batched),
     ],
 )
-def test_the_decoding_mode_is_the_jobs_else_the_services_else_by_language(
-    job: Decoding | None, service: Any, language: str | None, expected: Decoding
+def test_the_decoding_mode_is_the_jobs_else_the_services_else_the_measured_table(
+    job: Decoding | None, service: Any, model: str, language: str | None, expected: Decoding
 ) -> None:
-    decode = DecodeSettings(decoding=service, sequential_languages=frozenset({"fr"}))
-    assert choose_decoding(JobOptions(decoding=job), language, decode) == expected
+    decode = DecodeSettings(decoding=service, batched_for=frozenset({"base:en", "small:*"}))
+    assert choose_decoding(JobOptions(decoding=job), model, language, decode) == expected
 
 
 def prompt_of(speech: Any, start_s: float, end_s: float) -> Any:

@@ -78,10 +78,10 @@ class DecodeSettings:
     # Batched mode: faster_whisper.BatchedInferencePipeline with this many 30-s pieces per
     # batch.
     batch_size: int = 8
-    # "auto": batched, except for the languages below, where sequential measured better
-    # (docs/benchmarks.md, "Decoding modes").
+    # "auto": batched for the "model:language" pairs below ("model:*" for every language),
+    # where it measured no worse than sequential; sequential elsewhere.
     decoding: Decoding | Literal["auto"] = "auto"
-    sequential_languages: frozenset[str] = frozenset()
+    batched_for: frozenset[str] = frozenset()
     # Audio is decoded and transcribed this many seconds at a time, so memory does not grow
     # with the file's length (about 64 kB per second of audio held, plus the model's work).
     window_s: float = 600.0
@@ -110,15 +110,18 @@ class Resume:
     # fresh one is, with the job's own initial_prompt (windows after the first are too).
 
 
-def choose_decoding(options: JobOptions, language: str | None, decode: DecodeSettings) -> Decoding:
-    """The job's own choice, else the service's; "auto" by the measured table per language."""
+def choose_decoding(
+    options: JobOptions, model_name: str, language: str | None, decode: DecodeSettings
+) -> Decoding:
+    """The job's own choice, else the service's; "auto" by the measured table of model and
+    language pairs (DecodeSettings.batched_for)."""
     if options.decoding is not None:
         return options.decoding
     if decode.decoding != "auto":
         return decode.decoding
-    if language is not None and language in decode.sequential_languages:
-        return Decoding.sequential
-    return Decoding.batched
+    if {f"{model_name}:{language}", f"{model_name}:*"} & decode.batched_for:
+        return Decoding.batched
+    return Decoding.sequential
 
 
 def check_options(options: JobOptions, multilingual: bool, model_name: str) -> None:
@@ -206,6 +209,7 @@ def transcribe(
     on_language: Callable[[str | None, float | None], None] | None = None,
     on_segment: Callable[[TranscriptSegment | None, float], None] | None = None,
     expected_s: float | None = None,
+    model_name: str = "",
 ) -> Transcript:
     """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option.
 
@@ -268,8 +272,9 @@ def transcribe(
             keep_until = None if last else (end - guard) / SAMPLE_RATE
             kept_end: float | None = None
             crossing_start: float | None = None
+            mode = choose_decoding(options, model_name, language, decode)
             for segment, seg_start, seg_end in _run(
-                model, samples, offset_s, options, decode, language, with_words, next_idx
+                model, samples, offset_s, options, mode, decode, language, with_words, next_idx
             ):
                 if keep_until is not None and seg_end > keep_until:
                     crossing_start = seg_start  # the next window hears it whole
@@ -349,6 +354,7 @@ def _run(
     samples: Samples,
     offset_s: float,
     options: JobOptions,
+    mode: Decoding,
     decode: DecodeSettings,
     language: str | None,
     with_words: bool,
@@ -366,7 +372,7 @@ def _run(
         # reads it as words said before (so it prefers their spelling).
         "hotwords": ", ".join(options.hotwords) or None,
     }
-    if choose_decoding(options, language, decode) == Decoding.batched:
+    if mode == Decoding.batched:
         from faster_whisper import BatchedInferencePipeline
 
         pieces, _info = BatchedInferencePipeline(model).transcribe(

@@ -105,7 +105,7 @@ class TranscribeWork:
             vad_filter=settings.vad_filter,
             batch_size=settings.batch_size,
             decoding=settings.decoding,
-            sequential_languages=frozenset(settings.sequential_languages),
+            batched_for=frozenset(settings.batched_for),
             window_s=settings.window_s,
         )
 
@@ -191,6 +191,7 @@ class TranscribeWork:
                         on_language=on_language,
                         on_segment=on_segment,
                         expected_s=expected_s,
+                        model_name=model_name,
                     )
             except _Stopped:
                 pass
@@ -223,7 +224,7 @@ class TranscribeWork:
         segments = earlier + transcript.segments
         final = dataclasses.replace(transcript, segments=segments)
         duration = final.duration_s  # counted while decoding
-        decoding = choose_decoding(options, final.language, self.decode)
+        decoding = choose_decoding(options, model_name, final.language, self.decode)
         unwritten = transcript.segments[run.written :]  # what the writer did not persist
         model_label = model_name
 

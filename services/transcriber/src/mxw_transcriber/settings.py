@@ -25,11 +25,12 @@ class TranscriberSettings(AudioSourceSettings):
     # "batched" (faster-whisper's BatchedInferencePipeline: pauses found by its VAD split the
     # audio into pieces decoded batch_size at a time, with no text context), "sequential"
     # (30-s windows one after another, each conditioned on the text before), or "auto":
-    # batched except for sequential_languages. Measured on real speech in five languages
-    # (docs/benchmarks.md, "Decoding modes"): batched is 1.5-2x faster at a word error rate
-    # within half a point of sequential's.
+    # batched for the "model:language" pairs of batched_for ("model:*": every language),
+    # sequential elsewhere. The default pairs are where batched measured no worse than
+    # sequential on real speech (word error rate within half a point, 100 + 100 prompts per
+    # language; docs/benchmarks.md, "Decoding modes"), where it is 1.6-2x faster.
     decoding: Decoding | Literal["auto"] = "auto"
-    sequential_languages: list[str] = Field(default_factory=list)
+    batched_for: list[str] = Field(default_factory=lambda: ["base:en", "base:fr"])
     # Sequential mode only: skip silence with the VAD first (batched always does).
     vad_filter: bool = False
     batch_size: int = Field(default=8, ge=1, le=64)
