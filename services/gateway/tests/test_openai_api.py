@@ -331,7 +331,7 @@ async def test_failed_job_reports_its_reason(client):
 async def test_the_callers_vocabulary_reaches_the_job_and_reuse_still_works(
     gateway_url, dev_issuer, db
 ):
-    bearer = str(dev_issuer.mint("vera-vocab"))
+    bearer = str(dev_issuer.mint("olaf-openai-vocab"))  # a user of this test alone
     async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
         stored = await http.put(
             "/vocabulary",

@@ -395,8 +395,8 @@ async def test_word_timestamps_are_stored_in_order_inside_their_segment(
     metrics = await db.fetchval(
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'transcribe'", job_id
     )
-    # The measured default for tiny.en (MXW_BATCHED_FOR lists base in English and French).
-    assert (metrics["decoding"], metrics["batch_size"]) == ("sequential", None)
+    # The measured default for tiny.en in English (MXW_BATCHED_FOR).
+    assert (metrics["decoding"], metrics["batch_size"]) == ("batched", 8)
 
 
 async def test_redelivered_event_leaves_one_transcript(
