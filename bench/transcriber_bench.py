@@ -281,14 +281,15 @@ PEAK = """
 import json, resource, sys, time
 from pathlib import Path
 from mxw_shared.contracts import JobOptions
-from mxw_transcriber.domain import DecodeSettings
-from mxw_transcriber.handlers import transcribe_file
+from mxw_transcriber.handlers import decode_settings, transcribe_file
 from mxw_transcriber.models import ModelRegistry
+from mxw_transcriber.settings import TranscriberSettings
 
 model = ModelRegistry(Path(sys.argv[2]), device="cpu").load(sys.argv[3]).model
+decode = decode_settings(TranscriberSettings())  # the service's defaults
 started = time.perf_counter()
 transcript, decode_s = transcribe_file(
-    model, Path(sys.argv[1]), 3 * 3600, JobOptions(), DecodeSettings()
+    model, Path(sys.argv[1]), 3 * 3600, JobOptions(language="en"), decode, model_name=sys.argv[3]
 )
 print(json.dumps({
     "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -5,6 +5,7 @@ timestamps on the speech and hears nothing in music or silence."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,6 +141,8 @@ def test_audio_read_in_windows_is_heard_as_the_whole_file_with_exact_times(
     assert wer(speech.text, whole.text) <= WER_BOUND, whole.text
     assert wer(speech.text, windowed.text) <= WER_BOUND, windowed.text
     assert [s.idx for s in windowed.segments] == list(range(len(windowed.segments)))
+    # Sentences, not 30-s pieces (batched pieces are cut by their words).
+    assert max(s.end_s - s.start_s for s in windowed.segments) <= 15.0
     assert positions == sorted(positions)
     check_times(whole, speech)
     check_times(windowed, speech)
@@ -246,3 +249,26 @@ def test_the_next_window_starts_where_the_segment_left_to_it_began() -> None:
     assert next_window_start(0, 45 * sr, None, None) == 43 * sr
     # Always forward.
     assert next_window_start(10 * sr, 55 * sr, None, 10.0) == 12 * sr
+
+
+def test_a_long_segment_is_cut_into_sentences_by_its_words() -> None:
+    from mxw_transcriber.domain import MAX_SENTENCE_S, TranscriptSegment, Word, split_sentences
+
+    said = [(" Hello", 1.0, 1.4), (" there.", 1.5, 2.0), (" How", 2.6, 2.8), (" are", 2.9, 3.0)]
+    said += [(" you?", 3.1, 3.5), (" Fine", 4.0, 4.3)]
+    words = tuple(Word(a, b, w, 0.9) for w, a, b in said)
+    segment = TranscriptSegment(3, 0.5, 5.0, "Hello there. How are you? Fine", -0.2, 0.01, words)
+    pieces = split_sentences(segment)
+    assert [p.text for p in pieces] == ["Hello there.", "How are you?", "Fine"]
+    assert [(p.start_s, p.end_s) for p in pieces] == [(0.5, 2.0), (2.6, 3.5), (4.0, 5.0)]
+    assert all(p.avg_logprob == -0.2 and p.words for p in pieces)
+    assert split_sentences(dataclasses.replace(segment, words=None)) == [
+        dataclasses.replace(segment, words=None)
+    ]
+    # No sentence end for 30 s: cut at the longest pause once past MAX_SENTENCE_S.
+    run_on = tuple(Word(t + 0.1, t + 0.5 + (1.5 if t == 9 else 0), " word", 0.9) for t in range(30))
+    long = TranscriptSegment(0, 0.0, 30.0, "word " * 30, None, None, run_on)
+    cut = split_sentences(long)
+    assert len(cut) >= 2
+    assert all(p.end_s - p.start_s <= MAX_SENTENCE_S + 1 for p in cut)
+    assert sum(len(p.words or ()) for p in cut) == 30

@@ -50,6 +50,17 @@ from mxw_transcriber.settings import TranscriberSettings
 log = get_logger(__name__)
 
 
+def decode_settings(settings: TranscriberSettings) -> DecodeSettings:
+    return DecodeSettings(
+        beam_size=settings.beam_size,
+        vad_filter=settings.vad_filter,
+        batch_size=settings.batch_size,
+        decoding=settings.decoding,
+        batched_for=frozenset(settings.batched_for),
+        window_s=settings.window_s,
+    )
+
+
 def run_fingerprint(
     job: JobRow, event: AudioUploaded, model_name: str, decode: DecodeSettings
 ) -> str:
@@ -100,14 +111,7 @@ class TranscribeWork:
         self.store = store  # built once at start-up (main.py), read for every job
         self.registry = registry
         self.pool = pool
-        self.decode = DecodeSettings(
-            beam_size=settings.beam_size,
-            vad_filter=settings.vad_filter,
-            batch_size=settings.batch_size,
-            decoding=settings.decoding,
-            batched_for=frozenset(settings.batched_for),
-            window_s=settings.window_s,
-        )
+        self.decode = decode_settings(settings)
 
     async def __call__(
         self, envelope: Envelope, event: AudioUploaded, job: JobRow, progress: Progress
