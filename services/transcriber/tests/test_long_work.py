@@ -140,6 +140,10 @@ def start_worker(broker_infra, log_path):
             MXW_MODEL_CACHE_DIR=str(broker_infra.root / "models"),
             MXW_PRELOAD_DEFAULT_MODEL="true",
             MXW_LOG_FORMAT="json",
+            # A killed worker's lease runs out in 10 s (not 60) and the next worker's sweeper
+            # looks every 2 s, so the restart takes over in seconds, not a minute.
+            MXW_LEASE_S="10",
+            MXW_SWEEP_INTERVAL_S="2",
         ),
     }
     return subprocess.Popen(
