@@ -558,36 +558,35 @@ def _read_pcm(path: Path) -> bytes:
 def speech_clip(language: str, times: int = 1) -> Speech:
     """SPEECH_PROMPTS[language] read one after the other (`times` over), as one WAV, with
     their text."""
-    import gzip
+    root = _fetch_sounds(language)
+    texts = prompt_texts(language)
+    (voice,) = (root / "asterisk" / "sounds").glob(f"{language}_*")  # e.g. fr_CA_f_June
+    said = [(texts[n], _read_pcm(voice / f"{n}.wav")) for n in SPEECH_PROMPTS[language] * times]
+    return _speech_file(language, said, SOUNDS_CACHE / f"clip-{language}-x{times}.wav")
+
+
+def _speech_file(
+    language: str, said: list[tuple[str, bytes]], path: Path, *, trailing_gap: bool = False
+) -> Speech:
+    """Prompts (text, 8-kHz PCM) one after the other with _GAP_S pauses, as one WAV at
+    `path` (rewritten: a parallel test run reads the old file or this one, never half)."""
     import wave
 
-    root = _fetch_sounds(language)
-    texts: dict[str, str] = {}
-    transcript = (
-        root / "doc" / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt.gz"
-    )
-    with gzip.open(transcript, "rt", encoding="utf-8") as lines:
-        listing = lines.read().splitlines()
-    for line in listing:
-        name, sep, text = line.partition(":")
-        if sep and not line.startswith(";"):
-            texts[name.strip()] = text.strip()
-    (voice,) = (root / "asterisk" / "sounds").glob(f"{language}_*")  # e.g. fr_CA_f_June
     gap = b"\x00\x00" * int(8000 * _GAP_S)
     pcm, prompts = b"", []
-    for name in SPEECH_PROMPTS[language] * times:
+    for text, piece in said:
         pcm += gap if pcm else b""
         start_s = len(pcm) / 2 / 8000
-        pcm += _read_pcm(voice / f"{name}.wav")
-        prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
-    path = SOUNDS_CACHE / f"clip-{language}-x{times}.wav"
+        pcm += piece
+        prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, text))
+    pcm += gap if trailing_gap else b""
     partial = path.with_name(f"{path.name}.{os.getpid()}")
     with wave.open(str(partial), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(8000)
         out.writeframes(pcm)
-    partial.replace(path)  # a parallel test run reads the old clip or this one, never half
+    partial.replace(path)
     return Speech(
         path=path, language=language, duration_s=len(pcm) / 2 / 8000, prompts=tuple(prompts)
     )
@@ -702,31 +701,13 @@ def make_speech_set(language: str, count: int, offset: int = 0) -> Speech:
     """`count` prompts of a language's voice (voice_prompts order from `offset`, so the same
     set on every machine) read one after the other with 0.5-s pauses, as one 8-kHz WAV with
     their text: the real-speech set for word error rates per language (bench and tests)."""
-    import wave
-
     texts = prompt_texts(language)
     chosen = voice_prompts(language)[offset : offset + count]
     if len(chosen) < count:
         raise ValueError(f"{language} has only {len(chosen)} prompts from {offset}")
-    gap = b"\x00\x00" * int(8000 * _GAP_S)
-    pcm, prompts = b"", []
-    for name, said in chosen:
-        pcm += gap if pcm else b""
-        start_s = len(pcm) / 2 / 8000
-        pcm += said
-        prompts.append(Prompt(start_s, len(pcm) / 2 / 8000, texts[name]))
-    pcm += gap
+    said = [(texts[name], pcm) for name, pcm in chosen]
     path = SOUNDS_CACHE / f"set-{language}-{offset}-{count}.wav"
-    partial = path.with_name(f"{path.name}.{os.getpid()}")
-    with wave.open(str(partial), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(pcm)
-    partial.replace(path)
-    return Speech(
-        path=path, language=language, duration_s=len(pcm) / 2 / 8000, prompts=tuple(prompts)
-    )
+    return _speech_file(language, said, path, trailing_gap=True)
 
 
 def voice_prompts(language: str) -> list[tuple[str, bytes]]:
