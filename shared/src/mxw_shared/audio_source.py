@@ -198,9 +198,7 @@ def refused_audio() -> Iterator[None]:
     PermanentError with the reason: no retry decodes it."""
     try:
         yield
-    except AudioDecodeError as exc:
-        raise PermanentError(f"audio could not be decoded: {exc}") from exc
-    except NotAudio as exc:
+    except (AudioDecodeError, NotAudio) as exc:
         raise PermanentError(f"audio could not be decoded: {exc}") from exc
     except AudioRefused as exc:
         raise PermanentError(f"audio refused: {exc}") from exc

@@ -18,7 +18,6 @@ LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
 # Below this peak amplitude (about -60 dBFS) the audio is treated as silence: Whisper
 # hallucinates words ("You") on digital silence rather than returning nothing.
 SILENCE_PEAK = 1e-3
-_WORDLIKE = re.compile(r"[^\W_]")
 _WORD = re.compile(r"[^\W_]+")
 # split_sentences: a sentence ends after these; a longer one is cut at its longest pause.
 _SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
@@ -218,7 +217,7 @@ def transcribe(
     """Run `model` (a faster_whisper.WhisperModel) over `audio` honouring every option.
 
     `audio` is the whole recording, or a stream of blocks (mxw_shared.audio_decode.
-    stream_audio) read one window (decode.window_s) at a time, so memory stays bounded
+    AudioStream) read one window (decode.window_s) at a time, so memory stays bounded
     whatever the length; segment times are absolute either way. The language is decided
     once, on the first speech heard (or taken from the options or `resume`), and the
     decoding mode with it (choose_decoding).
@@ -393,7 +392,7 @@ def _run(
     idx = first_idx
     for seg in pieces:  # faster-whisper works while this is iterated
         text = seg.text.strip()
-        if not _WORDLIKE.search(text) or echoes_hotwords(text, options.hotwords):
+        if not _WORD.search(text) or echoes_hotwords(text, options.hotwords):
             text = ""  # punctuation alone (". ." heard in music) or the prompt read back
         start = max(offset_s, min(float(seg.start) + offset_s, window_end))
         end = max(start, min(float(seg.end) + offset_s, window_end))
