@@ -46,8 +46,11 @@ def test_the_pipeline_transcribes_and_diarizes_side_by_side_then_chunks_and_embe
         (topics.AUDIO_UPLOADED, "transcriber"),
         (topics.AUDIO_UPLOADED, "diarizer"),
         (topics.TRANSCRIPT_READY, "chunker"),
+        # A person's edit re-cuts chunks: the chunker's second input, in its own group.
+        (topics.TRANSCRIPT_EDITED, "chunker"),
         (topics.CHUNKS_READY, "embedder"),
     )
+    assert [s.stage for s in PIPELINE.consuming(topics.TRANSCRIPT_EDITED)] == [Stage.chunk]
     # The chunker joins the transcript with the speakers: transcript.ready brings it the one,
     # and the diarizer's completion sends it again when it finishes last.
     assert PIPELINE.waits_for(Stage.chunk) == (Stage.diarize,)

@@ -230,6 +230,34 @@ class TranscriptReady(EventData):
     options: JobOptions = Field(default_factory=JobOptions)
 
 
+class EditOperation(StrEnum):
+    """What a person changed in a transcript (one revision each)."""
+
+    text = "text"  # a segment's words
+    times = "times"  # a segment's start or end
+    split_segment = "split"  # one segment into two (`split` is a str method)
+    merge = "merge"  # a segment with the next
+    speaker = "speaker"  # a segment, or part of one, given to another speaker
+    revert = "revert"  # back to an earlier revision
+
+
+class TranscriptEdited(EventData):
+    """A person corrected the transcript (gateway): revision `revision` of the job's
+    segments is stored, its change in transcript_revisions. The chunker re-cuts only the
+    chunks over audio that the revisions since its last cut touched; the embedder then
+    embeds only those chunks (`ChunksReady.changed_only`)."""
+
+    topic: ClassVar[str] = topics.TRANSCRIPT_EDITED
+    ce_type: ClassVar[str] = "io.mxwhisper.transcript.edited.v1"
+
+    revision: int = Field(ge=1, description="The transcript's revision (0: as transcribed).")
+    operation: EditOperation
+    start_s: float = Field(ge=0, description="Start of the audio this revision touched.")
+    end_s: float = Field(ge=0, description="End of the audio this revision touched.")
+    segment_count: int = Field(ge=0)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
 class SpeakersReady(EventData):
     """Who spoke when: the job's speaker turns and one voice embedding per speaker are
     stored (speaker_turns, job_speakers)."""
@@ -249,6 +277,11 @@ class ChunksReady(EventData):
 
     chunk_count: int = Field(ge=0)
     method: str
+    changed_only: bool = Field(
+        default=False,
+        description="After an edit: only the chunks without a vector are new (embed those); "
+        "the others kept theirs.",
+    )
 
 
 class EmbeddingsReady(EventData):
@@ -282,6 +315,7 @@ class JobStatus(EventData):
 EVENT_TYPES: tuple[type[EventData], ...] = (
     AudioUploaded,
     TranscriptReady,
+    TranscriptEdited,
     SpeakersReady,
     ChunksReady,
     EmbeddingsReady,

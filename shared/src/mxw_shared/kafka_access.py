@@ -131,6 +131,7 @@ NOTIFIER_GROUP_PREFIX = "notifier-"
 # is not among them: it carries every user's job progress, for our notifier.
 OUTSIDE_READABLE: tuple[str, ...] = (
     topics.TRANSCRIPT_READY,
+    topics.TRANSCRIPT_EDITED,
     topics.CHUNKS_READY,
     topics.EMBEDDINGS_READY,
 )

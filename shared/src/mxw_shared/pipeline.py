@@ -215,12 +215,16 @@ class StageRunner(Generic[In]):
         work: StageWork[In],
         adopt_job: AdoptJob[In] | None = None,
         pipeline: Pipeline = PIPELINE,
+        topic: str | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
         self.pipeline = pipeline
-        self.topic = pipeline[stage].topic
+        # The stage's input, or another of the topics it consumes (an edit re-cutting chunks).
+        self.topic = pipeline[stage].topic if topic is None else topic
+        if self.topic not in pipeline[stage].topics:
+            raise ValueError(f"stage {stage} does not consume {self.topic}")
         self.work = work
         self.adopt_job = adopt_job
         self.consumer = settings.service_name

@@ -25,11 +25,12 @@ def _services(pairs: list[tuple[str, str]]) -> dict[str, str]:
 PRODUCERS = {
     topics.AUDIO_UPLOADED: "gateway (or any other system)",
     **_services([(s.produces.topic, s.service) for s in PIPELINE.specs if s.produces]),
+    topics.TRANSCRIPT_EDITED: "gateway (a person's correction)",
     topics.JOB_STATUS: "every stage and the gateway",
 }
 CONSUMERS = {
     **{t: "other systems" for t in topics.PIPELINE_TOPICS},
-    **_services([(s.topic, s.service) for s in PIPELINE.specs]),
+    **_services([(t, s.service) for s in PIPELINE.specs for t in s.topics]),
     topics.JOB_STATUS: "notifier",
 }
 

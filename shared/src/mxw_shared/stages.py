@@ -20,6 +20,7 @@ from mxw_shared.contracts import (
     JobOptions,
     SpeakersReady,
     Stage,
+    TranscriptEdited,
     TranscriptReady,
 )
 
@@ -37,6 +38,9 @@ class StageSpec:
     # marks it), so stages after it never wait. One declaration for Python and SQL
     # (`requested`, the sweeper's `requested_sql`).
     requested_by: str | None = None
+    # Events that run the stage again within a job besides its input (a person's edit of
+    # the transcript re-cuts chunks): consumed in the same group, handled by the same work.
+    also_consumes: tuple[type[EventData], ...] = ()
 
     def requested(self, options: JobOptions) -> bool:
         return self.requested_by is None or bool(getattr(options, self.requested_by))
@@ -45,6 +49,11 @@ class StageSpec:
     def topic(self) -> str:
         """The stage's input topic."""
         return self.consumes.topic
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the stage consumes: its input first."""
+        return (self.topic, *(e.topic for e in self.also_consumes))
 
 
 class Pipeline:
@@ -111,7 +120,7 @@ class Pipeline:
 
     def consuming(self, topic: str) -> tuple[StageSpec, ...]:
         """The stages whose input is `topic` (two stages may start from one event)."""
-        return tuple(s for s in self.specs if s.topic == topic)
+        return tuple(s for s in self.specs if topic in s.topics)
 
     def stage_of_dead_letter(self, topic: str, consumer: str | None) -> Stage | None:
         """The stage a dead letter of `topic` (the original topic) belongs to: the one its
@@ -124,15 +133,15 @@ class Pipeline:
 
     @property
     def stage_groups(self) -> tuple[tuple[str, str], ...]:
-        """(input topic, consumer group) of every stage: where the pipeline's lag is."""
-        return tuple((s.topic, s.service) for s in self.specs)
+        """(topic, consumer group) of every stage's inputs: where the pipeline's lag is."""
+        return tuple((t, s.service) for s in self.specs for t in s.topics)
 
     @property
     def service_inputs(self) -> dict[str, tuple[str, ...]]:
         """The topics each stage service consumes."""
         out: dict[str, tuple[str, ...]] = {}
         for s in self.specs:
-            out[s.service] = (*out.get(s.service, ()), s.topic)
+            out[s.service] = (*out.get(s.service, ()), *s.topics)
         return out
 
 
@@ -155,6 +164,7 @@ PIPELINE = Pipeline(
             "chunker",
             (0.8, 0.9),
             (Stage.transcribe, Stage.diarize),
+            also_consumes=(TranscriptEdited,),
         ),
         StageSpec(
             Stage.embed, ChunksReady, EmbeddingsReady, "embedder", (0.9, 1.0), (Stage.chunk,)

@@ -24,6 +24,7 @@ from typing import Final
 
 AUDIO_UPLOADED: Final = "audio.uploaded"
 TRANSCRIPT_READY: Final = "transcript.ready"
+TRANSCRIPT_EDITED: Final = "transcript.edited"
 SPEAKERS_READY: Final = "speakers.ready"
 CHUNKS_READY: Final = "chunks.ready"
 EMBEDDINGS_READY: Final = "embeddings.ready"
@@ -32,6 +33,7 @@ JOB_STATUS: Final = "job.status"
 PIPELINE_TOPICS: Final = (
     AUDIO_UPLOADED,
     TRANSCRIPT_READY,
+    TRANSCRIPT_EDITED,
     SPEAKERS_READY,
     CHUNKS_READY,
     EMBEDDINGS_READY,
