@@ -2,9 +2,10 @@
 import { session, signOut } from "./auth.js";
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, problem = {}) {
     super(message);
     this.status = status;
+    this.problem = problem;
   }
 }
 
@@ -13,13 +14,16 @@ function authHeaders(extra = {}) {
   return s ? { ...extra, Authorization: `Bearer ${s.token}` } : extra;
 }
 
-async function problemMessage(response) {
+async function problemOf(response) {
   const problem = await response.json().catch(() => ({}));
-  return problem.detail || problem.title || `${response.status} ${response.statusText}`;
+  return [problem.detail || problem.title || `${response.status} ${response.statusText}`, problem];
 }
 
-export async function api(path, { method = "GET", json, raw = false } = {}) {
+/** `ifMatch`: the ETag the change is based on (the transcript's edits require it; a stale
+ * one is answered 412). `withEtag`: resolve to `{ body, etag }` with the answer's ETag. */
+export async function api(path, { method = "GET", json, raw = false, ifMatch, withEtag = false } = {}) {
   const headers = authHeaders({ Accept: "application/json" });
+  if (ifMatch) headers["If-Match"] = ifMatch;
   let body;
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -31,10 +35,10 @@ export async function api(path, { method = "GET", json, raw = false } = {}) {
     location.hash = "#/sign-in";
     throw new ApiError(401, "please sign in again");
   }
-  if (!response.ok) throw new ApiError(response.status, await problemMessage(response));
+  if (!response.ok) throw new ApiError(response.status, ...(await problemOf(response)));
   if (raw) return response;
-  if (response.status === 204) return null;
-  return response.json();
+  const answer = response.status === 204 ? null : await response.json();
+  return withEtag ? { body: answer, etag: response.headers.get("ETag") } : answer;
 }
 
 /** Upload one file as a new job; XHR because fetch reports no upload progress. */

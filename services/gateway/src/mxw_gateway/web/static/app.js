@@ -7,6 +7,8 @@ import { adminView, jobView, jobsView, searchView, signInView, uploadView, vocab
 const main = document.getElementById("main");
 let config = null;
 let cleanup = () => {};
+// The hash the current view was rendered for: where to stay when leaving it is cancelled.
+let shownHash = location.hash;
 
 async function isAdmin() {
   const s = session();
@@ -36,7 +38,17 @@ async function renderNav(route) {
   }
 }
 
+/** A view with unsaved work (its clean-up function's `unsaved()` says so) asks first. */
+function mayLeave() {
+  if (location.hash === shownHash || !cleanup.unsaved?.()) return true;
+  if (confirm("This transcript has unsaved edits. Leave the page and lose them?")) return true;
+  // Stay: put the address back without another hashchange.
+  history.replaceState(null, "", shownHash || location.pathname);
+  return false;
+}
+
 async function route() {
+  shownHash = location.hash;
   cleanup();
   cleanup = () => {};
   const hash = location.hash.replace(/^#\/?/, "");
@@ -74,11 +86,14 @@ async function start() {
     toast(err.message, "error");
   }
   document.getElementById("sign-out").addEventListener("click", () => {
+    if (cleanup.unsaved?.() && !confirm("This transcript has unsaved edits. Sign out and lose them?")) return;
     signOut();
     location.hash = "#/sign-in";
     route();
   });
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => {
+    if (mayLeave()) route();
+  });
   await route();
   document.body.dataset.ready = "true";
 }

@@ -672,6 +672,385 @@ function seekAndPlay(player, seconds) {
   else player.addEventListener("loadedmetadata", go, { once: true });
 }
 
+// ---- the transcript editor (on a job's page) ----
+
+const RATES = [0.5, 0.75, 1, 1.25, 1.5, 1.75, 2];
+const JUMP_BACK_S = 5;
+const OPERATIONS = { text: "text corrected", times: "times adjusted", split: "segment split", merge: "segments merged", speaker: "speaker changed", revert: "reverted" };
+
+/** Whitespace as one space: a segment is one line. */
+function oneLine(text) {
+  return text.replace(/\s+/g, " ").trim();
+}
+
+/** Characters before the caret in `el`, or null when the caret is not in it. */
+function caretIn(el) {
+  const sel = getSelection();
+  if (!sel.rangeCount || !el.contains(sel.focusNode)) return null;
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  range.setEnd(sel.focusNode, sel.focusOffset);
+  return range.toString();
+}
+
+function placeCaret(el, offset) {
+  el.focus();
+  const node = el.firstChild;
+  const range = document.createRange();
+  if (node) range.setStart(node, Math.max(0, Math.min(offset, node.length)));
+  else range.setStart(el, 0);
+  range.collapse(true);
+  const sel = getSelection();
+  sel.removeAllRanges();
+  sel.addRange(range);
+}
+
+/** The transcript, editable in place while the audio plays. Every change is sent with
+ * If-Match (the ETag last received); each answer is the new transcript and its ETag. The
+ * page edits stored segments: with speakers, one stored segment (`index`) may show as
+ * several lines, whose texts are joined with a space. `line(seg, text, mark)` builds a
+ * segment's <li> around its editable text and its "not saved" marker. */
+function transcriptEditor(jobId, player, list, line) {
+  let etag = null;
+  let transcript = null;
+  let groups = new Map(); // stored index -> { index, parts: [{ seg, li, text, mark }], saved }
+  let busy = false;
+  const dirty = new Set();
+
+  const status = h("span", { class: "editor-status", role: "status" });
+  const problem = h("p", { class: "note error editor-error", role: "alert", hidden: true });
+  const conflict = h("div", { class: "card conflict", role: "alert", hidden: true });
+  const save = h("button", { type: "button", id: "save-edits", disabled: true, "aria-keyshortcuts": "Control+S" }, "Save");
+  const rate = h(
+    "select",
+    { id: "playback-rate" },
+    RATES.map((r) => h("option", { value: String(r), selected: r === 1 }, `${r}×`)),
+  );
+  const keysHint = h(
+    "small",
+    { id: "editor-keys", class: "keys-hint" },
+    "Keys: Esc play/pause · Ctrl+← back 5 s · Ctrl+Enter split at the cursor · Ctrl+S save",
+  );
+  const toolbar = h(
+    "div",
+    { class: "editor-bar" },
+    h("label", { for: "playback-rate" }, "Speed"),
+    rate,
+    save,
+    status,
+    keysHint,
+  );
+  const historyList = h("ol", { class: "revisions", "aria-label": "Revisions" });
+  const historyTitle = h("summary", {}, "History");
+  const history = h("details", { class: "card history", id: "history" }, historyTitle, historyList);
+
+  const setRate = () => {
+    player.defaultPlaybackRate = Number(rate.value);
+    player.playbackRate = Number(rate.value);
+  };
+  rate.addEventListener("change", setRate);
+  player.addEventListener("loadedmetadata", setRate);
+
+  const showProblem = (message) => {
+    problem.textContent = message || "";
+    problem.hidden = !message;
+  };
+  const textOf = (group) => oneLine(group.parts.map((p) => p.text.textContent).join(" "));
+  const updateStatus = () => {
+    save.disabled = busy || dirty.size === 0;
+    const rev = transcript?.revision ? `revision ${transcript.revision}` : "as transcribed";
+    status.textContent = dirty.size
+      ? `${dirty.size} ${dirty.size === 1 ? "segment" : "segments"} not saved`
+      : `Saved (${rev})`;
+    historyTitle.textContent = transcript?.revision ? `History (revision ${transcript.revision})` : "History";
+  };
+  const markGroup = (group) => {
+    const changed = textOf(group) !== group.saved;
+    if (changed) dirty.add(group.index);
+    else dirty.delete(group.index);
+    for (const p of group.parts) {
+      p.li.classList.toggle("changed", changed);
+      p.mark.hidden = !changed;
+    }
+    updateStatus();
+  };
+
+  /** Where the caret is: the stored index and the offset in its joined text. */
+  const caret = () => {
+    const el = document.activeElement;
+    if (!el?.matches?.("span.text[data-index]") || !list.contains(el)) return null;
+    const group = groups.get(Number(el.dataset.index));
+    const before = caretIn(el);
+    if (!group || before === null) return null;
+    let offset = 0;
+    for (const p of group.parts) {
+      if (p.text === el) return { index: group.index, offset: offset + before.replace(/\s+/g, " ").trimStart().length };
+      offset += oneLine(p.text.textContent).length + 1;
+    }
+    return null;
+  };
+  const focusAt = (index, offset) => {
+    const group = groups.get(index);
+    if (!group) return;
+    let rest = offset;
+    for (const [i, p] of group.parts.entries()) {
+      const len = p.text.textContent.length;
+      if (rest <= len || i === group.parts.length - 1) return placeCaret(p.text, rest);
+      rest -= len + 1;
+    }
+  };
+
+  const render = (view, tag) => {
+    transcript = view;
+    if (tag) etag = tag;
+    groups = new Map();
+    dirty.clear();
+    const items = view.segments.map((seg) => {
+      const text = h(
+        "span",
+        {
+          class: "text",
+          contenteditable: "plaintext-only",
+          role: "textbox",
+          spellcheck: "true",
+          "aria-label": `Text from ${clock(seg.start)}`,
+          "aria-describedby": "editor-keys",
+          dataset: { index: seg.index },
+        },
+        seg.text.trim(),
+      );
+      const mark = h("span", { class: "badge unsaved", hidden: true }, "not saved");
+      const li = line(seg, text, mark);
+      if (!groups.has(seg.index)) groups.set(seg.index, { index: seg.index, parts: [] });
+      groups.get(seg.index).parts.push({ seg, li, text, mark });
+      return li;
+    });
+    for (const group of groups.values()) group.saved = textOf(group);
+    clear(list, items);
+    updateStatus();
+    if (history.open) loadHistory();
+  };
+
+  /** One change: its answer is the transcript after it; null when it was refused. */
+  const send = async (method, path, json) => {
+    try {
+      const answer = await api(path, { method, json, ifMatch: etag, withEtag: true });
+      etag = answer.etag || etag;
+      showProblem("");
+      return answer;
+    } catch (err) {
+      if (err.status === 412) showConflict();
+      else showProblem(`Not saved: ${err.message}`);
+      return null;
+    }
+  };
+
+  /** Save every changed segment (one PATCH each, in order); true when all went through. */
+  const saveAll = async () => {
+    if (busy) return false;
+    if (!dirty.size) return true;
+    busy = true;
+    updateStatus();
+    const at = caret();
+    let last = null;
+    try {
+      for (const index of [...dirty].sort((a, b) => a - b)) {
+        const group = groups.get(index);
+        const text = textOf(group);
+        const answer = await send("PATCH", `/jobs/${jobId}/segments/${index}`, { text });
+        if (!answer) return false;
+        last = answer;
+        group.saved = text;
+        markGroup(group);
+      }
+    } finally {
+      busy = false;
+      updateStatus();
+    }
+    if (last) {
+      render(last.body, last.etag);
+      if (at) focusAt(at.index, at.offset);
+      toast("Transcript saved");
+    }
+    return true;
+  };
+
+  /** Split the segment at the caret: the second part starts there. Unsaved text is saved
+   * first (the cut is made in the stored text). */
+  const split = async () => {
+    const at = caret();
+    if (!at) return;
+    const length = textOf(groups.get(at.index)).length;
+    if (at.offset <= 0 || at.offset >= length) {
+      showProblem("Put the cursor inside the text to split it: the new segment starts at the cursor.");
+      return;
+    }
+    if (!(await saveAll()) || busy) return;
+    const stored = groups.get(at.index).parts[0].seg.text;
+    const lead = stored.length - stored.trimStart().length;
+    busy = true;
+    updateStatus();
+    const answer = await send("POST", `/jobs/${jobId}/segments/${at.index}/split`, { offset: lead + at.offset });
+    busy = false;
+    if (!answer) return updateStatus();
+    render(answer.body, answer.etag);
+    focusAt(at.index + 1, 0);
+    toast("Segment split");
+  };
+
+  const reload = async () => {
+    const kept = [...dirty].sort((a, b) => a - b).map((index) => {
+      const group = groups.get(index);
+      return { index, start: group.parts[0].seg.start, text: textOf(group) };
+    });
+    let answer;
+    try {
+      answer = await api(`/jobs/${jobId}/transcript?format=json`, { withEtag: true });
+    } catch (err) {
+      showProblem(err.message);
+      return;
+    }
+    render(answer.body, answer.etag);
+    if (!kept.length) {
+      conflict.hidden = true;
+      return;
+    }
+    const putBack = (k, button) => {
+      const group = groups.get(k.index);
+      if (!group) return;
+      group.parts.forEach((p, i) => {
+        p.text.textContent = i === 0 ? k.text : "";
+      });
+      markGroup(group);
+      button.disabled = true;
+      placeCaret(group.parts[0].text, k.text.length);
+    };
+    clear(
+      conflict,
+      h("p", {}, h("strong", {}, "Reloaded."), " This is the transcript as it is now. Your text that was not saved:"),
+      h(
+        "ul",
+        { class: "kept" },
+        kept.map((k) => {
+          const button = h("button", { type: "button", class: "secondary", "aria-label": `Put back your text at ${clock(k.start)}` }, "Put back");
+          button.addEventListener("click", () => putBack(k, button));
+          return h("li", { dataset: { index: k.index } }, h("span", { class: "meta" }, clock(k.start)), " ", h("q", { class: "kept-text" }, k.text), " ", button);
+        }),
+      ),
+      h("button", { type: "button", class: "link-button", onclick: () => (conflict.hidden = true) }, "Dismiss"),
+    );
+    conflict.hidden = false;
+    conflict.querySelector("button")?.focus();
+  };
+
+  const showConflict = () => {
+    clear(
+      conflict,
+      h(
+        "p",
+        {},
+        h("strong", {}, "The transcript changed elsewhere"),
+        " (another tab or person saved a change first), so yours was not saved. Your text stays on the page: reload the transcript to see the other change, then apply yours again.",
+      ),
+      h("button", { type: "button", id: "reload-transcript", onclick: () => reload() }, "Reload the transcript"),
+    );
+    conflict.hidden = false;
+  };
+
+  const revert = async (revision) => {
+    if (dirty.size && !confirm("Reverting drops your unsaved edits. Revert anyway?")) return;
+    const answer = await send("POST", `/jobs/${jobId}/transcript/revert`, { revision });
+    if (!answer) return;
+    render(answer.body, answer.etag);
+    toast(revision ? `Reverted to revision ${revision}` : "Reverted to the transcript as transcribed");
+    loadHistory();
+  };
+
+  const loadHistory = async () => {
+    let page;
+    try {
+      page = await api(`/jobs/${jobId}/transcript/revisions`);
+    } catch (err) {
+      clear(historyList, h("li", { class: "empty" }, `The history could not be read: ${err.message}`));
+      return;
+    }
+    const entries = [...page.revisions];
+    if (!entries.some((r) => r.revision === 0)) entries.push({ revision: 0 });
+    clear(
+      historyList,
+      entries.map((r) =>
+        h(
+          "li",
+          { class: "revision", dataset: { revision: r.revision } },
+          h("div", { class: "row" },
+            h("span", {},
+              h("strong", {}, `Revision ${r.revision}`),
+              " · ",
+              r.revision ? `${OPERATIONS[r.operation] || r.operation} by ${r.author}, ${when(r.created_at)}` : "as transcribed",
+            ),
+            r.revision === page.revision
+              ? h("span", { class: "badge" }, "current")
+              : h("button", { type: "button", class: "secondary revert", "aria-label": `Revert to revision ${r.revision}`, onclick: () => revert(r.revision) }, "Revert to this"),
+          ),
+          r.summary ? h("p", { class: "meta summary" }, r.summary, r.start !== undefined ? ` (${clock(r.start)}–${clock(r.end)})` : "") : "",
+        ),
+      ),
+    );
+  };
+  history.addEventListener("toggle", () => history.open && loadHistory());
+
+  list.addEventListener("input", (e) => {
+    const group = groups.get(Number(e.target.dataset?.index));
+    if (group) markGroup(group);
+  });
+  // Pasted text goes in as one line.
+  list.addEventListener("paste", (e) => {
+    if (!e.target.matches?.("span.text[data-index]")) return;
+    e.preventDefault();
+    document.execCommand("insertText", false, oneLine(e.clipboardData.getData("text/plain")));
+  });
+  save.addEventListener("click", () => saveAll());
+
+  const onKey = (e) => {
+    if (e.defaultPrevented || e.isComposing) return;
+    const ctrl = e.ctrlKey || e.metaKey;
+    const inText = Boolean(e.target.matches?.("span.text[data-index]"));
+    if (e.key === "Escape" && !ctrl && !e.altKey && !e.shiftKey) {
+      e.preventDefault();
+      if (player.paused) player.play().catch(() => {});
+      else player.pause();
+    } else if (e.key === "ArrowLeft" && (ctrl || e.altKey) && !e.shiftKey) {
+      e.preventDefault(); // Alt+← is the browser's Back; Ctrl+← a word left
+      player.currentTime = Math.max(0, player.currentTime - JUMP_BACK_S);
+    } else if (ctrl && !e.altKey && (e.key === "s" || e.key === "S")) {
+      e.preventDefault(); // not the browser's "save page"
+      saveAll();
+    } else if (e.key === "Enter" && inText) {
+      e.preventDefault(); // one line per segment; Ctrl+Enter splits it
+      if (ctrl) split();
+    }
+  };
+  document.addEventListener("keydown", onKey);
+  const onUnload = (e) => {
+    if (!dirty.size) return;
+    e.preventDefault();
+    e.returnValue = "";
+  };
+  window.addEventListener("beforeunload", onUnload);
+
+  return {
+    toolbar,
+    history,
+    notices: [problem, conflict],
+    unsaved: () => dirty.size > 0,
+    render,
+    stop() {
+      document.removeEventListener("keydown", onKey);
+      window.removeEventListener("beforeunload", onUnload);
+    },
+  };
+}
+
 export function jobView(main, config, jobId) {
   let stop = () => {};
   let closed = false;
@@ -708,6 +1087,30 @@ export function jobView(main, config, jobId) {
       renamedSpeaker(names, sp.label);
     }
   });
+  const line = (seg, text, mark) =>
+    h(
+      "li",
+      {
+        class: seg.speaker ? `segment ${speakerColour(seg.speaker)}` : "segment",
+        dataset: seg.speaker ? { start: seg.start, end: seg.end, speaker: seg.speaker } : { start: seg.start, end: seg.end },
+        hidden: Boolean(speakerSelect.value) && seg.speaker !== speakerSelect.value,
+      },
+      h(
+        "button",
+        { type: "button", class: "ts", dataset: { start: seg.start }, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
+        clock(seg.start),
+      ),
+      " ",
+      seg.speaker
+        ? speakerName(jobId, seg.speaker, names, (label) => {
+            renamedSpeaker(names, label);
+            voices.load();
+          })
+        : "",
+      text,
+      mark,
+    );
+  const editor = transcriptEditor(jobId, player, segments, line);
   const downloads = h(
     "div",
     { class: "actions" },
@@ -719,8 +1122,8 @@ export function jobView(main, config, jobId) {
     main,
     notice,
     header,
-    h("div", { class: "player-bar" }, player),
-    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), voices.element, filter, segments),
+    h("div", { class: "player-bar" }, player, editor.toolbar),
+    h("section", { "aria-labelledby": "t-title" }, h("h2", { id: "t-title" }, "Transcript"), voices.element, filter, editor.notices, segments, editor.history),
     h("section", { "aria-labelledby": "c-title" }, h("h2", { id: "c-title" }, "Topics"), chunks),
     h("section", { "aria-labelledby": "d-title" }, h("h2", { id: "d-title" }, "Downloads"), downloads),
   );
@@ -753,31 +1156,12 @@ export function jobView(main, config, jobId) {
 
   const loadResults = async (job) => {
     if (job.stages.find((s) => s.stage === "transcribe")?.state === "done" || job.state === "done") {
-      const transcript = await api(`/jobs/${jobId}/transcript?format=json`).catch(() => null);
+      // Unsaved edits stay as they are (a save then finds out whether the transcript moved on).
+      const answer = editor.unsaved() ? null : await api(`/jobs/${jobId}/transcript?format=json`, { withEtag: true }).catch(() => null);
+      const transcript = answer?.body;
       if (transcript) {
         names = speakerNames(transcript.speakers);
-        clear(
-          segments,
-          transcript.segments.map((seg) =>
-            h(
-              "li",
-              { class: seg.speaker ? `segment ${speakerColour(seg.speaker)}` : "segment", dataset: seg.speaker ? { start: seg.start, end: seg.end, speaker: seg.speaker } : { start: seg.start, end: seg.end } },
-              h(
-                "button",
-                { type: "button", class: "ts", dataset: { start: seg.start }, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
-                clock(seg.start),
-              ),
-              " ",
-              seg.speaker
-                ? speakerName(jobId, seg.speaker, names, (label) => {
-                    renamedSpeaker(names, label);
-                    voices.load();
-                  })
-                : "",
-              h("span", { class: "text" }, seg.text.trim()),
-            ),
-          ),
-        );
+        editor.render(transcript, answer.etag);
         renderFilter(names);
         if (transcript.speakers) await voices.load();
       }
@@ -873,11 +1257,14 @@ export function jobView(main, config, jobId) {
       current = found;
     }
   });
-  return () => {
+  const cleanup = () => {
     closed = true;
     stop();
+    editor.stop();
     player.pause();
   };
+  cleanup.unsaved = editor.unsaved;
+  return cleanup;
 }
 
 // ---- search ----
