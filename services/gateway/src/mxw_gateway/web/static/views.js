@@ -729,7 +729,7 @@ function transcriptEditor(jobId, player, list, line) {
   const keysHint = h(
     "small",
     { id: "editor-keys", class: "keys-hint" },
-    "Keys: Esc play/pause · Ctrl+← back 5 s · Ctrl+Enter split at the cursor · Ctrl+S save",
+    "Edit a line in place. Keys: Esc play/pause · Ctrl+← back 5 s · Ctrl+Enter split at the cursor · Ctrl+S save",
   );
   const toolbar = h(
     "div",
@@ -738,7 +738,6 @@ function transcriptEditor(jobId, player, list, line) {
     rate,
     save,
     status,
-    keysHint,
   );
   const historyList = h("ol", { class: "revisions", "aria-label": "Revisions" });
   const historyTitle = h("summary", {}, "History");
@@ -1041,7 +1040,7 @@ function transcriptEditor(jobId, player, list, line) {
   return {
     toolbar,
     history,
-    notices: [problem, conflict],
+    notices: [keysHint, problem, conflict],
     unsaved: () => dirty.size > 0,
     render,
     stop() {
