@@ -55,20 +55,28 @@ def auth(dev_issuer: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {dev_issuer.mint(USER)}"}
 
 
-@pytest.fixture
-async def job_id(gateway: str, auth: dict[str, str], db: Any) -> str:
-    """A finished job of USER's (one per test: edits do not leak between tests)."""
+async def finished_job(
+    gateway: str,
+    auth: dict[str, str],
+    db: Any,
+    segments: list[tuple[float, float, str]] = SEGMENTS,
+    turns: list[tuple[float, float, str]] | None = None,
+) -> str:
+    """A finished job of USER's, its transcript (and speaker turns) as the stages write them."""
     async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
         response = await client.post(
             "/jobs",
             headers=auth,
             params={"force": "true"},
             files={"file": ("solar.ogg", AUDIO.read_bytes(), "audio/ogg")},
-            data={"word_timestamps": "true"},
+            data={"word_timestamps": "true", "speakers": "true" if turns else "false"},
         )
     assert response.status_code == 202, response.text
     job = uuid.UUID(response.json()["id"])
-    for stage in ("transcribe", "chunk", "embed"):
+    stages = (
+        ("transcribe", "diarize", "chunk", "embed") if turns else ("transcribe", "chunk", "embed")
+    )
+    for stage in stages:
         await db.execute(
             "INSERT INTO job_stages (job_id, stage, state, progress, started_at, finished_at)"
             " VALUES ($1, $2, 'done', 1, now(), now())",
@@ -79,9 +87,9 @@ async def job_id(gateway: str, auth: dict[str, str], db: Any) -> str:
         "INSERT INTO transcripts (job_id, language, duration_s, model, text)"
         " VALUES ($1, 'en', 15.7, 'tiny.en', $2)",
         job,
-        "".join(text for _, _, text in SEGMENTS).strip(),
+        "".join(text for _, _, text in segments).strip(),
     )
-    for idx, (start, end, text) in enumerate(SEGMENTS):
+    for idx, (start, end, text) in enumerate(segments):
         await db.execute(
             "INSERT INTO segments (job_id, idx, start_s, end_s, text, words)"
             " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
@@ -92,7 +100,29 @@ async def job_id(gateway: str, auth: dict[str, str], db: Any) -> str:
             text,
             words(start, end, text),
         )
+    for idx, (start, end, speaker) in enumerate(turns or []):
+        await db.execute(
+            "INSERT INTO speaker_turns (job_id, idx, start_s, end_s, speaker)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            job,
+            idx,
+            start,
+            end,
+            speaker,
+        )
+    if turns:
+        await db.execute(
+            "INSERT INTO job_speakers (job_id, label, talk_s)"
+            " VALUES ($1, 'SPEAKER_01', 10), ($1, 'SPEAKER_02', 5)",
+            job,
+        )
     return str(job)
+
+
+@pytest.fixture
+async def job_id(gateway: str, auth: dict[str, str], db: Any) -> str:
+    """One job per test: edits do not leak between tests."""
+    return await finished_job(gateway, auth, db)
 
 
 @pytest.fixture
@@ -270,6 +300,40 @@ async def test_revert_from_the_history_panel(
     shown = (await transcript(gateway, auth, job_id)).json()
     assert shown["revision"] == 2
     assert shown["segments"][0]["text"].strip() == "Solar panels turn sunlight into electricity."
+
+
+async def test_two_speakers_lines_of_one_segment_are_saved_as_one_text(
+    page: Any, gateway: str, auth: dict[str, str], db: Any
+):
+    """With speakers, a stored segment two speakers share shows as two lines: a change in
+    one marks both, and the segment is saved as their texts joined."""
+    job = await finished_job(
+        gateway,
+        auth,
+        db,
+        [
+            (0.0, 3.2, " Solar panels turn sunlight into electricity."),
+            (3.2, 7.6, " Hi Bob. How are you?"),
+        ],
+        [(0.0, 3.2, "SPEAKER_01"), (3.2, 4.6, "SPEAKER_02"), (4.7, 7.6, "SPEAKER_01")],
+    )
+    await page.evaluate("(h) => { location.hash = h; }", f"#/jobs/{job}")
+    await page.wait_for_selector("li.segment[data-speaker=SPEAKER_02]")
+    assert await texts(page) == [
+        "Solar panels turn sunlight into electricity.",
+        "Hi Bob.",
+        "How are you?",
+    ]
+    await page.fill(text_field(2), "How have you been?")
+    assert await page.locator("li.segment.changed").count() == 2
+    await page.keyboard.press("Control+s")
+    await page.wait_for_selector("#save-edits:disabled")
+    await page.wait_for_selector("li.segment[data-speaker]")
+
+    segments = (await transcript(gateway, auth, job)).json()["segments"]
+    said = " ".join(s["text"].strip() for s in segments if s["index"] == 1)
+    assert said == "Hi Bob. How have you been?"
+    assert " ".join((await texts(page))[1:]) == said
 
 
 async def test_unsaved_marker_guards_and_player_keys(page: Any):
