@@ -962,7 +962,6 @@ function transcriptEditor(jobId, player, list, line) {
     if (!answer) return;
     render(answer.body, answer.etag);
     toast(revision ? `Reverted to revision ${revision}` : "Reverted to the transcript as transcribed");
-    loadHistory();
   };
 
   const loadHistory = async () => {
