@@ -185,37 +185,35 @@ def realign_words(
     words: Sequence[Word], text: str, start_s: float, end_s: float
 ) -> tuple[Word, ...]:
     """Word times for a corrected text: a word kept from the old words keeps its time
-    (compared without case and punctuation, in order), new words share the time between
-    their kept neighbours evenly."""
+    (compared without case and punctuation, in order); words replacing as many old ones
+    take their times one for one; other new words share the time of the words they
+    replace, or of the gap they fill, evenly."""
     tokens = _TOKEN.findall(text)
     matcher = difflib.SequenceMatcher(
         a=[_comparable(w.word) for w in words], b=[_comparable(t) for t in tokens], autojunk=False
     )
-    timed: list[tuple[float, float, float | None] | None] = [None] * len(tokens)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            old = words[block.a + k]
-            timed[block.b + k] = (old.start, old.end, old.probability)
     out: list[Word] = []
-    pos = 0
-    while pos < len(tokens):
-        known = timed[pos]
-        if known is not None:
-            out.append(Word(known[0], known[1], f" {tokens[pos]}", known[2]))
-            pos += 1
+    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
+        new = tokens[b0:b1]
+        if tag == "equal" or (tag == "replace" and a1 - a0 == b1 - b0):
+            out += [
+                Word(old.start, old.end, f" {token}", old.probability if tag == "equal" else None)
+                for old, token in zip(words[a0:a1], new, strict=True)
+            ]
             continue
-        run_end = pos
-        while run_end < len(tokens) and timed[run_end] is None:
-            run_end += 1
-        lo = out[-1].end if out else start_s
-        following = timed[run_end] if run_end < len(tokens) else None
-        hi = following[0] if following is not None else end_s
+        if not new:
+            continue  # words deleted
+        if a1 > a0:  # replaced by a different number of words: their time
+            lo, hi = words[a0].start, words[a1 - 1].end
+        else:  # inserted: the gap between the neighbours
+            lo = words[a0 - 1].end if a0 > 0 else start_s
+            hi = words[a0].start if a0 < len(words) else end_s
         hi = max(hi, lo)
-        step = (hi - lo) / (run_end - pos)
-        for k in range(run_end - pos):
-            a = round(lo + k * step, 3)
-            out.append(Word(a, round(lo + (k + 1) * step, 3), f" {tokens[pos + k]}", None))
-        pos = run_end
+        step = (hi - lo) / len(new)
+        out += [
+            Word(round(lo + k * step, 3), round(lo + (k + 1) * step, 3), f" {token}", None)
+            for k, token in enumerate(new)
+        ]
     return tuple(out)
 
 
