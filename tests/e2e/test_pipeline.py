@@ -296,6 +296,86 @@ async def test_every_service_produces_idempotently_on_apache_kafka(
             assert written == ends[tp] - starts[tp], (producers, starts[tp], ends[tp])
 
 
+async def search_hits(stack: Any, user: str, query: str, job_id: str) -> list[dict]:
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        response = await client.get(
+            "/search", params={"q": query, "mode": "text"}, headers=stack.auth(user)
+        )
+    assert response.status_code == 200, response.text
+    return [r for r in response.json()["results"] if str(r["job_id"]) == job_id]
+
+
+async def test_a_corrected_word_is_found_by_search_and_shown_in_subtitles(stack):
+    """A person's correction flows through the pipeline: transcript.edited re-cuts the
+    chunk over the corrected segment (the others keep their rows and vectors) and search
+    finds the new word, not the old one, within a bounded wait."""
+    job = await upload(stack, "edith", "solar_and_bread.ogg", language="en")
+    job_id = str(job["id"])
+    events = await watch(stack, "edith", job_id)
+    assert events[-1]["state"] == "done", events[-1]
+    auth = stack.auth("edith")
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=30) as client:
+        read = await client.get(f"/jobs/{job_id}/transcript", headers=auth)
+        transcript, etag = read.json(), read.headers["etag"]
+        segments = transcript["segments"]
+        # The longest segment's longer words: after the edit no hit over its time holds them.
+        target = max(range(len(segments)), key=lambda i: len(segments[i]["text"]))
+        old_words = [w for w in words(segments[target]["text"]) if len(w) > 4]
+        assert old_words, segments
+        middle = (segments[target]["start"] + segments[target]["end"]) / 2
+        conn = await asyncpg.connect(stack.info.database_url)
+        try:
+            kept_before = await conn.fetch(
+                "SELECT id FROM chunks WHERE job_id = $1 ORDER BY idx", uuid.UUID(job_id)
+            )
+        finally:
+            await conn.close()
+        edited = await client.patch(
+            f"/jobs/{job_id}/segments/{segments[target]['index']}",
+            headers={**auth, "If-Match": etag},
+            json={"text": "Zyzzogeton sourdough needs patience."},
+        )
+        assert edited.status_code == 200, edited.text
+        started = time.monotonic()
+        found: list[dict] = []
+        while time.monotonic() - started < 60 and not found:
+            found = await search_hits(stack, "edith", "zyzzogeton", job_id)
+            if not found:
+                await asyncio.sleep(0.5)
+        assert found, "the corrected word was not searchable within 60 s"
+        for word in old_words:
+            hits = await search_hits(stack, "edith", word, job_id)
+            assert not [h for h in hits if h["start_s"] <= middle <= h["end_s"]], word
+        srt = await client.get(f"/jobs/{job_id}/download", params={"format": "srt"}, headers=auth)
+        assert "Zyzzogeton sourdough needs patience." in srt.text
+    conn = await asyncpg.connect(stack.info.database_url)
+    try:
+        chunk = await conn.fetchrow(
+            "SELECT metrics, generation FROM job_stages WHERE job_id = $1 AND stage = 'chunk'",
+            uuid.UUID(job_id),
+        )
+        after = await conn.fetch(
+            "SELECT id, revision FROM chunks WHERE job_id = $1 ORDER BY idx", uuid.UUID(job_id)
+        )
+        vectors = await conn.fetchval(
+            "SELECT count(*) FROM chunk_embeddings WHERE job_id = $1", uuid.UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    assert chunk["generation"] == 1
+    assert chunk["metrics"]["recut"] >= 1
+    assert chunk["metrics"]["recut"] + chunk["metrics"]["kept"] >= len(after)
+    assert vectors == len(after)
+    assert any(r["revision"] == 1 for r in after)
+    # Chunks away from the edit keep their rows (and so their vectors).
+    unchanged = {r["id"] for r in after if r["revision"] == 0}
+    assert unchanged <= {r["id"] for r in kept_before}
+
+
+def words(text: str) -> set[str]:
+    return {w.strip(".,!?;:\"'").lower() for w in text.split()} - {""}
+
+
 async def test_rechunking_a_finished_job_does_not_transcribe_again(stack, finished_job):
     """Runs last: it starts a second run of the module's job."""
     job_id = str(finished_job["job"]["id"])

@@ -24,11 +24,23 @@ BODIES = {
     "/voices/{profile_id}": {"name": "Alice"},
     "/vocabulary": {"terms": ["Siobhan"]},
     "/vocabulary/terms": {"term": "Siobhan"},
+    "/jobs/{job_id}/segments/{index}": {"text": "corrected"},
+    "/jobs/{job_id}/segments/{index}/split": {"offset": 1},
+    "/jobs/{job_id}/segments/{index}/merge": {},
+    "/jobs/{job_id}/transcript/revert": {"revision": 0},
 }
 # Operations on a job of the owner's named in the body rather than the path.
 JOB_IN_BODY = {("POST", "/voices")}
 # Voice profiles are personal: an admin is refused another user's job there, like any user.
 PERSONAL = {("POST", "/voices"), ("POST", "/jobs/{job_id}/speakers/{label}/voice")}
+# A transcript is corrected by its owner only: an admin reads it and its history, and is
+# refused (403) a change.
+OWNER_WRITES = {
+    ("PATCH", "/jobs/{job_id}/segments/{index}"),
+    ("POST", "/jobs/{job_id}/segments/{index}/split"),
+    ("POST", "/jobs/{job_id}/segments/{index}/merge"),
+    ("POST", "/jobs/{job_id}/transcript/revert"),
+}
 USERS = {"owner": "mx-owner", "other": "mx-other", "admin": "mx-admin", "disabled": "mx-off"}
 
 
@@ -63,6 +75,8 @@ def fill(path: str, job_id: uuid.UUID, chunk_id: int) -> str:
         "idx": "0",
         "profile_id": str(uuid.UUID(int=0)),  # nobody's: ownership is in test_voices.py
         "term": "Siobhan",  # the caller's own list: scoping is in test_vocabulary.py
+        "index": "0",
+        "revision": "0",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
 
@@ -138,6 +152,8 @@ async def test_every_route_answers_by_role(setup, who):
             who == "other" or (who == "admin" and (method, template) in PERSONAL)
         ):
             ok = status == 404
+        elif who == "admin" and (method, template) in OWNER_WRITES:
+            ok = status == 403
         else:
             ok = status not in (401, 403, 404) or (
                 # no transcript/chunks yet is "not ready", never "not yours"

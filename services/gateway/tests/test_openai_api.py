@@ -201,6 +201,33 @@ async def test_same_audio_and_options_reuse_the_job(client, db, clip, infra):
     assert set(blob_root.rglob("*.pin")) <= pins
 
 
+async def test_a_correction_shows_in_the_next_answer(client, db, clip, gateway_url, api_key):
+    """The same audio again reuses the job, whose transcript a person corrected meanwhile:
+    the answer is the corrected text."""
+    first = await client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.open("rb"), response_format="verbose_json"
+    )
+    job_id = await db.fetchval(
+        "SELECT j.id FROM jobs j WHERE j.owner_id = 'olga-openai'"
+        " AND EXISTS (SELECT 1 FROM transcripts t WHERE t.job_id = j.id AND t.text = $1)",
+        first.text,
+    )
+    auth = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+        read = await http.get(f"/jobs/{job_id}/transcript", headers=auth)
+        edited = await http.patch(
+            f"/jobs/{job_id}/segments/0",
+            headers={**auth, "If-Match": read.headers["etag"]},
+            json={"text": "Corrected by a person."},
+        )
+    assert edited.status_code == 200, edited.text
+    again = await client.audio.transcriptions.create(
+        model="whisper-1", file=clip.path.open("rb"), response_format="verbose_json"
+    )
+    assert again.text.startswith("Corrected by a person.")
+    assert again.segments[0].text.strip() == "Corrected by a person."
+
+
 async def diarize_as_the_diarizer_would(db, owner: str, duration_s: float) -> uuid.UUID:
     """Stand in for the diarizer (not part of this stack): once the caller's job asking for
     speakers exists, write what the diarizer writes, two speakers, one for each half of the

@@ -394,3 +394,43 @@ async def test_moving_part_of_a_segment_rewrites_the_turns_and_the_chunks(
     assert await chunk_speakers(db, job_id) == [["SPEAKER_01", "SPEAKER_03"], ["SPEAKER_02"]]
     talk = {s["label"]: s["talk_s"] for s in whole.json()["speakers"]}
     assert talk == pytest.approx({"SPEAKER_01": 0.85, "SPEAKER_02": 3.0, "SPEAKER_03": 1.15})
+
+
+async def test_a_moved_segment_is_a_revision_the_history_shows_and_a_revert_undoes(
+    client, token, db, diarized_job
+):
+    headers = token("rhea")
+    job_id = await diarized_job("rhea")
+    read = await client.get(f"/jobs/{job_id}/transcript", headers=headers)
+    etag = read.headers["etag"]
+    before = await text_of(client, headers, job_id, "txt")
+    stale = await client.put(
+        f"/jobs/{job_id}/segments/0/speaker",
+        headers={**headers, "If-Match": '"0-0"'},
+        json={"speaker": "SPEAKER_02"},
+    )
+    assert stale.status_code == 412
+    moved = await client.put(
+        f"/jobs/{job_id}/segments/0/speaker",
+        headers={**headers, "If-Match": etag},
+        json={"speaker": "SPEAKER_02"},
+    )
+    assert moved.status_code == 200, moved.text
+    assert (await text_of(client, headers, job_id, "txt")).startswith("Speaker 2: Hello there.")
+    history = (await client.get(f"/jobs/{job_id}/transcript/revisions", headers=headers)).json()
+    assert [(r["revision"], r["operation"]) for r in history["revisions"]] == [(1, "speaker")]
+    assert (history["revisions"][0]["start"], history["revisions"][0]["end"]) == (0.0, 2.0)
+    # A speaker move re-cuts nothing: the chunks' speakers follow in place.
+    assert not await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE key = $1 AND topic = 'transcript.edited'", str(job_id)
+    )
+    assert await chunk_speakers(db, job_id) == [["SPEAKER_02"], ["SPEAKER_02", "SPEAKER_01"]]
+    current = (await client.get(f"/jobs/{job_id}/transcript", headers=headers)).headers["etag"]
+    reverted = await client.post(
+        f"/jobs/{job_id}/transcript/revert",
+        headers={**headers, "If-Match": current},
+        json={"revision": 0},
+    )
+    assert reverted.status_code == 200, reverted.text
+    assert await text_of(client, headers, job_id, "txt") == before
+    assert await chunk_speakers(db, job_id) == [["SPEAKER_01"], ["SPEAKER_02", "SPEAKER_01"]]

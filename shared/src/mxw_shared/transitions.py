@@ -640,23 +640,7 @@ async def rerun(
             "Stage never ran",
             f"{missing[0].value} did not run for this job; reprocess from {missing[0].value}",
         )
-    generation: int = await conn.fetchval(
-        "UPDATE jobs SET generation = generation + 1, options = $2 WHERE id = $1"
-        " RETURNING generation",
-        job_id,
-        new_options.model_dump(mode="json"),
-    )
-    # The redone stages have not run in the new generation; the kept ones carry over into
-    # it (a kept stage that consumes the rerun's input event skips it as already done).
-    # Stages not asked for are marked again by the run's first start, with its options.
-    await conn.execute(
-        "DELETE FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])",
-        job_id,
-        [s.value for s in (*redo, *never_asked)],
-    )
-    await conn.execute(
-        "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation
-    )
+    generation = await _new_run(conn, job_id, new_options, (*redo, *never_asked))
     event = await rebuild_stage_input(
         conn, job_id, from_stage, generation=generation, options=new_options, pipeline=pipeline
     )
@@ -673,6 +657,73 @@ async def rerun(
         message=f"reprocessing from {from_stage.value} (run {generation})",
     )
     await enqueue(conn, event, source=source)
+    return generation
+
+
+async def _new_run(
+    conn: Connection, job_id: uuid.UUID, options: JobOptions, redo: tuple[Stage, ...]
+) -> int:
+    """The job's next generation with `options`, in which the stages of `redo` start
+    afresh; returns it."""
+    generation: int = await conn.fetchval(
+        "UPDATE jobs SET generation = generation + 1, options = $2 WHERE id = $1"
+        " RETURNING generation",
+        job_id,
+        options.model_dump(mode="json"),
+    )
+    # The redone stages have not run in the new generation; the kept ones carry over into
+    # it (a kept stage that consumes the rerun's input event skips it as already done).
+    # Stages not asked for are marked again by the run's first start, with its options.
+    await conn.execute(
+        "DELETE FROM job_stages WHERE job_id = $1 AND stage = ANY($2::text[])",
+        job_id,
+        [s.value for s in redo],
+    )
+    await conn.execute(
+        "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation
+    )
+    return generation
+
+
+async def rerun_after_edit(
+    conn: Connection,
+    locked: LockedJob,
+    edited: EventData,
+    *,
+    source: str,
+    pipeline: Pipeline = PIPELINE,
+) -> int:
+    """A person's edit of the transcript, in the caller's transaction (the job locked by
+    `lock_job`): a new generation of the job in which the stage that consumes `edited`
+    (transcript.edited: the chunk stage) and the stages after it run again, announced by
+    `edited`. Unlike `rerun`, a job whose later stages are still at work (an earlier
+    edit being re-cut) is accepted: their rows are reset, so the worker that holds one
+    loses its lease and drops its result, and the new run covers both edits. Every stage
+    before must be done. Returns the new generation."""
+    if locked.state is JobState.cancelled:
+        raise TransitionRefused("Job cancelled", "a cancelled job's transcript cannot be edited")
+    (spec,) = pipeline.consuming(edited.topic)
+    redo = pipeline.later(spec.stage)
+    options = JobOptions.model_validate(locked.row["options"] or {})
+    never_asked = pipeline.not_requested(options)
+    for kept in (s for s in pipeline.order if s not in redo and s not in never_asked):
+        row = locked.stages.get(kept)
+        if row is None or row["state"] != JobState.done:
+            raise TransitionRefused(
+                "Transcript not ready", f"the job's {kept.value} stage has not finished yet"
+            )
+    generation = await _new_run(conn, locked.row["id"], options, (*redo, *never_asked))
+    await _announce(
+        conn,
+        locked.row["id"],
+        locked.owner_id,
+        spec.stage,
+        JobState.queued,
+        0.0,
+        source=source,
+        message=f"transcript edited: {spec.stage.value} again (run {generation})",
+    )
+    await enqueue(conn, edited.model_copy(update={"generation": generation}), source=source)
     return generation
 
 

@@ -20,6 +20,7 @@ from mxw_shared.webhook_secrets import WebhookSecretBox, seal_stored_secrets
 
 from mxw_gateway.admin.routes import router as admin_router
 from mxw_gateway.devauth.routes import dev_jwks_router
+from mxw_gateway.edits.routes import router as edits_router
 from mxw_gateway.hygiene import RateLimitSearch, install_hygiene
 from mxw_gateway.ingest.routes import router as ingest_router
 from mxw_gateway.jobs.janitor import BlobJanitor
@@ -101,6 +102,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     instrument_app(app, settings.service_name)  # server spans, joined to each job's trace
     app.include_router(ingest_router)
     app.include_router(jobs_router)
+    app.include_router(edits_router)
     app.include_router(openai_router)
     app.include_router(search_router, dependencies=[RateLimitSearch])
     app.include_router(admin_router)

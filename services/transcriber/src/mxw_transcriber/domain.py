@@ -13,6 +13,7 @@ import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from mxw_shared.audio_decode import SAMPLE_RATE, Samples
 from mxw_shared.contracts import Decoding, JobOptions, Task
+from mxw_shared.transcripts import full_text
 
 LANGUAGE_CODES: frozenset[str] = frozenset(_LANGUAGE_CODES)
 # Below this peak amplitude (about -60 dBFS) the audio is treated as silence: Whisper
@@ -68,7 +69,7 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return " ".join(s.text for s in self.segments if s.text)
+        return full_text(s.text for s in self.segments)
 
 
 @dataclass(frozen=True)

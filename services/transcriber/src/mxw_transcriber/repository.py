@@ -105,14 +105,16 @@ async def load_checkpoint(conn: Connection, job_id: uuid.UUID, run: str) -> Chec
 async def start_partial(
     conn: Connection, job_id: uuid.UUID, model: str, duration_s: float, run: str
 ) -> None:
-    """A fresh run: drop earlier results, open an empty partial transcript for `run`."""
+    """A fresh run: drop earlier results, open an empty partial transcript for `run` (a
+    new machine transcript: revision 0, a new created_at, so edits of the old one no longer
+    match its ETag)."""
     await conn.execute("DELETE FROM segments WHERE job_id = $1", job_id)
     await conn.execute(
         "INSERT INTO transcripts (job_id, duration_s, model, text, complete)"
         " VALUES ($1, $2, $3, '', false)"
         " ON CONFLICT (job_id) DO UPDATE SET language = NULL, language_probability = NULL,"
         " duration_s = excluded.duration_s, model = excluded.model, text = '',"
-        " complete = false, created_at = now()",
+        " complete = false, created_at = now(), revision = 0",
         job_id,
         duration_s,
         model,

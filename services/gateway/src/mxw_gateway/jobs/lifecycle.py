@@ -12,11 +12,12 @@ from typing import Any
 from mxw_shared import transitions
 from mxw_shared.blobs import BlobStore
 from mxw_shared.contracts import JobOptions, Stage
-from mxw_shared.db import Pool
+from mxw_shared.db import Connection, Pool
 from mxw_shared.problems import Problem
 from pydantic import ValidationError
 
 from mxw_gateway.auth import CurrentUser
+from mxw_gateway.edits import repository as edits_repository
 from mxw_gateway.jobs.admission import check_model, delete_unreferenced
 from mxw_gateway.jobs.schemas import JobView
 from mxw_gateway.jobs.views import get_job_view, job_not_found, load_owned_job
@@ -25,7 +26,8 @@ from mxw_gateway.vocabulary.service import user_terms
 
 
 @contextmanager
-def _as_problems(job_id: uuid.UUID) -> Iterator[None]:
+def as_problems(job_id: uuid.UUID) -> Iterator[None]:
+    """A refused transition as 409 problem+json, a job deleted meanwhile as 404."""
     try:
         yield
     except transitions.TransitionRefused as exc:
@@ -40,7 +42,7 @@ async def cancel_job(
 ) -> JobView:
     job = await load_owned_job(pool, user, job_id)
     by = "an admin" if job["owner_id"] != user.sub else "the owner"
-    with _as_problems(job_id):
+    with as_problems(job_id):
         async with pool.acquire() as conn, conn.transaction():
             await transitions.cancel(conn, job_id, by=by, source=settings.service_name)
     return await get_job_view(pool, settings, user, job_id)
@@ -50,7 +52,7 @@ async def delete_job(pool: Pool, store: BlobStore, user: CurrentUser, job_id: uu
     """Delete a finished job with its blob, transcript, chunks and vectors (transitions.
     delete); the stored file goes once nothing references it."""
     await load_owned_job(pool, user, job_id)
-    with _as_problems(job_id):
+    with as_problems(job_id):
         async with pool.acquire() as conn, conn.transaction():
             uri = await transitions.delete(conn, job_id)
     await delete_unreferenced(pool, store, uri)
@@ -65,11 +67,13 @@ async def reprocess_job(
     option_changes: dict[str, Any],
     *,
     use_vocabulary: bool = True,
+    discard_edits: bool = False,
 ) -> JobView:
     """Run a finished job again from `from_stage` (e.g. re-chunk with another method without
     transcribing again), with `option_changes` over its stored options (transitions.rerun).
     A run that transcribes again takes the user's vocabulary as it is now, merged after the
-    hotwords (unless `use_vocabulary` is false)."""
+    hotwords (unless `use_vocabulary` is false), and replaces a corrected transcript only
+    when asked to (`discard_edits`: the corrections and their history go)."""
     await load_owned_job(pool, user, job_id)
     vocabulary = await user_terms(pool, user, use_vocabulary and from_stage == Stage.transcribe)
 
@@ -82,9 +86,25 @@ async def reprocess_job(
             check_model(changed, settings)
         return vocabulary.apply(changed)
 
-    with _as_problems(job_id):
+    with as_problems(job_id):
         async with pool.acquire() as conn, conn.transaction():
             await transitions.rerun(
                 conn, job_id, from_stage, options=options, source=settings.service_name
             )
+            if from_stage == Stage.transcribe:
+                await _discard_edits(conn, job_id, discard_edits)
     return await get_job_view(pool, settings, user, job_id)
+
+
+async def _discard_edits(conn: Connection, job_id: uuid.UUID, discard: bool) -> None:
+    revision = await edits_repository.current_revision(conn, job_id)
+    if revision and not discard:
+        raise Problem(
+            409,
+            "Transcript edited",
+            f"the transcript has {revision} revision(s) of corrections; transcribing again "
+            'replaces it: send "discard_edits": true to do so, or reprocess from chunk to '
+            "keep them",
+            revision=revision,
+        )
+    await edits_repository.discard_revisions(conn, job_id)

@@ -211,7 +211,8 @@ async def fetch_transcript(
     pool: Pool, job_id: uuid.UUID
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
     transcript = await pool.fetchrow(
-        "SELECT language, language_probability, duration_s, model, text, complete"
+        "SELECT language, language_probability, duration_s, model, text, complete, revision,"
+        " (extract(epoch FROM created_at) * 1000000)::bigint AS created_us"
         " FROM transcripts WHERE job_id = $1",
         job_id,
     )

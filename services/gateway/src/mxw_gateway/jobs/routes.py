@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from mxw_shared.contracts import NO_CONTROL_CHARACTERS, JobState
 from mxw_shared.db import Pool
@@ -257,7 +257,10 @@ async def delete_job(
     response_model=JobView,
     responses={
         **_NOT_FOUND,
-        409: _problem("The job is still running, or an earlier stage is not done."),
+        409: _problem(
+            "The job is still running, an earlier stage is not done, or transcribing again "
+            "would discard corrections of its transcript (send discard_edits)."
+        ),
         422: _problem("Invalid stage or options."),
         429: _problem("Reprocess rate limit reached (Retry-After)."),
     },
@@ -279,6 +282,7 @@ async def reprocess_job(
         request.from_stage,
         request.options,
         use_vocabulary=request.use_vocabulary,
+        discard_edits=request.discard_edits,
     )
 
 
@@ -318,14 +322,17 @@ def _rendered(
 )
 async def get_transcript(
     job_id: uuid.UUID,
+    response: Response,
     user: CurrentUserDep,
     pool: PoolDep,
     format: Annotated[TranscriptFormat, Query()] = "json",
 ) -> TranscriptView | Response:
-    transcript = await views.get_transcript(pool, user, job_id)
+    tagged = await views.get_tagged_transcript(pool, user, job_id)
     if format == "json":
-        return transcript
-    return _rendered(transcript, format, job_id, "inline")
+        # The tag an edit sends back in If-Match (edits/routes.py).
+        response.headers["ETag"] = tagged.etag
+        return tagged.view
+    return _rendered(tagged.view, format, job_id, "inline")
 
 
 @router.get(
@@ -421,8 +428,15 @@ async def move_segment(
     body: SegmentSpeaker,
     user: CurrentUserDep,
     pool: PoolDep,
+    settings: SettingsDep,
+    if_match: Annotated[
+        str | None,
+        Header(
+            description="Optional: the transcript's ETag; 412 when it changed.", max_length=1000
+        ),
+    ] = None,
 ) -> SpeakerList:
-    return await speakers.move_segment(pool, user, job_id, idx, body)
+    return await speakers.move_segment(pool, settings, user, job_id, idx, body, if_match)
 
 
 @router.get(

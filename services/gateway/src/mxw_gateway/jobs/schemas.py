@@ -160,6 +160,9 @@ class TranscriptView(BaseModel):
     complete: bool = Field(
         default=True, description="False for a partial transcript (e.g. a cancelled job)."
     )
+    revision: int = Field(
+        default=0, description="Its revision: 0 as transcribed, +1 for each correction."
+    )
     segments: list[TranscriptSegment]
     speakers: list[SpeakerView] | None = Field(
         default=None, description="Who speaks, when the job asked for speakers."
@@ -207,6 +210,12 @@ class ReprocessRequest(BaseModel):
         description="When the run transcribes again (from transcribe): merge your custom "
         "vocabulary as it is now into the hotwords (the job's, or options.hotwords), after "
         "them; false: the hotwords exactly as given or stored.",
+    )
+    discard_edits: bool = Field(
+        default=False,
+        description="From transcribe only: a transcript with corrections is transcribed again "
+        "only with true (the corrections and their history are discarded); otherwise 409. "
+        "Reprocessing from a later stage keeps the corrections.",
     )
 
 

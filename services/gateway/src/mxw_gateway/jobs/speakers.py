@@ -15,6 +15,7 @@ from mxw_shared.problems import Problem
 from mxw_shared.speakers import VOICE_MATCH_THRESHOLD, Turns, attribute_all, reassign, speakers_in
 
 from mxw_gateway.auth import CurrentUser
+from mxw_gateway.edits import service as edits
 from mxw_gateway.jobs import repository
 from mxw_gateway.jobs.schemas import (
     JobSpeaker,
@@ -24,6 +25,7 @@ from mxw_gateway.jobs.schemas import (
     VoiceSuggestion,
 )
 from mxw_gateway.jobs.views import load_owned_job, speaker_view
+from mxw_gateway.settings import GatewaySettings
 from mxw_gateway.voices import repository as voices
 
 
@@ -113,8 +115,16 @@ async def merge(
 
 
 async def move_segment(
-    pool: Pool, user: CurrentUser, job_id: uuid.UUID, idx: int, move: SegmentSpeaker
+    pool: Pool,
+    settings: GatewaySettings,
+    user: CurrentUser,
+    job_id: uuid.UUID,
+    idx: int,
+    move: SegmentSpeaker,
+    if_match: str | None = None,
 ) -> SpeakerList:
+    """Give a segment (or part of it) to a speaker: one revision of the transcript (its
+    history shows it, a revert undoes it); with `if_match`, only if it is still that one."""
     await load_diarized_job(pool, user, job_id)
     async with pool.acquire() as conn, conn.transaction():
         await repository.lock_job(conn, job_id)
@@ -133,6 +143,8 @@ async def move_segment(
                 f"({segment['start_s']}..{segment['end_s']})",
             )
         turns = await repository.fetch_turns(conn, job_id)
-        await repository.replace_turns(conn, job_id, reassign(turns, start_s, end_s, move.speaker))
+        moved = reassign(turns, start_s, end_s, move.speaker)
+        await repository.replace_turns(conn, job_id, moved)
         await refresh_chunk_speakers(conn, job_id)
+        await edits.record_speaker_move(conn, settings, user, job_id, if_match, turns, moved)
     return await list_speakers(pool, user, job_id)

@@ -5,7 +5,10 @@ chunks, each only for a caller who may see the job."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from mxw_shared.contracts import JobOptions, JobState, Stage
@@ -14,6 +17,7 @@ from mxw_shared.jobs import STAGE_ORDER, derive_job_state, job_progress
 from mxw_shared.problems import Problem
 from mxw_shared.speakers import Line, Turns, attribute_all, default_name
 from mxw_shared.stages import PIPELINE
+from mxw_shared.transcripts import full_text
 
 from mxw_gateway.auth import CurrentUser
 from mxw_gateway.jobs import repository
@@ -202,6 +206,23 @@ async def job_speakers(
 
 
 async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> TranscriptView:
+    return (await get_tagged_transcript(pool, user, job_id)).view
+
+
+@dataclass(frozen=True)
+class TaggedTranscript:
+    view: TranscriptView
+    etag: str  # of the transcript as it is now (edits/domain.etag), for If-Match
+
+
+async def get_tagged_transcript(
+    pool: Pool,
+    user: CurrentUser,
+    job_id: uuid.UUID,
+    at_revision: AtRevision | None = None,
+) -> TaggedTranscript:
+    """The transcript as it is now, or as it was at an earlier revision (`at_revision`
+    turns the current segment rows and turns into those of that revision)."""
     job = await load_owned_job(pool, user, job_id)
     found = await repository.fetch_transcript(pool, job_id)
     if found is None:
@@ -211,19 +232,40 @@ async def get_transcript(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> Tr
     transcript, segments = found
     options = JobOptions.model_validate(job["options"] or {})
     turns, speakers = await job_speakers(pool, job_id, options)
-    return TranscriptView(
+    revision: int = transcript["revision"]
+    rows: Sequence[Mapping[str, Any]] = segments
+    text: str = transcript["text"]
+    if at_revision is not None:
+        revision, rows, turns = await at_revision(rows, turns)
+        text = full_text(r["text"] for r in rows)
+    view = TranscriptView(
         job_id=job_id,
         language=transcript["language"],
         language_probability=transcript["language_probability"],
         duration=transcript["duration_s"],
         model=transcript["model"],
-        text=transcript["text"],
+        text=text,
         complete=transcript["complete"],
+        revision=revision,
         segments=[
-            segment_view(line, options.word_timestamps) for line in attribute_all(segments, turns)
+            segment_view(line, options.word_timestamps) for line in attribute_all(rows, turns)
         ],
         speakers=speakers,
     )
+    return TaggedTranscript(view, transcript_etag(transcript["created_us"], transcript["revision"]))
+
+
+def transcript_etag(created_us: int, revision: int) -> str:
+    """The transcript's entity tag: its machine transcript (when it was written) and its
+    revision. A new transcription changes the first, every edit the second."""
+    return f'"{created_us:x}-{revision}"'
+
+
+# (current segment rows, current turns) -> (revision, its segment rows, its turns)
+AtRevision = Callable[
+    [Sequence[Mapping[str, Any]], Turns],
+    Awaitable[tuple[int, Sequence[Mapping[str, Any]], Turns]],
+]
 
 
 async def get_chunks(pool: Pool, user: CurrentUser, job_id: uuid.UUID) -> ChunkList:
