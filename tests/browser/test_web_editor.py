@@ -175,6 +175,16 @@ async def transcript(gateway: str, auth: dict[str, str], job_id: str) -> httpx.R
     return response
 
 
+async def saved(page: Any, revision: int) -> None:
+    """Wait until the page says every change is saved, at that revision (the Save button is
+    disabled while a save is under way too)."""
+    await page.wait_for_function(
+        "(r) => document.querySelector('.editor-status').textContent === `Saved (revision ${r})`",
+        arg=revision,
+    )
+    assert await page.is_disabled("#save-edits")
+
+
 async def put_caret(page: Any, n: int, before: str) -> None:
     """The caret in segment n's text, just before `before`."""
     await page.click(text_field(n))
@@ -200,10 +210,7 @@ async def test_correct_a_word_and_save_with_ctrl_s(
     await page.wait_for_selector("li.segment.changed >> nth=0")
     assert await page.is_enabled("#save-edits")
     await page.press(text_field(1), "Control+s")
-    await page.wait_for_selector("#save-edits:disabled")
-    await page.wait_for_function(
-        "() => document.querySelector('.editor-status').textContent.includes('revision 1')"
-    )
+    await saved(page, 1)
     assert await page.locator("li.segment.changed").count() == 0
     assert (await texts(page))[1] == corrected
 
@@ -267,10 +274,7 @@ async def test_a_conflict_keeps_the_unsaved_text_and_reloads(
     await page.click(".conflict .kept button")
     assert (await texts(page))[3] == mine
     await page.keyboard.press("Control+s")
-    await page.wait_for_selector("#save-edits:disabled")
-    await page.wait_for_function(
-        "() => document.querySelector('.editor-status').textContent.includes('revision 2')"
-    )
+    await saved(page, 2)
 
     segments = (await transcript(gateway, auth, job_id)).json()["segments"]
     assert [segments[0]["text"].strip(), segments[3]["text"].strip()] == [
@@ -284,7 +288,7 @@ async def test_revert_from_the_history_panel(
 ):
     await page.fill(text_field(0), "Solar panels turn daylight into electricity.")
     await page.click("#save-edits")
-    await page.wait_for_selector("#save-edits:disabled")
+    await saved(page, 1)
     await page.click("#history summary")
     entry = await page.wait_for_selector("li.revision[data-revision='1']")
     said = await entry.text_content() or ""
@@ -327,8 +331,7 @@ async def test_two_speakers_lines_of_one_segment_are_saved_as_one_text(
     await page.fill(text_field(2), "How have you been?")
     assert await page.locator("li.segment.changed").count() == 2
     await page.keyboard.press("Control+s")
-    await page.wait_for_selector("#save-edits:disabled")
-    await page.wait_for_selector("li.segment[data-speaker]")
+    await saved(page, 1)
 
     segments = (await transcript(gateway, auth, job)).json()["segments"]
     said = " ".join(s["text"].strip() for s in segments if s["index"] == 1)
