@@ -216,6 +216,9 @@ async def test_correct_a_word_and_save_with_ctrl_s(
 
     shown = (await transcript(gateway, auth, job_id)).json()
     assert shown["revision"] == 1
+    await page.reload()
+    await page.wait_for_selector("li.segment >> nth=3")
+    assert (await texts(page))[1] == corrected
     assert [s["text"].strip() for s in shown["segments"]][:2] == [
         "Solar panels turn sunlight into electricity.",
         corrected,

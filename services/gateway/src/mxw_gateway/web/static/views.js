@@ -1041,6 +1041,7 @@ function transcriptEditor(jobId, player, list, line) {
     history,
     notices: [keysHint, problem, conflict],
     unsaved: () => dirty.size > 0,
+    etag: () => etag,
     render,
     stop() {
       document.removeEventListener("keydown", onKey);
@@ -1159,7 +1160,9 @@ export function jobView(main, config, jobId) {
       const transcript = answer?.body;
       if (transcript) {
         names = speakerNames(transcript.speakers);
-        editor.render(transcript, answer.etag);
+        // The same revision as on screen (a job's run after an edit ended): keep the fields
+        // as they are, the caret with them.
+        if (!answer.etag || answer.etag !== editor.etag()) editor.render(transcript, answer.etag);
         renderFilter(names);
         if (transcript.speakers) await voices.load();
       }
