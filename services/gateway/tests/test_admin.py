@@ -58,7 +58,12 @@ async def test_system_view_counts_jobs_lag_and_dead_letters(client, token, uploa
     assert view["jobs_by_state"]["queued"] >= 1
     assert set(view["jobs_by_state"]) >= {"queued", "running", "done", "failed", "cancelled"}
     lags = {lag["topic"]: lag for lag in view["consumer_lag"]}
-    assert set(lags) == {topics.AUDIO_UPLOADED, topics.TRANSCRIPT_READY, topics.CHUNKS_READY}
+    assert set(lags) == {
+        topics.AUDIO_UPLOADED,
+        topics.TRANSCRIPT_READY,
+        topics.TRANSCRIPT_EDITED,
+        topics.CHUNKS_READY,
+    }
     # No transcriber consumes in this test: the upload's audio.uploaded is still waiting
     # (counted in the lag where the group has committed before, in waiting either way).
     uploaded = lags[topics.AUDIO_UPLOADED]
