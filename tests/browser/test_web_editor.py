@@ -387,7 +387,10 @@ async def test_unsaved_marker_guards_and_player_keys(page: Any):
 
     page.once("dialog", stay)
     await page.click("nav a[data-route=jobs]")
-    await page.wait_for_timeout(300)
+    for _ in range(100):  # the dialog's handler runs beside the click
+        if asked:
+            break
+        await page.wait_for_timeout(100)
     assert asked
     assert "unsaved" in asked[0]
     assert "#/jobs/" in page.url
