@@ -90,8 +90,18 @@ function jobActions(job, onChange) {
         type: "button",
         class: "secondary",
         onclick: async () => {
+          const reprocess = (json) => api(`/jobs/${job.id}/reprocess`, { method: "POST", json });
           try {
-            onChange(await api(`/jobs/${job.id}/reprocess`, { method: "POST", json: { from: from.value } }));
+            let changed;
+            try {
+              changed = await reprocess({ from: from.value });
+            } catch (err) {
+              // Transcribing again would replace a corrected transcript: ask first.
+              if (err.status !== 409 || err.problem.title !== "Transcript edited") throw err;
+              if (!confirm(`${err.message}\n\nTranscribe again and discard the corrections?`)) return;
+              changed = await reprocess({ from: from.value, discard_edits: true });
+            }
+            onChange(changed);
             toast("Reprocessing");
           } catch (err) {
             failure(err);
