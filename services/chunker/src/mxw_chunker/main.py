@@ -1,4 +1,5 @@
-"""Entry point of the chunker: wires settings, runtime and the transcript.ready handler."""
+"""Entry point of the chunker: wires settings, runtime and the transcript.ready and
+transcript.edited handlers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from mxw_shared.contracts import Stage, TranscriptReady
+from mxw_shared import topics
+from mxw_shared.contracts import Stage, TranscriptEdited, TranscriptReady
 from mxw_shared.logging import get_logger
 from mxw_shared.pipeline import StageRunner
 from mxw_shared.service import ServiceRuntime, health_router, serve
@@ -17,7 +19,7 @@ from mxw_shared.telemetry import instrument_app
 
 from mxw_chunker.domain import Vectors
 from mxw_chunker.embeddings import SegmentEmbedder, load_segment_embedder
-from mxw_chunker.handlers import chunk_transcript
+from mxw_chunker.handlers import chunk_transcript, recut_after_edit
 from mxw_chunker.methods import Chunker
 from mxw_chunker.settings import ChunkerSettings
 
@@ -83,6 +85,16 @@ def create_app(settings: ChunkerSettings | None = None) -> FastAPI:
             work=chunk_transcript(chunker, runtime.pool),
         )
         runtime.subscribe_stage(runner, group_id=settings.service_name)
+        # A person's edit re-cuts only the chunks over the audio it touched: the same stage
+        # from its second topic, in the same consumer group.
+        edits: StageRunner[TranscriptEdited] = StageRunner(
+            pool=runtime.pool,
+            settings=settings,
+            stage=Stage.chunk,
+            work=recut_after_edit(chunker, runtime.pool),
+            topic=topics.TRANSCRIPT_EDITED,
+        )
+        runtime.subscribe_stage(edits, group_id=settings.service_name)
         runtime.ready_checks.append(embedder.check)
         try:
             async with runtime.running_stage(Stage.chunk):
