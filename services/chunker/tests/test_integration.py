@@ -7,8 +7,15 @@ import pytest
 from asgi_lifespan import LifespanManager
 from mxw_chunker.main import create_app
 from mxw_chunker.settings import ChunkerSettings
-from mxw_shared import topics
-from mxw_shared.contracts import ChunkingMethod, Envelope, JobOptions, TranscriptReady
+from mxw_shared import outbox, topics
+from mxw_shared.contracts import (
+    ChunkingMethod,
+    EditOperation,
+    Envelope,
+    JobOptions,
+    TranscriptEdited,
+    TranscriptReady,
+)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +294,120 @@ async def test_a_job_with_speakers_waits_for_them_and_its_chunks_record_who_spea
                 "about solar", "about solar"
             )
     assert {s for c in chunks for s in c["speakers"]} == {"SPEAKER_01", "SPEAKER_02"}
+
+
+async def edit_segment(
+    db, job_id: uuid.UUID, revision: int, idx: int, text: str
+) -> TranscriptEdited:
+    """A person's correction, written the way the gateway does (one transaction): the
+    segment, the transcript's revision, the revision row, a new run of the job from the
+    chunk stage (its chunk and embed rows reset) announced by transcript.edited."""
+    async with db.acquire() as conn, conn.transaction():
+        start_s, end_s, before = await conn.fetchrow(
+            "UPDATE segments s SET text = $3 FROM segments old"
+            " WHERE s.job_id = $1 AND s.idx = $2 AND old.job_id = s.job_id AND old.idx = s.idx"
+            " RETURNING s.start_s, s.end_s, old.text",
+            job_id,
+            idx,
+            text,
+        )
+        await conn.execute(
+            "UPDATE transcripts SET revision = $2 WHERE job_id = $1", job_id, revision
+        )
+        await conn.execute(
+            "INSERT INTO transcript_revisions (job_id, revision, author, operation, summary,"
+            " start_s, end_s, change) VALUES ($1, $2, 'alice', 'text', 'a word', $3, $4, $5)",
+            job_id,
+            revision,
+            start_s,
+            end_s,
+            {"before": [{"idx": idx, "text": before}], "after": [{"idx": idx, "text": text}]},
+        )
+        generation = await conn.fetchval(
+            "UPDATE jobs SET generation = generation + 1 WHERE id = $1 RETURNING generation",
+            job_id,
+        )
+        await conn.execute(
+            "DELETE FROM job_stages WHERE job_id = $1 AND stage IN ('chunk', 'embed')", job_id
+        )
+        await conn.execute(
+            "UPDATE job_stages SET generation = $2 WHERE job_id = $1", job_id, generation
+        )
+        event = TranscriptEdited(
+            job_id=job_id,
+            owner_id="alice",
+            generation=generation,
+            revision=revision,
+            operation=EditOperation.text,
+            start_s=start_s,
+            end_s=end_s,
+            segment_count=await conn.fetchval(
+                "SELECT count(*) FROM segments WHERE job_id = $1", job_id
+            ),
+        )
+        await outbox.enqueue(conn, event, source="gateway")
+    return event
+
+
+async def test_an_edit_recuts_only_the_chunk_it_touched(
+    chunker, db, make_job, read_topic, publish, wait_for
+):
+    job_id = await make_job()
+    await add_segments(db, job_id, 40)  # 120 s, chunks of at most 20 s
+    await db.execute(
+        "INSERT INTO transcripts (job_id, duration_s, model, text) VALUES ($1, 120, 'tiny.en', '')",
+        job_id,
+    )
+    await publish(ready(job_id, n=40))
+    await stage_done(wait_for, job_id)
+    query = (
+        "SELECT id, idx, start_s, end_s, text, revision FROM chunks WHERE job_id = $1 ORDER BY idx"
+    )
+    before = await db.fetch(query, job_id)
+    assert {r["revision"] for r in before} == {0}
+    (hit,) = [r for r in before if r["start_s"] <= 60.0 <= r["end_s"]]  # segment 20: 60-62.8 s
+
+    await edit_segment(db, job_id, 1, 20, "Point twenty about solar panels on the barn.")
+    await stage_done(wait_for, job_id, generation=1)
+
+    after = await db.fetch(query, job_id)
+    kept = {r["id"]: r for r in before if r["id"] != hit["id"]}
+    assert hit["id"] not in {r["id"] for r in after}
+    # Every other chunk keeps its row: same id, span and text.
+    for r in after:
+        if r["id"] in kept:
+            old = kept[r["id"]]
+            assert (r["start_s"], r["end_s"], r["text"]) == (
+                old["start_s"],
+                old["end_s"],
+                old["text"],
+            )
+    assert set(kept) <= {r["id"] for r in after}
+    new = [r for r in after if r["id"] not in kept]
+    assert new[0]["start_s"] == hit["start_s"]
+    assert new[-1]["end_s"] == hit["end_s"]
+    assert any("on the barn" in r["text"] for r in new)
+    assert [r["idx"] for r in after] == list(range(len(after)))
+    assert all(a["end_s"] <= b["start_s"] for a, b in itertools.pairwise(after))
+    assert {r["revision"] for r in after} == {1}
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert (metrics["recut"], metrics["kept"]) == (1, len(before) - 1)
+    assert metrics["new"] == len(new)
+    announced = await read_topic(topics.CHUNKS_READY, job_id, count=2)
+    assert [(b["generation"], b["changed_only"], b["chunk_count"]) for _, b in announced] == [
+        (0, False, len(before)),
+        (1, True, len(after)),
+    ]
+
+    # A stale edit (the chunks are cut from a newer revision than the event's) changes
+    # nothing, but the run still ends.
+    await db.execute("UPDATE chunks SET revision = 5 WHERE job_id = $1", job_id)
+    await edit_segment(db, job_id, 2, 3, "Point three, unheard by the chunker.")
+    await stage_done(wait_for, job_id, generation=2)
+    assert [tuple(r) for r in await db.fetch(query, job_id)] == [(*tuple(r)[:5], 5) for r in after]
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert metrics["stale"] is True

@@ -93,6 +93,76 @@ async def test_chunks_ready_becomes_vectors_embeddings_ready_and_a_done_job(
     assert metrics["chunks"] == len(TALK)
 
 
+async def test_after_an_edit_only_the_chunks_without_a_vector_are_embedded(
+    embedder_app, db, make_job, publish, read_topic, wait_for
+):
+    job_id = await make_job(owner_id="alice")
+    await add_chunks(db, job_id, TALK)
+    await publish(ready(job_id, len(TALK)))
+    await wait_for(
+        "SELECT state FROM job_stages WHERE job_id = $1 AND stage = 'embed'",
+        job_id,
+        predicate=lambda s: s == "done",
+    )
+    vectors = (
+        "SELECT c.id, c.idx, e.model, e.embedding FROM chunks c"
+        " LEFT JOIN chunk_embeddings e ON e.chunk_id = c.id WHERE c.job_id = $1 ORDER BY c.idx"
+    )
+    before = {r["id"]: r["embedding"].to_numpy().tobytes() for r in await db.fetch(vectors, job_id)}
+
+    # The chunker re-cut chunk 2 into two after an edit (its vector went with its row) and
+    # ran the job's next generation.
+    async with db.acquire() as conn, conn.transaction():
+        (recut,) = [
+            i
+            for i, idx in await conn.fetch("SELECT id, idx FROM chunks WHERE job_id = $1", job_id)
+            if idx == 2
+        ]
+        await conn.execute("DELETE FROM chunks WHERE id = $1", recut)
+        # UNIQUE (job_id, idx) is checked row by row: the later chunks park at negative idx.
+        await conn.execute("UPDATE chunks SET idx = -idx - 1 WHERE job_id = $1 AND idx > 2", job_id)
+        await conn.execute("UPDATE chunks SET idx = -idx WHERE job_id = $1 AND idx < 0", job_id)
+        await conn.executemany(
+            "INSERT INTO chunks (job_id, owner_id, idx, text, topic, keywords, start_s, end_s,"
+            " method, revision) VALUES ($1, 'alice', $2, $3, 'football', '{}', $4, $5, 'test', 1)",
+            [
+                (job_id, 2, "Our football team lost the final match.", 20.0, 24.0),
+                (job_id, 3, "It went to penalties after extra time.", 24.0, 29.5),
+            ],
+        )
+        await conn.execute("UPDATE jobs SET generation = 1 WHERE id = $1", job_id)
+        await conn.execute("DELETE FROM job_stages WHERE job_id = $1 AND stage = 'embed'", job_id)
+    await publish(
+        ChunksReady(
+            job_id=job_id,
+            owner_id="alice",
+            generation=1,
+            chunk_count=len(TALK) + 1,
+            method="test",
+            changed_only=True,
+        )
+    )
+    await wait_for(
+        "SELECT state || ':' || generation FROM job_stages WHERE job_id = $1 AND stage = 'embed'",
+        job_id,
+        predicate=lambda s: s == "done:1",
+    )
+    after = await db.fetch(vectors, job_id)
+    assert len(after) == len(TALK) + 1
+    assert all(r["embedding"] is not None for r in after)
+    kept = {r["id"]: r["embedding"].to_numpy().tobytes() for r in after if r["id"] in before}
+    assert kept == {i: v for i, v in before.items() if i != recut}  # byte for byte
+    new = [r for r in after if r["id"] not in before]
+    assert [r["idx"] for r in new] == [2, 3]
+    assert all(r["model"] == "all-MiniLM-L6-v2" for r in new)
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'embed'", job_id
+    )
+    assert (metrics["embedded"], metrics["kept"], metrics["chunks"]) == (2, len(TALK) - 1, 7)
+    announced = await read_topic(topics.EMBEDDINGS_READY, job_id, count=2)
+    assert [b["chunk_count"] for _, b in announced] == [len(TALK), len(TALK) + 1]
+
+
 async def test_cosine_search_for_a_paraphrase_ranks_its_chunk_first(
     embedder_app, db, make_job, publish, wait_for, service_token
 ):

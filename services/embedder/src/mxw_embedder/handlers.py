@@ -27,14 +27,19 @@ def embed_chunks(
     async def work(
         envelope: Envelope, event: ChunksReady, job: JobRow, progress: Progress
     ) -> StageOutcome:
-        chunks = await repository.load_chunks(pool, job.id)
-        if len(chunks) != event.chunk_count:
+        if event.changed_only:
+            # After an edit: only the re-cut chunks lack a vector; the others keep theirs.
+            chunks, total = await repository.load_unembedded(pool, job.id, embedder.name)
+        else:
+            chunks = await repository.load_chunks(pool, job.id)
+            total = len(chunks)
+        if total != event.chunk_count:
             # The chunks table is the truth (the event may predate a re-chunking).
             log.warning(
                 "chunk count differs from the event",
                 job_id=str(job.id),
                 event_count=event.chunk_count,
-                rows=len(chunks),
+                rows=total,
             )
         texts = [chunk_embedding_text(c) for c in chunks]
         # Longest first, so each slice pads little (as one encode() call over all texts
@@ -56,23 +61,37 @@ def embed_chunks(
         chunk_ids = [c.id for c in chunks]
 
         async def persist(conn: Connection) -> None:
-            await repository.replace_embeddings(
-                conn, job.id, job.owner_id, embedder.name, chunk_ids, vectors
+            write = (
+                repository.add_embeddings if event.changed_only else repository.replace_embeddings
             )
+            await write(conn, job.id, job.owner_id, embedder.name, chunk_ids, vectors)
+
+        kept = total - len(chunks)
+        if event.changed_only:
+            message = f"{len(chunks)} new chunks embedded with {embedder.name}, {kept} kept theirs"
+        elif chunks:
+            message = f"{len(chunks)} chunks embedded with {embedder.name}"
+        else:
+            message = "no chunks to embed (no speech)"
 
         return StageOutcome(
             persist=persist,
             next_event=EmbeddingsReady(
                 job_id=job.id,
                 owner_id=job.owner_id,
-                chunk_count=len(chunks),
+                chunk_count=total,
                 model=embedder.name,
                 dimensions=embedder.dimensions,
             ),
-            message=f"{len(chunks)} chunks embedded with {embedder.name}"
-            if chunks
-            else "no chunks to embed (no speech)",
-            metrics={"chunks": len(chunks), "model": embedder.name, "device": embedder.device},
+            message=message,
+            metrics={
+                "chunks": total,
+                "embedded": len(chunks),
+                "kept": kept,
+                "changed_only": event.changed_only,
+                "model": embedder.name,
+                "device": embedder.device,
+            },
         )
 
     return work
