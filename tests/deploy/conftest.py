@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mxw_shared import topics
 from mxw_shared.contracts import Stage
 from mxw_shared.settings import CommonSettings
 from mxw_shared.stages import PIPELINE
@@ -45,7 +46,7 @@ class ServiceCode:
     name: str  # directory under services/ and image name mxwhisper/<name>
     settings_cls: type[CommonSettings]
     script: str  # the console script the image runs
-    consumes: str | None  # topic its StageRunner consumes (workers only)
+    consumes: tuple[str, ...]  # topics its StageRunners consume (workers only; else empty)
     group_is_service_name: bool  # consumer group = settings.service_name
 
     @property
@@ -71,27 +72,39 @@ def _settings_class(package: str) -> type[CommonSettings]:
     return found[0]
 
 
-def _stage_consumption(main_py: Path) -> tuple[str | None, bool]:
-    """The input topic of the stage whose StageRunner main.py builds (from the stage table)
-    and whether its subscription's group is settings.service_name (read from the syntax
-    tree: no service is started)."""
+def _stage_consumption(main_py: Path) -> tuple[tuple[str, ...], bool]:
+    """The topics the StageRunners main.py builds consume (a runner's `topic=`, else its
+    stage's input, from the stage table), in the order of the stage's topics, and whether
+    every subscription's group is settings.service_name (read from the syntax tree: no
+    service is started)."""
     tree = ast.parse(main_py.read_text())
-    topic: str | None = None
-    group_is_name = False
+    consumed: list[str] = []
+    stages: set[Stage] = set()
+    groups: list[bool] = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        for kw in node.keywords:
-            if name == "StageRunner" and kw.arg == "stage":
-                assert isinstance(kw.value, ast.Attribute), ast.dump(kw.value)
-                topic = PIPELINE[Stage(kw.value.attr)].topic
-            if name == "subscribe_stage" and kw.arg == "group_id":
-                group_is_name = (
-                    isinstance(kw.value, ast.Attribute) and kw.value.attr == "service_name"
-                )
-    return topic, group_is_name
+        kws = {kw.arg: kw.value for kw in node.keywords}
+        if name == "StageRunner" and "stage" in kws:
+            value = kws["stage"]
+            assert isinstance(value, ast.Attribute), ast.dump(value)
+            stage = Stage(value.attr)
+            stages.add(stage)
+            topic = kws.get("topic")
+            if topic is None:
+                consumed.append(PIPELINE[stage].topic)
+            else:  # topics.X
+                assert isinstance(topic, ast.Attribute), ast.dump(topic)
+                consumed.append(getattr(topics, topic.attr))
+        if name == "subscribe_stage" and "group_id" in kws:
+            group = kws["group_id"]
+            groups.append(isinstance(group, ast.Attribute) and group.attr == "service_name")
+    assert len(stages) <= 1, f"{main_py}: runners of several stages {stages}"
+    order = PIPELINE[stages.pop()].topics if stages else ()
+    assert set(consumed) <= set(order), f"{main_py}: {consumed} not among {order}"
+    return tuple(t for t in order if t in consumed), bool(groups) and all(groups)
 
 
 @cache

@@ -235,17 +235,18 @@ def test_every_stage_consumer_scales_on_its_own_lag(
         assert code.group_is_service_name, name
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
         group = effective_env(container, docs).get("MXW_SERVICE_NAME", code.service_name)
-        (trigger,) = scaled[name]["spec"]["triggers"]
-        meta = trigger["metadata"]
-        assert meta["consumerGroup"] == group, name
-        assert meta["topic"] == code.consumes, name
-        env_name = meta["bootstrapServersFromEnv"]
-        assert env_name in effective_env(container, docs), name
+        # One trigger per topic the stage consumes (its input, then e.g. transcript.edited).
+        triggers = [t["metadata"] for t in scaled[name]["spec"]["triggers"]]
+        assert tuple(meta["topic"] for meta in triggers) == code.consumes, name
         spec = scaled[name]["spec"]
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name
-        # A replica beyond the partition count would own no partition and do nothing.
-        assert spec["maxReplicaCount"] <= partitions[code.consumes], name
-        assert int(meta["lagThreshold"]) >= 1, name
+        for meta in triggers:
+            assert meta["consumerGroup"] == group, name
+            env_name = meta["bootstrapServersFromEnv"]
+            assert env_name in effective_env(container, docs), name
+            # A replica beyond the partition count would own no partition and do nothing.
+            assert spec["maxReplicaCount"] <= partitions[meta["topic"]], name
+            assert int(meta["lagThreshold"]) >= 1, name
         assert "replicas" not in deployments[name]["spec"], "the autoscaler owns replicas"
     hpas = {
         d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "HorizontalPodAutoscaler")
@@ -552,7 +553,7 @@ def test_gpu_overlay_puts_the_listening_stages_on_a_gpu_and_scales_them_to_zero(
 ) -> None:
     docs = rendered["gpu"]
     # The stages that work on the audio itself: the transcriber and the diarizer.
-    listening = [n for n, c in services.items() if c.consumes == topics.AUDIO_UPLOADED]
+    listening = [n for n, c in services.items() if c.consumes == (topics.AUDIO_UPLOADED,)]
     assert {"transcriber", "diarizer"} <= set(listening)
     for name in listening:
         pod = by_name(docs, "Deployment")[name]["spec"]["template"]["spec"]
@@ -699,12 +700,12 @@ def test_keda_reads_lag_as_its_own_kafka_user(
 
 
 def test_the_access_plan_matches_what_the_code_consumes(services: dict[str, Any]) -> None:
-    # Each worker's StageRunner topic and consumer group (its service name), as main.py
+    # Each worker's StageRunner topics and consumer group (its service name), as main.py
     # builds them, are what its principal may read; the admin views watch the same groups.
     from mxw_shared.stages import PIPELINE
 
     workers = {name: code for name, code in services.items() if code.consumes}
-    assert {name: (code.consumes,) for name, code in workers.items()} == kafka_access.STAGE_INPUTS
+    assert {name: code.consumes for name, code in workers.items()} == kafka_access.STAGE_INPUTS
     for name, code in workers.items():
         assert code.group_is_service_name, name
         assert code.service_name == name

@@ -33,7 +33,7 @@ def test_the_admin_view_reads_each_worker_s_own_group_on_its_own_topic(
     services: dict[str, Any],
 ) -> None:
     workers = [c for c in services.values() if c.consumes]
-    assert {(c.consumes, c.service_name) for c in workers} == set(PIPELINE.stage_groups)
+    assert {(t, c.service_name) for c in workers for t in c.consumes} == set(PIPELINE.stage_groups)
     for code in workers:
         assert code.group_is_service_name, code.name
 
@@ -45,7 +45,7 @@ def test_scaled_objects_scale_on_the_numbers_of_the_admin_view(
     scaled = [d for d in rendered[overlay] if d["kind"] == "ScaledObject"]
     triggers = [t["metadata"] for d in scaled for t in d["spec"]["triggers"]]
     assert {(t["topic"], t["consumerGroup"]) for t in triggers} == set(PIPELINE.stage_groups)
-    assert len(triggers) == len(PIPELINE.stage_groups)  # one trigger per stage, none twice
+    assert len(triggers) == len(PIPELINE.stage_groups)  # one per stage input, none twice
     # A partition the group never committed on: the stage consumer starts from its earliest
     # record, so all of it waits (the view's `waiting`); KEDA counts it so with earliest
     # (its log-end offset: the same while retention has removed nothing).
