@@ -389,12 +389,18 @@ async def test_an_edit_recuts_only_the_chunk_it_touched(
     assert any("on the barn" in r["text"] for r in new)
     assert [r["idx"] for r in after] == list(range(len(after)))
     assert all(a["end_s"] <= b["start_s"] for a, b in itertools.pairwise(after))
-    assert {r["revision"] for r in after} == {1}
+    # The new chunks are cut from revision 1; the kept ones still from revision 0.
+    assert {r["id"]: r["revision"] for r in after} == {
+        r["id"]: 0 if r["id"] in kept else 1 for r in after
+    }
     metrics = await db.fetchval(
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
     )
-    assert (metrics["recut"], metrics["kept"]) == (1, len(before) - 1)
-    assert metrics["new"] == len(new)
+    assert (metrics["recut"], metrics["kept"], metrics["replaced"]) == (
+        len(new),
+        len(before) - 1,
+        1,
+    )
     announced = await read_topic(topics.CHUNKS_READY, job_id, count=2)
     assert [(b["generation"], b["changed_only"], b["chunk_count"]) for _, b in announced] == [
         (0, False, len(before)),

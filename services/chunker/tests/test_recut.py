@@ -65,7 +65,7 @@ def test_a_text_edit_recuts_only_its_chunk():
     assert change.renumber == ()  # one chunk became one: nobody moves
     assert [(c.idx, c.start_s, c.end_s) for c in change.insert] == [(1, 12.0, 23.8)]
     assert "corrected" in change.insert[0].text
-    assert (change.recut, change.new, change.kept, change.chunk_count) == (1, 1, 2, 3)
+    assert (change.replaced, change.recut, change.kept, change.chunk_count) == (1, 1, 2, 3)
 
 
 def test_a_split_at_a_chunk_edge_recuts_that_chunk_and_renumbers_the_later_ones():

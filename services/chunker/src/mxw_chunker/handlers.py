@@ -98,7 +98,7 @@ def _unchanged(
             changed_only=True,
         ),
         message=f"revision {event.revision} is stale: the chunks are cut from revision {cut_at}",
-        metrics={"recut": 0, "new": 0, "kept": len(state.chunks), "stale": True},
+        metrics={"recut": 0, "kept": len(state.chunks), "replaced": 0, "stale": True},
     )
 
 
@@ -147,8 +147,8 @@ def recut_after_edit(chunker: Chunker, pool: Pool) -> StageWork[TranscriptEdited
             )
 
         message = (
-            f"revision {event.revision} ({event.operation.value}): {change.recut} chunks"
-            f" re-cut into {change.new}, {change.kept} kept, {change.chunk_count} in all"
+            f"revision {event.revision} ({event.operation.value}): {change.replaced} chunks"
+            f" re-cut into {change.recut}, {change.kept} kept, {change.chunk_count} in all"
         )
         if reasons:
             message += f"; LLM not used: {'; '.join(sorted(reasons))}"
@@ -165,9 +165,9 @@ def recut_after_edit(chunker: Chunker, pool: Pool) -> StageWork[TranscriptEdited
             message=message[:2000],
             metrics={
                 "method": method,
-                "recut": change.recut,
-                "new": change.new,
-                "kept": change.kept,
+                "recut": change.recut,  # chunks written by the re-cut
+                "kept": change.kept,  # chunks that kept their rows (and vectors)
+                "replaced": change.replaced,  # old chunks the re-cut replaced
                 "chunks": change.chunk_count,
                 "runs": len(plan.runs),
                 "spans": len(state.spans),

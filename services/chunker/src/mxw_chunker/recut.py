@@ -74,11 +74,12 @@ class RecutChange:
     renumber: tuple[tuple[int, int], ...]  # (chunk id, new idx) of kept chunks that move
     insert: tuple[Chunk, ...]  # with their final idx
     kept: int
-    recut: int  # old chunks re-cut
-    chunk_count: int  # all chunks of the job afterwards
+    replaced: int  # old chunks cut again (their rows deleted)
+    chunk_count: int  # all chunks of the job afterwards: kept + recut
 
     @property
-    def new(self) -> int:
+    def recut(self) -> int:
+        """The chunks the re-cut wrote (new rows)."""
         return len(self.insert)
 
     @property
@@ -235,6 +236,6 @@ def apply_recut(plan: RecutPlan, cuts: Sequence[Sequence[Chunk]]) -> RecutChange
         renumber=tuple(n.renumber),
         insert=tuple(n.insert),
         kept=len(plan.kept),
-        recut=len(plan.deleted),
+        replaced=len(plan.deleted),
         chunk_count=n.next_idx,
     )

@@ -146,9 +146,10 @@ async def apply_recut(
     revision: int,
 ) -> None:
     """A re-cut after an edit, in the caller's transaction: the affected chunks go (their
-    vectors with them: ON DELETE CASCADE), the kept ones keep their rows and move to their
-    new idx, the new ones come in, and the whole set is at `revision`. UNIQUE (job_id, idx)
-    is checked row by row, so the kept chunks that move park at negative idx first."""
+    vectors with them: ON DELETE CASCADE), the kept ones keep their rows and their revision
+    (the one they were cut from) and move to their new idx, the new ones come in at
+    `revision`. UNIQUE (job_id, idx) is checked row by row, so the kept chunks that move
+    park at negative idx first."""
     await conn.execute(
         "DELETE FROM chunks WHERE job_id = $1 AND id = ANY($2::bigint[])",
         job_id,
@@ -164,6 +165,9 @@ async def apply_recut(
         )
     await conn.executemany(_INSERT, _rows(job_id, owner_id, change.insert, methods, revision))
     await conn.execute("UPDATE chunks SET idx = -1 - idx WHERE job_id = $1 AND idx < 0", job_id)
-    await conn.execute(
-        "UPDATE chunks SET revision = $2 WHERE job_id = $1 AND revision <> $2", job_id, revision
-    )
+    if not change.insert:
+        # Nothing new carries `revision` (an edit that only removed words): the kept chunks
+        # do, so the set's revision (its newest chunk's) moves past the spans just handled.
+        await conn.execute(
+            "UPDATE chunks SET revision = $2 WHERE job_id = $1 AND revision < $2", job_id, revision
+        )
