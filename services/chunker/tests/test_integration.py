@@ -417,3 +417,26 @@ async def test_an_edit_recuts_only_the_chunk_it_touched(
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
     )
     assert metrics["stale"] is True
+
+
+async def test_an_edit_of_a_job_without_chunks_cuts_it_in_full(
+    chunker, db, make_job, read_topic, wait_for
+):
+    job_id = await make_job()
+    await add_segments(db, job_id, 10)
+    await db.execute(
+        "INSERT INTO transcripts (job_id, duration_s, model, text) VALUES ($1, 30, 'tiny.en', '')",
+        job_id,
+    )
+    await edit_segment(db, job_id, 1, 4, "Point four about wind turbines.")
+    await stage_done(wait_for, job_id, generation=1)
+    rows = await db.fetch("SELECT idx, revision FROM chunks WHERE job_id = $1 ORDER BY idx", job_id)
+    assert [r["idx"] for r in rows] == list(range(len(rows)))
+    assert {r["revision"] for r in rows} == {1}  # the transcript's revision, as read
+    ((_, body),) = await read_topic(topics.CHUNKS_READY, job_id)
+    assert body["changed_only"] is False  # the embedder replaces the job's vectors
+    assert body["chunk_count"] == len(rows)
+    metrics = await db.fetchval(
+        "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
+    )
+    assert (metrics["recut"], metrics["kept"]) == (len(rows), 0)

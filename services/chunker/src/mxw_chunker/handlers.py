@@ -64,6 +64,8 @@ async def full_cut(
             **result.metrics(),
             "segments": len(segments),
             "revision": transcript.revision,
+            # After an edit with no chunks yet: every chunk is the cut's.
+            **({"recut": len(chunks), "kept": 0} if note is not None else {}),
         },
     )
 
