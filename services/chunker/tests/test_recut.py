@@ -3,18 +3,24 @@ segments, and the rows that change. Pure: no model, no database."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mxw_chunker.domain import (
     Chunk,
     KeywordExtractor,
     Segment,
     chunks_from_ranges,
     fixed_chunks,
+    fixed_ranges,
+    usable_segments,
 )
 from mxw_chunker.recut import (
     Run,
+    Span,
     StoredChunk,
     affected_chunks,
     apply_recut,
@@ -213,3 +219,94 @@ def test_apply_refuses_cuts_that_do_not_match_the_runs():
     plan = plan_recut(edit_text(segs, 0, "x"), chunks, [(0.0, 2.8)])
     with pytest.raises(ValueError, match="1 runs but 0 cuts"):
         apply_recut(plan, [])
+
+
+# ---- properties over random transcripts and random edits (hypothesis) ----
+
+PHRASES = ["solar panels", "the roof", "a pinch of salt", "penalties", "orbit", "yes"]
+
+
+@st.composite
+def edited_transcripts(draw: st.DrawFn) -> tuple[list[Segment], list[Segment], list[Span]]:
+    """Sequential segments (some blank), and the same after random edits of words, blanking,
+    filling a blank one, splitting or merging, with the spans each edit touched."""
+    n = draw(st.integers(1, 30))
+    t, before = 0.0, []
+    for i in range(n):
+        t += draw(st.sampled_from([0.0, 0.2, 1.5]))
+        duration = draw(st.floats(0.5, 6.0))
+        blank = draw(st.integers(0, 9)) == 0
+        text = "" if blank else " ".join(draw(st.lists(st.sampled_from(PHRASES), min_size=1)))
+        before.append(Segment(i, round(t, 3), round(t + duration, 3), text))
+        t += duration
+    after, spans = list(before), []
+    for _ in range(draw(st.integers(0, 4))):
+        pos = draw(st.integers(0, len(after) - 1))
+        seg = after[pos]
+        kind = draw(st.sampled_from(["words", "blank", "fill", "split", "merge"]))
+        if kind == "split" and seg.end_s - seg.start_s > 0.2:
+            mid = round((seg.start_s + seg.end_s) / 2, 3)
+            after[pos : pos + 1] = [replace(seg, end_s=mid), replace(seg, start_s=mid, text="and")]
+        elif kind == "merge" and pos + 1 < len(after):
+            nxt = after[pos + 1]
+            text = f"{seg.text} {nxt.text}".strip()
+            after[pos : pos + 2] = [replace(seg, end_s=nxt.end_s, text=text)]
+        elif kind == "blank":
+            after[pos] = replace(seg, text="")
+        else:
+            after[pos] = replace(seg, text=draw(st.sampled_from(PHRASES)) + " again")
+        spans.append((seg.start_s, max(seg.end_s, after[pos].end_s)))
+    after = [replace(s, idx=i) for i, s in enumerate(after)]
+    known = draw(st.lists(st.sampled_from(spans), unique=True)) if spans else []
+    return before, after, known
+
+
+def windows(segs: Sequence[Segment]) -> list[Chunk]:
+    """A stand-in method: time windows of 9 s (deterministic, no model)."""
+    usable = usable_segments(segs)
+    return chunks_from_ranges(usable, fixed_ranges(usable, 9.0, 10**9))
+
+
+@settings(max_examples=150, deadline=None)
+@given(edited_transcripts())
+def test_after_any_edits_the_chunks_cover_every_segment_once_in_order(case):
+    before, after, spans = case
+    chunks = stored(windows(before))
+    plan = plan_recut(after, chunks, spans)  # some spans may be unknown: the check finds them
+    change = apply_recut(plan, [windows(r.segments) for r in plan.runs])
+
+    final = {c.idx: c.text for c in change.insert}
+    moved = dict(change.renumber)
+    deleted = set(change.delete_ids)
+    for c in chunks:
+        if c.id not in deleted:
+            final[moved.get(c.id, c.idx)] = c.text
+    assert sorted(final) == list(range(change.chunk_count))
+    assert change.kept + change.recut == change.chunk_count
+    usable = usable_segments(after)
+    assert " ".join(final[i] for i in sorted(final)) == " ".join(s.text.strip() for s in usable)
+
+
+@settings(max_examples=30, deadline=None)
+@given(edited_transcripts(), st.sampled_from([0.0, 2.0, 5.0]))
+def test_a_fixed_recut_after_word_edits_equals_a_full_cut(case, overlap_s):
+    before, _after, _spans = case
+    # Words changed only (times and blanks as they were): the windows stay where they were.
+    after = [
+        replace(s, text=f"{s.text} indeed") if s.text and s.idx % 3 == 0 else s for s in before
+    ]
+    spans = [(s.start_s, s.end_s) for s in before if s.text and s.idx % 3 == 0]
+    keywords = KeywordExtractor(top=1)
+
+    def cut(segs: Sequence[Segment]) -> list[Chunk]:
+        return fixed_chunks(segs, 9.0, overlap_s, 10**9, keywords)
+
+    chunks = stored(cut(before))
+    plan = plan_recut(after, chunks, spans, fixed_overlap_s=overlap_s)
+    change = apply_recut(plan, [with_prefix(cut(r.segments), r.prefix) for r in plan.runs])
+    texts = {c.idx: c.text for c in change.insert}
+    moved = dict(change.renumber)
+    for c in chunks:
+        if c.id not in set(change.delete_ids):
+            texts[moved.get(c.id, c.idx)] = c.text
+    assert [texts[i] for i in sorted(texts)] == [c.text for c in cut(after)]
