@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from asgi_lifespan import LifespanManager
+from mxw_chunker.domain import KeywordExtractor, Segment, fixed_chunks
 from mxw_chunker.main import create_app
 from mxw_chunker.settings import ChunkerSettings
 from mxw_shared import outbox, topics
@@ -440,3 +441,45 @@ async def test_an_edit_of_a_job_without_chunks_cuts_it_in_full(
         "SELECT metrics FROM job_stages WHERE job_id = $1 AND stage = 'chunk'", job_id
     )
     assert (metrics["recut"], metrics["kept"]) == (len(rows), 0)
+
+
+async def test_a_fixed_jobs_edit_recuts_its_chunk_and_the_next_as_a_full_cut_would(
+    chunker, db, make_job, publish, wait_for
+):
+    job_id = await make_job(chunking="fixed")
+    await add_segments(db, job_id, 100)  # 300 s: fixed windows of 60 s
+    await db.execute(
+        "INSERT INTO transcripts (job_id, duration_s, model, text) VALUES ($1, 300, 'tiny.en', '')",
+        job_id,
+    )
+    await publish(ready(job_id, n=100, method=ChunkingMethod.fixed))
+    await stage_done(wait_for, job_id)
+    query = "SELECT id, start_s, end_s, text FROM chunks WHERE job_id = $1 ORDER BY idx"
+    before = await db.fetch(query, job_id)
+    assert len(before) >= 4
+    hit = next(p for p, r in enumerate(before) if r["start_s"] <= 115.0 <= r["end_s"])
+
+    # Segment 38 (114-116.8 s): within the last 10 s of its chunk, the next one's prefix.
+    await edit_segment(db, job_id, 1, 38, "Point 38 about solar panels on the shed.")
+    await stage_done(wait_for, job_id, generation=1)
+
+    after = await db.fetch(query, job_id)
+    # The chunk over 115 s and the one after it (whose text repeats its end) are new.
+    assert {r["id"] for r in after}.isdisjoint({before[hit]["id"], before[hit + 1]["id"]})
+    kept = [r["id"] for r in before if r["id"] in {a["id"] for a in after}]
+    assert kept == [r["id"] for p, r in enumerate(before) if p not in (hit, hit + 1)]
+    # The texts are what a full fixed cut of the corrected transcript makes.
+    settings = chunker.state.runtime.settings
+    segments = [
+        Segment(i, i * 3.0, i * 3.0 + 2.8, f"Point {i} about solar panels.") for i in range(100)
+    ]
+    segments[38] = Segment(38, 114.0, 116.8, "Point 38 about solar panels on the shed.")
+    full = fixed_chunks(
+        segments,
+        settings.fixed_window_s,
+        settings.fixed_overlap_s,
+        settings.max_chars,
+        KeywordExtractor(),
+    )
+    assert [r["text"] for r in after] == [c.text for c in full]
+    assert "on the shed" in after[hit + 1]["text"]  # its overlap prefix
