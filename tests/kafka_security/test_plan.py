@@ -103,6 +103,7 @@ def test_an_outside_system_writes_audio_uploaded_and_reads_the_published_topics(
     assert topics_with(acme, Operation.write) == {topics.AUDIO_UPLOADED}
     assert topics_with(acme, Operation.read) == {
         topics.TRANSCRIPT_READY,
+        topics.TRANSCRIPT_EDITED,  # a person's corrections, for systems that follow them
         topics.CHUNKS_READY,
         topics.EMBEDDINGS_READY,
     }
