@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import statistics
 import sys
 import tempfile
@@ -65,7 +66,8 @@ async def stage_metrics(stack: Stack, job_id: str) -> dict[str, dict[str, Any]]:
         )
     finally:
         await conn.close()
-    return {r["stage"]: {**r["metrics"], "run_s": float(r["run_s"] or 0)} for r in rows}
+    # A plain connection: jsonb comes as text.
+    return {r["stage"]: {**json.loads(r["metrics"]), "run_s": float(r["run_s"] or 0)} for r in rows}
 
 
 async def one_edit(stack: Stack, job_id: str, round_no: int) -> dict[str, Any]:
