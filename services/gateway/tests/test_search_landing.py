@@ -215,6 +215,21 @@ async def test_more_like_this_lands_by_meaning_without_highlights(client, token,
     assert hit["start_s"] <= hit["segments"][0]["start_s"] < hit["end_s"]
 
 
+async def test_more_like_this_still_answers_when_the_embedder_is_down(start_gateway, token, talk):
+    job_id, chunk_ids = talk
+    async with start_gateway(embedder_url=f"http://127.0.0.1:{free_port()}") as down:
+        response = await down.get(
+            f"/search/similar/{chunk_ids[1]}",
+            params={"job_id": str(job_id)},
+            headers=token("gina-landing"),
+        )
+    assert response.status_code == 200, response.text
+    (hit,) = response.json()["results"]
+    # No segment vectors: the hit stands, with its segments, and plays from within its chunk.
+    assert hit["segments"]
+    assert hit["start_s"] <= seconds(hit["audio_url"]) < hit["end_s"]
+
+
 async def test_a_corrected_segment_text_is_what_the_hit_shows(client, token, db, talk):
     job_id, chunk_ids = talk
     fixed = "Spray the leaves with soapy water to keep the greenfly away."

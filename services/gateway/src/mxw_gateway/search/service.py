@@ -381,9 +381,14 @@ async def land_on_segments(
                 budget -= len(rows)
                 texts.extend(r["text"].strip() for r in rows)
                 embedded.append(n)
+        vectors: list[list[float]] = []
         if texts:
+            try:
+                vectors = await embed_segments(client, settings, texts, owner)
+            except Problem as exc:  # the hits stand; they land by words (or on their start)
+                log.warning("segments not embedded: landing by words", detail=exc.detail)
+        if vectors:
             query_unit = np.asarray(vector) / (np.linalg.norm(vector) or 1.0)
-            vectors = await embed_segments(client, settings, texts, owner)
             matrix = np.asarray(vectors, dtype=np.float64)
             matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-9
             cosines = [float(x) for x in matrix @ query_unit]
