@@ -55,6 +55,15 @@ class Tuning:
 HEADLINE_OPTIONS = "StartSel=<mark>, StopSel=</mark>, HighlightAll=true"
 
 
+def headline_sql(text: str, query: str) -> str:
+    """The one highlight rule (a chunk's and a segment's): the words of `text` that match
+    the query by Postgres's english text search in <mark>…</mark>, the whole text kept."""
+    return (
+        f"ts_headline('english', {text}, websearch_to_tsquery('english', {query}), "
+        f"'{HEADLINE_OPTIONS}')"
+    )
+
+
 class _Args:
     """Positional SQL parameters, numbered as they are added."""
 
@@ -194,9 +203,7 @@ def build_search_sql(mode: SearchMode, scope: Scope, tuning: Tuning) -> tuple[st
             FROM vec v FULL OUTER JOIN words w ON v.chunk_id = w.chunk_id
         )"""
     ctes.append(fused)
-    headline = (
-        f"ts_headline('english', c.text, websearch_to_tsquery('english', $2), '{HEADLINE_OPTIONS}')"
-    )
+    headline = headline_sql("c.text", "$2")
     # `params` is never read: it types every parameter, whichever of them a mode uses.
     sql = f"""
         WITH params AS (SELECT $1::vector AS v, $2::text AS t, $3::int AS n, $4::int AS l,
@@ -334,3 +341,46 @@ async def speaker_lines(
         for c in spoken
     }
     return out, {(r["job_id"], r["label"]): r for r in names}
+
+
+async def chunk_segments(
+    pool: Pool, chunks: list[asyncpg.Record], query_text: str
+) -> dict[int, list[asyncpg.Record]]:
+    """The transcript segments of each chunk of a page (those overlapping its seconds), read
+    live from `segments` in one query, so a corrected text shows at once; each with
+    `lexical`, its ts_rank against the query's words (0 without query text)."""
+    if not chunks:
+        return {}
+    rows = await pool.fetch(
+        "SELECT c.id AS chunk_id, s.idx, s.start_s, s.end_s, s.text, s.words,"
+        " CASE WHEN $5::text = '' THEN 0.0::float8 ELSE"
+        "   ts_rank(to_tsvector('english', s.text), websearch_to_tsquery('english', $5))::float8"
+        " END AS lexical"
+        " FROM unnest($1::bigint[], $2::uuid[], $3::float8[], $4::float8[])"
+        "   AS c(id, job_id, start_s, end_s)"
+        " JOIN segments s ON s.job_id = c.job_id"
+        "   AND s.end_s > c.start_s AND s.start_s < c.end_s"
+        " ORDER BY c.id, s.idx",
+        [c["chunk_id"] for c in chunks],
+        [c["job_id"] for c in chunks],
+        [c["start_s"] for c in chunks],
+        [c["end_s"] for c in chunks],
+        query_text,
+    )
+    out: dict[int, list[asyncpg.Record]] = {}
+    for row in rows:
+        out.setdefault(row["chunk_id"], []).append(row)
+    return out
+
+
+async def headlines(pool: Pool, texts: list[str], query_text: str) -> list[str]:
+    """`headline_sql` of each text, in order (the few segments a page shows)."""
+    if not texts:
+        return []
+    rows = await pool.fetch(
+        f"SELECT {headline_sql('x.t', '$2')} AS h"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS x(t, n) ORDER BY x.n",
+        texts,
+        query_text,
+    )
+    return [r["h"] for r in rows]

@@ -109,6 +109,7 @@ async def similar_get(
     user: CurrentUserDep,
     settings: SettingsDep,
     pool: PoolDep,
+    client: EmbedderClientDep,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     all: Annotated[bool, Query(description="Admins only: every user's audio.")] = False,
@@ -117,6 +118,7 @@ async def similar_get(
     """More like this: the chunks closest in meaning to one of the caller's chunks."""
     return await service.similar(
         pool=pool,
+        client=client,
         settings=settings,
         user=user,
         chunk_id=chunk_id,

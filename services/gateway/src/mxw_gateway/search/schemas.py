@@ -83,6 +83,23 @@ class SpeakerLine(BaseModel):
     name: str = Field(description="The speaker's name, or 'Speaker N' when not named.")
 
 
+class SegmentMatch(BaseModel):
+    """A transcript segment of the hit's chunk that matches the query."""
+
+    index: int = Field(description="The segment's idx in the job's transcript.")
+    start_s: float
+    end_s: float
+    text: str = Field(description="The segment's text as stored now (corrections included).")
+    highlight: str | None = Field(
+        description="The text with the query's words in <mark>…</mark> (the chunk "
+        "highlight's rule); null when there were no query words (more like this)."
+    )
+    score: float = Field(
+        description="Meaning (cosine similarity to the query) and words (ts_rank, relative "
+        "to the chunk's best segment) fused; higher is better."
+    )
+
+
 class SearchHit(BaseModel):
     job_id: uuid.UUID
     filename: str | None
@@ -113,9 +130,14 @@ class SearchHit(BaseModel):
         description="The chunk's lines with their speakers (only the filtered speaker's "
         "with `speaker` or `voice`); empty for a job without speakers."
     )
+    segments: list[SegmentMatch] = Field(
+        description="The chunk's transcript segments that match the query best (up to 3, "
+        "best first; with `speaker` or `voice`, only segments they speak in); empty when "
+        "the job's segments are not stored."
+    )
     audio_url: str = Field(
-        description="Plays the audio from where the chunk starts; with `speaker`, from the "
-        "line of theirs closest to the query in meaning (in words, in text mode)."
+        description="Plays the audio from the start of the best segment (with `speaker` or "
+        "`voice`, of their line in it); from the chunk's start when it has no segments."
     )
 
 

@@ -8,6 +8,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from mxw_gateway.search.schemas import (
     SearchFilters,
     SearchHit,
     SearchResults,
+    SegmentMatch,
     SpeakerLine,
 )
 from mxw_gateway.settings import GatewaySettings
@@ -70,6 +72,10 @@ class QueryVectorCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 QUERY_VECTORS = QueryVectorCache(capacity=2048)
@@ -188,6 +194,7 @@ def _tuning(settings: GatewaySettings, size: int, offset: int) -> Tuning:
 
 async def _page(
     pool: Pool,
+    client: httpx.AsyncClient,
     settings: GatewaySettings,
     *,
     mode: SearchMode,
@@ -196,6 +203,7 @@ async def _page(
     scope: Scope,
     size: int,
     offset: int,
+    owner: str,
 ) -> tuple[list[SearchHit], int | None]:
     # One row past the page tells whether there is a next one.
     rows = await repository.search(
@@ -211,9 +219,10 @@ async def _page(
     next_offset = offset + size if len(rows) > size and offset + size <= MAX_OFFSET else None
     page = rows[:size]
     lines, speakers = await repository.speaker_lines(pool, page)
-    hits = []
+    filtered = scope.speaker is not None or scope.voice is not None
+    hits, allowed = [], []
     for r in page:
-        said, voices = [], []
+        said, voices, kept = [], [], []
         for ln in lines.get(r["chunk_id"], []):
             if ln.speaker is None:
                 continue
@@ -229,51 +238,204 @@ async def _page(
                 )
             )
             voices.append(known["profile_id"] if known is not None else None)
+            kept.append(ln.segment_idx)
         names_in_chunk = list(dict.fromkeys(ln.name for ln in said))
+        keep = [True] * len(said)
         if scope.voice is not None:
-            said = [ln for ln, voice in zip(said, voices, strict=True) if voice == scope.voice]
+            keep = [k and voice == scope.voice for k, voice in zip(keep, voices, strict=True)]
         if scope.speaker is not None:
-            said = [ln for ln in said if ln.name.lower() == scope.speaker.lower()]
+            wanted = scope.speaker.lower()
+            keep = [k and ln.name.lower() == wanted for k, ln in zip(keep, said, strict=True)]
+        starts: dict[int, float] = {}
+        for line, idx, k in zip(said, kept, keep, strict=True):
+            if k:
+                starts.setdefault(idx, line.start_s)
+        said = [ln for ln, k in zip(said, keep, strict=True) if k]
+        allowed.append(starts if filtered else None)
         hits.append(_hit(settings, r, names_in_chunk, said))
+    segments = await repository.chunk_segments(pool, page, query)
+    hits = await land_on_segments(
+        pool,
+        client,
+        settings,
+        hits,
+        [segments.get(r["chunk_id"], []) for r in page],
+        allowed,
+        query,
+        vector,
+        owner=owner,
+    )
     return hits, next_offset
 
 
-# Most lines embedded to find where in its chunk each hit of a speaker search lands.
-MAX_LANDING_LINES = 64
+# Most segment texts embedded per search to rank a page's segments by meaning (a default
+# page of 10 chunks holds ~50-300); the hits past that budget are ranked by words alone.
+MAX_LANDING_SEGMENTS = 256
+SEGMENTS_PER_HIT = 3
+# Weight of words against meaning in a segment's score: measured in bench/landing_bench.py
+# (docs/benchmarks.md, "Landing on the sentence").
+LEXICAL_WEIGHT = 0.25
+# Recent segment vectors (per user, like the query vectors): the next page or a refined
+# query over the same recordings embeds only what it has not seen.
+SEGMENT_VECTORS = QueryVectorCache(capacity=8192)
 
 
-async def land_on_best_lines(
+@dataclass(frozen=True)
+class Landing:
+    """How a hit's segments are ranked (the bench varies them; the service uses the defaults)."""
+
+    lexical_weight: float = LEXICAL_WEIGHT
+    max_embedded: int = MAX_LANDING_SEGMENTS
+    on_word: bool = False  # land on the first matched word's start when its time is known
+
+
+LANDING = Landing()
+
+
+async def embed_segments(
+    client: httpx.AsyncClient, settings: GatewaySettings, texts: list[str], owner: str
+) -> list[list[float]]:
+    """Vectors of segment texts, the ones not cached embedded in one call."""
+    keys = [(settings.embedder_url, settings.embedder_model, owner, t) for t in texts]
+    found = [SEGMENT_VECTORS.get(k) for k in keys]
+    missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))
+    if missing:
+        fresh = dict(zip(missing, await embed_texts(client, settings, missing), strict=True))
+        for key in keys:
+            if key[3] in fresh:
+                SEGMENT_VECTORS.put(key, fresh[key[3]])
+        found = [v if v is not None else fresh[t] for t, v in zip(texts, found, strict=True)]
+    return [v for v in found if v is not None]
+
+
+def segment_scores(
+    semantic: list[float] | None, lexical: list[float], overlap: list[float], weight: float
+) -> list[float]:
+    """The one landing rule: meaning (cosine to the query) and words (ts_rank relative to the
+    chunk's best segment; plain word overlap when the query has no text-search words)
+    fused as (1 - weight) x meaning + weight x words. Without a query vector (text mode, a
+    page past the embedding budget), words alone; without query words (more like this),
+    meaning alone."""
+    top = max(lexical, default=0.0)
+    words = [x / top for x in lexical] if top > 0 else []
+    if not words:
+        most = max(overlap, default=0.0)
+        words = [x / most for x in overlap] if most > 0 else [0.0] * len(lexical)
+    if semantic is None:
+        return words
+    if not any(words):
+        return semantic
+    return [(1 - weight) * m + weight * w for m, w in zip(semantic, words, strict=True)]
+
+
+def first_marked_word(highlight: str, text: str, words: Any) -> float | None:
+    """The start of the first word ts_headline marked, when the stored words still spell the
+    stored text (a corrected text without new word times lands on the segment)."""
+    if not isinstance(words, list) or not words or "<mark>" not in highlight:
+        return None
+    try:
+        spelled = [(str(w["word"]), float(w["start"])) for w in words]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if "".join(w for w, _ in spelled).strip() != text.strip():
+        return None
+    at = highlight.index("<mark>")  # the same offset in the text: no mark before it
+    offset = len("".join(w for w, _ in spelled)) - len("".join(w for w, _ in spelled).lstrip())
+    pos = at + offset
+    for word, start in spelled:
+        if pos < len(word):
+            return start
+        pos -= len(word)
+    return None
+
+
+async def land_on_segments(
+    pool: Pool,
     client: httpx.AsyncClient,
     settings: GatewaySettings,
     hits: list[SearchHit],
+    segments: list[list[asyncpg.Record]],
+    allowed: list[dict[int, float] | None],
     query: str,
     vector: list[float] | None,
+    *,
+    owner: str,
+    landing: Landing | None = None,
 ) -> list[SearchHit]:
-    """Each hit's audio link moved to its line closest to the query in meaning (its words
-    when there is no query vector, in text mode, or too many lines)."""
-    lines = [ln.text for hit in hits for ln in hit.lines]
-    if not lines:
-        return hits
-    scores: list[float] | None = None
-    if vector is not None and len(lines) <= MAX_LANDING_LINES:
-        query_unit = np.asarray(vector) / (np.linalg.norm(vector) or 1.0)
-        embedded = np.asarray(await embed_texts(client, settings, lines))
-        embedded /= np.linalg.norm(embedded, axis=1, keepdims=True) + 1e-9
-        scores = [float(x) for x in embedded @ query_unit]
-    else:
-        wanted = set(_WORD.findall(query.lower()))
-        scores = [float(len(wanted & set(_WORD.findall(text.lower())))) for text in lines]
-    out, at = [], 0
-    for hit in hits:
-        mine = scores[at : at + len(hit.lines)]
-        at += len(hit.lines)
-        if not mine:
-            out.append(hit)
-            continue
-        best = hit.lines[max(range(len(mine)), key=lambda i: (mine[i], -i))]
-        out.append(
-            hit.model_copy(update={"audio_url": _audio_url(settings, hit.job_id, best.start_s)})
+    """Each hit's best segments (`segment_scores`, up to SEGMENTS_PER_HIT) and its audio link
+    moved to the best one's start (with a speaker filter, to their line in it). Every
+    search lands by this rule: hybrid and vector by meaning and words, text by words,
+    more like this (no query text, the chunk's vector) by meaning."""
+    landing = landing or LANDING
+    candidates = []
+    for rows, starts in zip(segments, allowed, strict=True):
+        rows = [r for r in rows if r["text"].strip()]
+        candidates.append([r for r in rows if starts is None or r["idx"] in starts])
+    semantic: list[list[float] | None] = [None] * len(hits)
+    if vector is not None:
+        budget = landing.max_embedded
+        texts: list[str] = []
+        embedded: list[int] = []
+        for n, rows in enumerate(candidates):
+            if rows and len(rows) <= budget:
+                budget -= len(rows)
+                texts.extend(r["text"].strip() for r in rows)
+                embedded.append(n)
+        vectors: list[list[float]] = []
+        if texts:
+            try:
+                vectors = await embed_segments(client, settings, texts, owner)
+            except Problem as exc:  # the hits stand; they land by words (or on their start)
+                log.warning("segments not embedded: landing by words", detail=exc.detail)
+        if vectors:
+            query_unit = np.asarray(vector) / (np.linalg.norm(vector) or 1.0)
+            matrix = np.asarray(vectors, dtype=np.float64)
+            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-9
+            cosines = [float(x) for x in matrix @ query_unit]
+            at = 0
+            for n in embedded:
+                semantic[n] = cosines[at : at + len(candidates[n])]
+                at += len(candidates[n])
+    wanted = set(_WORD.findall(query.lower()))
+    chosen: list[list[tuple[asyncpg.Record, float]]] = []
+    for n, rows in enumerate(candidates):
+        scores = segment_scores(
+            semantic[n],
+            [float(r["lexical"]) for r in rows],
+            [float(len(wanted & set(_WORD.findall(r["text"].lower())))) for r in rows],
+            landing.lexical_weight,
         )
+        order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))[:SEGMENTS_PER_HIT]
+        chosen.append([(rows[i], scores[i]) for i in order])
+    marked = (
+        await repository.headlines(pool, [r["text"] for best in chosen for r, _ in best], query)
+        if query
+        else []
+    )
+    out, at = [], 0
+    for hit, best, starts in zip(hits, chosen, allowed, strict=True):
+        shown = marked[at : at + len(best)] if query else [None] * len(best)
+        at += len(best) if query else 0
+        matches = [
+            SegmentMatch(
+                index=r["idx"],
+                start_s=r["start_s"],
+                end_s=r["end_s"],
+                text=r["text"],
+                highlight=h,
+                score=round(score, 6),
+            )
+            for (r, score), h in zip(best, shown, strict=True)
+        ]
+        update: dict[str, Any] = {"segments": matches}
+        if best:
+            top, _ = best[0]
+            land = float(top["start_s"]) if starts is None else starts[top["idx"]]
+            if landing.on_word and shown and shown[0] is not None and starts is None:
+                word = first_marked_word(shown[0], top["text"], top["words"])
+                land = word if word is not None else land
+            update["audio_url"] = _audio_url(settings, hit.job_id, land)
+        out.append(hit.model_copy(update=update))
     return out
 
 
@@ -310,6 +472,7 @@ async def search(
         )
         hits, next_offset = await _page(
             pool,
+            client,
             settings,
             mode=mode,
             query=query,
@@ -317,9 +480,8 @@ async def search(
             scope=scope,
             size=size,
             offset=offset,
+            owner=user.sub,
         )
-        if scope.speaker is not None or scope.voice is not None:
-            hits = await land_on_best_lines(client, settings, hits, query, vector)
     return SearchResults(
         query=query, mode=mode, offset=offset, limit=size, next_offset=next_offset, results=hits
     )
@@ -328,6 +490,7 @@ async def search(
 async def similar(
     *,
     pool: Pool,
+    client: httpx.AsyncClient,
     settings: GatewaySettings,
     user: CurrentUser,
     chunk_id: int,
@@ -348,6 +511,7 @@ async def similar(
     size = min(limit or settings.search_default_limit, settings.search_max_limit)
     hits, next_offset = await _page(
         pool,
+        client,
         settings,
         mode=SearchMode.vector,
         query="",
@@ -355,6 +519,7 @@ async def similar(
         scope=scope,
         size=size,
         offset=offset,
+        owner=user.sub,
     )
     return SearchResults(
         query=f"chunk:{chunk_id}",
@@ -390,6 +555,7 @@ def _hit(
         text_rank=r["text_rank"],
         speakers=speakers,
         lines=lines,
+        segments=[],
         audio_url=_audio_url(settings, r["job_id"], r["start_s"]),
     )
 
