@@ -65,7 +65,7 @@ _TOKEN = re.compile(r"[^\W_](?:[\w'’\-]*[^\W_])?|[^\w\s]", re.UNICODE)
 _SENTENCE_END = frozenset(".!?…")
 MAX_WORDS = 3  # content words in one candidate
 MAX_CANDIDATES = 48  # per chunk, the most frequent, embedded (bounds the cost per chunk)
-PIECE_WORDS = 80  # the chunk is embedded in pieces this long (the model reads 128 pieces)
+PIECE_WORDS = 80  # words per piece the chunk is embedded in (the model reads 128 word pieces)
 WORD_BONUS = 0.03  # added to a title candidate's similarity per content word past the first
 DIVERSITY = 0.5  # keywords' MMR: weight of being unlike those already chosen
 
