@@ -280,8 +280,9 @@ def local_chunks(
     keywords: KeywordExtractor,
 ) -> LocalResult:
     """Semantic segmentation: embed each segment, cut where topical similarity drops
-    (TextTiling depth on block-averaged embeddings) within the limits; title from YAKE,
-    summary = the chunk's most central segment, confidence = clarity of its boundaries."""
+    (TextTiling depth on block-averaged embeddings) within the limits; title and keywords
+    from the chunk's phrases (`keywords`), summary = the chunk's most central segment,
+    confidence = clarity of its boundaries."""
     usable = usable_segments(segments)
     if not usable:
         return LocalResult([], np.zeros(0))
