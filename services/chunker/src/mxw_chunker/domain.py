@@ -15,7 +15,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 import yake
+from mxw_shared.logging import get_logger
 from mxw_shared.speakers import speakers_in
+
+from mxw_chunker import titles
+
+log = get_logger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 EmbedFn = Callable[[Sequence[str]], Vectors]
@@ -275,8 +280,9 @@ def local_chunks(
     keywords: KeywordExtractor,
 ) -> LocalResult:
     """Semantic segmentation: embed each segment, cut where topical similarity drops
-    (TextTiling depth on block-averaged embeddings) within the limits; title from YAKE,
-    summary = the chunk's most central segment, confidence = clarity of its boundaries."""
+    (TextTiling depth on block-averaged embeddings) within the limits; title and keywords
+    from the chunk's phrases (`keywords`), summary = the chunk's most central segment,
+    confidence = clarity of its boundaries."""
     usable = usable_segments(segments)
     if not usable:
         return LocalResult([], np.zeros(0))
@@ -328,15 +334,29 @@ def fixed_chunks(
 
 
 class KeywordExtractor:
-    """Keywords by YAKE (statistical, unsupervised, no model to download): the best phrase
-    titles the chunk."""
+    """Title and keywords of a chunk. With `embed` (the chunker's embedding model): the
+    chunk's own phrases ranked by similarity to it (mxw_chunker.titles). Without: YAKE
+    (statistical, no model), whose best phrase titles the chunk."""
 
-    def __init__(self, language: str = "en", top: int = 5) -> None:
+    def __init__(self, language: str = "en", top: int = 5, embed: EmbedFn | None = None) -> None:
         self._extractor = yake.KeywordExtractor(lan=language, n=2, top=top, dedupLim=0.7)
+        self._top = top
+        self.embed = embed
 
     def keywords(self, text: str) -> list[str]:
         scored = self._extractor.extract_keywords(text) if text.strip() else []
         return [phrase for phrase, _score in scored]
+
+    def titled(self, text: str) -> tuple[str | None, list[str]]:
+        """(title, keywords) from the text alone."""
+        if self.embed is not None:
+            try:
+                found = titles.title_and_keywords(text, self.embed, self._top)
+                return found.title, list(found.keywords)
+            except Exception as exc:  # the model failed to load: YAKE's titles, not none
+                log.warning("embedding titles failed; YAKE titles", error=str(exc))
+        words = self.keywords(text)
+        return (titles.capitalised(words[0]) if words else None), words
 
     def annotate(
         self,
@@ -347,10 +367,13 @@ class KeywordExtractor:
         title: str | None = None,
         keywords: Sequence[str] = (),
     ) -> Chunk:
-        """Fill in title/keywords from YAKE where not given (an LLM's are kept)."""
-        words = list(keywords) or self.keywords(chunk.text)
-        if title is None and words:
-            title = words[0][:1].upper() + words[0][1:]
+        """Fill in title/keywords from the text where not given (an LLM's are kept)."""
+        words = list(keywords)
+        if not words:
+            own_title, words = self.titled(chunk.text)
+            title = own_title if title is None else title
+        elif title is None:
+            title = titles.capitalised(words[0])
         return replace(
             chunk,
             title=title,

@@ -79,7 +79,11 @@ class Chunker:
             min_depth=settings.local_min_depth,
             full_depth=settings.local_full_depth,
         )
-        self.keywords = KeywordExtractor(settings.keyword_language, settings.keywords_per_chunk)
+        # Titles and keywords: the chunk's phrases ranked by the contextual model (the static
+        # vectors rank them worse than YAKE: docs/chunking.md), whichever mode cut it.
+        self.keywords = KeywordExtractor(
+            settings.keyword_language, settings.keywords_per_chunk, embed=embed
+        )
         config = llm_config(settings)
         self.llm = LlmClient(config) if config is not None else None
 
