@@ -1,5 +1,6 @@
 """The transcript editor on a job's page, in a real browser: correct a word and save, split
-a segment at the cursor with the keyboard, the conflict when the transcript changed behind
+a segment at the cursor with the keyboard, join lines (keys and button), a line's start and
+end at the player's time (and a refused one), the conflict when the transcript changed behind
 the page's back (and reloading it without losing the unsaved text), revert from the history
 panel, the unsaved-change marker and its guards, and the player's keys and speed.
 
@@ -135,13 +136,15 @@ async def page(browser: Any, gateway: str, job_id: str) -> AsyncIterator[Any]:
     tab.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
 
     def console(msg: Any) -> None:
-        # A user's 403 from /admin/system; the 412 of the conflict test, shown on the page.
+        # A user's 403 from /admin/system; the 412 of the conflict test and the 422 of the
+        # refused times, shown on the page.
         url = msg.location.get("url", "")
         if (
             msg.type == "error"
             and not url.endswith(("/admin/system", "/reprocess"))  # the question's 409
             and "/ws/" not in msg.text
             and "412" not in msg.text
+            and not ("/segments/" in url and "422" in msg.text)
         ):
             errors.append(f"console: {msg.text}")
 
@@ -245,6 +248,67 @@ async def test_split_at_the_cursor_with_ctrl_enter(
     ]
     assert 7.6 < segments[3]["start"] < 11.6
     assert segments[2]["end"] <= segments[3]["start"]
+
+
+async def test_join_lines_with_backspace_delete_and_the_button(
+    page: Any, gateway: str, auth: dict[str, str], job_id: str
+):
+    first, second, third, fourth = (text.strip() for _, _, text in SEGMENTS)
+    # Backspace at a line's start joins it to the one before; the caret stays where they meet.
+    await put_caret(page, 1, "Engineers")
+    await page.keyboard.press("Backspace")
+    await page.wait_for_function("() => document.querySelectorAll('li.segment').length === 3")
+    assert (await texts(page))[0] == f"{first} {second}"
+    assert await page.evaluate("document.activeElement.dataset.index") == "0"
+    assert await page.evaluate("getSelection().focusOffset") == len(first) + 1
+
+    # Delete at a line's end joins the next one to it; unsaved text is saved first.
+    await page.click(text_field(1))
+    await page.keyboard.press("End")
+    await page.keyboard.type(" Really.")
+    await page.keyboard.press("Delete")
+    await page.wait_for_function("() => document.querySelectorAll('li.segment').length === 2")
+    assert (await texts(page))[1] == f"{third} Really. {fourth}"
+    await saved(page, 3)  # join, text, join
+
+    # The button joins the line last focused and the next one; the last line has no next.
+    await page.click(text_field(0))
+    await page.click("#merge-next")
+    await saved(page, 4)
+    assert await page.is_disabled("#merge-next")
+
+    shown = (await transcript(gateway, auth, job_id)).json()
+    assert [(s["start"], s["end"]) for s in shown["segments"]] == [(0.0, 15.6)]
+    assert shown["segments"][0]["text"].strip() == f"{first} {second} {third} Really. {fourth}"
+    await page.click("#history summary")
+    await page.wait_for_selector("li.revision[data-revision='4']")
+    assert "segments merged" in (await page.text_content("li.revision[data-revision='4']") or "")
+
+
+async def test_start_and_end_at_the_players_time(
+    page: Any, gateway: str, auth: dict[str, str], job_id: str
+):
+    player = "document.getElementById('player')"
+    await page.click(text_field(1))
+    await page.evaluate(f"{player}.currentTime = 4")
+    await page.keyboard.press("Control+BracketLeft")
+    await saved(page, 1)
+    await page.evaluate(f"{player}.currentTime = 7.25")
+    await page.click("#end-here")  # acts on the line last focused
+    await saved(page, 2)
+    segment = (await transcript(gateway, auth, job_id)).json()["segments"][1]
+    assert (segment["start"], segment["end"]) == (4.0, 7.25)
+    assert await page.text_content("li.segment >> nth=1 >> button.ts") == "0:04"
+
+    # An end before the line's start is refused, said on the page, and changes nothing.
+    await page.evaluate(f"{player}.currentTime = 2")
+    await page.click(text_field(1))
+    await page.keyboard.press("Control+BracketRight")
+    error = await page.wait_for_selector(".editor-error:not([hidden])")
+    assert "times must satisfy" in (await error.text_content() or "")
+    shown = (await transcript(gateway, auth, job_id)).json()
+    assert shown["revision"] == 2
+    assert (shown["segments"][1]["start"], shown["segments"][1]["end"]) == (4.0, 7.25)
 
 
 async def test_a_conflict_keeps_the_unsaved_text_and_reloads(

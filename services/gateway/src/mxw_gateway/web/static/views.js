@@ -688,6 +688,11 @@ const RATES = [0.5, 0.75, 1, 1.25, 1.5, 1.75, 2];
 const JUMP_BACK_S = 5;
 const OPERATIONS = { text: "text corrected", times: "times adjusted", split: "segment split", merge: "segments merged", speaker: "speaker changed", revert: "reverted" };
 
+/** A time to the tenth of a second, as the editor reports times it set. */
+function clockTenths(seconds) {
+  return `${clock(seconds)}.${Math.floor((seconds * 10) % 10)}`;
+}
+
 /** Whitespace as one space: a segment is one line. */
 function oneLine(text) {
   return text.replace(/\s+/g, " ").trim();
@@ -725,6 +730,7 @@ function transcriptEditor(jobId, player, list, line) {
   let transcript = null;
   let groups = new Map(); // stored index -> { index, parts: [{ seg, li, text, mark }], saved }
   let busy = false;
+  let current = null; // the stored index of the segment last focused: the one the buttons act on
   const dirty = new Set();
 
   const status = h("span", { class: "editor-status", role: "status" });
@@ -739,13 +745,23 @@ function transcriptEditor(jobId, player, list, line) {
   const keysHint = h(
     "small",
     { id: "editor-keys", class: "keys-hint" },
-    "Edit a line in place. Keys: Esc play/pause · Ctrl+← back 5 s · Ctrl+Enter split at the cursor · Ctrl+S save",
+    "Edit a line in place. Keys: Esc play/pause · Ctrl+← back 5 s · Ctrl+Enter split at the cursor · " +
+      "Backspace at a line's start joins it to the one before (Delete at its end, to the next) · " +
+      "Ctrl+[ / Ctrl+] the line starts / ends at the player's time · Ctrl+S save",
   );
+  const tool = (id, label, keys, hint) =>
+    h("button", { type: "button", id, class: "secondary", disabled: true, "aria-keyshortcuts": keys, title: hint }, label);
+  const startHere = tool("start-here", "Start here", "Control+[", "The line starts at the player's time (Ctrl+[)");
+  const endHere = tool("end-here", "End here", "Control+]", "The line ends at the player's time (Ctrl+])");
+  const mergeNext = tool("merge-next", "Join with next", "Delete", "Join the line and the next one (Delete at the end of a line)");
   const toolbar = h(
     "div",
     { class: "editor-bar" },
     h("label", { for: "playback-rate" }, "Speed"),
     rate,
+    startHere,
+    endHere,
+    mergeNext,
     save,
     status,
   );
@@ -767,6 +783,8 @@ function transcriptEditor(jobId, player, list, line) {
   const textOf = (group) => oneLine(group.parts.map((p) => p.text.textContent).join(" "));
   const updateStatus = () => {
     save.disabled = busy || dirty.size === 0;
+    startHere.disabled = endHere.disabled = busy || !groups.has(current);
+    mergeNext.disabled = busy || !groups.has(current) || !groups.has(current + 1);
     const rev = transcript?.revision ? `revision ${transcript.revision}` : "as transcribed";
     status.textContent = dirty.size
       ? `${dirty.size} ${dirty.size === 1 ? "segment" : "segments"} not saved`
@@ -884,9 +902,41 @@ function transcriptEditor(jobId, player, list, line) {
     return true;
   };
 
+  /** A change sent after the unsaved text is saved (`body()` is read then, from the stored
+   * transcript); the caret, when it was in the transcript, goes where `caretAfter` says. */
+  const change = async (method, path, body, done, caretAfter = (at) => at) => {
+    const at = caret();
+    if (!(await saveAll()) || busy) return;
+    busy = true;
+    updateStatus();
+    const answer = await send(method, path, body());
+    busy = false;
+    if (!answer) return updateStatus();
+    render(answer.body, answer.etag);
+    const next = at && caretAfter(at);
+    if (next) focusAt(next.index, next.offset);
+    toast(done);
+  };
+
+  /** The line's start or end at the player's time (to the hundredth of a second). */
+  const setTime = (which) => {
+    if (!groups.has(current) || busy) return;
+    const t = Math.round(player.currentTime * 100) / 100;
+    const what = which === "start" ? "Start" : "End";
+    change("PATCH", `/jobs/${jobId}/segments/${current}`, () => ({ [which]: t }), `${what} set to ${clockTenths(t)}`);
+  };
+
+  /** Join stored segment `index` and the next one; the caret goes where they meet. */
+  const merge = (index) => {
+    if (!groups.has(index) || !groups.has(index + 1) || busy) return;
+    const joint = textOf(groups.get(index)).length + 1;
+    current = index;
+    change("POST", `/jobs/${jobId}/segments/${index}/merge`, () => ({}), "Lines joined", () => ({ index, offset: joint }));
+  };
+
   /** Split the segment at the caret: the second part starts there. Unsaved text is saved
    * first (the cut is made in the stored text). */
-  const split = async () => {
+  const split = () => {
     const at = caret();
     if (!at) return;
     const length = textOf(groups.get(at.index)).length;
@@ -894,17 +944,11 @@ function transcriptEditor(jobId, player, list, line) {
       showProblem("Put the cursor inside the text to split it: the new segment starts at the cursor.");
       return;
     }
-    if (!(await saveAll()) || busy) return;
-    const stored = groups.get(at.index).parts[0].seg.text;
-    const lead = stored.length - stored.trimStart().length;
-    busy = true;
-    updateStatus();
-    const answer = await send("POST", `/jobs/${jobId}/segments/${at.index}/split`, { offset: lead + at.offset });
-    busy = false;
-    if (!answer) return updateStatus();
-    render(answer.body, answer.etag);
-    focusAt(at.index + 1, 0);
-    toast("Segment split");
+    const offset = () => {
+      const stored = groups.get(at.index).parts[0].seg.text;
+      return { offset: stored.length - stored.trimStart().length + at.offset };
+    };
+    change("POST", `/jobs/${jobId}/segments/${at.index}/split`, offset, "Segment split", () => ({ index: at.index + 1, offset: 0 }));
   };
 
   const reload = async () => {
@@ -1007,6 +1051,14 @@ function transcriptEditor(jobId, player, list, line) {
   };
   history.addEventListener("toggle", () => history.open && loadHistory());
 
+  list.addEventListener("focusin", (e) => {
+    if (!e.target.matches?.("span.text[data-index]")) return;
+    current = Number(e.target.dataset.index);
+    updateStatus();
+  });
+  startHere.addEventListener("click", () => setTime("start"));
+  endHere.addEventListener("click", () => setTime("end"));
+  mergeNext.addEventListener("click", () => merge(current));
   list.addEventListener("input", (e) => {
     const group = groups.get(Number(e.target.dataset?.index));
     if (group) markGroup(group);
@@ -1033,9 +1085,25 @@ function transcriptEditor(jobId, player, list, line) {
     } else if (ctrl && !e.altKey && (e.key === "s" || e.key === "S")) {
       e.preventDefault(); // not the browser's "save page"
       saveAll();
+    } else if (ctrl && !e.altKey && (e.key === "[" || e.key === "]")) {
+      e.preventDefault(); // Cmd+[ is the browser's Back on a Mac
+      setTime(e.key === "[" ? "start" : "end");
     } else if (e.key === "Enter" && inText) {
       e.preventDefault(); // one line per segment; Ctrl+Enter splits it
       if (ctrl) split();
+    } else if ((e.key === "Backspace" || e.key === "Delete") && inText && !ctrl && !e.altKey && getSelection().isCollapsed) {
+      // At a line's start Backspace joins it to the one before; at its end Delete joins
+      // the next one to it (as in a text editor).
+      const at = caret();
+      if (!at) return;
+      const atEnd = at.offset >= textOf(groups.get(at.index)).length;
+      if (e.key === "Backspace" && at.offset === 0 && at.index > 0) {
+        e.preventDefault();
+        merge(at.index - 1);
+      } else if (e.key === "Delete" && atEnd && groups.has(at.index + 1)) {
+        e.preventDefault();
+        merge(at.index);
+      }
     }
   };
   document.addEventListener("keydown", onKey);
