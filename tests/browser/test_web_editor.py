@@ -299,6 +299,7 @@ async def test_start_and_end_at_the_players_time(
     segment = (await transcript(gateway, auth, job_id)).json()["segments"][1]
     assert (segment["start"], segment["end"]) == (4.0, 7.25)
     assert await page.text_content("li.segment >> nth=1 >> button.ts") == "0:04"
+    assert await page.get_attribute("li.segment >> nth=1 >> button.ts", "title") == "0:04.0–0:07.2"
 
     # An end before the line's start is refused, said on the page, and changes nothing.
     await page.evaluate(f"{player}.currentTime = 2")

@@ -690,7 +690,8 @@ const OPERATIONS = { text: "text corrected", times: "times adjusted", split: "se
 
 /** A time to the tenth of a second, as the editor reports times it set. */
 function clockTenths(seconds) {
-  return `${clock(seconds)}.${Math.floor((seconds * 10) % 10)}`;
+  const tenths = Math.floor(Math.round(seconds * 100) / 10); // 2.3 s is 22.999… tenths
+  return `${clock(tenths / 10)}.${tenths % 10}`;
 }
 
 /** Whitespace as one space: a segment is one line. */
@@ -1174,7 +1175,7 @@ export function jobView(main, config, jobId) {
       },
       h(
         "button",
-        { type: "button", class: "ts", dataset: { start: seg.start }, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
+        { type: "button", class: "ts", dataset: { start: seg.start }, title: `${clockTenths(seg.start)}–${clockTenths(seg.end)}`, "aria-label": `Play from ${clock(seg.start)}`, onclick: () => seekAndPlay(player, seg.start) },
         clock(seg.start),
       ),
       " ",
