@@ -337,7 +337,9 @@ def read_probes(infra: Infra):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def publish_unreadable(kafka_producer):  # type: ignore[no-untyped-def]
     """Write a record whose header *name* is not UTF-8 to `topic`/`partition`, as a client
-    other than aiokafka may: aiokafka cannot produce one, and cannot parse one either."""
+    other than aiokafka may: aiokafka cannot produce one, and cannot parse one either.
+    `before`: readable records (value, headers) put in front of it in the same record batch,
+    so one fetch always holds them and it together. Returns the unreadable record's offset."""
     from aiokafka import TopicPartition
     from aiokafka.protocol.produce import ProduceRequest
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
@@ -346,9 +348,18 @@ def publish_unreadable(kafka_producer):  # type: ignore[no-untyped-def]
         def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
             return b"\xff\xfe"
 
-    async def send(topic: str, partition: int, value: bytes) -> int:
+    async def send(
+        topic: str,
+        partition: int,
+        value: bytes,
+        before: tuple[tuple[bytes, list[tuple[str, bytes]]], ...] = (),
+    ) -> int:
         batch = _DefaultRecordBatchBuilderPy(2, 0, False, -1, -1, -1, 1 << 20)
-        batch.append(0, timestamp=None, key=None, value=value, headers=[(RawName(), b"v")])
+        for delta, (readable, headers) in enumerate(before):
+            batch.append(delta, timestamp=None, key=None, value=readable, headers=headers)
+        batch.append(
+            len(before), timestamp=None, key=None, value=value, headers=[(RawName(), b"v")]
+        )
         client = kafka_producer.client
         await client._wait_on_metadata(topic)
         leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
@@ -356,7 +367,7 @@ def publish_unreadable(kafka_producer):  # type: ignore[no-untyped-def]
         response = await client.send(leader, request)
         (_, ((_, error_code, offset, *_),)), *_ = response.topics
         assert error_code == 0, response
-        return int(offset)
+        return int(offset) + len(before)
 
     return send
 

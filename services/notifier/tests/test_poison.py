@@ -153,6 +153,35 @@ async def test_h3_live_feed_skips_malformed_records_and_keeps_flowing(
     await assert_dead_lettered(read_probes, probes)
 
 
+async def test_h3_good_records_in_the_unreadable_ones_batch_are_delivered(
+    notifier, make_job, record, dev_issuer, kafka_producer, publish_unreadable, read_probes
+):
+    """aiokafka parses a fetch record by record and, when one fails, drops the records it
+    had parsed before it: a good record in front of the unreadable one in its batch (so
+    always in the same fetch) is delivered once, and the feed gets past both."""
+    job_id = await make_job("alice")
+    url = f"{notifier.ws}/ws/jobs/{job_id}?access_token={dev_issuer.mint('alice')}"
+    async with connect(url) as ws:
+        first = await send_good(record, kafka_producer, job_id, JobState.running, progress=0.1)
+        assert (await recv(ws))["event_id"] == first.id  # subscribed and live
+        envelope, event = await record(job_id, JobState.running, stage=Stage.chunk, progress=0.5)
+        headers = [(k, v.encode()) for k, v in envelope.to_headers().items()]
+        offset = await publish_unreadable(
+            topics.JOB_STATUS,
+            PARTITION,
+            b"{}",
+            before=((event.model_dump_json().encode(), headers),),
+        )
+        good = await send_good(
+            record, kafka_producer, job_id, JobState.running, stage=Stage.chunk, progress=0.85
+        )
+        got = [await recv(ws), await recv(ws)]
+    assert [(g["event_id"], g["seq"]) for g in got] == [(envelope.id, 2), (good.id, 3)]
+    await assert_dead_lettered(
+        read_probes, {f"record at offset {offset} of partition {PARTITION}": "unreadable"}
+    )
+
+
 async def test_h3_webhook_trigger_dead_letters_malformed_records_and_keeps_flowing(
     notifier, db, make_job, record, kafka_producer, publish_unreadable, wait_for, read_probes
 ):

@@ -347,7 +347,12 @@ async def skip_unreadable(
     UTF-8, which aiokafka cannot parse and raises on at every fetch, so the consumer would
     never get past it. Finds which of `partitions` it is next on, moves that partition past
     it and says which; None when none of them fails now. The records the probe reads from
-    the other partitions are read again (their positions are restored)."""
+    the other partitions are read again (their positions are restored).
+
+    aiokafka drops the records of a fetch it parsed before the failing one (the position
+    stays where the fetch began), so the probe finds the record only once it is next: a
+    consumer that polled more than one record at a time and got None polls one at a time
+    until the probe finds it."""
     ends = await consumer.end_offsets(list(partitions))
     for tp in sorted(partitions):
         offset = await consumer.position(tp)

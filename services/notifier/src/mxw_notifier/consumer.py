@@ -91,6 +91,8 @@ class _GroupLoop:
         self._tracker = _AssignmentTracker()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        # Read a record at a time while an unreadable record is ahead (see _skip_unreadable).
+        self._careful = False
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -111,7 +113,9 @@ class _GroupLoop:
         assert consumer is not None
         while True:
             try:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                batches = await consumer.getmany(
+                    timeout_ms=1000, max_records=1 if self._careful else 1000
+                )
             except asyncio.CancelledError:
                 raise
             except UnicodeDecodeError:  # a record the client itself cannot parse
@@ -121,6 +125,8 @@ class _GroupLoop:
                 log.warning(f"{self.name} poll failed", error=repr(exc))
                 await asyncio.sleep(1.0)
                 continue
+            if not batches and self._careful and await self._caught_up():
+                self._careful = False  # read to the end: no unreadable record is ahead
             for partition, records in batches.items():
                 for record in records:
                     if not await self._handle(partition, record):
@@ -155,15 +161,30 @@ class _GroupLoop:
         log.error(f"{self.name} record skipped after repeated errors", error=reason[:1000])
 
     async def _skip_unreadable(self) -> None:
+        """aiokafka drops the records of a fetch it parsed before the one it cannot parse:
+        unless that one is next on its partition, the probe finds nothing. So read one
+        record at a time from here until the probe finds it; those before it are handled
+        as any other."""
         consumer = self._consumer
         assert consumer is not None
         try:
             skipped = await skip_unreadable(consumer, consumer.assignment() - consumer.paused())
+            self._careful = skipped is None
             if skipped is not None:
                 await self.unreadable(skipped)
         except Exception as error:  # an outage meanwhile: the record fails the next poll too
             log.warning(f"{self.name} unreadable record not skipped", error=repr(error))
             await asyncio.sleep(1.0)
+
+    async def _caught_up(self) -> bool:
+        """Every assigned partition read to its end as the broker last said it."""
+        consumer = self._consumer
+        assert consumer is not None
+        for partition in consumer.assignment():
+            end = consumer.highwater(partition)
+            if end is None or await consumer.position(partition) < end:
+                return False
+        return True
 
     async def unreadable(self, skipped: Unreadable) -> None:
         """A record the client cannot parse was skipped."""
