@@ -405,8 +405,12 @@ async def test_a_dropped_feed_resumes_where_it_left_off(browser: Any, stack: Any
         once, right after the page got a status of the running job."""
         urls.append(ws.url)
         server = ws.connect_to_server()
+        cutting = False
 
         def forward(message: str | bytes) -> None:
+            nonlocal cutting
+            if cutting:  # the close is under way: the page must not get frames past the cut
+                return
             frame = json.loads(message)
             delivered.append(frame)
             ws.send(message)
@@ -416,6 +420,7 @@ async def test_a_dropped_feed_resumes_where_it_left_off(browser: Any, stack: Any
                 and frame["state"] not in ("done", "failed", "cancelled")
             ):
                 watched["cut_after"] = frame["seq"]
+                cutting = True
                 cuts.append(asyncio.ensure_future(cut(ws, server)))
 
         server.on_message(forward)
