@@ -214,8 +214,54 @@ async def test_a_dead_letter_the_broker_does_not_hand_over_in_time_is_not_called
     assert record.id == listed["id"]
     with pytest.raises(gateway_kafka.BrokerTimeout):
         await gateway_kafka.read_one(settings, topic, int(partition), int(offset), timeout_s=0)
-    # Offsets the partition does not hold are missing at once, whatever the time allowed.
-    assert await gateway_kafka.read_one(settings, topic, int(partition), 10**9, timeout_s=0) is None
+    # An offset the partition does not hold is missing (once its last batch is read).
+    assert await gateway_kafka.read_one(settings, topic, int(partition), 10**9) is None
+
+
+async def test_every_dead_letter_of_one_batch_is_read_and_replayed(client, token, kafka_producer):
+    """Dead letters written together land in one record batch, and the embedded broker's
+    end offset then stops at that batch's first record: each must still be found by its id
+    (a replay once answered 404 for one listed a moment before)."""
+    admin = token("boss", admin=True)
+    events = [
+        TranscriptReady(
+            job_id=uuid.uuid4(), owner_id="x", segment_count=0, duration_s=1, model="tiny.en"
+        )
+        for _ in range(4)
+    ]
+    sent = [Envelope.for_event(event, source="transcriber") for event in events]
+    pending = [
+        await kafka_producer.send(  # not awaited one by one: the producer batches them
+            topics.dlq(topics.TRANSCRIPT_READY),
+            value=event.model_dump_json().encode(),
+            key=str(event.job_id).encode(),
+            headers=[
+                (k, v.encode())
+                for k, v in {
+                    **envelope.to_headers(),
+                    "x_error": "ValueError: batched",
+                    "x_consumer": "chunker",
+                    "x_attempts": "3",
+                    "x_original_topic": topics.TRANSCRIPT_READY,
+                }.items()
+            ],
+        )
+        for event, envelope in zip(events, sent, strict=True)
+    ]
+    metadata = await asyncio.gather(*pending)
+    assert len({m.offset for m in metadata}) == 4
+    for envelope in sent:
+        listed = await find(client, admin, envelope.id)
+        replayed = await client.post(f"/admin/dead-letters/{listed['id']}/replay", headers=admin)
+        assert replayed.status_code == 200, (listed["id"], replayed.text)
+        assert replayed.json()["action"] == "republished"
+    # Past the last of them there is nothing.
+    last = max(m.offset for m in metadata)
+    missing = await client.post(
+        f"/admin/dead-letters/{topics.dlq(topics.TRANSCRIPT_READY)}:0:{last + 1}/replay",
+        headers=admin,
+    )
+    assert missing.status_code == 404, missing.text
 
 
 async def test_admin_jobs_lists_everyone_s_jobs_as_jobs_all_does(client, token, upload_short):

@@ -163,17 +163,25 @@ async def read_one(
     async with _consumer(settings) as consumer:
         starts = await consumer.beginning_offsets([tp])
         ends = await consumer.end_offsets([tp])
-        if not starts[tp] <= offset < ends[tp]:
+        if not starts[tp] <= offset or ends[tp] <= starts[tp]:
             return None
+        # The embedded tansu (0.6) reports the end offset as the last batch's first offset
+        # + 1, so an offset at or past that end may still lie in the last batch: read that
+        # batch from its reported start. (On Apache Kafka the end is exact, and reading
+        # from end - 1 finds only the last record.)
+        past_end = offset >= ends[tp]
         consumer.assign([tp])
-        consumer.seek(tp, offset)
+        consumer.seek(tp, ends[tp] - 1 if past_end else offset)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
-            batch = await consumer.getmany(tp, timeout_ms=int(left * 1000), max_records=1)
-            for record in batch.get(tp, []):
+            batch = await consumer.getmany(tp, timeout_ms=int(left * 1000))
+            records = batch.get(tp, [])
+            for record in records:
                 if record.offset < offset:
                     continue  # a broker may hand back the whole batch the offset lies in
                 # A compacted or aborted record is skipped: the first one is past it.
                 return _raw(record) if record.offset == offset else None
+            if records and past_end:
+                return None  # the last batch, read whole, ends before the offset
         raise BrokerTimeout(f"{topic}:{partition}:{offset} not fetched within {timeout_s:g} s")
