@@ -14,10 +14,13 @@ import pytest
 from mxw_shared.audio_decode import SAMPLE_RATE, AudioStream, Samples, decode_audio
 from mxw_shared.contracts import Decoding, JobOptions
 from mxw_transcriber.domain import (
+    LOG_PROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
     AudioWindows,
     DecodeSettings,
     Transcript,
     choose_decoding,
+    hears_no_speech,
     next_window_start,
     quiet_cut,
     transcribe,
@@ -202,6 +205,24 @@ def test_batched_decoding_hears_nothing_in_music_or_silence(
     heard = transcribe(tiny.model, audio, JobOptions(decoding=Decoding.batched), DecodeSettings())
     assert heard.segments == (), heard.text
     assert heard.duration_s == pytest.approx(seconds)
+
+
+def test_batched_pieces_follow_whispers_no_speech_rule() -> None:
+    """The rule faster-whisper's sequential decoding applies with its defaults (its batched
+    pipeline skips it): a piece is no speech only when both likely silence and decoded
+    without confidence. tiny.en heard "you" at 0.855 / -1.40 in the tones above (AVX512)."""
+    import inspect
+
+    from faster_whisper import WhisperModel
+
+    defaults = inspect.signature(WhisperModel.transcribe).parameters
+    assert defaults["no_speech_threshold"].default == NO_SPEECH_THRESHOLD
+    assert defaults["log_prob_threshold"].default == LOG_PROB_THRESHOLD
+    assert hears_no_speech(0.855, -1.4029)
+    assert not hears_no_speech(0.855, -0.5)  # confident words despite a quiet start
+    assert not hears_no_speech(0.3, -1.4)  # unsure words, but speech
+    assert not hears_no_speech(0.6, -1.4)  # the thresholds themselves are speech ...
+    assert hears_no_speech(0.61, -1.0)  # ... except a log-prob at its threshold
 
 
 @pytest.mark.model_words

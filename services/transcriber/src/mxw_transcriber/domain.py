@@ -26,6 +26,12 @@ MAX_SENTENCE_S = 15.0
 # echoes_hotwords: a list read back holds this many words or more, this share of the list's.
 ECHO_MIN_WORDS = 4
 ECHO_SHARE = 0.8
+# Whisper's rule for a window without speech (faster-whisper's defaults): likely silence
+# and decoded without confidence. Sequential decoding applies it inside faster-whisper;
+# its batched pipeline does not (tiny.en heard "you" in tones at 0.855 / -1.40), so
+# _run applies it to batched pieces, each one window.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
 
 
 class UnsupportedOptions(ValueError):
@@ -315,6 +321,10 @@ def _words(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text)]
 
 
+def hears_no_speech(no_speech_prob: float, avg_logprob: float) -> bool:
+    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob <= LOG_PROB_THRESHOLD
+
+
 def echoes_hotwords(text: str, hotwords: tuple[str, ...]) -> bool:
     """A segment that is the hotwords list read back, not speech: Whisper reads hotwords as
     text said before, and a small model sometimes continues it ("Siobhan, Wojciech, Wojciech,
@@ -378,6 +388,8 @@ def _run(
         # The custom vocabulary: faster-whisper puts it in the prompt's prefix, where Whisper
         # reads it as words said before (so it prefers their spelling).
         "hotwords": ", ".join(options.hotwords) or None,
+        "no_speech_threshold": NO_SPEECH_THRESHOLD,
+        "log_prob_threshold": LOG_PROB_THRESHOLD,
     }
     if batched:
         from faster_whisper import BatchedInferencePipeline
@@ -393,8 +405,12 @@ def _run(
     idx = first_idx
     for seg in pieces:  # faster-whisper works while this is iterated
         text = seg.text.strip()
-        if not _WORD.search(text) or echoes_hotwords(text, options.hotwords):
-            text = ""  # punctuation alone (". ." heard in music) or the prompt read back
+        if (
+            not _WORD.search(text)
+            or echoes_hotwords(text, options.hotwords)
+            or (batched and hears_no_speech(seg.no_speech_prob, seg.avg_logprob))
+        ):
+            text = ""  # punctuation alone (". ." heard in music), the prompt read back, no speech
         start = max(offset_s, min(float(seg.start) + offset_s, window_end))
         end = max(start, min(float(seg.end) + offset_s, window_end))
         words = tuple(
