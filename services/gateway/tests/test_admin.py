@@ -221,7 +221,9 @@ async def test_a_dead_letter_the_broker_does_not_hand_over_in_time_is_not_called
 async def test_every_dead_letter_of_one_batch_is_read_and_replayed(client, token, kafka_producer):
     """Dead letters written together land in one record batch, and the embedded broker's
     end offset then stops at that batch's first record: each must still be found by its id
-    (a replay once answered 404 for one listed a moment before)."""
+    (a replay once answered 404 for one listed a moment before). All four go to partition 0:
+    a batch is one partition's, and the topic may have several where an earlier module's
+    producer created it before its declaration."""
     admin = token("boss", admin=True)
     events = [
         TranscriptReady(
@@ -235,6 +237,7 @@ async def test_every_dead_letter_of_one_batch_is_read_and_replayed(client, token
             topics.dlq(topics.TRANSCRIPT_READY),
             value=event.model_dump_json().encode(),
             key=str(event.job_id).encode(),
+            partition=0,
             headers=[
                 (k, v.encode())
                 for k, v in {
@@ -249,6 +252,7 @@ async def test_every_dead_letter_of_one_batch_is_read_and_replayed(client, token
         for event, envelope in zip(events, sent, strict=True)
     ]
     metadata = await asyncio.gather(*pending)
+    assert {m.partition for m in metadata} == {0}
     assert len({m.offset for m in metadata}) == 4
     for envelope in sent:
         listed = await find(client, admin, envelope.id)
