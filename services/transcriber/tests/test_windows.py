@@ -293,3 +293,19 @@ def test_a_long_segment_is_cut_into_sentences_by_its_words() -> None:
     assert len(cut) >= 2
     assert all(p.end_s - p.start_s <= MAX_SENTENCE_S + 1 for p in cut)
     assert sum(len(p.words or ()) for p in cut) == 30
+
+
+def test_a_segment_starts_no_earlier_than_the_one_before_ended() -> None:
+    """Whisper's word times overlapped by 0.03 s across a sentence cut (tiny.en, AVX512):
+    the later segment and its words start where the earlier one ended; others are as heard."""
+    from mxw_transcriber.domain import TranscriptSegment, Word, starting_after
+
+    words = (Word(87.37, 87.9, " Please", 0.9), Word(88.0, 88.8, " again.", 0.9))
+    later = TranscriptSegment(27, 87.37, 88.83, "Please again.", -0.06, 0.01, words)
+    moved = starting_after(later, 87.4)
+    assert (moved.start_s, moved.end_s) == (87.4, 88.83)
+    assert [(w.start_s, w.end_s) for w in moved.words or ()] == [(87.4, 87.9), (88.0, 88.8)]
+    assert (moved.text, moved.idx, moved.avg_logprob) == (later.text, 27, -0.06)
+    assert starting_after(later, 87.0) is later
+    bare = starting_after(dataclasses.replace(later, words=None, end_s=87.38), 87.4)
+    assert (bare.start_s, bare.end_s, bare.words) == (87.4, 87.4, None)
